@@ -1,0 +1,71 @@
+"""Security headers on every response, errors and SSE streams included.
+
+Defaults suit an API (OWASP secure-headers for APIs): nothing may frame or script it,
+nothing may cache it. `X-XSS-Protection: 0` because the old browser filter it enabled
+caused more harm than it prevented. HSTS only over TLS, where it means something.
+Headers are added by wrapping `send`, touching only `http.response.start`, so bodies
+(SSE above all) stream untouched. A header the app already set wins, and an MCP with
+its own `security.headers` replaces the server default as a whole (the inner layer
+marks the scope, and the outer one then stands aside).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mcp_bastion.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from mcp_bastion.config import HeadersConfig
+
+__all__ = ["APPLIED_KEY", "SecurityHeaders", "security_headers"]
+
+#: Set in the scope by the layer that owns a request's security headers.
+APPLIED_KEY = "mcp_bastion.security_headers"
+
+Header = tuple[bytes, bytes]
+
+
+def security_headers(config: HeadersConfig, *, tls: bool) -> list[Header]:
+    """The headers to add for this config; empty values are left out."""
+    if not config.enabled:
+        return []
+    values = {
+        b"x-content-type-options": "nosniff",
+        b"x-xss-protection": "0",
+        b"content-security-policy": config.csp,
+        b"x-frame-options": config.x_frame_options,
+        b"referrer-policy": config.referrer_policy,
+        b"permissions-policy": config.permissions_policy,
+        b"cache-control": config.cache_control,
+        b"cross-origin-resource-policy": "same-origin",
+    }
+    if tls and config.hsts_max_age > 0:
+        values[b"strict-transport-security"] = f"max-age={int(config.hsts_max_age)}; includeSubDomains"
+    return [(name, value.encode("latin-1")) for name, value in values.items() if value]
+
+
+class SecurityHeaders:
+    """Adds the configured security headers to every HTTP response that lacks them."""
+
+    def __init__(self, app: ASGIApp, *, config: HeadersConfig) -> None:
+        self.app = app
+        self.plain = security_headers(config, tls=False)
+        self.tls = security_headers(config, tls=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = self.tls if scope.get("scheme") == "https" else self.plain
+        scope[APPLIED_KEY] = self
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start" and scope.get(APPLIED_KEY) is self:
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(h for h in extra if h[0] not in present)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,448 @@
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import types
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import yaml
+from mcp.server.mcpserver import MCPServer
+
+from mcp_bastion import __version__
+from mcp_bastion.cli import curl_example, main, python_example
+from mcp_bastion.config import ProxyConfig
+from mcp_bastion.exceptions import ConfigError
+
+from .test_config import CONFIGS, FULL_ENV
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def decoded_length(token: str) -> int:
+    return len(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+
+
+@pytest.fixture(autouse=True)
+def clean_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test runs in an empty directory without the embedded default's variables."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("MCP_AUTH_TOKEN", "MCP_ADMIN_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+class FakeRunner:
+    def __init__(self, result: object = None, error: BaseException | None = None) -> None:
+        self.configs: list[ProxyConfig] = []
+        self.result = result
+        self.error = error
+
+    def run(self, config: ProxyConfig) -> object:
+        self.configs.append(config)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> FakeRunner:
+    fake = FakeRunner()
+    module = types.ModuleType("mcp_bastion.server.runner")
+    module.run = fake.run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mcp_bastion.server.runner", module)
+    return fake
+
+
+def error_line(stderr: str) -> str:
+    """The one `error: ...` line among the log lines."""
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    return line
+
+
+def write_config(directory: Path, text: str, name: str = "mcp-bastion.yaml") -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# token generate, --version, usage
+
+
+def test_token_generate_prints_32_random_bytes_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "generate"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert TOKEN_CHARS.fullmatch(token)
+    assert decoded_length(token) == 32
+
+
+@pytest.mark.parametrize("length", [16, 64, 512])
+def test_token_generate_length(capsys: pytest.CaptureFixture[str], length: int) -> None:
+    assert main(["token", "generate", "--length", str(length)]) == 0
+    assert decoded_length(capsys.readouterr().out.strip()) == length
+
+
+def test_tokens_differ_between_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["token", "generate"])
+    main(["token", "generate"])
+    first, second = capsys.readouterr().out.split()
+    assert first != second
+
+
+@pytest.mark.parametrize("length", ["15", "513", "0", "ten"])
+def test_token_generate_rejects_bad_lengths(capsys: pytest.CaptureFixture[str], length: str) -> None:
+    assert main(["token", "generate", "--length", length]) == 2
+    assert "--length" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"mcp-bastion {__version__}"
+
+
+@pytest.mark.parametrize("argv", [[], ["token"], ["config"]], ids=["no-command", "token", "config"])
+def test_incomplete_commands_print_usage(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert main(argv) == 2
+    assert "usage: mcp-bastion" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# config check
+
+
+def test_config_check_prints_masked_normalized_yaml(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCP_AUTH_TOKEN", "very-secret-client-token")
+    assert main(["config", "check", "-c", str(CONFIGS / "seed-cors.yaml")]) == 0
+    out = capsys.readouterr().out
+    dumped = yaml.safe_load(out)
+    assert dumped["mcps"][0]["id"] == "cors_enabled_mcp"
+    assert dumped["mcps"][0]["transport"] == "streamable-http"
+    assert dumped["server"]["auth"]["token"] == "********"
+    assert "very-secret-client-token" not in out
+
+
+def test_config_check_error_names_the_key_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, "server: {auth: {type: none}}\nmcps: [{id: a, command: x, start_timeout: soon}]\n")
+    assert main(["config", "check", "-c", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: mcps[0].start_timeout: invalid duration 'soon'")
+
+
+def test_config_check_finds_the_file_in_the_working_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(tmp_path, "server: {auth: {type: none}}\nmcps: [{id: found, command: x}]\n")
+    assert main(["config", "check"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["mcps"][0]["id"] == "found"
+
+
+def test_config_check_without_a_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check"]) == 1
+    assert "no config file found" in capsys.readouterr().err
+
+
+def test_config_check_reads_dotenv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / ".env").write_text("MCP_AUTH_TOKEN=dotenv-token\n")
+    write_config(tmp_path, "server: {auth: {type: token, token: '${MCP_AUTH_TOKEN}'}}\nmcps: [{id: a, command: x}]\n")
+    assert main(["config", "check"]) == 0
+    assert "dotenv-token" not in capsys.readouterr().out
+
+
+def test_config_check_prints_bind_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config(tmp_path, "server: {host: 0.0.0.0, auth: {type: none}}\nmcps: [{id: a, command: x}]\n")
+    assert main(["config", "check"]) == 0
+    assert "warning: binding 0.0.0.0 (not loopback) with NO authentication on: a" in capsys.readouterr().err
+
+
+def run_module(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_bastion", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def test_config_check_subprocess_matches_golden() -> None:
+    result = run_module("config", "check", "-c", str(CONFIGS / "full.yaml"), env=FULL_ENV)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout) == yaml.safe_load((CONFIGS / "full.masked.yaml").read_text())
+    for secret in FULL_ENV.values():
+        assert secret not in result.stdout
+
+
+def test_config_check_subprocess_exit_code_on_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "mcps: [{id: a, command: x}]\n")
+    result = run_module("config", "check", "-c", str(path), env={})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: mcps[0].auth: no auth configured: set mcps[0].auth or server.auth (type: none must be explicit)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# serve: the embedded default
+
+
+def test_serve_embedded_default_first_run(
+    tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve"]) == 0
+    (config,) = runner.configs
+    demo = config.mcps[0]
+    assert (demo.id, demo.transport, demo.command, demo.args) == (
+        "demo",
+        "stdio",
+        sys.executable,
+        ("-m", "mcp_bastion.demo"),
+    )
+    assert demo.session_mode == "isolated"
+    assert config.server.storage.type == "sqlite"
+    assert config.server.storage.path == str(tmp_path / ".mcp-bastion" / "state.db")
+    assert [(sink.type, getattr(sink, "path", None)) for sink in config.server.audit.sinks] == [
+        ("sqlite", str(tmp_path / ".mcp-bastion" / "audit.db"))
+    ]
+    state = tmp_path / ".mcp-bastion"
+    tokens = json.loads((state / "tokens.json").read_text())
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "tokens.json").stat().st_mode) == 0o600
+    assert decoded_length(tokens["client_token"]) == 32 and decoded_length(tokens["admin_token"]) == 32
+    assert config.server.auth is not None and config.server.auth.token is not None
+    assert config.server.auth.token.get_secret_value() == tokens["client_token"]
+    assert config.server.admin.token is not None
+    assert config.server.admin.token.get_secret_value() == tokens["admin_token"]
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:6001/mcp/demo" in err
+    assert f"client token:  {tokens['client_token']}" in err
+    assert f"admin token:   {tokens['admin_token']}" in err
+    assert f'-H "Authorization: Bearer {tokens["client_token"]}"' in err
+    assert "from mcp import Client" in err and "httpx2.AsyncClient" in err
+
+
+def test_serve_embedded_default_reuses_tokens(
+    tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve"]) == 0
+    capsys.readouterr()
+    assert main(["serve"]) == 0
+    first, second = runner.configs
+    assert first.server.auth == second.server.auth
+    assert first.server.admin == second.server.admin
+    tokens = json.loads((tmp_path / ".mcp-bastion" / "tokens.json").read_text())
+    err = capsys.readouterr().err
+    assert tokens["admin_token"] not in err
+    assert "admin token:   see .mcp-bastion/tokens.json" in err
+    assert tokens["client_token"] in err
+
+
+def test_serve_embedded_default_takes_tokens_from_the_environment(
+    tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCP_AUTH_TOKEN", "client-from-env")
+    monkeypatch.setenv("MCP_ADMIN_TOKEN", "admin-from-env")
+    assert main(["serve"]) == 0
+    (config,) = runner.configs
+    assert config.server.auth is not None and config.server.auth.token is not None
+    assert config.server.auth.token.get_secret_value() == "client-from-env"
+    assert config.server.admin.token is not None and config.server.admin.token.get_secret_value() == "admin-from-env"
+    assert not (tmp_path / ".mcp-bastion" / "tokens.json").exists()
+    err = capsys.readouterr().err
+    assert "client-from-env" not in err and "admin-from-env" not in err
+    assert "client token:  from $MCP_AUTH_TOKEN" in err
+    assert '"Authorization: Bearer $MCP_AUTH_TOKEN"' in err
+
+
+def test_serve_embedded_default_stores_only_generated_tokens(
+    tmp_path: Path, runner: FakeRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCP_AUTH_TOKEN", "client-from-env")
+    assert main(["serve"]) == 0
+    assert list(json.loads((tmp_path / ".mcp-bastion" / "tokens.json").read_text())) == ["admin_token"]
+
+
+def test_serve_embedded_default_rejects_equal_tokens(
+    runner: FakeRunner, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCP_AUTH_TOKEN", "same-token")
+    monkeypatch.setenv("MCP_ADMIN_TOKEN", "same-token")
+    assert main(["serve"]) == 1
+    assert error_line(capsys.readouterr().err) == "error: MCP_ADMIN_TOKEN: must differ from every client token"
+    assert runner.configs == []
+
+
+def test_serve_embedded_default_with_corrupt_tokens_file(
+    tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / ".mcp-bastion").mkdir()
+    (tmp_path / ".mcp-bastion" / "tokens.json").write_text("{not json")
+    assert main(["serve"]) == 1
+    assert "delete it to generate new tokens" in capsys.readouterr().err
+    assert runner.configs == []
+
+
+def test_serve_host_and_port_overrides(runner: FakeRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--host", "0.0.0.0", "--port", "7002"]) == 0
+    (config,) = runner.configs
+    assert (config.server.host, config.server.port) == ("0.0.0.0", 7002)
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:7002/mcp/demo" in err
+    assert "without server.allowed_hosts" in err
+
+
+@pytest.mark.parametrize("argv", [["--port", "0"], ["--port", "http"], ["--host", ""], ["--log-format", "xml"]])
+def test_serve_rejects_bad_options(runner: FakeRunner, argv: list[str]) -> None:
+    assert main(["serve", *argv]) == 2
+    assert runner.configs == []
+
+
+# ---------------------------------------------------------------------------------------------
+# serve: a config file
+
+
+def test_serve_uses_the_config_file_in_the_working_directory(
+    tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(tmp_path, "server: {auth: {type: none}}\nmcps: [{id: mine, command: x}]\n")
+    assert main(["serve"]) == 0
+    assert [mcp.id for mcp in runner.configs[0].mcps] == ["mine"]
+    assert "client token" not in capsys.readouterr().err
+    assert not (tmp_path / ".mcp-bastion").exists()
+
+
+def test_serve_refuses_exposed_unauthenticated_mcp(
+    tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, "server: {auth: {type: none}}\nmcps: [{id: open, command: x}]\n", name="c.yaml")
+    assert main(["serve", "-c", str(path), "--host", "0.0.0.0"]) == 1
+    assert error_line(capsys.readouterr().err).startswith(
+        "error: server.host: binding 0.0.0.0 (not loopback) with auth type none on open needs --allow-unauthenticated"
+    )
+    assert runner.configs == []
+    assert main(["serve", "-c", str(path), "--host", "0.0.0.0", "--allow-unauthenticated"]) == 0
+    assert len(runner.configs) == 1
+    assert "NO authentication on: open" in capsys.readouterr().err
+
+
+def test_serve_with_a_missing_file(runner: FakeRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "-c", "nope.yaml"]) == 1
+    assert error_line(capsys.readouterr().err) == "error: config file 'nope.yaml' not found"
+    assert runner.configs == []
+
+
+def test_serve_json_logs(tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config(tmp_path, "server: {host: 0.0.0.0, auth: {type: token, token: t}}\nmcps: [{id: a, command: x}]\n")
+    assert main(["serve", "--log-format", "json"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    records = [json.loads(line) for line in lines]
+    assert records and all(set(record) == {"ts", "level", "logger", "message"} for record in records)
+    assert any(record["level"] == "WARNING" and "allowed_hosts" in record["message"] for record in records)
+
+
+def test_serve_text_logs_respect_the_level(
+    tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(tmp_path, "server: {host: 0.0.0.0, auth: {type: token, token: t}}\nmcps: [{id: a, command: x}]\n")
+    assert main(["serve", "--log-level", "error"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["serve", "--log-level", "info"]) == 0
+    assert re.search(r"^\S+ \S+ WARNING mcp_bastion\.cli: binding 0\.0\.0\.0", capsys.readouterr().err, re.MULTILINE)
+
+
+def test_serve_returns_the_runner_exit_code(tmp_path: Path, runner: FakeRunner) -> None:
+    runner.result = 3
+    write_config(tmp_path, "server: {auth: {type: none}}\nmcps: [{id: a, command: x}]\n")
+    assert main(["serve"]) == 3
+
+
+def test_serve_reports_config_errors_from_the_runner(
+    tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner.error = ConfigError("cannot load certificate", path="server.tls.cert_file")
+    write_config(tmp_path, "server: {auth: {type: none}}\nmcps: [{id: a, command: x}]\n")
+    assert main(["serve"]) == 1
+    assert error_line(capsys.readouterr().err) == "error: server.tls.cert_file: cannot load certificate"
+
+
+# ---------------------------------------------------------------------------------------------
+# The banner's examples work against a real MCP server that demands the Authorization header
+
+
+@pytest.fixture(scope="module")
+def guarded_server() -> Iterator[tuple[str, str]]:
+    token = "banner-check-token"
+    mcp = MCPServer("banner-check")
+
+    @mcp.tool()
+    def echo(text: str) -> str:
+        return text
+
+    inner = mcp.streamable_http_app()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers", []))
+        if scope["type"] == "http" and headers.get(b"authorization") != f"Bearer {token}".encode():
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await inner(scope, receive, send)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    yield f"http://127.0.0.1:{port}/mcp", token
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("from_env", [False, True], ids=["literal-token", "token-from-env"])
+def test_banner_python_example_lists_tools(guarded_server: tuple[str, str], from_env: bool) -> None:
+    url, token = guarded_server
+    authorization = '"Bearer " + os.environ["MCP_AUTH_TOKEN"]' if from_env else json.dumps(f"Bearer {token}")
+    script = python_example(url, authorization)
+    assert len(script.splitlines()) == 6
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MCP_AUTH_TOKEN": token},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['echo']"
+
+
+def test_banner_curl_example_initializes(guarded_server: tuple[str, str]) -> None:
+    url, token = guarded_server
+    result = subprocess.run(
+        ["bash", "-c", curl_example(url, token)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"serverInfo":{"name":"banner-check"' in result.stdout
