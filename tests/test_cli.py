@@ -358,6 +358,13 @@ def test_serve_json_logs(tmp_path: Path, runner: FakeRunner, capsys: pytest.Capt
     assert any(record["level"] == "WARNING" and "allowed_hosts" in record["message"] for record in records)
 
 
+def test_serve_json_logs_wrap_the_banner(runner: FakeRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--log-format", "json", "--log-level", "error"]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    assert record["level"] == "INFO"
+    assert "http://127.0.0.1:6001/mcp/demo" in record["message"]
+
+
 def test_serve_text_logs_respect_the_level(
     tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -446,3 +453,50 @@ def test_banner_curl_example_initializes(guarded_server: tuple[str, str]) -> Non
     )
     assert result.returncode == 0, result.stderr
     assert '"serverInfo":{"name":"banner-check"' in result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "mcp-bastion serve exited early"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def test_embedded_default_end_to_end(tmp_path: Path) -> None:
+    """`mcp-bastion serve` with no config, then the banner's own Python example, verbatim."""
+    port = free_port()
+    log = tmp_path / "stderr.log"
+    env = {key: value for key, value in os.environ.items() if key not in ("MCP_AUTH_TOKEN", "MCP_ADMIN_TOKEN")}
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mcp_bastion", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        wait_for_port(port, process)
+        lines = log.read_text().splitlines()
+        start = next(index for index, line in enumerate(lines) if line.strip().startswith("import asyncio"))
+        script = "\n".join(line.removeprefix("  ") for line in lines[start : start + 6])
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "'echo'" in result.stdout

@@ -21,7 +21,7 @@ from mcp_bastion.exceptions import ConfigError
 
 __all__ = ["TemplateError", "expand_string", "expand_tree", "join_path"]
 
-_TOKEN = re.compile(
+_TEMPLATE = re.compile(
     r"\$\$\{"  # escaped: a literal ${
     r"|\$\{(?P<shell>[^}]*)\}"
     r"|\$\{"  # unterminated
@@ -40,41 +40,41 @@ def expand_string(value: str, environ: Mapping[str, str]) -> str:
     """Return `value` with every template replaced from `environ`; raise TemplateError."""
 
     def replace(match: re.Match[str]) -> str:
-        text = match.group(0)
-        if text == "$${":
+        template = match.group(0)
+        if template == "$${":
             return "${"
         if match.group("shell") is not None:
-            return _expand_shell(match.group("shell"), text, environ)
+            return _expand_shell(match.group("shell"), template, environ)
         if match.group("go") is not None:
-            return _expand_go(match.group("go"), text, environ)
+            return _expand_go(match.group("go"), template, environ)
         raise TemplateError("unterminated '${' (write '$${' for a literal '${')")
 
-    return _TOKEN.sub(replace, value)
+    return _TEMPLATE.sub(replace, value)
 
 
-def _expand_shell(expr: str, text: str, environ: Mapping[str, str]) -> str:
+def _expand_shell(expr: str, template: str, environ: Mapping[str, str]) -> str:
     parsed = _SHELL_EXPR.fullmatch(expr)
     if parsed is None:
-        raise TemplateError(f"invalid variable reference '{text}': use ${{NAME}} or ${{NAME:-default}}")
+        raise TemplateError(f"invalid variable reference '{template}': use ${{NAME}} or ${{NAME:-default}}")
     name, default = parsed.group("name"), parsed.group("default")
     value = environ.get(name)
     if default is not None and not value:
         return default
     if value is None:
         raise TemplateError(
-            f"environment variable {name} is not set (used as '{text}'; ${{{name}:-default}} gives a default)"
+            f"environment variable {name} is not set (used as '{template}'; ${{{name}:-default}} gives a default)"
         )
     return value
 
 
-def _expand_go(expr: str, text: str, environ: Mapping[str, str]) -> str:
+def _expand_go(expr: str, template: str, environ: Mapping[str, str]) -> str:
     parsed = _GO_EXPR.fullmatch(expr)
     if parsed is None:
-        raise TemplateError(f"unsupported template '{text}': only {{{{ .env.NAME }}}} is supported")
+        raise TemplateError(f"unsupported template '{template}': only {{{{ .env.NAME }}}} is supported")
     name = parsed.group("name")
     value = environ.get(name)
     if value is None:
-        raise TemplateError(f"environment variable {name} is not set (used as '{text}')")
+        raise TemplateError(f"environment variable {name} is not set (used as '{template}')")
     return value
 
 

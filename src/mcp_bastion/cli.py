@@ -140,7 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if info is not None:
-        print(_banner(config, info), file=sys.stderr)
+        _print_banner(_banner(config, info), args.log_format)
     return _run(config)
 
 
@@ -190,13 +190,13 @@ def _banner(config: ProxyConfig, info: EmbeddedInfo) -> str:
         "",
         f"  MCP endpoint:  {url}",
         f"  client token:  {_describe_token(info.client_token, info.client_source, 'MCP_AUTH_TOKEN', tokens_file)}",
-        f"  admin token:   {_describe_token(info.admin_token, info.admin_source, 'MCP_ADMIN_TOKEN', tokens_file)}",
+        f"  admin token:   {_describe_admin_token(info, tokens_file)}",
         "",
         "Try it with curl:",
         "",
         *(f"  {line}" for line in curl_example(url, client_shell).splitlines()),
         "",
-        "or with the MCP Python SDK (pip install mcp):",
+        "or with the MCP Python SDK (pip install 'mcp>=2.3'):",
         "",
         *(f"  {line}" for line in python_example(url, client_python).splitlines()),
         "",
@@ -204,14 +204,27 @@ def _banner(config: ProxyConfig, info: EmbeddedInfo) -> str:
     return "\n".join(lines)
 
 
+def _print_banner(banner: str, log_format: str) -> None:
+    if log_format == "json":
+        # Keep stderr one JSON object per line; the banner bypasses --log-level on purpose.
+        record = logging.makeLogRecord({"name": logger.name, "levelname": "INFO", "msg": banner.strip()})
+        banner = JsonFormatter().format(record)
+    print(banner, file=sys.stderr)
+
+
 def _describe_token(token: str, source: str, variable: str, tokens_file: Path) -> str:
     if source == "env":
         return f"from ${variable}"
     if source == "generated":
         return f"{token}  (new, kept in {tokens_file})"
-    if variable == "MCP_ADMIN_TOKEN":
-        return f"see {tokens_file}"
     return f"{token}  (from {tokens_file})"
+
+
+def _describe_admin_token(info: EmbeddedInfo, tokens_file: Path) -> str:
+    # The admin token is shown once, when generated; afterwards it stays in the file.
+    if info.admin_source == "stored":
+        return f"see {tokens_file}"
+    return _describe_token(info.admin_token, info.admin_source, "MCP_ADMIN_TOKEN", tokens_file)
 
 
 def _token_expressions(info: EmbeddedInfo) -> tuple[str, str]:

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import NoneType, UnionType
@@ -1035,7 +1036,8 @@ class ProxyConfig(_Model):
         """The client authentication of `mcp`: its own `auth`, else `server.auth`."""
         auth = mcp.auth if mcp.auth is not None else self.server.auth
         if auth is None:
-            raise ConfigError("no auth configured: set mcps[].auth or server.auth", path=f"mcps.{mcp.id}.auth")
+            # Only reachable for a model built without validation (model_construct / model_copy).
+            raise ConfigError(f"no auth configured for MCP {mcp.id!r}: set its auth or server.auth", path="server.auth")
         return auth
 
     def effective_security(self, mcp: McpConfig) -> SecurityConfig:
@@ -1289,12 +1291,12 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
+@dataclass(frozen=True)
 class _ClaudeOrigin:
     """Where an MCP built from a `mcpServers` entry came from, to report errors there."""
 
-    def __init__(self, name: str, transport_key: str) -> None:
-        self.name = name
-        self.transport_key = transport_key
+    name: str
+    transport_key: str
 
     def relocate(self, rest: Loc, message: str) -> tuple[Loc, str]:
         if rest == ("auth",):
@@ -1401,7 +1403,7 @@ def _mask(value: object) -> object:
         return [_mask(item) for item in value]
     if isinstance(value, dict):
         return {str(key): _mask(item) for key, item in value.items()}
-    if isinstance(value, datetime):
+    if isinstance(value, date):
         return value.isoformat()
     return value
 

@@ -250,3 +250,25 @@ def test_loopback_host_and_origin_are_accepted(proxy: RunningProxy) -> None:
 def test_health_routes_answer_json(proxy: RunningProxy) -> None:
     assert httpx2.get(proxy.base + "/healthz").json() == {"status": "ok"}
     assert httpx2.get(proxy.base + "/readyz").json() == {"status": "ready"}
+
+
+def test_a_modern_request_whose_headers_contradict_its_body_is_refused(proxy: RunningProxy) -> None:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/list",
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}},
+    }
+    headers = {**MCP_HEADERS, "Mcp-Method": "tools/call", "MCP-Protocol-Version": "2026-07-28"}
+    response = httpx2.post(proxy.url("demo"), headers=headers, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == -32020
+
+
+def test_a_discover_probe_is_relayed_to_the_upstream(proxy: RunningProxy) -> None:
+    body = {"jsonrpc": "2.0", "id": "probe", "method": "server/discover", "params": {}}
+    response = httpx2.post(proxy.url("demo"), headers=MCP_HEADERS, json=body)
+    assert response.status_code == 200
+    [message] = sse_messages(response.text)
+    assert message["id"] == "probe"
+    assert message["error"]["code"] == -32601  # the demo server is legacy-only and says so itself

@@ -20,7 +20,7 @@ from tests.upstream.upstream_support import (
 
 def _need_everything() -> None:
     if find_node() is None or find_everything() is None:
-        pytest.skip("needs node and @modelcontextprotocol/server-everything (tests/node or /tmp/nodeplay)")
+        pytest.fail("needs Node and @modelcontextprotocol/server-everything in tests/node: run scripts/node-deps")
 
 
 @pytest.fixture(scope="session")

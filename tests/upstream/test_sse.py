@@ -135,6 +135,7 @@ def call(request_id: int, name: str, arguments: dict[str, Any], token: str | Non
     return request(request_id, "tools/call", params)
 
 
+@pytest.mark.npm
 @pytest.mark.anyio
 async def test_everything_session(everything_sse: str, http: aiohttp.ClientSession) -> None:
     rec = Recorder()
@@ -153,6 +154,7 @@ async def test_everything_session(everything_sse: str, http: aiohttp.ClientSessi
     assert rec.closes == []  # aclose() never calls on_close
 
 
+@pytest.mark.npm
 @pytest.mark.anyio
 async def test_everything_progress_and_sampling(everything_sse: str, http: aiohttp.ClientSession) -> None:
     rec = Recorder()

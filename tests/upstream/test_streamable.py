@@ -61,6 +61,7 @@ def is_progress(token: str) -> Callable[[Message, Any], bool]:
 # -- server-everything (TypeScript SDK) ---------------------------------------------------------
 
 
+@pytest.mark.npm
 async def test_everything_session(everything_streamable: str, http: aiohttp.ClientSession) -> None:
     rec = Recorder()
     async with channel(everything_streamable, http, rec) as ch:
@@ -80,6 +81,7 @@ async def test_everything_session(everything_streamable: str, http: aiohttp.Clie
     assert ch.closed
 
 
+@pytest.mark.npm
 async def test_progress_is_related_and_requests_run_concurrently(
     everything_streamable: str, http: aiohttp.ClientSession
 ) -> None:
@@ -103,6 +105,7 @@ async def test_progress_is_related_and_requests_run_concurrently(
             assert all(rec.messages.index(item) < done_at for item in progress)
 
 
+@pytest.mark.npm
 async def test_sampling_request_round_trip(everything_streamable: str, http: aiohttp.ClientSession) -> None:
     rec = Recorder()
     async with channel(everything_streamable, http, rec) as ch:
@@ -124,6 +127,7 @@ async def test_sampling_request_round_trip(everything_streamable: str, http: aio
         assert not any("error" in m for m, _ in rec.messages)
 
 
+@pytest.mark.npm
 async def test_http_error_becomes_error_response(everything_streamable: str, http: aiohttp.ClientSession) -> None:
     rec = Recorder()
     async with channel(everything_streamable, http, rec) as ch:

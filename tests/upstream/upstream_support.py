@@ -24,10 +24,7 @@ PORT_MARKER = "MCP_BASTION_TEST_PORT="
 NODE_PRELOAD = HERE / "loopback_listen.cjs"
 PY_SERVER = HERE / "mcp_test_server.py"
 _EVERYTHING = Path("@modelcontextprotocol/server-everything/dist/index.js")
-EVERYTHING_CANDIDATES = (
-    REPO / "tests/node/node_modules" / _EVERYTHING,
-    Path("/tmp/nodeplay/node_modules") / _EVERYTHING,
-)
+EVERYTHING_CANDIDATES = (REPO / "tests/node/node_modules" / _EVERYTHING,)
 PROTOCOL_VERSION = "2025-11-25"
 
 

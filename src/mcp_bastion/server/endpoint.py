@@ -37,6 +37,8 @@ _SSE_HEADERS: Final = [
 ]
 _SESSION_HEADER: Final = b"mcp-session-id"
 MODERN_VERSION_KEY: Final = "io.modelcontextprotocol/protocolVersion"
+#: 2026-07-28 error code for headers that contradict the body.
+HEADER_MISMATCH: Final = -32020
 
 
 class McpEndpoint:
@@ -126,6 +128,10 @@ class McpEndpoint:
             await self._initialize(scope, receive, send, msg)
             return
         if header is None and "id" in msg and _sessionless(msg):
+            mismatch = _header_mismatch(scope, msg)
+            if mismatch is not None:
+                await rpc_error(send, 400, HEADER_MISMATCH, mismatch, msg["id"])
+                return
             await self._stateless(send, receive, msg)
             return
         session = await self._session(scope, send, header.decode("latin-1") if header else None)
@@ -371,6 +377,18 @@ def _sessionless(msg: Message) -> bool:
     params = msg.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
     return isinstance(meta, dict) and MODERN_VERSION_KEY in meta
+
+
+def _header_mismatch(scope: Scope, msg: Message) -> str | None:
+    """2026-07-28: mirrored headers must say what the body says (we relay what the body says)."""
+    method = get_header(scope, b"mcp-method")
+    if method is not None and method.decode("latin-1") != msg.get("method"):
+        return "HeaderMismatch: Mcp-Method does not match the request body"
+    meta = (msg.get("params") or {}).get("_meta") or {}
+    version = get_header(scope, b"mcp-protocol-version")
+    if version is not None and MODERN_VERSION_KEY in meta and version.decode("latin-1") != meta[MODERN_VERSION_KEY]:
+        return "HeaderMismatch: MCP-Protocol-Version does not match the request body"
+    return None
 
 
 def _parse_event_id(value: str) -> tuple[str, int] | None:

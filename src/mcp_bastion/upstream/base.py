@@ -5,6 +5,8 @@ called back with `on_message(message, related_id)` for every message the upstrea
 the order it emits them. `related_id` is the id (as the proxy sent it upstream) of the
 request whose response stream carried the message, when the transport says so (Streamable
 HTTP POST streams); otherwise None (stdio, legacy SSE, the Streamable HTTP GET stream).
+The handler owns each message it is given and may change it (the core rewrites ids in
+place), so a channel must not look at a message after handing it on.
 When the channel ends for any reason other than `aclose()`, it calls `on_close(error)` once.
 
 Channels know nothing of downstream sessions, ids or policy: the core does all rewriting.

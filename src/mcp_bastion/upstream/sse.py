@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest acknowledgement body read from a POST before the connection is dropped instead.
 _MAX_ACK_BYTES: Final = 64 * 1024
+#: How long reading an error body may take.
+_EXCERPT_TIMEOUT: Final = 2.0
 #: How long aclose() waits for the reader task to unwind.
 _CLOSE_GRACE: Final = 2.0
 
@@ -128,7 +130,11 @@ class SseChannel(UpstreamChannel):
                 if 200 <= status < 300:
                     await _drain(resp)
                     return
-                excerpt = await body_excerpt(resp) or resp.reason or ""
+                excerpt = ""
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_EXCERPT_TIMEOUT):
+                        excerpt = await body_excerpt(resp)
+                excerpt = excerpt or resp.reason or ""
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamClosed(f"POST to {safe_url(endpoint)} failed: {_describe(exc)}") from exc
         detail = f"upstream answered HTTP {status}: {excerpt}" if excerpt else f"upstream answered HTTP {status}"

@@ -25,6 +25,7 @@ the configured headers (credentials) elsewhere.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import re
@@ -123,7 +124,7 @@ class StreamableHttpChannel(UpstreamChannel):
             raise UpstreamClosed("the HTTP session is closed")
         method = message.get("method")
         request_id: RequestId | None = message["id"] if method is not None and "id" in message else None
-        headers = self._headers_for_post()
+        headers = _modern_headers(message, self._headers_for_post())
         session_sent = self._session_id is not None
         body = jsonrpc.dumps(message)
         try:
@@ -213,16 +214,21 @@ class StreamableHttpChannel(UpstreamChannel):
                 failure = "the upstream's JSON body held no response to the request"
             else:
                 failure = f"upstream answered HTTP {resp.status} with content type {content_type!r}"
-        except (aiohttp.ClientError, TimeoutError, SseError) as exc:
+        except Exception as exc:  # whatever broke, the request still gets its answer below
             failure = f"the upstream response stream failed: {_describe(exc)}"
         finally:
             resp.release()
         if request_id is None or answered:
             return
         if parser is not None and parser.last_event_id:
-            if await self._resume(request_id, parser.last_event_id, parser.retry):
-                return
-            failure += "; resuming it failed"
+            try:
+                if await self._resume(request_id, parser.last_event_id, parser.retry):
+                    return
+            except Exception as exc:
+                logger.exception("resuming a response stream failed")
+                failure += f"; resuming it failed: {_describe(exc)}"
+            else:
+                failure += "; resuming it failed"
         logger.info("request to %s failed: %s", safe_url(self._url), failure)
         self._emit(_error(request_id, failure, None), request_id)
 
@@ -255,15 +261,17 @@ class StreamableHttpChannel(UpstreamChannel):
         except ValueError:
             logger.warning("dropped an upstream message that is not JSON (%d bytes)", len(data))
             return False
+        # Decide before emitting: the handler owns the message and may rewrite its id.
         if isinstance(message, dict):
+            answers = _answers(message, related)
             self._emit(message, related)
-            return related is not None and "method" not in message and message.get("id") == related
+            return answers
         if isinstance(message, list):  # a JSON-RPC batch (2025-03-26 servers)
             answered = False
             for item in message:
                 if isinstance(item, dict):
+                    answered = _answers(item, related) or answered
                     self._emit(item, related)
-                    answered = answered or (related is not None and "method" not in item and item.get("id") == related)
             return answered
         logger.warning("dropped an upstream message that is not a JSON-RPC object")
         return False
@@ -436,6 +444,37 @@ async def _guard(func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> 
         raise
     except Exception:
         logger.exception("an upstream stream task failed")
+
+
+_NAMED_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+MODERN_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+
+
+def _header_value(value: str) -> str:
+    if value.isascii() and value.isprintable():
+        return value
+    return "=?base64?" + base64.b64encode(value.encode()).decode() + "?="
+
+
+def _modern_headers(message: Message, headers: CIMultiDictProxy[str]) -> CIMultiDictProxy[str]:
+    """2026-07-28 requests carry their version, method and name as headers too (spec: REQUIRED)."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get(MODERN_VERSION_KEY), str):
+        return headers
+    modern = CIMultiDict(headers)
+    modern["MCP-Protocol-Version"] = meta[MODERN_VERSION_KEY]
+    method = message.get("method")
+    if isinstance(method, str):
+        modern["Mcp-Method"] = method
+        name = params.get(_NAMED_METHODS.get(method, ""))  # type: ignore[union-attr]
+        if isinstance(name, str):
+            modern["Mcp-Name"] = _header_value(name)
+    return CIMultiDictProxy(modern)
+
+
+def _answers(message: Message, related: RequestId | None) -> bool:
+    return related is not None and "method" not in message and message.get("id") == related
 
 
 def _error(request_id: RequestId, message: str, status: int | None) -> Message:
