@@ -743,9 +743,9 @@ def measure_memory(lab: Lab, settings: Settings) -> list[dict[str, Any]]:
     bearer = f"Bearer {lab.token}"
     plans: list[tuple[str, str, Callable[[], tuple[Proc, str]]]] = []
 
-    def bastion(key: str, config: str) -> Callable[[], tuple[Proc, str]]:
+    def bastion(key: str, config: str, mode: str) -> Callable[[], tuple[Proc, str]]:
         def start() -> tuple[Proc, str]:
-            proc, port, _state = lab.start_bastion(key, config)
+            proc, port, _state = lab.start_bastion(key, config, {"BENCH_SESSION_MODE": mode})
             return proc, f"http://{LOOPBACK}:{port}/mcp/everything"
 
         return start
@@ -754,8 +754,10 @@ def measure_memory(lab: Lab, settings: Settings) -> list[dict[str, Any]]:
         proc, port = lab.start_mcp_proxy("mem-mcp-proxy")
         return proc, f"http://{LOOPBACK}:{port}/mcp"
 
-    plans.append(("mcp-bastion isolated (s1.yaml)", bearer, bastion("mem-bastion-isolated", "s1.yaml")))
-    plans.append(("mcp-bastion shared (s1-shared.yaml)", bearer, bastion("mem-bastion-shared", "s1-shared.yaml")))
+    for config, auth, onoff in (("s1.yaml", bearer, "on"), ("s1-nosec.yaml", "", "off")):
+        for mode in ("isolated", "shared"):
+            label = f"mcp-bastion {mode}, security {onoff} ({config})"
+            plans.append((label, auth, bastion(f"mem-bastion-{mode}-{onoff}", config, mode)))
     plans.append(("mcp-proxy 0.13.0", "", mcp_proxy))
     for label, auth, start in plans:
         row: dict[str, Any] = {"label": label, "sessions": settings.sessions}
@@ -1412,7 +1414,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         settings = Settings(True, args.out.resolve(), 3, 1, 1, (200, 500), 3, 10, quiet_timeout=10, retries=1)
     else:
-        settings = Settings(False, args.out.resolve(), 10, 2, 3, (200, 500), 10, 100, quiet_timeout=60, retries=2)
+        settings = Settings(False, args.out.resolve(), 10, 2, 3, (200, 500), 10, 100, quiet_timeout=30, retries=2)
     return run(settings)
 
 

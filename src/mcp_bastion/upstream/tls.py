@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Sequence
 from typing import Final, NoReturn, Protocol
 
+from mcp_bastion.config import TLS12_IANA_TO_OPENSSL, TLS13_SUITES
 from mcp_bastion.exceptions import ConfigError
 
 __all__ = ["TLS12_CIPHERS", "TLS13_CIPHERS", "TLSOptions", "client_ssl_context", "openssl_cipher_string"]
@@ -52,36 +53,9 @@ class TLSOptions(Protocol):
     def cipher_suites(self) -> Sequence[str]: ...
 
 
-#: IANA name -> OpenSSL name of the TLS 1.2 suites we accept (forward-secret AEAD and
-#: CBC-SHA256/384 suites; checked against `openssl ciphers -stdname`).
-TLS12_CIPHERS: Final[dict[str, str]] = {
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256": "DHE-RSA-AES128-GCM-SHA256",
-    "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384": "DHE-RSA-AES256-GCM-SHA384",
-    "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "DHE-RSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384": "ECDHE-ECDSA-AES256-SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384": "ECDHE-RSA-AES256-SHA384",
-    "TLS_DHE_RSA_WITH_AES_128_CBC_SHA256": "DHE-RSA-AES128-SHA256",
-    "TLS_DHE_RSA_WITH_AES_256_CBC_SHA256": "DHE-RSA-AES256-SHA256",
-}
-
-#: TLS 1.3 suites: accepted in `cipher_suites`, but not configurable per context (see module doc).
-TLS13_CIPHERS: Final = frozenset(
-    {
-        "TLS_AES_128_GCM_SHA256",
-        "TLS_AES_256_GCM_SHA384",
-        "TLS_CHACHA20_POLY1305_SHA256",
-        "TLS_AES_128_CCM_SHA256",
-        "TLS_AES_128_CCM_8_SHA256",
-    }
-)
+#: The suite tables live with the config schema, which validates names at load time.
+TLS12_CIPHERS: Final = TLS12_IANA_TO_OPENSSL
+TLS13_CIPHERS: Final = TLS13_SUITES
 
 _OPENSSL_NAMES: Final = frozenset(TLS12_CIPHERS.values())
 _VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
