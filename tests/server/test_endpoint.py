@@ -269,6 +269,8 @@ def test_a_discover_probe_is_relayed_to_the_upstream(proxy: RunningProxy) -> Non
     body = {"jsonrpc": "2.0", "id": "probe", "method": "server/discover", "params": {}}
     response = httpx2.post(proxy.url("demo"), headers=MCP_HEADERS, json=body)
     assert response.status_code == 200
-    [message] = sse_messages(response.text)
+    message = response.json()
     assert message["id"] == "probe"
     assert message["error"]["code"] == -32601  # the demo server is legacy-only and says so itself
+    again = httpx2.post(proxy.url("demo"), headers=MCP_HEADERS, json={**body, "id": 2})
+    assert again.json()["id"] == 2 and again.json()["error"] == message["error"]  # its verdict is kept

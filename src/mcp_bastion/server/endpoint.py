@@ -169,6 +169,11 @@ class McpEndpoint:
     async def _stateless(self, send: Send, receive: Receive, msg: Message) -> None:
         """Relay a request that belongs to no session (2026-07-28 era) on the stateless link."""
         try:
+            if msg["method"] == "server/discover":
+                response = await self.runtime.discover(msg.get("params"))
+                response["id"] = msg["id"]
+                await respond(send, 200, jsonrpc.dumps(response), [(b"content-type", b"application/json")])
+                return
             link, holder = await self.runtime.stateless()
         except UpstreamError as exc:
             message = f"upstream {self.runtime.id!r} is unavailable: {exc}"

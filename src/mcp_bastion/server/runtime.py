@@ -39,6 +39,8 @@ LATEST_LEGACY_VERSION: Final = "2025-11-25"
 MAX_SHARED_CLIENTS: Final = 10_000
 #: Probe retry backoff while an upstream fails: first delay, factor, ceiling (seconds).
 PROBE_BACKOFF: Final = (1.0, 2.0, 60.0)
+#: How long a legacy-only upstream's answer to `server/discover` is reused.
+ERA_VERDICT_SECONDS: Final = 600.0
 #: Most tools/list pages the probe follows to count tools.
 MAX_TOOL_PAGES: Final = 20
 
@@ -69,6 +71,7 @@ class McpRuntime:
         self.sessions: dict[str, Session] = {}
         self.shared_link: Link | None = None
         self._stateless: tuple[Link, Session] | None = None
+        self._legacy_verdict: tuple[float, Message] | None = None
         self._stateless_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -218,6 +221,23 @@ class McpRuntime:
                 link.attach(holder)
                 self._stateless = (link, holder)
             return self._stateless
+
+    async def discover(self, params: Any) -> Message:
+        """The upstream's own answer to `server/discover` (its id is the proxy's).
+
+        A legacy-only upstream answers with an error; that verdict is kept for a while and
+        the stateless link closed, so no process lingers for an era the upstream lacks.
+        """
+        verdict = self._legacy_verdict
+        if verdict is not None and time.monotonic() - verdict[0] < ERA_VERDICT_SECONDS:
+            return dict(verdict[1])
+        link, _holder = await self.stateless()
+        response = await link.call("server/discover", params, timeout=self.mcp.request_timeout)
+        if "error" in response:
+            self._legacy_verdict = (time.monotonic(), response)
+            self._stateless = None
+            await link.aclose()
+        return response
 
     def get(self, session_id: str, principal: str | None) -> Session | None:
         """The live session with this id, if it belongs to this principal."""

@@ -1,0 +1,33 @@
+"""Who is calling, as the security layers hand it on through the ASGI scope."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = ["CLIENT_IP_KEY", "PRINCIPAL_KEY", "Principal"]
+
+#: The resolved client address (str), set by the client-address layer for every request.
+CLIENT_IP_KEY: Final = "mcp_bastion.client_ip"
+#: The authenticated Principal, set by the authentication layer.
+PRINCIPAL_KEY: Final = "mcp_bastion.principal"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller.
+
+    `id` is stable per credential (a token entry's id, a JWT's `iss`+`sub`) and is what
+    sessions are bound to and rate limits are keyed on; it is never the secret itself.
+    `mcps` limits which MCPs the credential reaches (None: all that accept it).
+    """
+
+    id: str
+    kind: str
+    roles: tuple[str, ...] = ()
+    mcps: tuple[str, ...] | None = None
+    scopes: tuple[str, ...] = ()
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def reaches(self, mcp_id: str) -> bool:
+        return self.mcps is None or mcp_id in self.mcps
