@@ -1,28 +1,41 @@
-"""Client authentication for one MCP: static bearer tokens, compared as SHA-256 digests.
+"""Client authentication for one MCP: static bearer tokens or JWTs, one layer for both.
 
-Tokens are never kept in clear: each configured token is hashed once at start, and a
-presented credential is hashed and compared against every digest with
+Static tokens are never kept in clear: each configured token is hashed once at start, and
+a presented credential is hashed and compared against every digest with
 `hmac.compare_digest`, so timing reveals neither which token nor how much of it matched.
 The credential comes only from the configured header (never the query string) and is
-removed from the scope before anything downstream can forward or log it.
+removed from the scope before anything downstream can forward or log it. A valid
+credential that does not reach this MCP is a 403, not a 401.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final, Protocol
 
+from mcp_bastion.security.counters import SecurityCounters
+from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
 from mcp_bastion.server.http import json_error
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["PRINCIPAL_KEY", "StaticToken", "TokenAuth", "check_bearer", "digest"]
+if TYPE_CHECKING:
+    from mcp_bastion.config import AuthConfig
 
-#: Where an authenticated principal is left in the ASGI scope for later layers.
-PRINCIPAL_KEY: Final = "mcp_bastion.principal"
+__all__ = [
+    "AuthFailure",
+    "Authenticate",
+    "Authenticator",
+    "StaticToken",
+    "StaticTokens",
+    "bearer_credential",
+    "digest",
+]
+
+_PROBLEM_WORDS: Final = "malformed credentials"
 
 
 def digest(token: str) -> bytes:
@@ -30,45 +43,101 @@ def digest(token: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class AuthFailure:
+    """Why a credential was refused (the text goes to the client: it never holds the credential)."""
+
+    reason: str
+    error: str = "invalid_token"
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, credential: str) -> Principal | AuthFailure: ...
+
+
+def bearer_credential(value: str | None, prefix: str) -> str | AuthFailure:
+    """The credential inside an Authorization-style header value, or why there is none."""
+    if value is None or not value.strip():
+        return AuthFailure("missing credentials")
+    if not value.isascii() or not value.isprintable():
+        return AuthFailure(_PROBLEM_WORDS)
+    if not prefix:
+        return value.strip()
+    scheme, _, credential = value.strip().partition(" ")
+    if scheme.lower() != prefix.lower() or not credential.strip() or " " in credential.strip():
+        return AuthFailure(_PROBLEM_WORDS)
+    return credential.strip()
+
+
+@dataclass(frozen=True)
 class StaticToken:
     id: str
     sha256: bytes
     expires_at: datetime | None = None
+    roles: tuple[str, ...] = ()
+    mcps: tuple[str, ...] | None = None
 
 
-def check_bearer(value: str | None, prefix: str, tokens: Iterable[StaticToken], now: datetime) -> str | StaticToken:
-    """The matching token, or a short reason why the credential is refused."""
-    if value is None or not value.strip():
-        return "missing credentials"
-    if not value.isascii():
-        return "malformed credentials"
-    if prefix:
-        scheme, _, credential = value.partition(" ")
-        if scheme.lower() != prefix.lower() or not credential.strip():
-            return "malformed credentials"
-    else:
-        credential = value
-    presented = digest(credential.strip())
-    found: StaticToken | None = None
-    for token in tokens:
-        if hmac.compare_digest(presented, token.sha256):
-            found = token
-    if found is None:
-        return "invalid token"
-    if found.expires_at is not None and found.expires_at <= now:
-        return "token expired"
-    return found
+class StaticTokens:
+    """The configured tokens of one MCP (several may be valid at once, for rotation)."""
 
-
-class TokenAuth:
-    """Admits requests that carry one of the MCP's tokens; 401 with a JSON reason otherwise."""
-
-    def __init__(self, app: ASGIApp, *, tokens: Iterable[StaticToken], header: str, prefix: str, realm: str) -> None:
-        self.app = app
+    def __init__(self, tokens: Iterable[StaticToken], *, now: Callable[[], datetime] | None = None) -> None:
         self.tokens = tuple(tokens)
+        self.revoked: set[bytes] = set()
+        self._now = now or (lambda: datetime.now(UTC))
+
+    @classmethod
+    def from_config(cls, auth: AuthConfig) -> StaticTokens:
+        tokens = []
+        if auth.token is not None:
+            tokens.append(StaticToken("token", digest(auth.token.get_secret_value())))
+        for entry in auth.tokens:
+            if entry.token is not None:
+                hashed = digest(entry.token.get_secret_value())
+            else:
+                assert entry.sha256 is not None
+                hashed = bytes.fromhex(entry.sha256)
+            scope = tuple(entry.mcps) if entry.mcps else None
+            tokens.append(StaticToken(entry.id, hashed, entry.expires_at, tuple(entry.roles), scope))
+        return cls(tokens)
+
+    async def authenticate(self, credential: str) -> Principal | AuthFailure:
+        presented = digest(credential)
+        found: StaticToken | None = None
+        for token in self.tokens:  # no early exit: every digest is compared
+            if hmac.compare_digest(presented, token.sha256):
+                found = token
+        if found is None:
+            return AuthFailure("invalid token")
+        if found.sha256 in self.revoked:
+            return AuthFailure("token revoked")
+        if found.expires_at is not None and found.expires_at <= self._now():
+            return AuthFailure("token expired")
+        return Principal(id=f"token:{found.id}", kind="token", roles=found.roles, mcps=found.mcps)
+
+
+class Authenticate:
+    """401 without a valid credential, 403 when it does not reach this MCP; else the principal."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticator: Authenticator,
+        header: str,
+        prefix: str,
+        mcp_id: str,
+        counters: SecurityCounters,
+        challenge: Callable[[AuthFailure], str],
+        on_failure: Callable[[str | None], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.authenticator = authenticator
         self.header = header.lower().encode("latin-1")
         self.prefix = prefix
-        self.challenge = f'Bearer realm="{realm}", error="invalid_token"'.encode()
+        self.mcp_id = mcp_id
+        self.counters = counters
+        self.challenge = challenge
+        self.on_failure = on_failure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw: bytes | None = None
@@ -78,13 +147,30 @@ class TokenAuth:
                 raw = value if raw is None else raw
             else:
                 kept.append((key, value))
-        verdict = check_bearer(
-            raw.decode("latin-1") if raw is not None else None, self.prefix, self.tokens, datetime.now(UTC)
+        self.counters.authentication_attempts += 1
+        credential = bearer_credential(raw.decode("latin-1") if raw is not None else None, self.prefix)
+        verdict = (
+            credential if isinstance(credential, AuthFailure) else await self.authenticator.authenticate(credential)
         )
-        if isinstance(verdict, str):
-            await json_error(send, 401, "invalid_token", verdict, [(b"www-authenticate", self.challenge)])
+        if isinstance(verdict, AuthFailure):
+            await self._refuse(scope, send, verdict)
             return
-        scope = dict(scope)
+        if not verdict.reaches(self.mcp_id):
+            self.counters.violation()
+            challenge = self.challenge(AuthFailure("this credential does not reach this MCP", "insufficient_scope"))
+            headers = [(b"www-authenticate", challenge.encode("latin-1"))]
+            await json_error(
+                send, 403, "insufficient_scope", f"this credential does not reach MCP {self.mcp_id!r}", headers
+            )
+            return
         scope["headers"] = kept
-        scope[PRINCIPAL_KEY] = verdict.id
+        scope[PRINCIPAL_KEY] = verdict
         await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send, failure: AuthFailure) -> None:
+        self.counters.authentication_failures += 1
+        self.counters.violation()
+        if self.on_failure is not None:
+            self.on_failure(scope.get(CLIENT_IP_KEY))
+        headers = [(b"www-authenticate", self.challenge(failure).encode("latin-1"))]
+        await json_error(send, 401, failure.error, failure.reason, headers)

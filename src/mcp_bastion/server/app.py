@@ -1,8 +1,14 @@
-"""The data-plane ASGI application: routing, health, and the per-MCP security stack.
+"""The data-plane ASGI application: routing, health, and the security stack around each MCP.
 
-The stack is built once, in one place, because its order is a security decision:
-security headers (so rejections carry them too) -> Host/Origin guard (every route) ->
-router -> per MCP: its own headers, if configured -> authentication -> endpoint.
+The stack is built once, here, because its order is a security decision:
+
+    security headers (every answer carries them, rejections too)
+    -> Host / Origin guard (DNS rebinding; every route)
+    -> router
+       -> per MCP: its own headers if configured -> authentication (401/403)
+          -> endpoint (body limits, JSON-RPC)
+
+The stack grows by one layer per concern; each layer is a pure-ASGI class in `security/`.
 """
 
 from __future__ import annotations
@@ -10,11 +16,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from mcp_bastion.security.auth import StaticToken, TokenAuth, digest
+from mcp_bastion.exceptions import ConfigError
+from mcp_bastion.security.auth import Authenticate, Authenticator, AuthFailure, StaticTokens, bearer_credential
+from mcp_bastion.security.counters import SecurityCounters
 from mcp_bastion.security.headers import SecurityHeaders
 from mcp_bastion.security.hosts import AllowedHosts, HostOriginGuard
+from mcp_bastion.security.principal import Principal
 from mcp_bastion.server.endpoint import McpEndpoint
-from mcp_bastion.server.http import json_error, respond_json
+from mcp_bastion.server.http import get_header, json_error, respond_json
 from mcp_bastion.server.runtime import McpRuntime
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
@@ -28,48 +37,73 @@ logger = logging.getLogger(__name__)
 _PREFIX = "/mcp/"
 
 
-def _static_tokens(auth: AuthConfig) -> list[StaticToken]:
-    tokens = []
-    if auth.token is not None:
-        tokens.append(StaticToken("token", digest(auth.token.get_secret_value())))
-    for entry in auth.tokens:
-        if entry.token is not None:
-            hashed = digest(entry.token.get_secret_value())
-        else:
-            assert entry.sha256 is not None
-            hashed = bytes.fromhex(entry.sha256)
-        tokens.append(StaticToken(entry.id, hashed, entry.expires_at))
-    return tokens
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _authenticated(app: ASGIApp, auth: AuthConfig, mcp: McpConfig) -> ASGIApp:
-    if auth.type == "none":
-        return app
+def bearer_challenge(realm: str) -> Any:
+    """The WWW-Authenticate value for a refusal (RFC 6750 section 3)."""
+
+    def challenge(failure: AuthFailure) -> str:
+        return f'Bearer realm="{_quote(realm)}", error="{failure.error}", error_description="{_quote(failure.reason)}"'
+
+    return challenge
+
+
+def _authenticator(auth: AuthConfig, mcp: McpConfig) -> Authenticator:
     if auth.type == "token":
-        return TokenAuth(app, tokens=_static_tokens(auth), header=auth.header, prefix=auth.prefix, realm=mcp.id)
-    from mcp_bastion.exceptions import ConfigError
-
+        return StaticTokens.from_config(auth)
     raise ConfigError(f"auth type {auth.type!r} is not available in this build", path=f"mcps.{mcp.id}.auth.type")
 
 
+class McpRoute:
+    """One MCP's runtime, its guarded endpoint, and what `/api/v1/mcp/list` needs to know."""
+
+    def __init__(self, mcp: McpConfig, config: ProxyConfig, counters: SecurityCounters) -> None:
+        self.mcp = mcp
+        self.runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout)
+        self.auth = config.effective_auth(mcp)
+        security = config.effective_security(mcp)
+        endpoint = McpEndpoint(
+            self.runtime, max_body_size=security.limits.max_body_size, messages_path=f"{_PREFIX}{mcp.id}/messages"
+        )
+        app: ASGIApp = endpoint
+        self.authenticator: Authenticator | None = None
+        if self.auth.type != "none":
+            self.authenticator = _authenticator(self.auth, mcp)
+            app = Authenticate(
+                app,
+                authenticator=self.authenticator,
+                header=self.auth.header,
+                prefix=self.auth.prefix,
+                mcp_id=mcp.id,
+                counters=counters,
+                challenge=bearer_challenge(mcp.id),
+            )
+        if mcp.security is not None:
+            app = SecurityHeaders(app, config=mcp.security.headers)
+        self.app = app
+
+    async def admits(self, scope: Scope) -> bool:
+        """Whether the request's credential would open this MCP (for the MCP list)."""
+        if self.authenticator is None:
+            return True
+        raw = get_header(scope, self.auth.header.lower().encode("latin-1"))
+        credential = bearer_credential(raw.decode("latin-1") if raw is not None else None, self.auth.prefix)
+        if isinstance(credential, AuthFailure):
+            return False
+        verdict = await self.authenticator.authenticate(credential)
+        return isinstance(verdict, Principal) and verdict.reaches(self.mcp.id)
+
+
 class BastionApp:
-    """Routes `/mcp/{id}[/sse|/messages]`, `/healthz` and `/readyz`; runs the MCP runtimes."""
+    """Routes `/mcp/{id}[/sse|/messages]`, the MCP list and health; runs the MCP runtimes."""
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
-        self.runtimes: dict[str, McpRuntime] = {}
-        self.endpoints: dict[str, ASGIApp] = {}
-        for mcp in config.mcps:
-            runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout)
-            security = config.effective_security(mcp)
-            endpoint = McpEndpoint(
-                runtime, max_body_size=security.limits.max_body_size, messages_path=f"{_PREFIX}{mcp.id}/messages"
-            )
-            self.runtimes[mcp.id] = runtime
-            guarded = _authenticated(endpoint, config.effective_auth(mcp), mcp)
-            if mcp.security is not None:
-                guarded = SecurityHeaders(guarded, config=mcp.security.headers)
-            self.endpoints[mcp.id] = guarded
+        self.counters = SecurityCounters()
+        self.routes = {mcp.id: McpRoute(mcp, config, self.counters) for mcp in config.mcps}
+        self.runtimes: dict[str, McpRuntime] = {mcp_id: route.runtime for mcp_id, route in self.routes.items()}
 
     async def startup(self) -> None:
         for runtime in self.runtimes.values():
@@ -88,18 +122,42 @@ class BastionApp:
         path: str = scope["path"]
         if path.startswith(_PREFIX):
             mcp_id, _, rest = path[len(_PREFIX) :].partition("/")
-            endpoint = self.endpoints.get(mcp_id)
-            if endpoint is None:
+            route = self.routes.get(mcp_id)
+            if route is None:
                 await json_error(send, 404, "unknown_mcp", f"no MCP with id {mcp_id!r}")
                 return
             scope["mcp_bastion.subpath"] = f"/{rest}" if rest else ""
-            await endpoint(scope, receive, send)
+            await route.app(scope, receive, send)
+        elif path == "/api/v1/mcp/list":
+            await self._mcp_list(scope, send)
         elif path == "/healthz":
             await respond_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
             await self._readyz(send)
         else:
             await json_error(send, 404, "not_found", f"no route for {path}")
+
+    async def _mcp_list(self, scope: Scope, send: Send) -> None:
+        """The MCPs the presented credential reaches (MCPs without auth reach everyone)."""
+        reached = [route for route in self.routes.values() if await route.admits(scope)]
+        if not reached:
+            self.counters.authentication_failures += 1
+            self.counters.violation()
+            challenge = b'Bearer realm="mcp-bastion", error="invalid_token"'
+            await json_error(
+                send, 401, "invalid_token", "no MCP accepts this credential", [(b"www-authenticate", challenge)]
+            )
+            return
+        listing = [
+            {
+                "id": r.mcp.id,
+                "transport": r.mcp.transport,
+                "status": r.runtime.status,
+                "tool_count": r.runtime.tool_count,
+            }
+            for r in reached
+        ]
+        await respond_json(send, 200, {"mcps": listing, "count": len(listing)})
 
     async def _readyz(self, send: Send) -> None:
         waiting = [

@@ -16,7 +16,7 @@ from typing import Any, Final
 from mcp_bastion import jsonrpc
 from mcp_bastion.exceptions import UpstreamError
 from mcp_bastion.jsonrpc import Message
-from mcp_bastion.security.auth import PRINCIPAL_KEY
+from mcp_bastion.security.principal import PRINCIPAL_KEY, Principal
 from mcp_bastion.server.http import BodyTooLarge, get_header, query_param, read_body, respond, rpc_error
 from mcp_bastion.server.runtime import CapacityError, McpRuntime
 from mcp_bastion.server.session import Session
@@ -100,7 +100,7 @@ class McpEndpoint:
         if not session_id:
             await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "Bad Request: missing session id")
             return None
-        session = self.runtime.get(session_id, scope.get(PRINCIPAL_KEY))
+        session = self.runtime.get(session_id, _principal_id(scope))
         if session is None:
             await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "Session not found")
         return session
@@ -149,7 +149,7 @@ class McpEndpoint:
 
     async def _initialize(self, scope: Scope, receive: Receive, send: Send, msg: Message) -> None:
         try:
-            session = self.runtime.new_session(scope.get(PRINCIPAL_KEY))
+            session = self.runtime.new_session(_principal_id(scope))
         except CapacityError as exc:
             await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), msg["id"], [(b"retry-after", b"5")])
             return
@@ -246,7 +246,7 @@ class McpEndpoint:
 
     async def legacy_connect(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            session = self.runtime.new_session(scope.get(PRINCIPAL_KEY), legacy_sse=True)
+            session = self.runtime.new_session(_principal_id(scope), legacy_sse=True)
         except CapacityError as exc:
             await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), None, [(b"retry-after", b"5")])
             return
@@ -351,6 +351,11 @@ class McpEndpoint:
             gone.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await gone
+
+
+def _principal_id(scope: Scope) -> str | None:
+    principal = scope.get(PRINCIPAL_KEY)
+    return principal.id if isinstance(principal, Principal) else None
 
 
 async def _wait_disconnect(receive: Receive) -> None:
