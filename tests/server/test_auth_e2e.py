@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import contextlib
+import http.client
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,8 +39,11 @@ class RecordingUpstream:
             return web.Response(status=202)
         result: dict[str, Any] = {}
         if message["method"] == "initialize":
-            result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                      "serverInfo": {"name": "recorder", "version": "1"}}
+            result = {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "recorder", "version": "1"},
+            }
         elif message["method"] == "tools/list":
             result = {"tools": [{"name": "noop", "inputSchema": {"type": "object"}}]}
         body = {"jsonrpc": "2.0", "id": message["id"], "result": result}
@@ -82,10 +85,19 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, recorder: RecordingUpstream)
         demo_mcp("demo"),
         {**demo_mcp("rotated"), "auth": {"type": "token", "tokens": ROTATED}},
         {**demo_mcp("expired"), "auth": {"type": "token", "tokens": EXPIRED}},
-        {**demo_mcp("scoped"), "auth": {"type": "token", "tokens": [
-            {"id": "only-demo", "token": "scoped-token-0123456789", "mcps": ["demo"]}]}},
-        {"id": "remote", "url": recorder.url, "transport": "streamable-http",
-         "headers": {"X-Upstream-Key": "upstream-secret"}},
+        {
+            **demo_mcp("scoped"),
+            "auth": {
+                "type": "token",
+                "tokens": [{"id": "only-demo", "token": "scoped-token-0123456789", "mcps": ["demo"]}],
+            },
+        },
+        {
+            "id": "remote",
+            "url": recorder.url,
+            "transport": "streamable-http",
+            "headers": {"X-Upstream-Key": "upstream-secret"},
+        },
         {**demo_mcp("open"), "auth": {"type": "none"}},
     ]
     with run_proxy(tmp_path_factory.mktemp("auth"), mcps) as running:

@@ -88,3 +88,32 @@ def test_an_idle_session_expires(proxy: RunningProxy) -> None:
     assert httpx2.post(proxy.url("filtered"), headers=headers, json=ping).status_code == 200
     time.sleep(4)  # idle timeout 2 s, swept every second: any request now would count as activity
     assert httpx2.post(proxy.url("filtered"), headers=headers, json=ping).status_code == 404
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    limits = {"max_json_depth": 5, "max_string_length": 64, "max_header_size": 2048}
+    mcps = [demo_mcp("demo", security={"limits": limits})]
+    with run_proxy(tmp_path_factory.mktemp("limits"), mcps) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("arguments", "extra_headers", "status", "reason"),
+    [
+        pytest.param({"message": "ok"}, {}, 200, None, id="within"),
+        pytest.param({"message": "x" * 65}, {}, 400, "longer than 64", id="long-string"),
+        pytest.param({"message": {"a": {"b": {"c": "d"}}}}, {}, 400, "deeper than 5", id="deep"),
+        pytest.param({"message": "ok"}, {"X-Padding": "p" * 3000}, 431, "headers are over", id="big-headers"),
+    ],
+)
+def test_input_limits_answer_a_clear_error(
+    limited: RunningProxy, arguments: dict[str, object], extra_headers: dict[str, str], status: int, reason: str | None
+) -> None:
+    session = initialize(limited, "demo")
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "echo", "arguments": arguments}}
+    headers = {**MCP_HEADERS, "Mcp-Session-Id": session, **extra_headers}
+    response = httpx2.post(limited.url("demo"), headers=headers, json=body)
+    assert response.status_code == status, response.text
+    if reason is not None:
+        assert reason in response.json()["error"]["message"]

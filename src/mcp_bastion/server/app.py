@@ -64,9 +64,7 @@ class McpRoute:
         self.runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout)
         self.auth = config.effective_auth(mcp)
         security = config.effective_security(mcp)
-        endpoint = McpEndpoint(
-            self.runtime, max_body_size=security.limits.max_body_size, messages_path=f"{_PREFIX}{mcp.id}/messages"
-        )
+        endpoint = McpEndpoint(self.runtime, limits=security.limits, messages_path=f"{_PREFIX}{mcp.id}/messages")
         app: ASGIApp = endpoint
         self.authenticator: Authenticator | None = None
         if self.auth.type != "none":

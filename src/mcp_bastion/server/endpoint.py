@@ -11,17 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mcp_bastion import jsonrpc
 from mcp_bastion.exceptions import UpstreamError
 from mcp_bastion.jsonrpc import Message
+from mcp_bastion.security.limits import header_bytes, json_violation
 from mcp_bastion.security.principal import PRINCIPAL_KEY, Principal
 from mcp_bastion.server.http import BodyTooLarge, get_header, query_param, read_body, respond, rpc_error
 from mcp_bastion.server.runtime import CapacityError, McpRuntime
 from mcp_bastion.server.session import Session
 from mcp_bastion.server.streams import EventStream, priming_event
 from mcp_bastion.types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from mcp_bastion.config import LimitsConfig
 
 __all__ = ["SUPPORTED_VERSIONS", "McpEndpoint"]
 
@@ -44,12 +48,17 @@ HEADER_MISMATCH: Final = -32020
 class McpEndpoint:
     """Serves `/mcp/{id}`, `/mcp/{id}/sse` and `/mcp/{id}/messages` for one MCP."""
 
-    def __init__(self, runtime: McpRuntime, *, max_body_size: int, messages_path: str) -> None:
+    def __init__(self, runtime: McpRuntime, *, limits: LimitsConfig, messages_path: str) -> None:
         self.runtime = runtime
-        self.max_body_size = max_body_size
+        self.limits = limits
+        self.max_body_size = limits.max_body_size
         self.messages_path = messages_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if header_bytes(scope["headers"]) > self.limits.max_header_size:
+            reason = f"request headers are over the limit of {self.limits.max_header_size} bytes"
+            await rpc_error(send, 431, jsonrpc.INVALID_REQUEST, reason)
+            return
         method = scope["method"]
         sub = scope.get("mcp_bastion.subpath", "")
         if sub == "":
@@ -93,6 +102,10 @@ class McpEndpoint:
             return None
         if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or not _well_formed(msg):
             await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "not a JSON-RPC 2.0 request, notification or response")
+            return None
+        violation = json_violation(msg, max_depth=self.limits.max_json_depth, max_string=self.limits.max_string_length)
+        if violation is not None:
+            await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, violation, msg.get("id"))
             return None
         return msg
 

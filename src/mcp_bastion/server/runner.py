@@ -39,9 +39,6 @@ def refuse_unenforced(config: ProxyConfig) -> list[str]:
             active = value.enabled if key in ("cors", "auth_failure_ban") and value is not None else value
             if key in security.model_fields_set and active:
                 raise ConfigError("not enforced by this build yet; remove it or upgrade", path=f"{path}.{key}")
-        for key in ("max_header_size", "max_json_depth", "max_string_length"):
-            if key in security.limits.model_fields_set:
-                raise ConfigError("not enforced by this build yet", path=f"{path}.limits.{key}")
     warnings = []
     if config.server.audit.sinks:
         warnings.append("server.audit: the audit trail is not written by this build yet")
