@@ -15,7 +15,8 @@ from mcp_bastion.security.auth import (
     digest,
 )
 from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.principal import PRINCIPAL_KEY, Principal
+from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
+from mcp_bastion.types import Receive, Scope, Send
 from tests.security.asgi import call, make_scope
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
@@ -78,13 +79,13 @@ async def test_a_revoked_token_is_refused() -> None:
     assert await tokens.authenticate("secret-value") == AuthFailure("token revoked")
 
 
-async def _seen(scope: dict[str, object], receive: object, send: object) -> None:
+async def _seen(scope: Scope, receive: Receive, send: Send) -> None:
     principal = scope[PRINCIPAL_KEY]
-    headers = dict(scope["headers"])  # type: ignore[arg-type]
+    headers = dict(scope["headers"])
     assert isinstance(principal, Principal)
     assert b"authorization" not in headers  # the credential never travels further
-    await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
-    await send({"type": "http.response.body", "body": principal.id.encode()})  # type: ignore[operator]
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": principal.id.encode()})
 
 
 def _layer(counters: SecurityCounters, failures: list[str | None]) -> Authenticate:
@@ -102,7 +103,7 @@ def _layer(counters: SecurityCounters, failures: list[str | None]) -> Authentica
 
 @pytest.mark.anyio
 async def test_the_layer_admits_strips_and_counts() -> None:
-    counters, failures = SecurityCounters(), []
+    counters, failures = SecurityCounters(), list[str | None]()
     sent = await call(_layer(counters, failures), make_scope("POST", headers=[("Authorization", "Bearer new-token")]))
     assert (sent.status, sent.body) == (200, b"token:new")
     assert counters.authentication_attempts == 1 and counters.authentication_failures == 0
@@ -110,8 +111,9 @@ async def test_the_layer_admits_strips_and_counts() -> None:
 
 @pytest.mark.anyio
 async def test_the_layer_refuses_with_401_a_challenge_and_a_reason() -> None:
-    counters, failures = SecurityCounters(), []
-    scope = make_scope("POST", headers=[("Authorization", "Bearer nope")], **{"mcp_bastion.client_ip": "10.0.0.9"})
+    counters, failures = SecurityCounters(), list[str | None]()
+    scope = make_scope("POST", headers=[("Authorization", "Bearer nope")])
+    scope[CLIENT_IP_KEY] = "10.0.0.9"
     sent = await call(_layer(counters, failures), scope)
     assert sent.status == 401
     assert sent.headers["www-authenticate"] == 'Bearer realm="a", error="invalid_token"'
