@@ -200,3 +200,42 @@ def test_the_mcp_list_without_any_reachable_mcp_is_401(tmp_path: Path) -> None:
     with run_proxy(tmp_path, [demo_mcp("demo")]) as proxy:
         response = httpx2.get(proxy.base + "/api/v1/mcp/list", headers={"Authorization": "Bearer nope"})
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        pytest.param(None, 401, id="no-token"),
+        pytest.param(f"Bearer {TOKEN}", 401, id="client-token"),
+        pytest.param("Bearer admin-token-0123456789abcdef", 404, id="admin-token-reaches-the-admin-plane"),
+    ],
+)
+def test_the_admin_plane_takes_only_admin_tokens(
+    admin_proxy: RunningProxy, authorization: str | None, status: int
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = httpx2.get(admin_proxy.base + "/admin/mcps", headers=headers)
+    assert response.status_code == status
+    assert "error" in response.json()
+
+
+def test_an_admin_token_is_not_a_client_credential(admin_proxy: RunningProxy) -> None:
+    response = post(admin_proxy, "demo", {"Authorization": "Bearer admin-token-0123456789abcdef"})
+    assert response.status_code == 401
+
+
+def test_the_admin_plane_refuses_addresses_off_its_list(tmp_path: Path) -> None:
+    server = {"admin": {"token": "admin-token-0123456789abcdef", "ip_whitelist": ["10.9.9.9"]}}
+    with run_proxy(tmp_path, [demo_mcp("demo")], server=server) as proxy:
+        response = httpx2.get(
+            proxy.base + "/admin/mcps", headers={"Authorization": "Bearer admin-token-0123456789abcdef"}
+        )
+    assert response.status_code == 403
+    assert response.json()["error"] == "ip_blocked"
+
+
+@pytest.fixture(scope="module")
+def admin_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    server = {"admin": {"token": "admin-token-0123456789abcdef"}}
+    with run_proxy(tmp_path_factory.mktemp("admin"), [demo_mcp("demo")], server=server) as running:
+        yield running

@@ -13,15 +13,18 @@ The stack grows by one layer per concern; each layer is a pure-ASGI class in `se
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mcp_bastion.exceptions import ConfigError
+from mcp_bastion.security.admin import AdminGuard, admin_tokens
 from mcp_bastion.security.auth import Authenticate, Authenticator, AuthFailure, StaticTokens, bearer_credential
 from mcp_bastion.security.counters import SecurityCounters
 from mcp_bastion.security.headers import SecurityHeaders
 from mcp_bastion.security.hosts import AllowedHosts, HostOriginGuard
-from mcp_bastion.security.principal import Principal
+from mcp_bastion.security.principal import CLIENT_IP_KEY, Principal
 from mcp_bastion.server.endpoint import McpEndpoint
 from mcp_bastion.server.http import get_header, json_error, respond_json
 from mcp_bastion.server.runtime import McpRuntime
@@ -94,6 +97,28 @@ class McpRoute:
         return isinstance(verdict, Principal) and verdict.reaches(self.mcp.id)
 
 
+async def _no_admin_route(scope: Scope, receive: Receive, send: Send) -> None:
+    await json_error(send, 404, "not_found", f"no admin route {scope['path']} in this build")
+
+
+class IpAllowList:
+    """A small static allowlist of addresses and networks (the admin list)."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.networks = [ipaddress.ip_network(entry, strict=False) for entry in entries]
+
+    def admits(self, address: str | None) -> bool:
+        if address is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.networks)
+
+
 class BastionApp:
     """Routes `/mcp/{id}[/sse|/messages]`, the MCP list and health; runs the MCP runtimes."""
 
@@ -102,6 +127,13 @@ class BastionApp:
         self.counters = SecurityCounters()
         self.routes = {mcp.id: McpRoute(mcp, config, self.counters) for mcp in config.mcps}
         self.runtimes: dict[str, McpRuntime] = {mcp_id: route.runtime for mcp_id, route in self.routes.items()}
+        admin_ips = IpAllowList(config.server.admin.ip_whitelist)
+        self.admin = AdminGuard(
+            _no_admin_route,
+            tokens=admin_tokens(config.server.admin),
+            address_allowed=admin_ips.admits,
+            counters=self.counters,
+        )
 
     async def startup(self) -> None:
         for runtime in self.runtimes.values():
@@ -118,6 +150,9 @@ class BastionApp:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
+        if CLIENT_IP_KEY not in scope:
+            client = scope.get("client")
+            scope[CLIENT_IP_KEY] = client[0] if client else None
         if path.startswith(_PREFIX):
             mcp_id, _, rest = path[len(_PREFIX) :].partition("/")
             route = self.routes.get(mcp_id)
@@ -126,6 +161,8 @@ class BastionApp:
                 return
             scope["mcp_bastion.subpath"] = f"/{rest}" if rest else ""
             await route.app(scope, receive, send)
+        elif path == "/admin" or path.startswith("/admin/"):
+            await self.admin(scope, receive, send)
         elif path == "/api/v1/mcp/list":
             await self._mcp_list(scope, send)
         elif path == "/healthz":
