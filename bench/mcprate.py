@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 _RESULT = re.compile(rb'"result"\s*:')
+#: Idle keep-alive connections older than this are closed rather than reused.
+MAX_IDLE = 2.0
 
 
 class HttpError(Exception):
@@ -39,6 +41,8 @@ class HttpError(Exception):
 class Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    idle_since: float = 0.0
+    used: bool = False
 
     def close(self) -> None:
         self.writer.close()
@@ -123,7 +127,14 @@ class Pool:
     async def acquire(self) -> Conn:
         while True:
             if self.idle:
-                return self.idle.pop()
+                conn = self.idle.pop()
+                if time.perf_counter() - conn.idle_since <= MAX_IDLE:
+                    return conn
+                # Servers close idle keep-alive connections (Node after 5 s): do not race them;
+                # the slot is ours, so open a fresh connection in it.
+                conn.close()
+                self.count -= 1
+                continue
             if self.count < self.size:
                 self.count += 1
                 try:
@@ -136,12 +147,14 @@ class Pool:
                 return Conn(reader, writer)
             waiter: asyncio.Future[Conn | None] = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
-            conn = await waiter
-            if conn is not None:
-                return conn
+            handed = await waiter
+            if handed is not None:
+                return handed
             # A connection was dropped: a slot is free, loop round and open one.
 
     def release(self, conn: Conn, reusable: bool) -> None:
+        conn.idle_since = time.perf_counter()
+        conn.used = True
         if not reusable:
             conn.close()
             self.count -= 1
@@ -189,22 +202,36 @@ async def one_call(pool: Pool, request_id: int, start: float, stats: Stats) -> N
         len(body),
         body,
     )
-    try:
-        conn = await pool.acquire()
-    except OSError as exc:
-        stats.fail(f"connect: {exc}")
+    for attempt in (1, 2):
+        try:
+            conn = await pool.acquire()
+        except OSError as exc:
+            stats.fail(f"connect: {exc}")
+            return
+        reused = conn.used
+        reusable = False
+        try:
+            conn.writer.write(request)
+            status, reply, reusable = await read_response(conn.reader)
+            break
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+            pool.release(conn, False)
+            nothing_read = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+            if attempt == 1 and reused and nothing_read:
+                # The server closed a kept-alive connection before answering: resend once on a
+                # new connection, as HTTP clients do (the time lost still counts).
+                continue
+            stats.fail(f"io: {exc!r}")
+            return
+        except (OSError, asyncio.LimitOverrunError, HttpError, ValueError) as exc:
+            stats.fail(f"io: {exc!r}")
+            pool.release(conn, False)
+            return
+        except asyncio.CancelledError:
+            pool.release(conn, False)
+            raise
+    else:
         return
-    reusable = False
-    try:
-        conn.writer.write(request)
-        status, reply, reusable = await read_response(conn.reader)
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, HttpError, ValueError) as exc:
-        stats.fail(f"io: {exc!r}")
-        pool.release(conn, False)
-        return
-    except asyncio.CancelledError:
-        pool.release(conn, False)
-        raise
     end = time.perf_counter()
     pool.release(conn, reusable)
     if status == 200 and _RESULT.search(reply):

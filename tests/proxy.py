@@ -93,6 +93,8 @@ def run_proxy(
     port = free_port()
     server_block = {"host": "127.0.0.1", "port": port, **(server or {})}
     server_block.setdefault("auth", dict(auth) if auth is not None else {"type": "token", "token": TOKEN})
+    # Tests send many bad credentials from 127.0.0.1 on purpose; the ban tests turn bans back on.
+    server_block.setdefault("security", {"auth_failure_ban": {"enabled": False}})
     path = write_config(directory, {"server": server_block, "mcps": mcps})
     child_env = {**os.environ, **(env or {})}
     args = [sys.executable, "-m", "mcp_bastion", "serve", "-c", str(path)]

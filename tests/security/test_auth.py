@@ -96,7 +96,7 @@ def _layer(counters: SecurityCounters, failures: list[str | None]) -> Authentica
         prefix="Bearer",
         mcp_id="a",
         counters=counters,
-        challenge=lambda f: f'Bearer realm="a", error="{f.error}"',
+        challenge=lambda f, _scope: f'Bearer realm="a", error="{f.error}"',
         on_failure=failures.append,
     )
 

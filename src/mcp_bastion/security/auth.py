@@ -127,7 +127,7 @@ class Authenticate:
         prefix: str,
         mcp_id: str,
         counters: SecurityCounters,
-        challenge: Callable[[AuthFailure], str],
+        challenge: Callable[[AuthFailure, Scope], str],
         on_failure: Callable[[str | None], None] | None = None,
     ) -> None:
         self.app = app
@@ -157,7 +157,8 @@ class Authenticate:
             return
         if not verdict.reaches(self.mcp_id):
             self.counters.violation()
-            challenge = self.challenge(AuthFailure("this credential does not reach this MCP", "insufficient_scope"))
+            refusal = AuthFailure("this credential does not reach this MCP", "insufficient_scope")
+            challenge = self.challenge(refusal, scope)
             headers = [(b"www-authenticate", challenge.encode("latin-1"))]
             await json_error(
                 send, 403, "insufficient_scope", f"this credential does not reach MCP {self.mcp_id!r}", headers
@@ -172,5 +173,5 @@ class Authenticate:
         self.counters.violation()
         if self.on_failure is not None:
             self.on_failure(scope.get(CLIENT_IP_KEY))
-        headers = [(b"www-authenticate", self.challenge(failure).encode("latin-1"))]
+        headers = [(b"www-authenticate", self.challenge(failure, scope).encode("latin-1"))]
         await json_error(send, 401, failure.error, failure.reason, headers)

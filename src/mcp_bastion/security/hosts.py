@@ -9,11 +9,12 @@ Origin; 403 for a bad Origin). Loopback names are always accepted; the bind addr
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from mcp_bastion.security.counters import SecurityCounters
 from mcp_bastion.server.http import get_header, json_error
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
@@ -93,9 +94,15 @@ def _origin_host(origin: str) -> tuple[str, int | None] | None:
 
 
 def check_host_origin(
-    host: str | None, origin: str | None, allowed: AllowedHosts, extra_origins: frozenset[str] = frozenset()
+    host: str | None,
+    origin: str | None,
+    allowed: AllowedHosts,
+    extra_origin: Callable[[str], bool] | None = None,
 ) -> tuple[int, str] | None:
-    """None when the request may proceed, else (status, reason)."""
+    """None when the request may proceed, else (status, reason).
+
+    `extra_origin` admits origins beyond this proxy's own names (an MCP's CORS policy).
+    """
     parsed = split_host(host) if host is not None else None
     if parsed is None:
         return 421, "missing or malformed Host header"
@@ -103,7 +110,7 @@ def check_host_origin(
         return 421, f"Host {parsed[0]!r} is not served here"
     if origin is None:
         return None
-    if origin.lower() in extra_origins:
+    if extra_origin is not None and extra_origin(origin):
         return None
     origin_host = _origin_host(origin)
     if origin_host is None or not allowed.admits(*origin_host):
@@ -123,10 +130,18 @@ def is_loopback(host: str) -> bool:
 class HostOriginGuard:
     """Rejects requests whose Host or Origin does not name this proxy, on every route."""
 
-    def __init__(self, app: ASGIApp, *, allowed: AllowedHosts, extra_origins: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed: AllowedHosts,
+        origin_allowed: Callable[[Scope, str], bool] | None = None,
+        counters: SecurityCounters | None = None,
+    ) -> None:
         self.app = app
         self.allowed = allowed
-        self.extra_origins = frozenset(o.lower() for o in extra_origins)
+        self.origin_allowed = origin_allowed
+        self.counters = counters
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -134,14 +149,18 @@ class HostOriginGuard:
             return
         host = get_header(scope, b"host")
         origin = get_header(scope, b"origin")
+        origin_allowed = self.origin_allowed
         verdict = check_host_origin(
             host.decode("latin-1") if host is not None else None,
             origin.decode("latin-1") if origin is not None else None,
             self.allowed,
-            self.extra_origins,
+            (lambda value: origin_allowed(scope, value)) if origin_allowed is not None else None,
         )
         if verdict is None:
             await self.app(scope, receive, send)
             return
+        if self.counters is not None:
+            self.counters.origin_rejected += 1
+            self.counters.violation()
         status, reason = verdict
         await json_error(send, status, "forbidden_host" if status == 421 else "forbidden_origin", reason)

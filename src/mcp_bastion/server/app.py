@@ -1,89 +1,57 @@
-"""The data-plane ASGI application: routing, health, and the security stack around each MCP.
+"""The data-plane ASGI application: routing, health, the MCP list and OAuth metadata.
 
-The stack is built once, here, because its order is a security decision:
-
-    security headers (every answer carries them, rejections too)
-    -> Host / Origin guard (DNS rebinding; every route)
-    -> router
-       -> per MCP: its own headers if configured -> authentication (401/403)
-          -> endpoint (body limits, JSON-RPC)
-
-The stack grows by one layer per concern; each layer is a pure-ASGI class in `security/`.
+The security layers and their order live in `shields.py`; this module routes:
+`/mcp/{id}[/sse|/messages]` to each MCP's guarded endpoint, `/api/v1/mcp/list`,
+`/.well-known/oauth-protected-resource/mcp/{id}`, `/admin/*` to the admin guard, and the
+health routes, which alone skip the dynamic IP rules.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from mcp_bastion.exceptions import ConfigError
 from mcp_bastion.security.admin import AdminGuard, admin_tokens
-from mcp_bastion.security.auth import Authenticate, Authenticator, AuthFailure, StaticTokens, bearer_credential
-from mcp_bastion.security.counters import SecurityCounters
+from mcp_bastion.security.auth import AuthFailure, bearer_credential
+from mcp_bastion.security.client_ip import ClientAddress
 from mcp_bastion.security.headers import SecurityHeaders
 from mcp_bastion.security.hosts import AllowedHosts, HostOriginGuard
-from mcp_bastion.security.principal import CLIENT_IP_KEY, Principal
+from mcp_bastion.security.ipfilter import IpSet, decide
+from mcp_bastion.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata
+from mcp_bastion.security.principal import Principal
 from mcp_bastion.server.endpoint import McpEndpoint
 from mcp_bastion.server.http import get_header, json_error, respond_json
 from mcp_bastion.server.runtime import McpRuntime
+from mcp_bastion.server.shields import Shields, resource_url
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from mcp_bastion.config import AuthConfig, McpConfig, ProxyConfig
+    from mcp_bastion.config import McpConfig, ProxyConfig
 
 __all__ = ["BastionApp", "build_app"]
 
 logger = logging.getLogger(__name__)
 
 _PREFIX = "/mcp/"
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def bearer_challenge(realm: str) -> Any:
-    """The WWW-Authenticate value for a refusal (RFC 6750 section 3)."""
-
-    def challenge(failure: AuthFailure) -> str:
-        return f'Bearer realm="{_quote(realm)}", error="{failure.error}", error_description="{_quote(failure.reason)}"'
-
-    return challenge
-
-
-def _authenticator(auth: AuthConfig, mcp: McpConfig) -> Authenticator:
-    if auth.type == "token":
-        return StaticTokens.from_config(auth)
-    raise ConfigError(f"auth type {auth.type!r} is not available in this build", path=f"mcps.{mcp.id}.auth.type")
+_PRM_PREFIX = f"{WELL_KNOWN_PATH}/mcp/"
 
 
 class McpRoute:
-    """One MCP's runtime, its guarded endpoint, and what `/api/v1/mcp/list` needs to know."""
+    """One MCP's runtime, its guarded endpoint, and what the MCP list needs to know."""
 
-    def __init__(self, mcp: McpConfig, config: ProxyConfig, counters: SecurityCounters) -> None:
+    def __init__(self, mcp: McpConfig, config: ProxyConfig, shields: Shields) -> None:
         self.mcp = mcp
         self.runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout)
         self.auth = config.effective_auth(mcp)
-        security = config.effective_security(mcp)
-        endpoint = McpEndpoint(self.runtime, limits=security.limits, messages_path=f"{_PREFIX}{mcp.id}/messages")
-        app: ASGIApp = endpoint
-        self.authenticator: Authenticator | None = None
-        if self.auth.type != "none":
-            self.authenticator = _authenticator(self.auth, mcp)
-            app = Authenticate(
-                app,
-                authenticator=self.authenticator,
-                header=self.auth.header,
-                prefix=self.auth.prefix,
-                mcp_id=mcp.id,
-                counters=counters,
-                challenge=bearer_challenge(mcp.id),
-            )
-        if mcp.security is not None:
-            app = SecurityHeaders(app, config=mcp.security.headers)
-        self.app = app
+        endpoint = McpEndpoint(
+            self.runtime,
+            limits=config.effective_security(mcp).limits,
+            messages_path=f"{_PREFIX}{mcp.id}/messages",
+        )
+        self.app, self.authenticator, self.cors = shields.protect(endpoint, mcp)
 
     async def admits(self, scope: Scope) -> bool:
         """Whether the request's credential would open this MCP (for the MCP list)."""
@@ -101,47 +69,57 @@ async def _no_admin_route(scope: Scope, receive: Receive, send: Send) -> None:
     await json_error(send, 404, "not_found", f"no admin route {scope['path']} in this build")
 
 
-class IpAllowList:
-    """A small static allowlist of addresses and networks (the admin list)."""
-
-    def __init__(self, entries: Iterable[str]) -> None:
-        self.networks = [ipaddress.ip_network(entry, strict=False) for entry in entries]
-
-    def admits(self, address: str | None) -> bool:
-        if address is None:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.networks)
-
-
 class BastionApp:
     """Routes `/mcp/{id}[/sse|/messages]`, the MCP list and health; runs the MCP runtimes."""
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
-        self.counters = SecurityCounters()
-        self.routes = {mcp.id: McpRoute(mcp, config, self.counters) for mcp in config.mcps}
+        self.shields = Shields(config)
+        self.counters = self.shields.counters
+        self.routes = {mcp.id: McpRoute(mcp, config, self.shields) for mcp in config.mcps}
         self.runtimes: dict[str, McpRuntime] = {mcp_id: route.runtime for mcp_id, route in self.routes.items()}
-        admin_ips = IpAllowList(config.server.admin.ip_whitelist)
+        self.admin_ips = IpSet.build(config.server.admin.ip_whitelist)
         self.admin = AdminGuard(
             _no_admin_route,
             tokens=admin_tokens(config.server.admin),
-            address_allowed=admin_ips.admits,
+            address_allowed=self._admin_address,
             counters=self.counters,
         )
+        self.guarded = self.shields.dynamic_filter(self._route)
+        #: Coroutine functions run for the life of the app (e.g. the TLS certificate reloader).
+        self.background: list[Callable[[], Awaitable[None]]] = []
+        self._background_tasks: list[asyncio.Task[None]] = []
+        self.listing = self.shields.static_filter(self._mcp_list_app, config.server.security)
+
+    def _admin_address(self, ip: str | None) -> bool:
+        """The admin list, and dynamic denies and bans; dynamic allows never widen the admin list."""
+        empty = IpSet.build(())
+        dynamic = self.shields.dynamic
+        verdict = decide(
+            ip, whitelist=self.admin_ips, blacklist=empty, dynamic=dynamic, now=time.time(), dynamic_allow=False
+        )
+        return verdict.allowed
 
     async def startup(self) -> None:
+        await self.shields.start()
         for runtime in self.runtimes.values():
             runtime.start()
+        self._background_tasks = [asyncio.ensure_future(job()) for job in self.background]
 
     async def shutdown(self) -> None:
+        for task in self._background_tasks:
+            task.cancel()
         for runtime in self.runtimes.values():
             await runtime.aclose()
+        await self.shields.stop()
+
+    def origin_allowed(self, scope: Scope, origin: str) -> bool:
+        """Origins an MCP's CORS policy admits pass the DNS-rebinding Origin check on its routes."""
+        path: str = scope["path"]
+        if not path.startswith(_PREFIX):
+            return False
+        route = self.routes.get(path[len(_PREFIX) :].partition("/")[0])
+        return route is not None and route.cors is not None and route.cors.allows(origin)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -150,9 +128,15 @@ class BastionApp:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
-        if CLIENT_IP_KEY not in scope:
-            client = scope.get("client")
-            scope[CLIENT_IP_KEY] = client[0] if client else None
+        if path == "/healthz":
+            await respond_json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            await self._readyz(send)
+        else:
+            await self.guarded(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
         if path.startswith(_PREFIX):
             mcp_id, _, rest = path[len(_PREFIX) :].partition("/")
             route = self.routes.get(mcp_id)
@@ -164,13 +148,24 @@ class BastionApp:
         elif path == "/admin" or path.startswith("/admin/"):
             await self.admin(scope, receive, send)
         elif path == "/api/v1/mcp/list":
-            await self._mcp_list(scope, send)
-        elif path == "/healthz":
-            await respond_json(send, 200, {"status": "ok"})
-        elif path == "/readyz":
-            await self._readyz(send)
+            await self.listing(scope, receive, send)
+        elif path.startswith(_PRM_PREFIX):
+            await self._resource_metadata(scope, send, path[len(_PRM_PREFIX) :])
         else:
             await json_error(send, 404, "not_found", f"no route for {path}")
+
+    async def _resource_metadata(self, scope: Scope, send: Send, mcp_id: str) -> None:
+        """RFC 9728 metadata of an MCP whose clients authenticate with OAuth."""
+        route = self.routes.get(mcp_id)
+        auth = route.auth if route is not None else None
+        if auth is None or auth.oauth2 is None or auth.jwt is None:
+            await json_error(send, 404, "not_found", f"no OAuth protected resource at /mcp/{mcp_id}")
+            return
+        resource = auth.oauth2.resource or resource_url(scope, mcp_id)
+        await respond_json(send, 200, protected_resource_metadata(resource, auth.oauth2, auth.jwt))
+
+    async def _mcp_list_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._mcp_list(scope, send)
 
     async def _mcp_list(self, scope: Scope, send: Send) -> None:
         """The MCPs the presented credential reaches (MCPs without auth reach everyone)."""
@@ -227,5 +222,6 @@ def build_app(config: ProxyConfig) -> tuple[ASGIApp, BastionApp]:
     """The whole data plane, outermost layer first, and the core for the runner to manage."""
     core = BastionApp(config)
     allowed = AllowedHosts.build(config.server.host, config.server.allowed_hosts)
-    app = HostOriginGuard(core, allowed=allowed)
+    app: ASGIApp = HostOriginGuard(core, allowed=allowed, origin_allowed=core.origin_allowed, counters=core.counters)
+    app = ClientAddress(app, trusted=core.shields.trusted)
     return SecurityHeaders(app, config=config.server.security.headers), core

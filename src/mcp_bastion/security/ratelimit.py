@@ -1,0 +1,410 @@
+"""Rate limiting: token buckets per scope (global, client IP, principal, MCP), all or nothing.
+
+A limit of R per minute with burst B is a bucket of B tokens (B defaults to R) refilling
+continuously at R/60 per second; hour and day limits are further buckets holding their
+whole quota. A request is admitted only if every applicable bucket holds a token, and then
+takes one from each; a refused request takes none, so hammering an empty bucket does not
+delay its recovery (as nginx's limit_req). Each table is an LRU capped at `max_keys`: under
+a flood of distinct keys the least recently seen buckets are forgotten (a forgotten key
+starts full again, the trade-off nginx and Traefik make) while the global bucket still binds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+
+import orjson
+
+from mcp_bastion import jsonrpc
+from mcp_bastion.security.counters import SecurityCounters
+from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
+from mcp_bastion.server.http import BodyTooLarge, read_body, respond
+from mcp_bastion.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from mcp_bastion.config import RateLimitConfig
+
+__all__ = [
+    "DEFAULT_MAX_KEYS",
+    "RPC_RATE_LIMITED",
+    "UNKNOWN_CLIENT",
+    "Bucket",
+    "BucketRef",
+    "BucketSpec",
+    "BucketStore",
+    "Decision",
+    "Limits",
+    "MemoryBucketStore",
+    "RateLimit",
+    "RateLimiter",
+    "RequestKeys",
+    "decide",
+    "jsonrpc_request_id",
+    "rate_limit_headers",
+    "refusal",
+]
+
+#: Keys per table before the least recently seen is forgotten: a full table is ~25 MB (IPv6 keys).
+DEFAULT_MAX_KEYS: Final = 100_000
+#: The shared key of requests without a known client address: they share a bucket, never bypass it.
+UNKNOWN_CLIENT: Final = "unknown"
+#: In JSON-RPC's implementation-defined server-error range (-32000..-32099), mirroring HTTP 429.
+RPC_RATE_LIMITED: Final = -32029
+#: Refill sums of floats may land a hair below a whole token; this much short still counts as one.
+_TOKEN_EPSILON: Final = 1e-9
+#: A refused body is read only to echo its JSON-RPC id; past this size the id is left null.
+_PEEK_LIMIT: Final = 256 * 1024
+
+Header = tuple[bytes, bytes]
+
+
+def _whole_tokens(level: float) -> int:
+    return int(level + _TOKEN_EPSILON)
+
+
+def _whole_seconds(seconds: float) -> int:
+    """Seconds rounded up, never down: a client told to wait must find a token when it returns."""
+    return max(0, math.ceil(seconds - _TOKEN_EPSILON))
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    """One token bucket's shape; `name` names its policy in the RateLimit headers."""
+
+    name: str
+    capacity: int
+    per_second: float
+    quota: int
+    window: int
+    policy: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        # draft-ietf-httpapi-ratelimit-headers-11 section 3: a String item with q (quota) and w (window);
+        # the burst, when it differs from the quota, as a vendor-prefixed parameter (section 3.1).
+        text = f'"{self.name}";q={self.quota};w={self.window}'
+        if self.capacity != self.quota:
+            text += f";bastion-burst={self.capacity}"
+        object.__setattr__(self, "policy", text)
+
+    def seconds_to_next_token(self, level: float) -> float:
+        """How long until `level` gains its next whole token (0 when the bucket is full)."""
+        if level + _TOKEN_EPSILON >= self.capacity:
+            return 0.0
+        return max(0.0, (_whole_tokens(level) + 1 - level) / self.per_second)
+
+
+class Bucket:
+    """A token bucket's state: `tokens` as of `stamp`, refilled lazily when looked at."""
+
+    __slots__ = ("spec", "stamp", "tokens")
+
+    def __init__(self, spec: BucketSpec, now: float) -> None:
+        self.spec = spec
+        self.tokens = float(spec.capacity)
+        self.stamp = now
+
+    def level(self, now: float) -> float:
+        elapsed = now - self.stamp
+        if elapsed <= 0:  # a clock that steps back refills nothing
+            return self.tokens
+        return min(float(self.spec.capacity), self.tokens + elapsed * self.spec.per_second)
+
+    def has_token(self, now: float) -> bool:
+        return self.level(now) + _TOKEN_EPSILON >= 1.0
+
+    def take(self, now: float) -> None:
+        """Take one token, which the caller has checked is there."""
+        self.tokens = max(0.0, self.level(now) - 1.0)
+        self.stamp = max(self.stamp, now)
+
+    def try_take(self, now: float) -> bool:
+        if not self.has_token(now):
+            return False
+        self.take(now)
+        return True
+
+    def seconds_until_token(self, now: float) -> float:
+        level = self.level(now)
+        return 0.0 if level + _TOKEN_EPSILON >= 1.0 else (1.0 - level) / self.spec.per_second
+
+
+def _per_minute(name: str, rate: int | None, burst: int | None) -> tuple[BucketSpec, ...]:
+    if rate is None:
+        return ()
+    return (BucketSpec(name, capacity=burst or rate, per_second=rate / 60, quota=rate, window=60),)
+
+
+def _per_window(name: str, quota: int | None, window: int) -> tuple[BucketSpec, ...]:
+    if quota is None:
+        return ()
+    return (BucketSpec(name, capacity=quota, per_second=quota / window, quota=quota, window=window),)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The bucket shapes of each scope; an empty scope limits nothing."""
+
+    global_: tuple[BucketSpec, ...] = ()
+    per_ip: tuple[BucketSpec, ...] = ()
+    per_principal: tuple[BucketSpec, ...] = ()
+    per_mcp: tuple[BucketSpec, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: RateLimitConfig) -> Limits:
+        return cls(
+            global_=(
+                *_per_minute("global-minute", config.requests_per_minute, config.burst_size),
+                *_per_window("global-hour", config.requests_per_hour, 3600),
+                *_per_window("global-day", config.requests_per_day, 86400),
+            ),
+            per_ip=_per_minute("ip-minute", config.per_ip_requests_per_minute, config.per_ip_burst_size),
+            per_principal=_per_minute(
+                "token-minute", config.per_token_requests_per_minute, config.per_token_burst_size
+            ),
+            per_mcp=_per_minute("mcp-minute", config.per_mcp_requests_per_minute, config.per_mcp_burst_size),
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.global_ or self.per_ip or self.per_principal or self.per_mcp)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKeys:
+    """Whom a request is counted against: no principal → no per-token buckets; no MCP → no per-MCP ones."""
+
+    ip: str | None
+    principal: str | None
+    mcp: str | None
+
+
+class BucketRef(NamedTuple):
+    """One bucket of one key; `spec.name` is the table it lives in."""
+
+    spec: BucketSpec
+    key: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one request, and what the RateLimit headers report.
+
+    `limit_name`, `remaining` and `reset` describe one bucket: the one that refused with the
+    longest wait, or when admitted the one with the fewest tokens left. `reset` is the
+    seconds until that bucket gains its next token; `retry_after` is 0 when admitted.
+    """
+
+    allowed: bool
+    retry_after: float
+    limit_name: str
+    remaining: int
+    reset: float
+    policies: list[str]
+
+
+class BucketStore(Protocol):
+    """Where bucket state lives; `take_all` is the one operation and it must be atomic.
+
+    A Redis store does it in one Lua script: KEYS are the buckets (a hash `{tokens, stamp}`
+    each, all under one hash tag so a cluster keeps them in one slot), ARGV carries each
+    bucket's capacity and refill rate. The script reads "now" from Redis TIME (replicas'
+    clocks skew), computes every level, returns them unchanged if any is below one token,
+    and otherwise writes each level minus one with the new stamp and a PEXPIRE of the time
+    to refill to full (an absent key reads as a full bucket, so expiry loses nothing). A
+    networked store makes this call awaitable; `RateLimit.__call__` is its only caller.
+    """
+
+    def take_all(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
+        """If every bucket holds a token, take one from each. Returns whether it did, and the levels after."""
+        ...
+
+
+class MemoryBucketStore:
+    """Bucket state in this process: one LRU table per bucket name, each capped at `max_keys`."""
+
+    def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.max_keys = max_keys
+        self.tables: dict[str, OrderedDict[str, Bucket]] = {}
+
+    def take_all(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
+        buckets = [self._bucket(ref, now) for ref in refs]
+        levels = [bucket.level(now) for bucket in buckets]
+        if min(levels) + _TOKEN_EPSILON < 1.0:
+            return False, levels
+        for bucket in buckets:
+            bucket.take(now)
+        return True, [bucket.tokens for bucket in buckets]
+
+    def _bucket(self, ref: BucketRef, now: float) -> Bucket:
+        table = self.tables.get(ref.spec.name)
+        if table is None:
+            table = self.tables[ref.spec.name] = OrderedDict()
+        bucket = table.get(ref.key)
+        if bucket is not None:
+            table.move_to_end(ref.key)
+            return bucket
+        bucket = table[ref.key] = Bucket(ref.spec, now)
+        if len(table) > self.max_keys:
+            table.popitem(last=False)
+        return bucket
+
+
+def decide(refs: Sequence[BucketRef], levels: Sequence[float], *, taken: bool) -> Decision:
+    """The Decision for a store's answer (`levels` in `refs` order)."""
+    policies = [ref.spec.policy for ref in refs]
+    if not refs:
+        return Decision(True, 0.0, "", 0, 0.0, policies)
+    if taken:
+        tightest = min(range(len(levels)), key=levels.__getitem__)
+        spec, level = refs[tightest].spec, levels[tightest]
+        return Decision(True, 0.0, spec.name, _whole_tokens(level), spec.seconds_to_next_token(level), policies)
+    waits = [ref.spec.seconds_to_next_token(level) for ref, level in zip(refs, levels, strict=True)]
+    binding = max(range(len(waits)), key=waits.__getitem__)
+    return Decision(False, waits[binding], refs[binding].spec.name, 0, waits[binding], policies)
+
+
+class RateLimiter:
+    """Every scope's buckets for one `rate_limit` block, in one store."""
+
+    def __init__(self, limits: Limits, *, store: BucketStore | None = None, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        self.limits = limits
+        self.store: BucketStore = store if store is not None else MemoryBucketStore(max_keys=max_keys)
+        self._global_refs = tuple(BucketRef(spec, "") for spec in limits.global_)
+
+    @classmethod
+    def from_config(
+        cls, config: RateLimitConfig, *, store: BucketStore | None = None, max_keys: int = DEFAULT_MAX_KEYS
+    ) -> RateLimiter:
+        return cls(Limits.from_config(config), store=store, max_keys=max_keys)
+
+    @property
+    def enabled(self) -> bool:
+        return not self.limits.empty
+
+    def refs(self, keys: RequestKeys) -> list[BucketRef]:
+        """The buckets that apply to a request."""
+        refs = [*self._global_refs]
+        ip = keys.ip if keys.ip is not None else UNKNOWN_CLIENT
+        refs += [BucketRef(spec, ip) for spec in self.limits.per_ip]
+        if keys.principal is not None:
+            refs += [BucketRef(spec, keys.principal) for spec in self.limits.per_principal]
+        if keys.mcp is not None:
+            refs += [BucketRef(spec, keys.mcp) for spec in self.limits.per_mcp]
+        return refs
+
+    def check(self, keys: RequestKeys, now: float) -> Decision:
+        """Admit the request (taking a token from every applicable bucket) or refuse it (taking none)."""
+        refs = self.refs(keys)
+        if not refs:
+            return decide(refs, [], taken=True)
+        taken, levels = self.store.take_all(refs, now)
+        return decide(refs, levels, taken=taken)
+
+
+def rate_limit_headers(decision: Decision) -> list[Header]:
+    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers-11, sections 3 and 4)."""
+    if not decision.limit_name:
+        return []
+    # t: the effective window, seconds within which no more than r requests will be admitted (4.1.2).
+    current = f'"{decision.limit_name}";r={decision.remaining};t={_whole_seconds(decision.reset)}'
+    return [(b"ratelimit-policy", ", ".join(decision.policies).encode()), (b"ratelimit", current.encode())]
+
+
+def jsonrpc_request_id(body: bytes) -> tuple[bool, jsonrpc.RequestId | None]:
+    """Whether `body` is JSON-RPC, and the id to echo (None for notifications, batches, odd ids)."""
+    try:
+        message: Any = jsonrpc.loads(body)
+    except ValueError:
+        return False, None
+    if isinstance(message, dict) and message.get("jsonrpc") == "2.0":
+        request_id = message.get("id")
+        if isinstance(request_id, str | int) and not isinstance(request_id, bool):
+            return True, request_id
+        return True, None
+    if isinstance(message, list) and any(isinstance(m, dict) and m.get("jsonrpc") == "2.0" for m in message):
+        return True, None
+    return False, None
+
+
+def refusal(decision: Decision, body: bytes | None) -> tuple[list[Header], bytes]:
+    """The 429's headers and body: a JSON-RPC error when `body` was JSON-RPC, else a JSON error."""
+    wait = max(1, _whole_seconds(decision.retry_after))
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"retry-after", str(wait).encode()),
+        *rate_limit_headers(decision),
+    ]
+    is_rpc, request_id = jsonrpc_request_id(body) if body else (False, None)
+    if is_rpc:
+        data = {"retryAfterSeconds": wait, "limit": decision.limit_name}
+        return headers, jsonrpc.error_body(request_id, RPC_RATE_LIMITED, "rate limit exceeded", data)
+    message = f"too many requests: the {decision.limit_name} limit is exhausted; retry in {wait} s"
+    return headers, orjson.dumps({"error": "rate_limited", "message": message, "retry_after": wait})
+
+
+async def _refused_body(scope: Scope, receive: Receive) -> bytes | None:
+    if scope.get("method") != "POST":
+        return None
+    try:
+        return await read_body(scope, receive, _PEEK_LIMIT)
+    except BodyTooLarge:
+        return None
+
+
+def _adding_headers(send: Send, extra: list[Header]) -> Send:
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return send_with_headers
+
+
+class RateLimit:
+    """Admits or refuses each request by the limiter; admitted responses carry the RateLimit headers.
+
+    It counts only what reaches it: place it after CORS preflights, IP rules and
+    authentication, so refused-earlier requests and preflights never spend a token. An
+    admitted request's body is never read here; a refused POST's is, to echo its JSON-RPC id.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: RateLimiter,
+        mcp_id: str | None,
+        counters: SecurityCounters,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.mcp_id = mcp_id
+        self.counters = counters
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.limiter.enabled:
+            await self.app(scope, receive, send)
+            return
+        principal = scope.get(PRINCIPAL_KEY)
+        keys = RequestKeys(
+            ip=scope.get(CLIENT_IP_KEY),
+            principal=principal.id if isinstance(principal, Principal) else None,
+            mcp=self.mcp_id,
+        )
+        decision = self.limiter.check(keys, self.clock())
+        if decision.allowed:
+            await self.app(scope, receive, _adding_headers(send, rate_limit_headers(decision)))
+            return
+        self.counters.rate_limit_exceeded += 1
+        self.counters.violation()
+        headers, body = refusal(decision, await _refused_body(scope, receive))
+        await respond(send, 429, body, headers)
