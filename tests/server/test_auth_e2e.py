@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +26,11 @@ EXPIRED = [{"id": "expired", "token": "expired-token-0123456789", "expires_at": 
 class RecordingUpstream:
     """A minimal Streamable HTTP MCP server on loopback that records every request's headers."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.headers: list[dict[str, str]] = []
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.ssl_context = ssl_context
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}/mcp"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.headers.append(dict(request.headers))
@@ -59,7 +61,7 @@ class RecordingUpstream:
 
         async def start() -> None:
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            await web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self.ssl_context).start()
 
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()

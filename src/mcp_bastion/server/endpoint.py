@@ -175,9 +175,17 @@ class McpEndpoint:
                 send, 502, jsonrpc.UPSTREAM_ERROR, f"upstream {self.runtime.id!r} is unavailable: {exc}", msg["id"]
             )
             return
+        await stream.wait(1, self.runtime.mcp.start_timeout)
+        link = session.link
+        if stream.done and stream.final_data is not None and link is not None and link.init_result is None:
+            # No session came of it: answer without a session id. A failure to reach the
+            # upstream is a 502; the upstream's own refusal is its JSON-RPC error as is.
+            await self.runtime.close_session(session)
+            failure = jsonrpc.loads(stream.final_data)
+            status = 502 if failure.get("error", {}).get("code") == jsonrpc.UPSTREAM_ERROR else 200
+            await respond(send, status, stream.final_data, [(b"content-type", b"application/json")])
+            return
         await self._stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
-        if session.link is not None and session.link.init_result is None:
-            await self.runtime.close_session(session)  # the upstream refused to initialize
 
     async def _stateless(self, send: Send, receive: Receive, msg: Message) -> None:
         """Relay a request that belongs to no session (2026-07-28 era) on the stateless link."""

@@ -35,7 +35,17 @@ def priming_event(event_id: str) -> bytes:
 class EventStream:
     """An append-only, bounded log of SSE events with any number of cursor readers."""
 
-    __slots__ = ("_events", "_first_seq", "_waiters", "attached", "delivered", "done", "persistent", "stream_id")
+    __slots__ = (
+        "_events",
+        "_first_seq",
+        "_waiters",
+        "attached",
+        "delivered",
+        "done",
+        "final_data",
+        "persistent",
+        "stream_id",
+    )
 
     def __init__(self, stream_id: str, *, persistent: bool = False) -> None:
         self.stream_id = stream_id
@@ -49,6 +59,8 @@ class EventStream:
         self.attached = False
         #: Sequence number of the first event no reader has been sent yet.
         self.delivered = 1
+        #: The raw message that ended an answer stream (its response).
+        self.final_data: bytes | None = None
 
     @property
     def next_seq(self) -> int:
@@ -66,6 +78,7 @@ class EventStream:
         self._events.append(encode_event(self.event_id(self.next_seq), data))
         if final and not self.persistent:
             self.done = True
+            self.final_data = data
         self._wake()
 
     def finish(self) -> None:
