@@ -598,7 +598,7 @@ async def test_layer_leaves_the_id_null_for_a_body_too_large_to_peek() -> None:
 
 
 @pytest.mark.anyio
-async def test_layer_hands_an_admitted_body_to_the_app_intact_and_adds_the_headers() -> None:
+async def test_layer_hands_an_admitted_body_to_the_app_intact_without_extra_headers() -> None:
     app = RateLimit(
         whole_body_app,
         limiter=limiter(requests_per_minute=60, burst_size=5),
@@ -609,8 +609,7 @@ async def test_layer_hands_an_admitted_body_to_the_app_intact_and_adds_the_heade
     sent = await call_chunked(app, scope_from(), [RPC[:7], RPC[7:]])
     assert sent.status == 200
     assert sent.body == RPC
-    assert sent.headers["ratelimit"] == '"global-minute";r=4;t=1'
-    assert sent.headers["ratelimit-policy"] == '"global-minute";q=60;w=60;bastion-burst=5'
+    assert "ratelimit" not in sent.headers and "ratelimit-policy" not in sent.headers
     assert sent.headers["content-type"] == "text/plain"
 
 

@@ -83,6 +83,11 @@ class StaticTokens:
     def __init__(self, tokens: Iterable[StaticToken], *, now: Callable[[], datetime] | None = None) -> None:
         self.tokens = tuple(tokens)
         self.revoked: set[bytes] = set()
+        # Built once: a frozen dataclass costs microseconds to make, per request.
+        self._principals = {
+            token.sha256: Principal(id=f"token:{token.id}", kind="token", roles=token.roles, mcps=token.mcps)
+            for token in self.tokens
+        }
         self._now = now or (lambda: datetime.now(UTC))
 
     @classmethod
@@ -112,7 +117,7 @@ class StaticTokens:
             return AuthFailure("token revoked")
         if found.expires_at is not None and found.expires_at <= self._now():
             return AuthFailure("token expired")
-        return Principal(id=f"token:{found.id}", kind="token", roles=found.roles, mcps=found.mcps)
+        return self._principals[found.sha256]
 
 
 class Authenticate:

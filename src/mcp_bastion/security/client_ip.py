@@ -10,6 +10,7 @@ taken for its position. When the chain gives no usable answer the peer stands.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -48,6 +49,7 @@ def _is_port(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= _MAX_PORT_DIGITS
 
 
+@functools.lru_cache(maxsize=4096)  # pure: the same few client values recur
 def parse_hop(text: str) -> Address | None:
     """One address as proxies write it: `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]`, `[::1]:80`, zone ids allowed."""
     hop = text.strip()
@@ -109,12 +111,19 @@ class ClientAddress:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        address = parse_hop(str(client[0])) if client else None
+        peer = str(client[0]) if client else None
+        address = parse_hop(peer) if peer is not None else None
         headers = scope["headers"]
-        if address is not None and address in self.trusted:
+        if address is not None and self.trusted and address in self.trusted:
             lines = [value.decode("latin-1") for name, value in headers if name == _XFF]
-            address = _walk(address, lines, self.trusted)
-        elif any(is_forwarding_header(name) for name, _ in headers):
-            scope["headers"] = [(name, value) for name, value in headers if not is_forwarding_header(name)]
-        scope[CLIENT_IP_KEY] = None if address is None else str(address)
+            scope[CLIENT_IP_KEY] = _text(_walk(address, lines, self.trusted))
+        else:
+            if any(is_forwarding_header(name) for name, _ in headers):
+                scope["headers"] = [(name, value) for name, value in headers if not is_forwarding_header(name)]
+            scope[CLIENT_IP_KEY] = None if address is None else _text(address)
         await self.app(scope, receive, send)
+
+
+@functools.lru_cache(maxsize=4096)  # str() of an address is slow and the same peers recur
+def _text(address: Address) -> str:
+    return str(address)

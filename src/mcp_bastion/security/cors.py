@@ -25,6 +25,7 @@ an upstream cannot grant more than the config does.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator
@@ -77,6 +78,7 @@ class Origin(NamedTuple):
     port: int | None
 
 
+@functools.lru_cache(maxsize=4096)  # pure: the same few client values recur
 def parse_origin(value: str) -> Origin | None:
     """`scheme://host[:port]` as sent in `Origin`; None for `null` and anything malformed."""
     if not value.isascii():

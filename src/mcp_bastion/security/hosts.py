@@ -8,6 +8,7 @@ Origin; 403 for a bad Origin). Loopback names are always accepted; the bind addr
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 _WILDCARD_BINDS: Final = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names, not a bind
 
 
+@functools.lru_cache(maxsize=4096)  # pure: the same few client values recur
 def split_host(value: str) -> tuple[str, int | None] | None:
     """`host[:port]` or `[v6]:port` into a lowercase host and a port; None if malformed."""
     value = value.strip().lower()
@@ -83,6 +85,7 @@ class AllowedHosts:
         return any(host.endswith(suffix) for suffix in self.suffixes)
 
 
+@functools.lru_cache(maxsize=4096)  # pure: the same few client values recur
 def _origin_host(origin: str) -> tuple[str, int | None] | None:
     try:
         parts = urlsplit(origin)

@@ -15,6 +15,7 @@ in-process index of them that the request path reads synchronously.
 from __future__ import annotations
 
 import builtins
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -70,6 +71,7 @@ _WS_POLICY_VIOLATION: Final = 1008
 _Key = tuple[int, int, int]
 
 
+@functools.lru_cache(maxsize=4096)  # pure: the same few client values recur
 def parse_ip(text: str) -> Address | None:
     """An address from its text (IPv6 zone id dropped, IPv4-mapped as IPv4); None if it is not one."""
     host = text.strip()

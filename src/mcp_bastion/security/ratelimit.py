@@ -24,7 +24,7 @@ from mcp_bastion import jsonrpc
 from mcp_bastion.security.counters import SecurityCounters
 from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
 from mcp_bastion.server.http import BodyTooLarge, read_body, respond
-from mcp_bastion.types import ASGIApp, Message, Receive, Scope, Send
+from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from mcp_bastion.config import RateLimitConfig
@@ -174,8 +174,7 @@ class Limits:
         return not (self.global_ or self.per_ip or self.per_principal or self.per_mcp)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestKeys:
+class RequestKeys(NamedTuple):
     """Whom a request is counted against: no principal → no per-token buckets; no MCP → no per-MCP ones."""
 
     ip: str | None
@@ -238,8 +237,9 @@ class MemoryBucketStore:
         levels = [bucket.level(now) for bucket in buckets]
         if min(levels) + _TOKEN_EPSILON < 1.0:
             return False, levels
-        for bucket in buckets:
-            bucket.take(now)
+        for bucket, level in zip(buckets, levels, strict=True):
+            bucket.tokens = max(0.0, level - 1.0)  # Bucket.take, without looking at the level twice
+            bucket.stamp = max(bucket.stamp, now)
         return True, [bucket.tokens for bucket in buckets]
 
     def _bucket(self, ref: BucketRef, now: float) -> Bucket:
@@ -298,6 +298,14 @@ class RateLimiter:
         if keys.mcp is not None:
             refs += [BucketRef(spec, keys.mcp) for spec in self.limits.per_mcp]
         return refs
+
+    def refusal(self, keys: RequestKeys, now: float) -> Decision | None:
+        """None when the request is admitted (tokens taken), else the refusal; the hot path."""
+        refs = self.refs(keys)
+        if not refs:
+            return None
+        taken, levels = self.store.take_all(refs, now)
+        return None if taken else decide(refs, levels, taken=False)
 
     def check(self, keys: RequestKeys, now: float) -> Decision:
         """Admit the request (taking a token from every applicable bucket) or refuse it (taking none)."""
@@ -358,17 +366,8 @@ async def _refused_body(scope: Scope, receive: Receive) -> bytes | None:
         return None
 
 
-def _adding_headers(send: Send, extra: list[Header]) -> Send:
-    async def send_with_headers(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), *extra]
-        await send(message)
-
-    return send_with_headers
-
-
 class RateLimit:
-    """Admits or refuses each request by the limiter; admitted responses carry the RateLimit headers.
+    """Admits or refuses each request by the limiter; refusals carry the RateLimit headers.
 
     It counts only what reaches it: place it after CORS preflights, IP rules and
     authentication, so refused-earlier requests and preflights never spend a token. An
@@ -400,9 +399,11 @@ class RateLimit:
             principal=principal.id if isinstance(principal, Principal) else None,
             mcp=self.mcp_id,
         )
-        decision = self.limiter.check(keys, self.clock())
-        if decision.allowed:
-            await self.app(scope, receive, _adding_headers(send, rate_limit_headers(decision)))
+        decision = self.limiter.refusal(keys, self.clock())
+        if decision is None:
+            # Admitted answers carry no RateLimit headers: wrapping every response for them
+            # cost more than the whole limiter; refusals carry them all.
+            await self.app(scope, receive, send)
             return
         self.counters.rate_limit_exceeded += 1
         self.counters.violation()

@@ -1,0 +1,130 @@
+"""Per-layer cost of the security stack, in microseconds per request, measured in-process.
+
+Each layer wraps a no-op app and handles the same representative MCP POST (a Bearer token,
+an Origin, a JSON-RPC body) many times on one event loop; the table is the seed guide's
+"Security Performance Impact" card, measured instead of guessed. Run:
+
+    python bench/layers.py [--requests 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mcp_bastion.config import CorsConfig, HeadersConfig, RateLimitConfig
+from mcp_bastion.security.auth import Authenticate, StaticToken, StaticTokens, digest
+from mcp_bastion.security.client_ip import ClientAddress, TrustedProxies
+from mcp_bastion.security.cors import CORS
+from mcp_bastion.security.counters import SecurityCounters
+from mcp_bastion.security.headers import SecurityHeaders
+from mcp_bastion.security.hosts import AllowedHosts, HostOriginGuard
+from mcp_bastion.security.ipfilter import DynamicRules, IPFilter, IpSet
+from mcp_bastion.security.ratelimit import RateLimit, RateLimiter
+from mcp_bastion.types import ASGIApp, Message, Receive, Scope, Send
+
+TOKEN = "bench-token-0123456789abcdef"
+BODY = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}'
+HEADERS = [
+    (b"host", b"127.0.0.1:6001"),
+    (b"origin", b"https://app.example.com"),
+    (b"authorization", f"Bearer {TOKEN}".encode()),
+    (b"content-type", b"application/json"),
+    (b"accept", b"application/json, text/event-stream"),
+    (b"mcp-protocol-version", b"2025-11-25"),
+]
+
+
+async def noop(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def thousand_networks() -> list[str]:
+    return [f"203.0.{i // 256}.{i % 256}/32" if i % 2 else f"198.{i % 200}.{i // 200}.0/24" for i in range(1000)]
+
+
+def layers(counters: SecurityCounters) -> dict[str, Callable[[ASGIApp], ASGIApp]]:
+    tokens = StaticTokens([StaticToken("bench", digest(TOKEN))])
+    limiter = RateLimiter.from_config(
+        RateLimitConfig(
+            requests_per_minute=10**9, per_ip_requests_per_minute=10**9, per_token_requests_per_minute=10**9
+        )
+    )
+    blacklist = IpSet.build(thousand_networks())
+    return {
+        "client address": lambda app: ClientAddress(app, trusted=TrustedProxies.build(())),
+        "host/origin guard": lambda app: HostOriginGuard(
+            app, allowed=AllowedHosts.build("127.0.0.1", ()), origin_allowed=lambda scope, origin: True
+        ),
+        "IP filter (1000 entries)": lambda app: IPFilter(
+            app, whitelist=None, blacklist=blacklist, dynamic=DynamicRules(), counters=counters
+        ),
+        "security headers": lambda app: SecurityHeaders(app, config=HeadersConfig()),
+        "CORS": lambda app: CORS(
+            app, config=CorsConfig(allowed_origins=("https://app.example.com",)), counters=counters
+        ),
+        "auth (static token)": lambda app: Authenticate(
+            app,
+            authenticator=tokens,
+            header="Authorization",
+            prefix="Bearer",
+            mcp_id="bench",
+            counters=counters,
+            challenge=lambda failure, scope: "Bearer",
+        ),
+        "rate limit (non-binding)": lambda app: RateLimit(app, limiter=limiter, mcp_id="bench", counters=counters),
+    }
+
+
+async def per_request_us(app: ASGIApp, requests: int) -> float:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    def scope() -> dict[str, Any]:
+        return {
+            "type": "http",
+            "method": "POST",
+            "path": "/mcp/bench",
+            "scheme": "http",
+            "headers": list(HEADERS),
+            "client": ("127.0.0.1", 50000),
+            "query_string": b"",
+        }
+
+    for _ in range(500):
+        await app(scope(), receive, send)
+    start = time.perf_counter()
+    for _ in range(requests):
+        await app(scope(), receive, send)
+    return (time.perf_counter() - start) / requests * 1e6
+
+
+async def main(requests: int) -> None:
+    counters = SecurityCounters()
+    factories = layers(counters)
+    base = await per_request_us(noop, requests)
+    rows = []
+    for name, wrap in factories.items():
+        rows.append((name, await per_request_us(wrap(noop), requests) - base))
+    stacked: ASGIApp = noop
+    for wrap in reversed(list(factories.values())):
+        stacked = wrap(stacked)
+    total = await per_request_us(stacked, requests) - base
+    print(f"| layer | added µs per request ({requests} requests, one core) |")
+    print("|---|---|")
+    for name, added in rows:
+        print(f"| {name} | {added:.1f} |")
+    print(f"| **all layers together** | **{total:.1f}** |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    asyncio.run(main(parser.parse_args().requests))
