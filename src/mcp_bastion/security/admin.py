@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mcp_bastion.security.auth import AuthFailure, StaticToken, StaticTokens, bearer_credential, digest
+from mcp_bastion.security.auth import Authenticate, StaticToken, StaticTokens, digest
 from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY
-from mcp_bastion.server.http import get_header, json_error
+from mcp_bastion.security.principal import CLIENT_IP_KEY
+from mcp_bastion.server.http import json_error
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AdminGuard", "admin_tokens"]
 
-_CHALLENGE = [(b"www-authenticate", b'Bearer realm="mcp-bastion-admin", error="invalid_token"')]
+ADMIN_REALM = "mcp-bastion-admin"
 
 
 def admin_tokens(admin: AdminConfig) -> StaticTokens:
@@ -39,10 +39,18 @@ class AdminGuard:
         address_allowed: Callable[[str | None], bool],
         counters: SecurityCounters,
     ) -> None:
-        self.app = app
         self.tokens = tokens
         self.address_allowed = address_allowed
         self.counters = counters
+        self.authenticated = Authenticate(
+            app,
+            authenticator=tokens,
+            header="Authorization",
+            prefix="Bearer",
+            mcp_id=ADMIN_REALM,
+            counters=counters,
+            challenge=lambda failure, scope: f'Bearer realm="{ADMIN_REALM}", error="{failure.error}"',
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.address_allowed(scope.get(CLIENT_IP_KEY)):
@@ -53,15 +61,4 @@ class AdminGuard:
         if not self.tokens.tokens:
             await json_error(send, 404, "admin_disabled", "the admin API is off: set server.admin.token")
             return
-        raw = get_header(scope, b"authorization")
-        credential = bearer_credential(raw.decode("latin-1") if raw is not None else None, "Bearer")
-        self.counters.authentication_attempts += 1
-        verdict = credential if isinstance(credential, AuthFailure) else await self.tokens.authenticate(credential)
-        if isinstance(verdict, AuthFailure):
-            self.counters.authentication_failures += 1
-            self.counters.violation()
-            await json_error(send, 401, "invalid_token", verdict.reason, list(_CHALLENGE))
-            return
-        scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
-        scope[PRINCIPAL_KEY] = verdict
-        await self.app(scope, receive, send)
+        await self.authenticated(scope, receive, send)
