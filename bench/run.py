@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 import http.client
 import importlib.metadata
 import json
@@ -516,6 +517,12 @@ class Lab:
         add(s2_direct, start_s2_direct)
         add(s2, start_s2)
         add(s2_off, start_s2_off)
+        for t in out:
+            if t.bastion and t.proc is not None:
+                with contextlib.suppress(OSError):
+                    for line in t.proc.log_path.read_text(errors="replace").splitlines():
+                        if " WARNING " in line:
+                            t.notes.append("start-up log: " + line.split(" WARNING ", 1)[1].strip())
         return out
 
     # -- measuring --------------------------------------------------------------------------
@@ -619,9 +626,10 @@ def run_pump(seconds: float) -> dict[str, Any]:
 
 def run_rate(session: Session, rate: int, seconds: float) -> dict[str, Any]:
     env = {**os.environ, "MCP_AUTH": session.auth}
-    argv = ["taskset", "-c", LOAD_CPU, sys.executable, str(RATE_CLIENT), "--url", session.url]
-    argv += ["--session", session.sid, "--protocol", session.protocol, "--rate", str(rate), "--seconds", f"{seconds:g}"]
-    argv += ["--slack-ms", f"{RATE_SLACK_MS:g}"]
+    argv = ["taskset", "-c", LOAD_CPU, sys.executable, str(RATE_CLIENT), f"--url={session.url}"]
+    # `--name=value`: session ids may start with "-" (URL-safe base64), which argparse would take for an option.
+    argv += [f"--session={session.sid}", f"--protocol={session.protocol}", f"--rate={rate}", f"--seconds={seconds:g}"]
+    argv += [f"--slack-ms={RATE_SLACK_MS:g}"]
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -1281,6 +1289,17 @@ def environment() -> dict[str, str]:
     }
 
 
+def source_digest() -> str:
+    """A short digest of mcp-bastion's source tree, to notice code that changed during a run."""
+    digest = hashlib.sha256()
+    package = ROOT / "src" / "mcp_bastion"
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def check_prerequisites() -> list[str]:
     problems: list[str] = []
     if (os.cpu_count() or 1) < 2:
@@ -1322,6 +1341,8 @@ def run(settings: Settings) -> int:
     lab = Lab(settings, procs, work / "state")
     res = Results(settings, dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), environment(), [])
     signal.signal(signal.SIGTERM, _sigterm)
+    digest_at_start = source_digest()
+    res.env["mcp-bastion source digest"] = digest_at_start
     try:
         log("starting targets")
         res.targets = lab.targets()
@@ -1393,6 +1414,15 @@ def run(settings: Settings) -> int:
         res.memory = measure_memory(lab, settings)
     finally:
         procs.stop_all()
+    digest_at_end = source_digest()
+    if digest_at_end != digest_at_start:
+        warning = (
+            f"mcp-bastion's source changed during the run ({digest_at_start} -> {digest_at_end}): "
+            "processes started before and after the change ran different code"
+        )
+        res.env["mcp-bastion source digest"] += f" **changed during the run to {digest_at_end}**"
+        lab.errors.append(warning)
+        log(warning)
     text = report(res) + errors_section(lab.errors)
     print(text)
     (settings.out / "latest.md").write_text(text)

@@ -64,6 +64,8 @@ _LOW_32_BITS: Final = 0xFFFFFFFF  # where a mapped address keeps its IPv4 addres
 _ACTIONS: Final = ("allow", "deny")  # checked at run time too: rules may come from a shared store
 # One text for every refusal: naming the rule would tell a prober which lists exist.
 _BLOCKED_MESSAGE: Final = "requests from this address are not allowed"
+# Verdicts kept per address while no dynamic rule exists (the static lists cannot change).
+_STATIC_CACHE: Final = 65_536
 # WebSocket close code "policy violation"; a close before accept becomes a 403 at the server.
 _WS_POLICY_VIOLATION: Final = 1008
 
@@ -476,20 +478,32 @@ class IPFilter:
         self.dynamic = dynamic
         self.counters = counters
         self.clock = clock
+        self._static: dict[str | None, IpVerdict] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        verdict = decide(
-            _client_ip(scope),
-            whitelist=self.whitelist,
-            blacklist=self.blacklist,
-            dynamic=self.dynamic,
-            now=self.clock(),
-            dynamic_allow=self.dynamic_allow,
-        )
+        ip = _client_ip(scope)
+        if not self.whitelist and not self.blacklist and not len(self.dynamic):
+            await self.app(scope, receive, send)  # no rule at all: nothing to decide
+            return
+        verdict = self._static.get(ip) if not len(self.dynamic) else None
+        if verdict is None:
+            verdict = decide(
+                ip,
+                whitelist=self.whitelist,
+                blacklist=self.blacklist,
+                dynamic=self.dynamic,
+                now=self.clock(),
+                dynamic_allow=self.dynamic_allow,
+            )
+            if not len(self.dynamic):
+                # Static lists never change, so their verdicts can be kept (bounded).
+                if len(self._static) >= _STATIC_CACHE:
+                    self._static.clear()
+                self._static[ip] = verdict
         if verdict.allowed:
             await self.app(scope, receive, send)
             return

@@ -1,0 +1,81 @@
+"""stdio upstreams: the child's environment, start failures, framing and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from mcp_bastion.exceptions import UpstreamClosed, UpstreamUnavailable
+from mcp_bastion.jsonrpc import Message, RequestId
+from mcp_bastion.upstream.stdio import StdioChannel, child_environment
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize(
+    ("parent", "configured", "expected"),
+    [
+        pytest.param({"PATH": "/bin", "AWS_SECRET": "x"}, {}, {"PATH": "/bin"}, id="secrets-stay-home"),
+        pytest.param(
+            {"HOME": "/root", "LANG": "C"},
+            {"API_KEY": "k"},
+            {"HOME": "/root", "LANG": "C", "API_KEY": "k"},
+            id="configured-added",
+        ),
+        pytest.param({"PATH": "/bin"}, {"PATH": "/opt/bin"}, {"PATH": "/opt/bin"}, id="configured-wins"),
+        pytest.param({"MCP_AUTH_TOKEN": "t", "PYTHONPATH": "/x"}, {}, {}, id="proxy-token-never"),
+    ],
+)
+def test_the_child_environment_is_the_allowlist_plus_the_config(
+    parent: dict[str, str], configured: dict[str, str], expected: dict[str, str]
+) -> None:
+    assert child_environment(configured, parent) == expected
+
+
+async def test_a_missing_command_is_unavailable() -> None:
+    channel = StdioChannel(lambda m, r: None, lambda e: None, command="/nonexistent/server")
+    with pytest.raises(UpstreamUnavailable, match="cannot start"):
+        await channel.start()
+    assert channel.closed
+
+
+ECHO = "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line); sys.stdout.flush()\n"
+
+
+async def test_messages_are_framed_by_lines_and_exit_is_reported_once() -> None:
+    received: list[Message] = []
+    closed: list[BaseException | None] = []
+    done = asyncio.Event()
+
+    def on_message(message: Message, related: RequestId | None) -> None:
+        received.append(message)
+        if len(received) == 2:
+            done.set()
+
+    channel = StdioChannel(on_message, closed.append, command=sys.executable, args=["-c", ECHO])
+    await channel.start()
+    await channel.send({"jsonrpc": "2.0", "method": "a", "params": {"text": "line\nbreak"}})
+    await channel.send({"jsonrpc": "2.0", "id": 1, "result": {}})
+    await asyncio.wait_for(done.wait(), 5)
+    assert received[0]["params"]["text"] == "line\nbreak"  # an embedded newline is escaped, never raw
+    await channel.aclose()
+    assert closed == []  # aclose() never reports
+    with pytest.raises(UpstreamClosed):
+        await channel.send({"jsonrpc": "2.0", "method": "late"})
+
+
+async def test_a_child_that_exits_is_reported() -> None:
+    closed = asyncio.Event()
+    errors: list[BaseException | None] = []
+
+    def on_close(error: BaseException | None) -> None:
+        errors.append(error)
+        closed.set()
+
+    channel = StdioChannel(lambda m, r: None, on_close, command=sys.executable, args=["-c", "raise SystemExit(3)"])
+    await channel.start()
+    await asyncio.wait_for(closed.wait(), 10)
+    assert len(errors) == 1 and "code 3" in str(errors[0])
+    assert channel.closed
