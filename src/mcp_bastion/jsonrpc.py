@@ -7,6 +7,7 @@ so upstream payloads pass through unchanged apart from the ids a proxy must rewr
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 
 import orjson
@@ -41,12 +42,16 @@ INTERNAL_ERROR: Final = -32603
 UPSTREAM_ERROR: Final = -32000
 
 
+#: 19+ digits in a row may be an integer beyond 64 bits, which orjson turns into a float.
+_LONG_NUMBER: Final = re.compile(rb"\d{19,}")
+
+
 def loads(data: bytes | str) -> Any:
-    """Parse JSON; integers beyond 64 bits fall back to the stdlib so nothing is refused."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+    """Parse JSON; text with very long numbers goes to the stdlib, which keeps big integers exact."""
+    raw = data.encode() if isinstance(data, str) else data
+    if _LONG_NUMBER.search(raw):
+        return json.loads(raw)
+    return orjson.loads(raw)
 
 
 def dumps(obj: Any) -> bytes:
