@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import fcntl
 import functools
 import hashlib
 import http.client
@@ -95,6 +96,7 @@ class Settings:
     sessions: int
     quiet_timeout: float
     retries: int
+    lock_timeout: float = 3600.0
     over_fraction: float = 0.8
 
 
@@ -1325,12 +1327,48 @@ def _sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(143)
 
 
+LOCK_FILE = Path("/tmp/mcp-bastion-bench.lock")
+
+
+def acquire_machine_lock(timeout: float) -> TextIO | None:
+    """One benchmark at a time per machine: two runs on 2 cores would measure each other.
+
+    Returns the open lock file (held until the process exits), or None after `timeout` seconds.
+    """
+    handle = LOCK_FILE.open("a+")
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                return None
+            if not announced:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                log(f"another benchmark run holds {LOCK_FILE} ({holder}); waiting up to {timeout / 60:.0f} min")
+                announced = True
+            time.sleep(5)
+            continue
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}\n")
+        handle.flush()
+        return handle
+
+
 def run(settings: Settings) -> int:
     problems = check_prerequisites()
     if problems:
         for p in problems:
             print(f"bench: {p}", file=sys.stderr)
         return 2
+    lock = acquire_machine_lock(settings.lock_timeout)
+    if lock is None:
+        print(f"bench: another benchmark run still holds {LOCK_FILE}; not starting", file=sys.stderr)
+        return 3
     # This runner (and the wrk, rate and pump clients it starts) lives on the load core.
     os.sched_setaffinity(0, {int(LOAD_CPU)})
     settings.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,39 @@
+"""Every third-party module the package imports is a declared runtime dependency.
+
+The test extras pull in the MCP SDK, which brings PyJWT and more along; without this check a
+missing runtime dependency passes CI and breaks `pip install . && mcp-bastion serve`.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Import names whose distribution is called differently.
+DISTRIBUTION_OF = {"jwt": "pyjwt", "yaml": "pyyaml", "dotenv": "python-dotenv"}
+
+
+def imported_top_level_modules() -> set[str]:
+    modules: set[str] = set()
+    for path in (ROOT / "src" / "mcp_bastion").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    return modules
+
+
+def declared_distributions() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {re.split(r"[\[<>=!~ ]", requirement, maxsplit=1)[0].lower() for requirement in project["dependencies"]}
+
+
+def test_every_third_party_import_is_a_declared_dependency() -> None:
+    third_party = imported_top_level_modules() - set(sys.stdlib_module_names) - {"mcp_bastion"}
+    needed = {DISTRIBUTION_OF.get(module, module).lower() for module in third_party}
+    assert needed - declared_distributions() == set()
