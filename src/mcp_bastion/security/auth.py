@@ -145,13 +145,9 @@ class Authenticate:
         self.on_failure = on_failure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw: bytes | None = None
-        kept = []
-        for key, value in scope["headers"]:
-            if key == self.header:
-                raw = value if raw is None else raw
-            else:
-                kept.append((key, value))
+        name = self.header
+        headers = scope["headers"]
+        raw: bytes | None = next((value for key, value in headers if key == name), None)
         self.counters.authentication_attempts += 1
         credential = bearer_credential(raw.decode("latin-1") if raw is not None else None, self.prefix)
         verdict = (
@@ -169,7 +165,7 @@ class Authenticate:
                 send, 403, "insufficient_scope", f"this credential does not reach MCP {self.mcp_id!r}", headers
             )
             return
-        scope["headers"] = kept
+        scope["headers"] = [header for header in headers if header[0] != name]
         scope[PRINCIPAL_KEY] = verdict
         await self.app(scope, receive, send)
 

@@ -5,12 +5,12 @@ nothing may cache it. `X-XSS-Protection: 0` because the old browser filter it en
 caused more harm than it prevented. HSTS only over TLS, where it means something.
 Headers are added by wrapping `send`, touching only `http.response.start`, so bodies
 (SSE above all) stream untouched. A header the app already set wins, and an MCP with
-its own `security.headers` replaces the server default as a whole (the inner layer
-marks the scope, and the outer one then stands aside).
+its own `security.headers` replaces the server default as a whole on its routes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mcp_bastion.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,10 +18,9 @@ from mcp_bastion.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from mcp_bastion.config import HeadersConfig
 
-__all__ = ["APPLIED_KEY", "SecurityHeaders", "security_headers"]
+__all__ = ["SecurityHeaders", "security_headers"]
 
-#: Set in the scope by the layer that owns a request's security headers.
-APPLIED_KEY = "mcp_bastion.security_headers"
+_MCP_PREFIX = "/mcp/"
 
 Header = tuple[bytes, bytes]
 
@@ -46,22 +45,36 @@ def security_headers(config: HeadersConfig, *, tls: bool) -> list[Header]:
 
 
 class SecurityHeaders:
-    """Adds the configured security headers to every HTTP response that lacks them."""
+    """Adds the configured security headers to every HTTP response that lacks them.
 
-    def __init__(self, app: ASGIApp, *, config: HeadersConfig) -> None:
+    `per_mcp` gives MCPs with their own `security.headers` their own set on `/mcp/{id}...`
+    routes, so one layer (one `send` wrapper per request) serves every route.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, config: HeadersConfig, per_mcp: Mapping[str, HeadersConfig] | None = None
+    ) -> None:
         self.app = app
-        self.plain = security_headers(config, tls=False)
-        self.tls = security_headers(config, tls=True)
+        self.sets: dict[str | None, tuple[list[Header], list[Header]]] = {None: _both(config)}
+        for mcp_id, own in (per_mcp or {}).items():
+            self.sets[mcp_id] = _both(own)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = self.tls if scope.get("scheme") == "https" else self.plain
-        scope[APPLIED_KEY] = self
+        chosen = self.sets[None]
+        if len(self.sets) > 1:
+            path: str = scope["path"]
+            if path.startswith(_MCP_PREFIX):
+                chosen = self.sets.get(path[len(_MCP_PREFIX) :].partition("/")[0], chosen)
+        extra = chosen[1] if scope.get("scheme") == "https" else chosen[0]
+        if not extra:
+            await self.app(scope, receive, send)
+            return
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and scope.get(APPLIED_KEY) is self:
+            if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in headers}
                 headers.extend(h for h in extra if h[0] not in present)
@@ -69,3 +82,7 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _both(config: HeadersConfig) -> tuple[list[Header], list[Header]]:
+    return security_headers(config, tls=False), security_headers(config, tls=True)

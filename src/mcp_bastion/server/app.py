@@ -224,4 +224,5 @@ def build_app(config: ProxyConfig) -> tuple[ASGIApp, BastionApp]:
     allowed = AllowedHosts.build(config.server.host, config.server.allowed_hosts)
     app: ASGIApp = HostOriginGuard(core, allowed=allowed, origin_allowed=core.origin_allowed, counters=core.counters)
     app = ClientAddress(app, trusted=core.shields.trusted)
-    return SecurityHeaders(app, config=config.server.security.headers), core
+    own = {mcp.id: mcp.security.headers for mcp in config.mcps if mcp.security is not None}
+    return SecurityHeaders(app, config=config.server.security.headers, per_mcp=own), core

@@ -2,9 +2,9 @@
 
 One place decides the order of the layers, because the order is a security decision:
 
-    (outer, every route)  security headers -> client address -> Host/Origin guard
+    (outer, every route)  security headers (an MCP's own set on its routes) -> client address -> Host/Origin guard
     (every route but health)  dynamic IP rules and bans
-    (per MCP)  own headers -> static IP lists -> CORS (preflights answered before auth)
+    (per MCP)  static IP lists -> CORS (preflights answered before auth)
                -> authentication (failures feed the bans) -> rate limits -> endpoint
 
 Rate limiting sits after authentication so it can key on the principal, and so refused
@@ -22,7 +22,6 @@ from mcp_bastion.security.bans import AuthFailureTracker
 from mcp_bastion.security.client_ip import TrustedProxies
 from mcp_bastion.security.cors import CORS, OriginPolicy
 from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.headers import SecurityHeaders
 from mcp_bastion.security.ipfilter import DynamicRules, IPFilter, IpSet, MemoryIpRuleStore
 from mcp_bastion.security.jwt import JwtVerifier
 from mcp_bastion.security.oauth import metadata_url, www_authenticate
@@ -140,8 +139,6 @@ class Shields:
             policy = cors.policy
             app = cors
         app = self.static_filter(app, security)
-        if mcp.security is not None:
-            app = SecurityHeaders(app, config=mcp.security.headers)
         return app, authenticator, policy
 
 
