@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from mcp_bastion.server.app import BastionApp, build_app
+from mcp_bastion.server.protocol import BastionHttpProtocol
 from mcp_bastion.server.tls import CertReloader, configure_uvicorn_tls, server_ssl_context
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def uvicorn_config(config: ProxyConfig) -> tuple[uvicorn.Config, BastionApp]:
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",
-        http="httptools",
+        http=BastionHttpProtocol,
         lifespan="on",
         # Client addresses come from the socket; forwarded headers only via trusted_proxies.
         proxy_headers=False,
