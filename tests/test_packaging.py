@@ -14,7 +14,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Import names whose distribution is called differently.
-DISTRIBUTION_OF = {"jwt": "pyjwt", "yaml": "pyyaml", "dotenv": "python-dotenv"}
+DISTRIBUTION_OF = {
+    "jwt": "pyjwt",
+    "yaml": "pyyaml",
+    "dotenv": "python-dotenv",
+    "prometheus_client": "prometheus-client",
+}
 
 
 def imported_top_level_modules() -> set[str]:

@@ -27,7 +27,7 @@ from mcp_bastion.config import (
     validate_model,
 )
 from mcp_bastion.embedded import DEMO_MCP_ID, EmbeddedInfo, embedded_default
-from mcp_bastion.exceptions import ConfigError
+from mcp_bastion.exceptions import ConfigError, StorageError
 
 __all__ = ["JsonFormatter", "curl_example", "main", "python_example"]
 
@@ -172,8 +172,11 @@ def _run(config: ProxyConfig) -> int:
     run: Callable[[ProxyConfig], object] = runner.run
     try:
         result = run(config)
-    except ConfigError as exc:
+    except (ConfigError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

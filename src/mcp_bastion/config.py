@@ -77,6 +77,7 @@ __all__ = [
     "load_config",
     "load_environ",
     "masked_dump",
+    "masked_mcp",
     "validate_model",
 ]
 
@@ -1390,6 +1391,13 @@ def masked_dump(config: ProxyConfig) -> dict[str, Any]:
     and every value of an MCP's `env` and `headers`.
     """
     dumped = _mask(config)
+    assert isinstance(dumped, dict)
+    return dumped
+
+
+def masked_mcp(mcp: McpConfig) -> dict[str, Any]:
+    """One MCP's normalized definition with its secrets masked (what the admin API shows)."""
+    dumped = _mask(mcp)
     assert isinstance(dumped, dict)
     return dumped
 

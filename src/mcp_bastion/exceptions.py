@@ -2,6 +2,7 @@
 
     ProxyError
     ├── ConfigError            a config file or value is invalid (names the key path)
+    ├── StorageError           the state store cannot be opened, read or written
     └── UpstreamError          talking to an upstream MCP server failed
         ├── UpstreamUnavailable   it could not be started or reached
         ├── UpstreamTimeout       it did not answer in time
@@ -15,6 +16,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "ProxyError",
+    "StorageError",
     "UpstreamClosed",
     "UpstreamError",
     "UpstreamTimeout",
@@ -32,6 +34,10 @@ class ConfigError(ProxyError):
     def __init__(self, message: str, *, path: str = "") -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class StorageError(ProxyError):
+    """The state store cannot be opened, read or written."""
 
 
 class UpstreamError(ProxyError):

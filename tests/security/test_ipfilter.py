@@ -493,7 +493,7 @@ async def test_a_failed_load_unsubscribes() -> None:
     store = BrokenStore()
     with pytest.raises(OSError):
         await DynamicRules().follow(store)
-    assert store._listeners == []
+    assert store._subscribers._listeners == []
 
 
 def resolved(ip: str | None, method: str = "GET", path: str = "/") -> Scope:

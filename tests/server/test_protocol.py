@@ -138,6 +138,9 @@ def test_status_line_matches_uvicorn(status: int) -> None:
 
 
 def test_the_runner_serves_through_it() -> None:
-    config = validate_model(ProxyConfig, {"mcps": [{"id": "a", "command": "true", "auth": {"type": "none"}}]})
+    config = validate_model(
+        ProxyConfig,
+        {"server": {"storage": {"type": "memory"}}, "mcps": [{"id": "a", "command": "true", "auth": {"type": "none"}}]},
+    )
     server_config, _core = uvicorn_config(config)
     assert server_config.http is BastionHttpProtocol

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from mcp_bastion.security.counters import SecurityCounters
 from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
+from mcp_bastion.security.tokens import IssuedTokens
 from mcp_bastion.server.http import json_error
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
@@ -80,8 +82,16 @@ class StaticToken:
 class StaticTokens:
     """The configured tokens of one MCP (several may be valid at once, for rotation)."""
 
-    def __init__(self, tokens: Iterable[StaticToken], *, now: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        tokens: Iterable[StaticToken],
+        *,
+        issued: IssuedTokens | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
         self.tokens = tuple(tokens)
+        #: Tokens issued through the admin API, accepted besides the configured ones.
+        self.issued = issued
         self.revoked: set[bytes] = set()
         # Built once: a frozen dataclass costs microseconds to make, per request.
         self._principals = {
@@ -91,7 +101,7 @@ class StaticTokens:
         self._now = now or (lambda: datetime.now(UTC))
 
     @classmethod
-    def from_config(cls, auth: AuthConfig) -> StaticTokens:
+    def from_config(cls, auth: AuthConfig, *, issued: IssuedTokens | None = None) -> StaticTokens:
         tokens = []
         if auth.token is not None:
             tokens.append(StaticToken("token", digest(auth.token.get_secret_value())))
@@ -103,7 +113,7 @@ class StaticTokens:
                 hashed = bytes.fromhex(entry.sha256)
             scope = tuple(entry.mcps) if entry.mcps else None
             tokens.append(StaticToken(entry.id, hashed, entry.expires_at, tuple(entry.roles), scope))
-        return cls(tokens)
+        return cls(tokens, issued=issued)
 
     async def authenticate(self, credential: str) -> Principal | AuthFailure:
         presented = digest(credential)
@@ -112,7 +122,10 @@ class StaticTokens:
             if hmac.compare_digest(presented, token.sha256):
                 found = token
         if found is None:
-            return AuthFailure("invalid token")
+            verdict = self.issued.lookup(presented, time.time()) if self.issued is not None else None
+            if isinstance(verdict, str):
+                return AuthFailure(verdict)
+            return verdict if verdict is not None else AuthFailure("invalid token")
         if found.sha256 in self.revoked:
             return AuthFailure("token revoked")
         if found.expires_at is not None and found.expires_at <= self._now():

@@ -57,7 +57,14 @@ class SecurityHeaders:
         self.app = app
         self.sets: dict[str | None, tuple[list[Header], list[Header]]] = {None: _both(config)}
         for mcp_id, own in (per_mcp or {}).items():
-            self.sets[mcp_id] = _both(own)
+            self.set_mcp(mcp_id, own)
+
+    def set_mcp(self, mcp_id: str, config: HeadersConfig | None) -> None:
+        """Give one MCP's routes their own set (None: the server default)."""
+        if config is None:
+            self.sets.pop(mcp_id, None)
+        else:
+            self.sets[mcp_id] = _both(config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

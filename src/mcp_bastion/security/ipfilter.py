@@ -42,6 +42,7 @@ __all__ = [
     "IpSet",
     "IpVerdict",
     "MemoryIpRuleStore",
+    "RuleSubscribers",
     "RuleChange",
     "RuleTableFull",
     "decide",
@@ -374,25 +375,11 @@ def _expiry_order(rule: IpRule) -> tuple[bool, float, str]:
     return (rule.expires_at is None, rule.expires_at or 0.0, rule.id)
 
 
-class MemoryIpRuleStore:
-    """An IpRuleStore in process memory: changes reach subscribers at once; nothing survives a restart."""
+class RuleSubscribers:
+    """The listeners of one IpRuleStore: `subscribe` for the protocol, `notify` after each change."""
 
-    def __init__(self, *, max_rules: int = DEFAULT_MAX_RULES, clock: Clock = time.time) -> None:
-        self._table = DynamicRules(max_rules=max_rules, clock=clock)
+    def __init__(self) -> None:
         self._listeners: builtins.list[Callable[[RuleChange], None]] = []
-
-    async def add(self, rule: IpRule) -> None:
-        self._table.add(rule)
-        self._notify(RuleChange(rule.id, rule))
-
-    async def remove(self, rule_id: str) -> bool:
-        removed = self._table.remove(rule_id)
-        if removed:
-            self._notify(RuleChange(rule_id, None))
-        return removed
-
-    async def list(self) -> builtins.list[IpRule]:
-        return self._table.rules(self._table.clock())
 
     def subscribe(self, listener: Callable[[RuleChange], None]) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -403,9 +390,33 @@ class MemoryIpRuleStore:
 
         return unsubscribe
 
-    def _notify(self, change: RuleChange) -> None:
+    def notify(self, change: RuleChange) -> None:
         for listener in tuple(self._listeners):
             listener(change)
+
+
+class MemoryIpRuleStore:
+    """An IpRuleStore in process memory: changes reach subscribers at once; nothing survives a restart."""
+
+    def __init__(self, *, max_rules: int = DEFAULT_MAX_RULES, clock: Clock = time.time) -> None:
+        self._table = DynamicRules(max_rules=max_rules, clock=clock)
+        self._subscribers = RuleSubscribers()
+
+    async def add(self, rule: IpRule) -> None:
+        self._table.add(rule)
+        self._subscribers.notify(RuleChange(rule.id, rule))
+
+    async def remove(self, rule_id: str) -> bool:
+        removed = self._table.remove(rule_id)
+        if removed:
+            self._subscribers.notify(RuleChange(rule_id, None))
+        return removed
+
+    async def list(self) -> builtins.list[IpRule]:
+        return self._table.rules(self._table.clock())
+
+    def subscribe(self, listener: Callable[[RuleChange], None]) -> Callable[[], None]:
+        return self._subscribers.subscribe(listener)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from mcp_bastion.admin import AdminApp
+from mcp_bastion.metrics import CONTENT_TYPE, exposition
 from mcp_bastion.security.admin import AdminGuard, admin_tokens
 from mcp_bastion.security.auth import AuthFailure, bearer_credential
 from mcp_bastion.security.client_ip import ClientAddress
@@ -23,9 +25,11 @@ from mcp_bastion.security.ipfilter import IpSet, decide
 from mcp_bastion.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata
 from mcp_bastion.security.principal import Principal
 from mcp_bastion.server.endpoint import McpEndpoint
-from mcp_bastion.server.http import get_header, json_error, respond_json
+from mcp_bastion.server.http import get_header, json_error, respond, respond_json
+from mcp_bastion.server.registry import Registry
 from mcp_bastion.server.runtime import McpRuntime
 from mcp_bastion.server.shields import Shields, resource_url
+from mcp_bastion.storage import open_storage
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -65,22 +69,22 @@ class McpRoute:
         return isinstance(verdict, Principal) and verdict.reaches(self.mcp.id)
 
 
-async def _no_admin_route(scope: Scope, receive: Receive, send: Send) -> None:
-    await json_error(send, 404, "not_found", f"no admin route {scope['path']} in this build")
-
-
 class BastionApp:
     """Routes `/mcp/{id}[/sse|/messages]`, the MCP list and health; runs the MCP runtimes."""
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
-        self.shields = Shields(config)
+        self.storage = open_storage(config.server.storage)
+        self.shields = Shields(config, rule_store=self.storage.ip_rules)
         self.counters = self.shields.counters
         self.routes = {mcp.id: McpRoute(mcp, config, self.shields) for mcp in config.mcps}
         self.runtimes: dict[str, McpRuntime] = {mcp_id: route.runtime for mcp_id, route in self.routes.items()}
+        self.registry = Registry(self)
+        #: The outermost layer, set by build_app, told about each registered MCP's own headers.
+        self.security_headers: SecurityHeaders | None = None
         self.admin_ips = IpSet.build(config.server.admin.ip_whitelist)
         self.admin = AdminGuard(
-            _no_admin_route,
+            AdminApp(self),
             tokens=admin_tokens(config.server.admin),
             address_allowed=self._admin_address,
             counters=self.counters,
@@ -101,9 +105,12 @@ class BastionApp:
         return verdict.allowed
 
     async def startup(self) -> None:
+        for record in await self.storage.tokens():
+            self.shields.issued.put(record)
         await self.shields.start()
         for runtime in self.runtimes.values():
             runtime.start()
+        await self.registry.load()
         self._background_tasks = [asyncio.ensure_future(job()) for job in self.background]
 
     async def shutdown(self) -> None:
@@ -112,6 +119,12 @@ class BastionApp:
         for runtime in self.runtimes.values():
             await runtime.aclose()
         await self.shields.stop()
+        await self.storage.aclose()
+
+    def headers_for(self, mcp: McpConfig) -> None:
+        """Give a registered MCP its own security headers (or the server's)."""
+        if self.security_headers is not None:
+            self.security_headers.set_mcp(mcp.id, mcp.security.headers if mcp.security is not None else None)
 
     def origin_allowed(self, scope: Scope, origin: str) -> bool:
         """Origins an MCP's CORS policy admits pass the DNS-rebinding Origin check on its routes."""
@@ -137,6 +150,14 @@ class BastionApp:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
+        admin_port = self.config.server.admin.port
+        if admin_port is not None:
+            # The admin API has its own listener: only it serves /admin, and it serves nothing else.
+            server = scope.get("server")
+            on_admin_port = server is not None and server[1] == admin_port
+            if on_admin_port != self._is_admin_path(path):
+                await json_error(send, 404, "not_found", f"no route for {path} on this listener")
+                return
         if path.startswith(_PREFIX):
             mcp_id, _, rest = path[len(_PREFIX) :].partition("/")
             route = self.routes.get(mcp_id)
@@ -145,14 +166,24 @@ class BastionApp:
                 return
             scope["mcp_bastion.subpath"] = f"/{rest}" if rest else ""
             await route.app(scope, receive, send)
-        elif path == "/admin" or path.startswith("/admin/"):
+        elif self._is_admin_path(path):
             await self.admin(scope, receive, send)
+        elif path == "/metrics":
+            await respond(
+                send, 200, exposition(self.runtimes.values(), self.counters), [(b"content-type", CONTENT_TYPE)]
+            )
         elif path == "/api/v1/mcp/list":
             await self.listing(scope, receive, send)
         elif path.startswith(_PRM_PREFIX):
             await self._resource_metadata(scope, send, path[len(_PRM_PREFIX) :])
         else:
             await json_error(send, 404, "not_found", f"no route for {path}")
+
+    def _is_admin_path(self, path: str) -> bool:
+        """The admin API, and /metrics unless server.metrics.public opens it."""
+        if path == "/metrics":
+            return not self.config.server.metrics.public
+        return path == "/admin" or path.startswith("/admin/")
 
     async def _resource_metadata(self, scope: Scope, send: Send, mcp_id: str) -> None:
         """RFC 9728 metadata of an MCP whose clients authenticate with OAuth."""
@@ -225,4 +256,5 @@ def build_app(config: ProxyConfig) -> tuple[ASGIApp, BastionApp]:
     app: ASGIApp = HostOriginGuard(core, allowed=allowed, origin_allowed=core.origin_allowed, counters=core.counters)
     app = ClientAddress(app, trusted=core.shields.trusted)
     own = {mcp.id: mcp.security.headers for mcp in config.mcps if mcp.security is not None}
-    return SecurityHeaders(app, config=config.server.security.headers, per_mcp=own), core
+    core.security_headers = SecurityHeaders(app, config=config.server.security.headers, per_mcp=own)
+    return core.security_headers, core

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 from mcp_bastion import jsonrpc
@@ -26,6 +27,25 @@ from mcp_bastion.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from mcp_bastion.config import LimitsConfig
+
+#: Methods counted under their own name in the metrics; any other is "other" (labels stay bounded).
+METRIC_METHODS: Final = frozenset(
+    {
+        "ping",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "server/discover",
+    }
+)
 
 __all__ = ["SUPPORTED_VERSIONS", "McpEndpoint"]
 
@@ -155,8 +175,10 @@ class McpEndpoint:
                 await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "this session is already initialized", msg["id"])
                 return
             stream = session.open_stream()
+            started = time.perf_counter()
             await self._forward_request(session, msg, stream)
             await self._stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
+            self._record(msg, started, stream)
             return
         await self._forward_other(session, msg, send)
 
@@ -201,8 +223,10 @@ class McpEndpoint:
             await rpc_error(send, 502, jsonrpc.UPSTREAM_ERROR, message, msg["id"])
             return
         stream = holder.open_stream()
+        started = time.perf_counter()
         await self._forward_request(holder, msg, stream)
         await self._stream_answer(send, receive, stream, [])
+        self._record(msg, started, stream)
         holder.streams.pop(stream.stream_id, None)
 
     async def _forward_request(self, session: Session, msg: Message, stream: EventStream) -> None:
@@ -211,7 +235,12 @@ class McpEndpoint:
         try:
             await session.link.forward_request(session, msg, stream)
         except UpstreamError as exc:
+            stream.failed = True
             stream.push(jsonrpc.error_body(request_id, jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
+
+    def _record(self, msg: Message, started: float, stream: EventStream) -> None:
+        method = msg["method"] if msg["method"] in METRIC_METHODS else "other"
+        self.runtime.stats.record(method, time.perf_counter() - started, failed=stream.failed)
 
     async def _forward_other(self, session: Session, msg: Message, send: Send) -> None:
         """Notifications and responses: relay, then 202 with no body."""

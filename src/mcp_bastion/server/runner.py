@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -25,7 +26,7 @@ def not_yet_active(config: ProxyConfig) -> list[str]:
     if config.server.audit.sinks:
         warnings.append("server.audit: the audit trail is not written by this build yet")
     if config.server.admin.token is not None or config.server.admin.tokens:
-        warnings.append("server.admin: the admin API routes are not served by this build yet (the guard is)")
+        warnings.append("server.admin: /admin/mcps, /admin/tools and /admin/audit are not served by this build yet")
     return warnings
 
 
@@ -58,9 +59,24 @@ def uvicorn_config(config: ProxyConfig) -> tuple[uvicorn.Config, BastionApp]:
     return server_config, core
 
 
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
 def run(config: ProxyConfig) -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted (the admin API on its own listener when server.admin.port is set)."""
     server_config, _core = uvicorn_config(config)
     scheme = "https" if server_config.is_ssl else "http"
-    logger.info("mcp-bastion listening on %s://%s:%s", scheme, config.server.host, config.server.port)
-    uvicorn.Server(server_config).run()
+    host, port, admin_port = config.server.host, config.server.port, config.server.admin.port
+    logger.info("mcp-bastion listening on %s://%s:%s", scheme, host, port)
+    if admin_port is None:
+        uvicorn.Server(server_config).run()
+        return
+    logger.info("admin API listening on %s://%s:%s", scheme, host, admin_port)
+    sockets = [listen(host, port), listen(host, admin_port)]
+    try:
+        uvicorn.Server(server_config).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()

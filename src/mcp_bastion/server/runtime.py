@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from mcp_bastion import __version__
 from mcp_bastion.exceptions import UpstreamError
 from mcp_bastion.jsonrpc import Message
+from mcp_bastion.metrics import RequestStats
 from mcp_bastion.security.tools import tool_allowed
 from mcp_bastion.server.link import PROXY_CLIENT_CAPABILITIES, Link
 from mcp_bastion.server.session import Session
@@ -67,12 +68,16 @@ class McpRuntime:
         self.status = "connecting"
         self.last_error: str | None = None
         self.tool_count: int | None = None
+        #: Requests relayed to the upstream per method: counts, failures to reach it, latency.
+        self.stats = RequestStats()
         self.server_info: dict[str, Any] | None = None
         self.sessions: dict[str, Session] = {}
         self.shared_link: Link | None = None
         self._stateless: tuple[Link, Session] | None = None
         self._legacy_verdict: tuple[float, Message] | None = None
         self._stateless_lock = asyncio.Lock()
+        self._control: Link | None = None
+        self._control_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_task: asyncio.Task[None] | None = None
@@ -96,7 +101,7 @@ class McpRuntime:
             task.cancel()
         for session in list(self.sessions.values()):
             await self.close_session(session)
-        for link in (self.shared_link, self._stateless[0] if self._stateless else None):
+        for link in (self.shared_link, self._stateless[0] if self._stateless else None, self._control):
             if link is not None:
                 await link.aclose()
         if self._http is not None:
@@ -159,7 +164,7 @@ class McpRuntime:
             result = await link.handshake(_proxy_init_params(capabilities))
             self.server_info = result.get("serverInfo")
             if "tools" in result.get("capabilities", {}):
-                self.tool_count = await _count_tools(link, self.mcp.request_timeout, self.mcp.tool_filter)
+                self.tool_count = len(await _tools(link, self.mcp.request_timeout, self.mcp.tool_filter))
         except BaseException:
             await link.aclose()
             raise
@@ -221,6 +226,21 @@ class McpRuntime:
                 link.attach(holder)
                 self._stateless = (link, holder)
             return self._stateless
+
+    async def control(self) -> Link:
+        """The proxy's own initialized upstream session, for the admin API's tool listing and calls."""
+        async with self._control_lock:
+            link = self._control
+            if link is None or link.channel is None or link.channel.closed:
+                link = self._new_link(shared=False)
+                try:
+                    await link.connect()
+                    await link.handshake(_proxy_init_params({}))
+                except BaseException:
+                    await link.aclose()
+                    raise
+                self._control = link
+            return link
 
     async def discover(self, params: Any) -> Message:
         """The upstream's own answer to `server/discover` (its id is the proxy's).
@@ -287,16 +307,24 @@ class McpRuntime:
         }
 
 
-async def _count_tools(link: Link, timeout: float, tool_filter: ToolFilter | None) -> int:
-    """How many tools the upstream offers that the filter lets clients see."""
-    count = 0
+async def list_upstream_tools(runtime: McpRuntime) -> list[dict[str, Any]]:
+    """Every tool of the upstream that its filter lets clients see, through the control session."""
+    link = await runtime.control()
+    return await _tools(link, runtime.mcp.request_timeout, runtime.mcp.tool_filter)
+
+
+async def _tools(link: Link, timeout: float, tool_filter: ToolFilter | None) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
     cursor: str | None = None
     for _ in range(MAX_TOOL_PAGES):
         response = await link.call("tools/list", {"cursor": cursor} if cursor else {}, timeout=timeout)
         result = response.get("result") or {}
-        names = (tool.get("name", "") for tool in result.get("tools") or [] if isinstance(tool, dict))
-        count += sum(1 for name in names if tool_allowed(tool_filter, name))
+        found += [
+            tool
+            for tool in result.get("tools") or []
+            if isinstance(tool, dict) and tool_allowed(tool_filter, str(tool.get("name", "")))
+        ]
         cursor = result.get("nextCursor")
         if not cursor:
             break
-    return count
+    return found

@@ -22,10 +22,11 @@ from mcp_bastion.security.bans import AuthFailureTracker
 from mcp_bastion.security.client_ip import TrustedProxies
 from mcp_bastion.security.cors import CORS, OriginPolicy
 from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.ipfilter import DynamicRules, IPFilter, IpSet, MemoryIpRuleStore
+from mcp_bastion.security.ipfilter import DynamicRules, IPFilter, IpRuleStore, IpSet, MemoryIpRuleStore
 from mcp_bastion.security.jwt import JwtVerifier
 from mcp_bastion.security.oauth import metadata_url, www_authenticate
 from mcp_bastion.security.ratelimit import RateLimit, RateLimiter
+from mcp_bastion.security.tokens import IssuedTokens
 from mcp_bastion.server.http import get_header
 from mcp_bastion.types import ASGIApp, Scope
 
@@ -38,13 +39,15 @@ __all__ = ["Shields"]
 class Shields:
     """Counters, dynamic IP rules, bans, limiters and verifiers: built once, shared by all MCPs."""
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, *, rule_store: IpRuleStore | None = None) -> None:
         self.config = config
         self.counters = SecurityCounters()
         self.trusted = TrustedProxies.build(config.server.trusted_proxies)
-        self.rule_store = MemoryIpRuleStore()
+        self.rule_store: IpRuleStore = rule_store if rule_store is not None else MemoryIpRuleStore()
         self.dynamic = DynamicRules()
         self.verifiers: list[JwtVerifier] = []
+        #: Client tokens issued through the admin API; every token-auth MCP accepts them (within their scope).
+        self.issued = IssuedTokens()
         self._bans: dict[BanConfig, AuthFailureTracker] = {}
         self._limiters: dict[int, RateLimiter] = {}
         self._unfollow: Callable[[], None] | None = None
@@ -103,7 +106,7 @@ class Shields:
 
     def authenticator(self, auth: AuthConfig, mcp: McpConfig) -> Authenticator:
         if auth.type == "token":
-            return StaticTokens.from_config(auth)
+            return StaticTokens.from_config(auth, issued=self.issued)
         if auth.type in ("jwt", "oauth2") and auth.jwt is not None:
             verifier = JwtVerifier(auth.jwt)
             self.verifiers.append(verifier)

@@ -42,6 +42,7 @@ class EventStream:
         "attached",
         "delivered",
         "done",
+        "failed",
         "final_data",
         "persistent",
         "stream_id",
@@ -55,6 +56,8 @@ class EventStream:
         self._first_seq = 1  # sequence number of _events[0]; 0 is the priming event
         self._waiters: list[asyncio.Future[None]] = []
         self.done = False
+        #: The request it answers could not be relayed upstream (for the metrics).
+        self.failed = False
         #: Whether a downstream response is reading this stream right now.
         self.attached = False
         #: Sequence number of the first event no reader has been sent yet.
