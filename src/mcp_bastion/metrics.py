@@ -71,10 +71,13 @@ class RequestStats:
         self.errors: dict[str, int] = {}
         self.latency: dict[str, Latency] = {}
 
-    def record(self, method: str, seconds: float, *, failed: bool) -> None:
+    def record(self, method: str, seconds: float | None, *, failed: bool) -> None:
+        """Count one request; `seconds` None when its answer is not waited for (legacy SSE)."""
         self.requests[method] = self.requests.get(method, 0) + 1
         if failed:
             self.errors[method] = self.errors.get(method, 0) + 1
+        if seconds is None:
+            return
         latency = self.latency.get(method)
         if latency is None:
             latency = self.latency[method] = Latency()
@@ -110,7 +113,7 @@ class _Collector:
             for method, count in stats.requests.items():
                 requests.add_metric([runtime.id, method], count)
                 errors.add_metric([runtime.id, method], stats.errors.get(method, 0))
-                histogram = stats.latency[method]
+            for method, histogram in stats.latency.items():
                 latency.add_metric([runtime.id, method], histogram.cumulative(), histogram.sum)
             up.add_metric([runtime.id], 1.0 if runtime.status == "ready" else 0.0)
             sessions.add_metric([runtime.id], len(runtime.sessions))

@@ -21,6 +21,7 @@ ADMIN_IPS = ["127.0.0.1", "10.20.0.0/16"]
 SERVER: dict[str, Any] = {
     "admin": {"token": ADMIN_TOKEN, "ip_whitelist": ADMIN_IPS},
     "trusted_proxies": ["127.0.0.1"],
+    "audit": {"sinks": [{"type": "sqlite"}]},
 }
 
 SECRET = "sup3r-secret-value"
@@ -58,6 +59,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/admin/metrics", None),
     ("GET", "/admin/security/metrics", None),
     ("GET", "/metrics", None),
+    ("GET", "/admin/audit", None),
 ]
 
 

@@ -39,7 +39,8 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
     mcps = [
         demo_mcp("demo"),
         demo_mcp("listed", security={"ip_whitelist": ["10.1.0.0/16", "2001:db8::/32"], "ip_blacklist": ["10.1.0.66"]}),
-        demo_mcp("limited", security={"rate_limit": {"per_ip_requests_per_minute": 60, "per_ip_burst_size": 3}}),
+        # One token per 10 s: the five requests below (each starts a child) never span a refill, even on a busy machine.
+        demo_mcp("limited", security={"rate_limit": {"per_ip_requests_per_minute": 6, "per_ip_burst_size": 3}}),
         demo_mcp(
             "browser",
             security={"cors": {"allowed_origins": ["https://app.example.com", "*.example.org"]}},

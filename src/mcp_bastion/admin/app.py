@@ -20,10 +20,12 @@ from pydantic import BaseModel
 
 from mcp_bastion.admin.models import MAX_SECONDS, IpRuleRequest, RotateRequest, TokenRequest, ToolCallRequest
 from mcp_bastion.admin.openapi import openapi_document
+from mcp_bastion.audit import EVENT_TYPES, AuditEvent, request_fields
 from mcp_bastion.config import McpConfig, masked_mcp, validate_model
 from mcp_bastion.exceptions import ConfigError, UpstreamError
 from mcp_bastion.metrics import CONTENT_TYPE, exposition
 from mcp_bastion.security.ipfilter import IpRule, RuleTableFull
+from mcp_bastion.security.principal import PRINCIPAL_KEY, Principal
 from mcp_bastion.security.tokens import new_token
 from mcp_bastion.security.tools import tool_allowed
 from mcp_bastion.server.http import BodyTooLarge, json_error, read_body, respond, respond_json
@@ -38,6 +40,7 @@ __all__ = ["ADMIN_BODY_LIMIT", "AdminApp", "Raw", "Reply", "Route"]
 
 #: Admin bodies are small JSON documents.
 ADMIN_BODY_LIMIT: Final = 1024 * 1024
+MAX_AUDIT_LIMIT: Final = 1000
 
 _ERROR_CODES: Final = {403: "forbidden", 404: "not_found", 409: "conflict"}
 
@@ -59,6 +62,8 @@ class Route:
     errors: tuple[int, ...] = ()
     #: False: the handler gets the JSON object as sent and validates it itself (`body` documents it).
     validate: bool = True
+    #: Query parameters (documented; the handler reads them from `params`).
+    query: tuple[str, ...] = ()
 
     def match(self, path: str) -> Params | None:
         want = self.path.split("/")
@@ -202,6 +207,14 @@ class AdminApp:
                 201,
                 (400, 404, 409),
             ),
+            Route(
+                "GET",
+                "/admin/audit",
+                self.query_audit,
+                "Audit events, newest first",
+                errors=(400, 409),
+                query=("type", "principal", "mcp", "since", "until", "limit"),
+            ),
             Route("GET", "/admin/metrics", self.metrics, "Compozy's JSON counters"),
             Route(
                 "GET", "/metrics", self.prometheus, "Prometheus text (open without a token if server.metrics.public)"
@@ -238,13 +251,32 @@ class AdminApp:
                 await respond_json(send, status, payload)
                 return
             body = parsed
+        if route.query:
+            given = _query(scope)
+            params = {**params, **{name: given[name] for name in route.query if name in given}}
         status, payload = await route.handler(params, body)
+        if route.method != "GET" and self.core.audit.enabled:
+            await self._audit(route, scope, status, params)
         if payload is None:
             await respond(send, status)
         elif isinstance(payload, Raw):
             await respond(send, status, payload.body, [(b"content-type", payload.content_type)])
         else:
             await respond_json(send, status, payload)
+
+    async def _audit(self, route: Route, scope: Scope, status: int, params: Params) -> None:
+        principal = scope.get(PRINCIPAL_KEY)
+        event = AuditEvent(
+            "token" if route.path.startswith("/admin/tokens") else "admin",
+            f"{route.method} {route.path}",
+            status < 400,
+            resource=scope["path"],
+            user=principal.id if isinstance(principal, Principal) else None,
+            error=None if status < 400 else f"HTTP {status}",
+            details={"status": status, **params},
+            **request_fields(scope),
+        )
+        await self.core.audit.emit(event)
 
     async def _body(
         self, model: type[BaseModel], scope: Scope, receive: Receive, *, validate: bool
@@ -440,6 +472,28 @@ class AdminApp:
         await self.core.storage.put_token(record)
         self.core.shields.issued.put(record)
 
+    # -- audit -------------------------------------------------------------------------
+
+    async def query_audit(self, params: Params, body: None) -> Reply:
+        sink = self.core.audit.queryable
+        if sink is None:
+            return error(409, "no_queryable_sink", "no audit sink of type sqlite is configured")
+        kind = params.get("type")
+        if kind is not None and kind not in EVENT_TYPES:
+            return error(400, "invalid_request", f"type: expected one of {', '.join(EVENT_TYPES)}")
+        try:
+            limit = int(params.get("limit", "100"))
+            since = _instant(params.get("since"))
+            until = _instant(params.get("until"))
+        except ValueError as exc:
+            return error(400, "invalid_request", str(exc))
+        if not 1 <= limit <= MAX_AUDIT_LIMIT:
+            return error(400, "invalid_request", f"limit: must be 1-{MAX_AUDIT_LIMIT}")
+        events = await sink.query(
+            type=kind, user=params.get("principal"), mcp=params.get("mcp"), since=since, until=until, limit=limit
+        )
+        return 200, {"events": events, "count": len(events)}
+
     # -- metrics -----------------------------------------------------------------------
 
     async def metrics(self, params: Params, body: None) -> Reply:
@@ -476,3 +530,27 @@ def _compozy_names(body: dict[str, Any]) -> dict[str, Any]:
     if "name" in body and "id" not in body:
         return {"id": body["name"], **{k: v for k, v in body.items() if k != "name"}}
     return body
+
+
+def _query(scope: Scope) -> Params:
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+
+
+def _instant(text: str | None) -> str | None:
+    """An RFC 3339 time (or Unix seconds) as the audit store writes it: UTC, microseconds, Z."""
+    if text is None:
+        return None
+    try:
+        moment = dt.datetime.fromtimestamp(float(text), dt.UTC)
+    except ValueError:
+        try:
+            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"not a time: {text!r} (use RFC 3339 or Unix seconds)") from None
+    except (OverflowError, OSError):
+        raise ValueError(f"not a time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -54,11 +54,13 @@ def openapi_document(routes: Sequence[Route]) -> dict[str, Any]:
             "responses": responses,
         }
         names = [part[1:-1] for part in route.path.split("/") if part.startswith("{")]
-        if names:
-            operation["parameters"] = [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
-                for name in names
-            ]
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+            for name in names
+        ]
+        parameters += [{"name": name, "in": "query", "schema": {"type": "string"}} for name in route.query]
+        if parameters:
+            operation["parameters"] = parameters
         if route.body is not None:
             schema = route.body.model_json_schema(ref_template=_REF)
             schemas.update(schema.pop("$defs", {}))

@@ -16,6 +16,7 @@ from mcp_bastion.server.http import json_error
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from mcp_bastion.audit.trail import AuditTrail
     from mcp_bastion.config import AdminConfig
 
 __all__ = ["AdminGuard", "admin_tokens"]
@@ -38,6 +39,7 @@ class AdminGuard:
         tokens: StaticTokens,
         address_allowed: Callable[[str | None], bool],
         counters: SecurityCounters,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.tokens = tokens
         self.address_allowed = address_allowed
@@ -50,6 +52,7 @@ class AdminGuard:
             mcp_id=ADMIN_REALM,
             counters=counters,
             challenge=lambda failure, scope: f'Bearer realm="{ADMIN_REALM}", error="{failure.error}"',
+            audit=audit,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

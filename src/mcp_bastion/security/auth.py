@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol
 
+from mcp_bastion.audit.events import AuditEvent, EventType, request_fields
 from mcp_bastion.security.counters import SecurityCounters
 from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
 from mcp_bastion.security.tokens import IssuedTokens
@@ -25,6 +26,7 @@ from mcp_bastion.server.http import json_error
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from mcp_bastion.audit.trail import AuditTrail
     from mcp_bastion.config import AuthConfig
 
 __all__ = [
@@ -147,8 +149,10 @@ class Authenticate:
         counters: SecurityCounters,
         challenge: Callable[[AuthFailure, Scope], str],
         on_failure: Callable[[str | None], None] | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.app = app
+        self.audit = audit if audit is not None and audit.enabled else None
         self.authenticator = authenticator
         self.header = header.lower().encode("latin-1")
         self.prefix = prefix
@@ -171,6 +175,8 @@ class Authenticate:
             return
         if not verdict.reaches(self.mcp_id):
             self.counters.violation()
+            if self.audit is not None:
+                await self._audit(scope, "authorization", False, verdict.id, "insufficient_scope")
             refusal = AuthFailure("this credential does not reach this MCP", "insufficient_scope")
             challenge = self.challenge(refusal, scope)
             headers = [(b"www-authenticate", challenge.encode("latin-1"))]
@@ -180,12 +186,30 @@ class Authenticate:
             return
         scope["headers"] = [header for header in headers if header[0] != name]
         scope[PRINCIPAL_KEY] = verdict
+        if self.audit is not None:
+            await self._audit(scope, "authentication", True, verdict.id, None)
         await self.app(scope, receive, send)
+
+    async def _audit(self, scope: Scope, kind: EventType, success: bool, user: str | None, error: str | None) -> None:
+        assert self.audit is not None
+        event = AuditEvent(
+            kind,
+            "authenticate" if kind == "authentication" else "reach",
+            success,
+            resource=f"mcp:{self.mcp_id}",
+            user=user,
+            error=error,
+            mcp=self.mcp_id,
+            **request_fields(scope),
+        )
+        await self.audit.emit(event)
 
     async def _refuse(self, scope: Scope, send: Send, failure: AuthFailure) -> None:
         self.counters.authentication_failures += 1
         self.counters.violation()
         if self.on_failure is not None:
             self.on_failure(scope.get(CLIENT_IP_KEY))
+        if self.audit is not None:
+            await self._audit(scope, "authentication", False, None, failure.reason)
         headers = [(b"www-authenticate", self.challenge(failure, scope).encode("latin-1"))]
         await json_error(send, 401, failure.error, failure.reason, headers)

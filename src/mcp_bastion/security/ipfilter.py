@@ -23,12 +23,16 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
+from mcp_bastion.audit.events import AuditEvent, request_fields
 from mcp_bastion.security.counters import SecurityCounters
 from mcp_bastion.security.principal import CLIENT_IP_KEY
 from mcp_bastion.server.http import json_error
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from mcp_bastion.audit.trail import AuditTrail
 
 __all__ = [
     "DEFAULT_MAX_RULES",
@@ -481,8 +485,10 @@ class IPFilter:
         counters: SecurityCounters,
         clock: Clock = time.time,
         dynamic_allow: bool = True,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.app = app
+        self.audit = audit if audit is not None and audit.enabled else None
         self.dynamic_allow = dynamic_allow
         self.whitelist = whitelist
         self.blacklist = blacklist
@@ -520,6 +526,12 @@ class IPFilter:
             return
         self.counters.ip_blocked += 1
         self.counters.violation()
+        if self.audit is not None:
+            details = {"rule": verdict.reason, "rule_id": verdict.rule_id}
+            fields = request_fields(scope)
+            await self.audit.emit(
+                AuditEvent("ip_block", "request", False, scope.get("path", ""), details=details, **fields)
+            )
         if kind == "websocket":
             await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})
             return

@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 import orjson
 
 from mcp_bastion import jsonrpc
+from mcp_bastion.audit.events import AuditEvent, request_fields
 from mcp_bastion.security.counters import SecurityCounters
 from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
 from mcp_bastion.server.http import BodyTooLarge, read_body, respond
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from mcp_bastion.audit.trail import AuditTrail
     from mcp_bastion.config import RateLimitConfig
 
 __all__ = [
@@ -399,8 +401,10 @@ class RateLimit:
         mcp_id: str | None,
         counters: SecurityCounters,
         clock: Callable[[], float] = time.monotonic,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.app = app
+        self.audit = audit if audit is not None and audit.enabled else None
         self.limiter = limiter
         self.mcp_id = mcp_id
         self.counters = counters
@@ -424,5 +428,19 @@ class RateLimit:
             return
         self.counters.rate_limit_exceeded += 1
         self.counters.violation()
+        if self.audit is not None:
+            details = {"limit": decision.limit_name, "retry_after": decision.retry_after}
+            fields = request_fields(scope)
+            event = AuditEvent(
+                "rate_limit",
+                "request",
+                False,
+                f"mcp:{self.mcp_id}",
+                keys.principal,
+                mcp=self.mcp_id,
+                details=details,
+                **fields,
+            )
+            await self.audit.emit(event)
         headers, body = refusal(decision, await _refused_body(scope, receive))
         await respond(send, 429, body, headers)

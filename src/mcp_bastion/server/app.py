@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mcp_bastion.admin import AdminApp
+from mcp_bastion.audit import AuditTrail, build_sinks
 from mcp_bastion.metrics import CONTENT_TYPE, exposition
 from mcp_bastion.security.admin import AdminGuard, admin_tokens
 from mcp_bastion.security.auth import AuthFailure, bearer_credential
@@ -54,6 +55,7 @@ class McpRoute:
             self.runtime,
             limits=config.effective_security(mcp).limits,
             messages_path=f"{_PREFIX}{mcp.id}/messages",
+            audit=shields.audit,
         )
         self.app, self.authenticator, self.cors = shields.protect(endpoint, mcp)
 
@@ -75,7 +77,11 @@ class BastionApp:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.storage = open_storage(config.server.storage)
-        self.shields = Shields(config, rule_store=self.storage.ip_rules)
+        audit = config.server.audit
+        self.audit = AuditTrail(
+            build_sinks(audit, config.server.storage), queue_size=audit.queue_size, arguments=audit.arguments
+        )
+        self.shields = Shields(config, rule_store=self.storage.ip_rules, audit=self.audit)
         self.counters = self.shields.counters
         self.routes = {mcp.id: McpRoute(mcp, config, self.shields) for mcp in config.mcps}
         self.runtimes: dict[str, McpRuntime] = {mcp_id: route.runtime for mcp_id, route in self.routes.items()}
@@ -88,6 +94,7 @@ class BastionApp:
             tokens=admin_tokens(config.server.admin),
             address_allowed=self._admin_address,
             counters=self.counters,
+            audit=self.audit,
         )
         self.guarded = self.shields.dynamic_filter(self._route)
         #: Coroutine functions run for the life of the app (e.g. the TLS certificate reloader).
@@ -105,6 +112,7 @@ class BastionApp:
         return verdict.allowed
 
     async def startup(self) -> None:
+        self.audit.start()
         for record in await self.storage.tokens():
             self.shields.issued.put(record)
         await self.shields.start()
@@ -119,6 +127,7 @@ class BastionApp:
         for runtime in self.runtimes.values():
             await runtime.aclose()
         await self.shields.stop()
+        await self.audit.aclose()
         await self.storage.aclose()
 
     def headers_for(self, mcp: McpConfig) -> None:

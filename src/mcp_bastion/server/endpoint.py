@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from mcp_bastion import jsonrpc
+from mcp_bastion.audit.events import AuditEvent, arguments_for_audit, request_fields
 from mcp_bastion.exceptions import UpstreamError
 from mcp_bastion.jsonrpc import Message
 from mcp_bastion.security.limits import header_bytes, json_violation
@@ -26,6 +27,7 @@ from mcp_bastion.server.streams import EventStream, priming_event
 from mcp_bastion.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from mcp_bastion.audit.trail import AuditTrail
     from mcp_bastion.config import LimitsConfig
 
 #: Methods counted under their own name in the metrics; any other is "other" (labels stay bounded).
@@ -68,8 +70,11 @@ HEADER_MISMATCH: Final = -32020
 class McpEndpoint:
     """Serves `/mcp/{id}`, `/mcp/{id}/sse` and `/mcp/{id}/messages` for one MCP."""
 
-    def __init__(self, runtime: McpRuntime, *, limits: LimitsConfig, messages_path: str) -> None:
+    def __init__(
+        self, runtime: McpRuntime, *, limits: LimitsConfig, messages_path: str, audit: AuditTrail | None = None
+    ) -> None:
         self.runtime = runtime
+        self.audit = audit if audit is not None and audit.enabled else None
         self.limits = limits
         self.max_body_size = limits.max_body_size
         self.messages_path = messages_path
@@ -165,7 +170,7 @@ class McpEndpoint:
             if mismatch is not None:
                 await rpc_error(send, 400, HEADER_MISMATCH, mismatch, msg["id"])
                 return
-            await self._stateless(send, receive, msg)
+            await self._stateless(scope, send, receive, msg)
             return
         session = await self._session(scope, send, header.decode("latin-1") if header else None)
         if session is None:
@@ -178,7 +183,7 @@ class McpEndpoint:
             started = time.perf_counter()
             await self._forward_request(session, msg, stream)
             await self._stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
-            self._record(msg, started, stream)
+            await self._record(scope, msg, started, stream)
             return
         await self._forward_other(session, msg, send)
 
@@ -209,7 +214,7 @@ class McpEndpoint:
             return
         await self._stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
 
-    async def _stateless(self, send: Send, receive: Receive, msg: Message) -> None:
+    async def _stateless(self, scope: Scope, send: Send, receive: Receive, msg: Message) -> None:
         """Relay a request that belongs to no session (2026-07-28 era) on the stateless link."""
         try:
             if msg["method"] == "server/discover":
@@ -226,7 +231,7 @@ class McpEndpoint:
         started = time.perf_counter()
         await self._forward_request(holder, msg, stream)
         await self._stream_answer(send, receive, stream, [])
-        self._record(msg, started, stream)
+        await self._record(scope, msg, started, stream)
         holder.streams.pop(stream.stream_id, None)
 
     async def _forward_request(self, session: Session, msg: Message, stream: EventStream) -> None:
@@ -238,9 +243,41 @@ class McpEndpoint:
             stream.failed = True
             stream.push(jsonrpc.error_body(request_id, jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
 
-    def _record(self, msg: Message, started: float, stream: EventStream) -> None:
+    async def _record(self, scope: Scope, msg: Message, started: float | None, stream: EventStream) -> None:
+        """Count a relayed request (`started` None: its answer comes later, on a legacy stream); audit tool calls."""
         method = msg["method"] if msg["method"] in METRIC_METHODS else "other"
-        self.runtime.stats.record(method, time.perf_counter() - started, failed=stream.failed)
+        elapsed = None if started is None else time.perf_counter() - started
+        self.runtime.stats.record(method, elapsed, failed=stream.failed)
+        if self.audit is not None and msg["method"] == "tools/call":
+            await self._audit_tool_call(scope, msg, elapsed, stream)
+
+    async def _audit_tool_call(self, scope: Scope, msg: Message, elapsed: float | None, stream: EventStream) -> None:
+        assert self.audit is not None
+        raw = msg.get("params")
+        params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        tool = str(params.get("name", ""))[:256]
+        success, error = not stream.failed, "upstream unreachable" if stream.failed else None
+        if elapsed is not None and success and stream.final_data is not None:
+            answer = jsonrpc.loads(stream.final_data)
+            if "error" in answer:
+                success, error = False, str((answer.get("error") or {}).get("message", "error"))[:256]
+            elif (answer.get("result") or {}).get("isError"):
+                success, error = False, "the tool reported an error"
+        principal = scope.get(PRINCIPAL_KEY)
+        event = AuditEvent(
+            "tool_call",
+            "tools/call",
+            success,
+            resource=f"tool:{self.runtime.id}/{tool}",
+            user=principal.id if isinstance(principal, Principal) else None,
+            error=error,
+            mcp=self.runtime.id,
+            tool=tool,
+            latency_ms=None if elapsed is None else round(elapsed * 1000, 3),
+            details={"arguments": arguments_for_audit(params.get("arguments", {}), self.audit.arguments)},
+            **request_fields(scope),
+        )
+        await self.audit.emit(event)
 
     async def _forward_other(self, session: Session, msg: Message, send: Send) -> None:
         """Notifications and responses: relay, then 202 with no body."""
@@ -336,6 +373,7 @@ class McpEndpoint:
                 stream.push(jsonrpc.error_body(msg["id"], code, f"{msg['method']} before initialize"))
             else:
                 await self._forward_request(session, msg, stream)
+                await self._record(scope, msg, None, stream)
             await respond(send, 202)
             return
         await self._forward_other(session, msg, send)

@@ -15,25 +15,13 @@ from mcp_bastion.server.tls import CertReloader, configure_uvicorn_tls, server_s
 if TYPE_CHECKING:
     from mcp_bastion.config import ProxyConfig
 
-__all__ = ["not_yet_active", "run", "uvicorn_config"]
+__all__ = ["run", "uvicorn_config"]
 
 logger = logging.getLogger(__name__)
 
 
-def not_yet_active(config: ProxyConfig) -> list[str]:
-    """Configured parts that this build does not run yet (the management plane), as warnings."""
-    warnings = []
-    if config.server.audit.sinks:
-        warnings.append("server.audit: the audit trail is not written by this build yet")
-    if config.server.admin.token is not None or config.server.admin.tokens:
-        warnings.append("server.admin: /admin/mcps, /admin/tools and /admin/audit are not served by this build yet")
-    return warnings
-
-
 def uvicorn_config(config: ProxyConfig) -> tuple[uvicorn.Config, BastionApp]:
     """The uvicorn settings for a proxy config, and the app core (tests run it in-process)."""
-    for warning in not_yet_active(config):
-        logger.warning("%s", warning)
     app, core = build_app(config)
     server_config = uvicorn.Config(
         app,

@@ -16,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mcp_bastion.audit import AuditEvent, AuditTrail
 from mcp_bastion.exceptions import ConfigError
 from mcp_bastion.security.auth import Authenticate, Authenticator, AuthFailure, StaticTokens
 from mcp_bastion.security.bans import AuthFailureTracker
 from mcp_bastion.security.client_ip import TrustedProxies
 from mcp_bastion.security.cors import CORS, OriginPolicy
 from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.ipfilter import DynamicRules, IPFilter, IpRuleStore, IpSet, MemoryIpRuleStore
+from mcp_bastion.security.ipfilter import DynamicRules, IPFilter, IpRule, IpRuleStore, IpSet, MemoryIpRuleStore
 from mcp_bastion.security.jwt import JwtVerifier
 from mcp_bastion.security.oauth import metadata_url, www_authenticate
 from mcp_bastion.security.ratelimit import RateLimit, RateLimiter
@@ -39,8 +40,11 @@ __all__ = ["Shields"]
 class Shields:
     """Counters, dynamic IP rules, bans, limiters and verifiers: built once, shared by all MCPs."""
 
-    def __init__(self, config: ProxyConfig, *, rule_store: IpRuleStore | None = None) -> None:
+    def __init__(
+        self, config: ProxyConfig, *, rule_store: IpRuleStore | None = None, audit: AuditTrail | None = None
+    ) -> None:
         self.config = config
+        self.audit = audit if audit is not None else AuditTrail([])
         self.counters = SecurityCounters()
         self.trusted = TrustedProxies.build(config.server.trusted_proxies)
         self.rule_store: IpRuleStore = rule_store if rule_store is not None else MemoryIpRuleStore()
@@ -67,7 +71,14 @@ class Shields:
 
     def dynamic_filter(self, app: ASGIApp) -> ASGIApp:
         """Dynamic allow/deny rules and bans, for every route but health."""
-        return IPFilter(app, whitelist=None, blacklist=IpSet.build(()), dynamic=self.dynamic, counters=self.counters)
+        return IPFilter(
+            app,
+            whitelist=None,
+            blacklist=IpSet.build(()),
+            dynamic=self.dynamic,
+            counters=self.counters,
+            audit=self.audit,
+        )
 
     def static_filter(self, app: ASGIApp, security: SecurityConfig) -> ASGIApp:
         if not security.ip_whitelist and not security.ip_blacklist:
@@ -79,6 +90,7 @@ class Shields:
             blacklist=IpSet.build(security.ip_blacklist),
             dynamic=DynamicRules(),  # the shared rules were checked already, for every route
             counters=self.counters,
+            audit=self.audit,
         )
 
     def bans(self, config: BanConfig) -> AuthFailureTracker | None:
@@ -91,8 +103,13 @@ class Shields:
                 counters=self.counters,
                 store=self.rule_store,
                 exempt=self.trusted.networks,
+                on_ban=self._audit_ban,
             )
         return self._bans[config]
+
+    def _audit_ban(self, rule: IpRule) -> None:
+        details = {"rule_id": rule.id, "expires_at": rule.expires_at, "reason": rule.reason}
+        self.audit.emit_soon(AuditEvent("ban", "ban", True, rule.cidr, remote_addr=rule.cidr, details=details))
 
     def limiter(self, config: RateLimitConfig | None) -> RateLimiter | None:
         """One limiter per rate_limit block: MCPs sharing the server default share its global buckets."""
@@ -121,7 +138,7 @@ class Shields:
         app: ASGIApp = endpoint
         limiter = self.limiter(security.rate_limit)
         if limiter is not None:
-            app = RateLimit(app, limiter=limiter, mcp_id=mcp.id, counters=self.counters)
+            app = RateLimit(app, limiter=limiter, mcp_id=mcp.id, counters=self.counters, audit=self.audit)
         authenticator: Authenticator | None = None
         if auth.type != "none":
             authenticator = self.authenticator(auth, mcp)
@@ -135,6 +152,7 @@ class Shields:
                 counters=self.counters,
                 challenge=challenge_for(auth, mcp.id),
                 on_failure=tracker.record_failure if tracker is not None else None,
+                audit=self.audit,
             )
         policy: OriginPolicy | None = None
         if security.cors is not None and security.cors.enabled:

@@ -1,0 +1,227 @@
+"""Where audit events go: stdout, a size-rotated JSON-lines file, syslog (RFC 5424), SQLite.
+
+Every sink takes a batch of already-rendered events. Sinks that touch the disk do it on
+their own thread, so a slow disk slows the audit queue (and, through its bound, the
+requests that feed it), never the event loop itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sqlite3
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import orjson
+
+from mcp_bastion.exceptions import StorageError
+
+__all__ = ["FileSink", "Sink", "SqliteSink", "StdoutSink", "SyslogSink", "syslog_message"]
+
+Record = dict[str, Any]
+
+
+class Sink(Protocol):
+    name: str
+
+    async def write(self, batch: list[Record]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Threaded:
+    """A sink whose blocking work runs on one thread of its own, in order."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"mcp-bastion-audit-{name}")
+
+    async def _run(self, work: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+
+    async def aclose(self) -> None:
+        await self._run(self._close)
+        self._executor.shutdown()
+
+    def _close(self) -> None:
+        return None
+
+
+class StdoutSink:
+    name = "stdout"
+
+    async def write(self, batch: list[Record]) -> None:
+        sys.stdout.write("".join(orjson.dumps(record).decode() + "\n" for record in batch))
+        sys.stdout.flush()
+
+    async def aclose(self) -> None:
+        return None
+
+
+class FileSink(_Threaded):
+    """JSON lines; past `max_bytes` the file becomes `.1` (older ones shift up to `.backups`)."""
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
+        super().__init__(f"file:{path}")
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file: Any = None
+
+    async def write(self, batch: list[Record]) -> None:
+        await self._run(self._append, b"".join(orjson.dumps(record) + b"\n" for record in batch))
+
+    def _append(self, data: bytes) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        if self._file.tell() and self._file.tell() + len(data) > self.max_bytes:
+            self._rotate()
+        self._file.write(data)
+        self._file.flush()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        self._file = None
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for index in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file = open(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+_FACILITIES: Final = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7, "uucp": 8,
+    "cron": 9, "authpriv": 10, "ftp": 11, "local0": 16, "local1": 17, "local2": 18, "local3": 19,
+    "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}  # fmt: skip
+_NOTICE, _WARNING = 5, 4
+
+
+def syslog_message(record: Record, *, facility: str, hostname: str, pid: int) -> bytes:
+    """One RFC 5424 message: refused actions at warning severity, the rest at notice; JSON as MSG."""
+    severity = _NOTICE if record.get("success") else _WARNING
+    priority = _FACILITIES[facility] * 8 + severity
+    stamp = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    msgid = str(record.get("type") or "-")[:32]
+    header = f"<{priority}>1 {stamp} {hostname[:255] or '-'} mcp-bastion {pid} {msgid} -"
+    return header.encode() + b" \xef\xbb\xbf" + orjson.dumps(record)
+
+
+class SyslogSink:
+    """RFC 5424 datagrams to `host:port` (UDP) or a unix datagram socket path."""
+
+    def __init__(self, address: str, *, facility: str) -> None:
+        self.name = f"syslog:{address}"
+        self.facility = facility
+        self.hostname = socket.gethostname()
+        if address.startswith("/"):
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._target: Any = address
+        else:
+            host, _, port = address.rpartition(":")
+            info = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_DGRAM)[0]
+            self._socket = socket.socket(info[0], socket.SOCK_DGRAM)
+            self._target = info[4]
+
+    async def write(self, batch: list[Record]) -> None:
+        pid = os.getpid()
+        for record in batch:
+            message = syslog_message(record, facility=self.facility, hostname=self.hostname, pid=pid)
+            self._socket.sendto(message, self._target)
+
+    async def aclose(self) -> None:
+        self._socket.close()
+
+
+_COLUMNS: Final = ("timestamp", "type", "user", "mcp", "success")
+
+
+class SqliteSink(_Threaded):
+    """Events in a table with the queried fields as columns and the whole event as JSON."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"sqlite:{path}")
+        self.path = path
+        try:
+            self._db = self._executor.submit(self._connect).result()
+        except (OSError, sqlite3.Error) as exc:
+            self._executor.shutdown()
+            raise StorageError(f"cannot open the audit database {path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(
+            """CREATE TABLE IF NOT EXISTS audit (
+                 id INTEGER PRIMARY KEY, timestamp TEXT NOT NULL, type TEXT NOT NULL, user TEXT,
+                 mcp TEXT, success INTEGER NOT NULL, event TEXT NOT NULL);
+               CREATE INDEX IF NOT EXISTS audit_time ON audit (timestamp);
+               CREATE INDEX IF NOT EXISTS audit_type ON audit (type, timestamp);"""
+        )
+        return db
+
+    async def write(self, batch: list[Record]) -> None:
+        rows = [
+            (r["timestamp"], r["type"], r.get("user"), r.get("mcp"), int(bool(r["success"])), json.dumps(r))
+            for r in batch
+        ]
+        await self._run(self._insert, rows)
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO audit (timestamp, type, user, mcp, success, event) VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
+
+    async def query(
+        self,
+        *,
+        type: str | None = None,
+        user: str | None = None,
+        mcp: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Newest first; `since`/`until` are RFC 3339 UTC strings (compared as text, which orders them)."""
+        clauses, values = [], []
+        for column, value, op in (
+            ("type", type, "="),
+            ("user", user, "="),
+            ("mcp", mcp, "="),
+            ("timestamp", since, ">="),
+            ("timestamp", until, "<"),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                values.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT event FROM audit {where} ORDER BY id DESC LIMIT ?"  # noqa: S608 (columns are fixed above)
+        rows = await self._run(lambda: self._db.execute(sql, (*values, limit)).fetchall())
+        return [json.loads(row[0]) for row in rows]
+
+    async def count(self) -> int:
+        row = await self._run(lambda: self._db.execute("SELECT count(*) FROM audit").fetchone())
+        return int(row[0])
+
+    def _close(self) -> None:
+        self._db.close()
