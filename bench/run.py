@@ -468,6 +468,9 @@ class Lab:
 
         s1 = Target("bastion-s1", "mcp-bastion, security on", "S1", auth=bearer, bastion=True)
         s1_off = Target("bastion-s1-off", "mcp-bastion, security off", "S1", bastion=True)
+        s1_layers = Target(
+            "bastion-s1-layers", "mcp-bastion, security layers (no audit)", "S1", auth=bearer, bastion=True
+        )
         proxy = Target("mcp-proxy", "mcp-proxy 0.13.0", "S1")
         sg = Target("supergateway", "supergateway 4.0.0 --stateful", "S1")
         pump = Target("stdio-direct", "direct (stdio pump)", "S1")
@@ -488,6 +491,10 @@ class Lab:
         def start_s1_off() -> None:
             s1_off.proc, port, s1_off.state_dir = self.start_bastion("bastion-s1-off", "s1-nosec.yaml")
             s1_off.url = f"http://{LOOPBACK}:{port}/mcp/everything"
+
+        def start_s1_layers() -> None:
+            s1_layers.proc, port, s1_layers.state_dir = self.start_bastion("bastion-s1-layers", "s1-layers.yaml")
+            s1_layers.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
         def start_proxy() -> None:
             proxy.proc, port = self.start_mcp_proxy("mcp-proxy")
@@ -513,6 +520,7 @@ class Lab:
 
         add(s1, start_s1)
         add(s1_off, start_s1_off)
+        add(s1_layers, start_s1_layers)
         add(proxy, start_proxy)
         add(sg, start_sg)
         add(pump, lambda: None)
@@ -978,7 +986,15 @@ def report(res: Results) -> str:
     ]
     checks.append(
         Check(
-            "S1 security on / off (throughput)",
+            "S1 security layers (no audit) / off (throughput)",
+            res.ratio("bastion-s1-layers", "bastion-s1-off"),
+            BAR_SECURITY_RATIO,
+            digits=3,
+        )
+    )
+    checks.append(
+        Check(
+            "S1 security on, audit included / off (throughput)",
             res.ratio("bastion-s1", "bastion-s1-off"),
             BAR_SECURITY_RATIO,
             digits=3,
@@ -1063,6 +1079,7 @@ def report(res: Results) -> str:
         ("mcp-bastion security off / mcp-proxy", "bastion-s1-off", "mcp-proxy"),
         ("mcp-bastion security off / supergateway", "bastion-s1-off", "supergateway"),
         ("mcp-bastion security on / off", "bastion-s1", "bastion-s1-off"),
+        ("mcp-bastion security layers (no audit) / off", "bastion-s1-layers", "bastion-s1-off"),
         ("supergateway / mcp-proxy", "supergateway", "mcp-proxy"),
         ("S2 mcp-bastion security on / direct", "bastion-s2", "s2-direct"),
         ("S2 mcp-bastion security off / direct", "bastion-s2-off", "s2-direct"),

@@ -49,11 +49,13 @@ def clean_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 class FakeRunner:
     def __init__(self, result: object = None, error: BaseException | None = None) -> None:
         self.configs: list[ProxyConfig] = []
+        self.reloads: list[Any] = []
         self.result = result
         self.error = error
 
-    def run(self, config: ProxyConfig) -> object:
+    def run(self, config: ProxyConfig, *, reload: Any = None) -> object:
         self.configs.append(config)
+        self.reloads.append(reload)
         if self.error is not None:
             raise self.error
         return self.result
@@ -209,6 +211,7 @@ def test_serve_embedded_default_first_run(
 ) -> None:
     assert main(["serve"]) == 0
     (config,) = runner.configs
+    assert runner.reloads == [None]  # the embedded default has no file to watch
     demo = config.mcps[0]
     assert (demo.id, demo.transport, demo.command, demo.args) == (
         "demo",
@@ -327,6 +330,9 @@ def test_serve_uses_the_config_file_in_the_working_directory(
     assert [mcp.id for mcp in runner.configs[0].mcps] == ["mine"]
     assert "client token" not in capsys.readouterr().err
     assert not (tmp_path / ".mcp-bastion").exists()
+    path, load = runner.reloads[0]  # the file is watched, and loads again as serve loaded it
+    assert path.name == "mcp-bastion.yaml"
+    assert load() == runner.configs[0]
 
 
 def test_serve_refuses_exposed_unauthenticated_mcp(

@@ -141,7 +141,23 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     if info is not None:
         _print_banner(_banner(config, info), args.log_format)
-    return _run(config)
+        return _run(config, None)
+    return _run(config, _reload_source(args, Path.cwd()))
+
+
+def _reload_source(args: argparse.Namespace, cwd: Path) -> tuple[Path, Callable[[], ProxyConfig]] | None:
+    """The config file and how to load it again as `serve` did (for hot reload)."""
+    path = args.config or find_config(cwd)
+    if path is None:
+        return None
+
+    def load() -> ProxyConfig:
+        config = _override_bind(load_config(path, load_environ(cwd)), args.host, args.port)
+        for warning in check_bind(config, allow_unauthenticated=args.allow_unauthenticated):
+            logger.warning("%s", warning)
+        return config
+
+    return path, load
 
 
 def _resolve_config(path: Path | None, cwd: Path) -> tuple[ProxyConfig, EmbeddedInfo | None]:
@@ -167,11 +183,11 @@ def _override_bind(config: ProxyConfig, host: str | None, port: int | None) -> P
     return config.model_copy(update={"server": config.server.model_copy(update=updates)})
 
 
-def _run(config: ProxyConfig) -> int:
+def _run(config: ProxyConfig, reload: tuple[Path, Callable[[], ProxyConfig]] | None) -> int:
     runner = importlib.import_module("mcp_bastion.server.runner")
-    run: Callable[[ProxyConfig], object] = runner.run
+    run: Callable[..., object] = runner.run
     try:
-        result = run(config)
+        result = run(config, reload=reload)
     except (ConfigError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -88,19 +88,25 @@ class BastionApp:
         self.registry = Registry(self)
         #: The outermost layer, set by build_app, told about each registered MCP's own headers.
         self.security_headers: SecurityHeaders | None = None
-        self.admin_ips = IpSet.build(config.server.admin.ip_whitelist)
-        self.admin = AdminGuard(
-            AdminApp(self),
-            tokens=admin_tokens(config.server.admin),
-            address_allowed=self._admin_address,
-            counters=self.counters,
-            audit=self.audit,
-        )
+        self.admin_app = AdminApp(self)
+        self.rebuild_admin()
         self.guarded = self.shields.dynamic_filter(self._route)
         #: Coroutine functions run for the life of the app (e.g. the TLS certificate reloader).
         self.background: list[Callable[[], Awaitable[None]]] = []
         self._background_tasks: list[asyncio.Task[None]] = []
         self.listing = self.shields.static_filter(self._mcp_list_app, config.server.security)
+
+    def rebuild_admin(self) -> None:
+        """The admin guard for the current `server.admin` (at start and on reload)."""
+        admin = self.config.server.admin
+        self.admin_ips = IpSet.build(admin.ip_whitelist)
+        self.admin = AdminGuard(
+            self.admin_app,
+            tokens=admin_tokens(admin),
+            address_allowed=self._admin_address,
+            counters=self.counters,
+            audit=self.audit,
+        )
 
     def _admin_address(self, ip: str | None) -> bool:
         """The admin list, and dynamic denies and bans; dynamic allows never widen the admin list."""

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from mcp_bastion.config import McpConfig, ProxyConfig, validate_model
+from mcp_bastion.config import McpConfig, ProxyConfig, ServerConfig, validate_model
 from mcp_bastion.exceptions import ConfigError
 from mcp_bastion.security.jwt import JwtVerifier
 from mcp_bastion.storage import McpRecord
@@ -29,6 +29,16 @@ __all__ = ["Registry", "Source"]
 logger = logging.getLogger(__name__)
 
 Source = Literal["config", "api"]
+
+#: Server settings a reload cannot change under a running listener.
+RESTART_ONLY: Final = (
+    "host", "port", "tls", "storage", "audit", "trusted_proxies", "allowed_hosts", "session_idle_timeout",
+)  # fmt: skip
+
+
+def _effective(config: ProxyConfig, mcp: McpConfig) -> tuple[McpConfig, object, object]:
+    """What an MCP's route is built from: itself and the defaults it inherits."""
+    return (mcp, config.effective_auth(mcp), config.effective_security(mcp))
 
 
 class Registry:
@@ -98,11 +108,8 @@ class Registry:
             if refusal is not None:
                 return refusal
             await self.core.storage.delete_mcp(mcp_id)
-            route = self.core.routes.pop(mcp_id)
-            self.core.runtimes.pop(mcp_id, None)
-            self.sources.pop(mcp_id, None)
             self._set_config(tuple(m for m in self.core.config.mcps if m.id != mcp_id))
-            await self._retire(route)
+            await self._drop(mcp_id)
         return 204, mcp_id
 
     def _owned(self, mcp_id: str) -> tuple[int, str] | None:
@@ -113,10 +120,11 @@ class Registry:
             return 409, f"MCP {mcp_id!r} is defined in the config file: change it there"
         return None
 
-    async def _serve(self, mcp: McpConfig) -> None:
+    async def _serve(self, mcp: McpConfig, source: Source = "api") -> None:
         from mcp_bastion.server.app import McpRoute
 
-        self._set_config((*(m for m in self.core.config.mcps if m.id != mcp.id), mcp))
+        if self.core.config.mcp(mcp.id) != mcp:
+            self._set_config((*(m for m in self.core.config.mcps if m.id != mcp.id), mcp))
         route = McpRoute(mcp, self.core.config, self.core.shields)
         if isinstance(route.authenticator, JwtVerifier):
             await route.authenticator.start()
@@ -124,7 +132,7 @@ class Registry:
         self.core.routes[mcp.id] = route
         self.core.runtimes[mcp.id] = route.runtime
         self.core.headers_for(mcp)
-        self.sources[mcp.id] = "api"
+        self.sources[mcp.id] = source
 
     async def _retire(self, route: McpRoute) -> None:
         await route.runtime.aclose()
@@ -132,7 +140,51 @@ class Registry:
             await route.authenticator.aclose()
             self.core.shields.verifiers.remove(route.authenticator)
 
-    def _set_config(self, mcps: tuple[McpConfig, ...]) -> None:
-        config = ProxyConfig.model_construct(server=self.core.config.server, mcps=mcps)
+    def _set_config(self, mcps: tuple[McpConfig, ...], server: ServerConfig | None = None) -> None:
+        config = ProxyConfig.model_construct(server=server or self.core.config.server, mcps=mcps)
         self.core.config = config
         self.core.shields.config = config
+
+    async def apply_file(self, new: ProxyConfig) -> list[str]:
+        """Apply a re-read config file: only what changed, leaving other MCPs' sessions alone.
+
+        Raises ConfigError, changing nothing, when the new file needs a restart (listener,
+        TLS, storage, audit ...) or defines an id that the admin API registered.
+        """
+        old = self.core.config
+        changed = [f"server.{name}" for name in RESTART_ONLY if getattr(new.server, name) != getattr(old.server, name)]
+        if new.server.admin.port != old.server.admin.port:
+            changed.append("server.admin.port")
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} changed: restart to apply (nothing was reloaded)")
+        clash = sorted(m.id for m in new.mcps if self.sources.get(m.id) == "api")
+        if clash:
+            raise ConfigError(
+                f"{', '.join(clash)}: registered through the admin API; delete it there first", path="mcps"
+            )
+        async with self._lock:
+            registered = tuple(m for m in old.mcps if self.sources.get(m.id) == "api")
+            merged = validate_model(ProxyConfig, {"server": new.server, "mcps": (*new.mcps, *registered)})
+            before = {m.id: _effective(old, m) for m in old.mcps}
+            self._set_config(merged.mcps, merged.server)
+            self.core.rebuild_admin()
+            changes: list[str] = []
+            for mcp_id in [i for i, source in self.sources.items() if source == "config" and merged.mcp(i) is None]:
+                await self._drop(mcp_id)
+                changes.append(f"removed {mcp_id}")
+            for mcp in merged.mcps:
+                if mcp.id not in before:
+                    await self._serve(mcp, "config")
+                    changes.append(f"added {mcp.id}")
+                elif before[mcp.id] != _effective(merged, mcp):
+                    old_route = self.core.routes[mcp.id]
+                    await self._serve(mcp, self.sources[mcp.id])
+                    await self._retire(old_route)
+                    changes.append(f"replaced {mcp.id}")
+        return changes
+
+    async def _drop(self, mcp_id: str) -> None:
+        route = self.core.routes.pop(mcp_id)
+        self.core.runtimes.pop(mcp_id, None)
+        self.sources.pop(mcp_id, None)
+        await self._retire(route)

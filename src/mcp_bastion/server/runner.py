@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
 
 from mcp_bastion.server.app import BastionApp, build_app
 from mcp_bastion.server.protocol import BastionHttpProtocol
+from mcp_bastion.server.reload import Reloader
 from mcp_bastion.server.tls import CertReloader, configure_uvicorn_tls, server_ssl_context
 
 if TYPE_CHECKING:
@@ -20,9 +23,16 @@ __all__ = ["run", "uvicorn_config"]
 logger = logging.getLogger(__name__)
 
 
-def uvicorn_config(config: ProxyConfig) -> tuple[uvicorn.Config, BastionApp]:
-    """The uvicorn settings for a proxy config, and the app core (tests run it in-process)."""
+def uvicorn_config(
+    config: ProxyConfig, *, reload: tuple[Path, Callable[[], ProxyConfig]] | None = None
+) -> tuple[uvicorn.Config, BastionApp]:
+    """The uvicorn settings for a proxy config, and the app core (tests run it in-process).
+
+    `reload` is the config file and its loader: the app then re-reads it on SIGHUP and on change.
+    """
     app, core = build_app(config)
+    if reload is not None:
+        core.background.append(Reloader(core, *reload).run)
     server_config = uvicorn.Config(
         app,
         host=config.server.host,
@@ -52,9 +62,9 @@ def listen(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=2048)
 
 
-def run(config: ProxyConfig) -> None:
+def run(config: ProxyConfig, *, reload: tuple[Path, Callable[[], ProxyConfig]] | None = None) -> None:
     """Serve until interrupted (the admin API on its own listener when server.admin.port is set)."""
-    server_config, _core = uvicorn_config(config)
+    server_config, _core = uvicorn_config(config, reload=reload)
     scheme = "https" if server_config.is_ssl else "http"
     host, port, admin_port = config.server.host, config.server.port, config.server.admin.port
     logger.info("mcp-bastion listening on %s://%s:%s", scheme, host, port)
