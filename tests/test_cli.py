@@ -5,6 +5,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -506,3 +507,9 @@ def test_embedded_default_end_to_end(tmp_path: Path) -> None:
         process.wait(timeout=30)
     assert result.returncode == 0, result.stderr
     assert "'echo'" in result.stdout
+    # The embedded default keeps its state and its audit trail in SQLite, beside the tokens.
+    state = tmp_path / ".mcp-bastion"
+    assert (state / "state.db").exists()
+    with sqlite3.connect(state / "audit.db") as db:
+        rows = db.execute("SELECT type, success, user FROM audit").fetchall()
+    assert ("authentication", 1, "token:token") in rows

@@ -8,7 +8,6 @@ requests that feed it), never the event loop itself.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import sqlite3
@@ -181,7 +180,7 @@ class SqliteSink(_Threaded):
 
     async def write(self, batch: list[Record]) -> None:
         rows = [
-            (r["timestamp"], r["type"], r.get("user"), r.get("mcp"), int(bool(r["success"])), json.dumps(r))
+            (r["timestamp"], r["type"], r.get("user"), r.get("mcp"), int(bool(r["success"])), orjson.dumps(r).decode())
             for r in batch
         ]
         await self._run(self._insert, rows)
@@ -217,7 +216,7 @@ class SqliteSink(_Threaded):
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT event FROM audit {where} ORDER BY id DESC LIMIT ?"  # noqa: S608 (columns are fixed above)
         rows = await self._run(lambda: self._db.execute(sql, (*values, limit)).fetchall())
-        return [json.loads(row[0]) for row in rows]
+        return [orjson.loads(row[0]) for row in rows]
 
     async def count(self) -> int:
         row = await self._run(lambda: self._db.execute("SELECT count(*) FROM audit").fetchone())

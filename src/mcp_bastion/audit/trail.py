@@ -27,6 +27,9 @@ __all__ = ["MAX_BATCH", "AuditTrail", "build_sinks"]
 logger = logging.getLogger(__name__)
 
 MAX_BATCH: Final = 512
+#: How long the writer lets events gather before a write: batches make the sinks' per-write
+#: costs (a thread hand-off, a syscall, a SQLite transaction) a few per second, not per request.
+LINGER: Final = 0.02
 #: At most one log line per sink per this many seconds while it keeps failing.
 _LOG_EVERY: Final = 10.0
 
@@ -73,7 +76,10 @@ class AuditTrail:
     async def emit(self, event: AuditEvent) -> None:
         """Queue one event; waits while the queue is full."""
         if self.sinks:
-            await self._queue.put(event)
+            try:
+                self._queue.put_nowait(event)
+            except asyncio.QueueFull:
+                await self._queue.put(event)
 
     def emit_soon(self, event: AuditEvent) -> None:
         """Queue one event from synchronous code: at once if there is room, else as soon as there is."""
@@ -105,6 +111,8 @@ class AuditTrail:
     async def _write_forever(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._queue.qsize() < MAX_BATCH:
+                await asyncio.sleep(LINGER)
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
