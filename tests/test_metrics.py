@@ -66,6 +66,8 @@ async def test_metrics_are_admin_guarded_and_move_with_traffic(tmp_path: Path) -
     failures = ("mcp_bastion_authentication_failures_total", ())
     assert after[failures] - before[failures] >= 1
     assert after[("mcp_bastion_last_violation_timestamp_seconds", ())] > 0
+    assert after[("mcp_bastion_audit_events_written_total", ())] > 0  # SERVER has a sqlite audit sink
+    assert after[("mcp_bastion_audit_events_failed_total", (("sink", "sqlite:.mcp-bastion/audit.db"),))] == 0
 
 
 def test_public_metrics_need_no_token(tmp_path: Path) -> None:

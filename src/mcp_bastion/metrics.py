@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 if TYPE_CHECKING:
+    from mcp_bastion.audit.trail import AuditTrail
     from mcp_bastion.security.counters import SecurityCounters
     from mcp_bastion.server.runtime import McpRuntime
 
@@ -93,9 +94,12 @@ class RequestStats:
 
 
 class _Collector:
-    def __init__(self, runtimes: Iterable[McpRuntime] | None, counters: SecurityCounters) -> None:
+    def __init__(
+        self, runtimes: Iterable[McpRuntime] | None, counters: SecurityCounters, audit: AuditTrail | None
+    ) -> None:
         self.runtimes = runtimes
         self.counters = counters
+        self.audit = audit
 
     def collect(self) -> Iterator[Metric]:
         runtimes = list(self.runtimes or ())
@@ -121,6 +125,16 @@ class _Collector:
         snapshot = self.counters.snapshot()
         for name, help_text in _SECURITY.items():
             yield CounterMetricFamily(f"mcp_bastion_{name}", help_text, value=snapshot[name])
+        if self.audit is not None and self.audit.enabled:
+            yield CounterMetricFamily(
+                "mcp_bastion_audit_events_written", "Audit events handed to the sinks", value=self.audit.written
+            )
+            failed = CounterMetricFamily(
+                "mcp_bastion_audit_events_failed", "Audit events a sink failed to write", labels=["sink"]
+            )
+            for sink, count in self.audit.failed.items():
+                failed.add_metric([sink], count)
+            yield failed
         last = snapshot["last_violation"]
         yield GaugeMetricFamily(
             "mcp_bastion_last_violation_timestamp_seconds",
@@ -129,8 +143,8 @@ class _Collector:
         )
 
 
-def exposition(runtimes: Iterable[McpRuntime], counters: SecurityCounters) -> bytes:
+def exposition(runtimes: Iterable[McpRuntime], counters: SecurityCounters, audit: AuditTrail | None = None) -> bytes:
     """The Prometheus text exposition of everything above."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(runtimes, counters))
+    registry.register(_Collector(runtimes, counters, audit))
     return generate_latest(registry)

@@ -243,3 +243,17 @@ def test_the_admin_api_can_have_its_own_listener(tmp_path: Path) -> None:
         mcp_on_admin = httpx2.post(f"{admin_base}/mcp/demo", headers={**MCP_HEADERS, **AUTH_HEADER}, json=INIT)
         assert mcp_on_admin.status_code == 404
         assert initialize(proxy, TOKEN) == 200
+
+
+def test_an_automatic_ban_survives_a_restart(tmp_path: Path) -> None:
+    ban = {"auth_failure_ban": {"max_failures": 2, "find_time": "1m", "ban_time": "10m"}}
+    server: dict[str, Any] = {**SERVER, "security": ban}
+    banned = {**MCP_HEADERS, **AUTH_HEADER, "X-Forwarded-For": "10.44.0.1"}
+    wrong = {**banned, "Authorization": "Bearer wrong"}
+    with run_proxy(tmp_path, [demo_mcp("demo")], server=server) as first:
+        statuses = [httpx2.post(first.url("demo"), headers=wrong, json=INIT).status_code for _ in range(3)]
+        assert statuses == [401, 401, 403]
+    with run_proxy(tmp_path, [demo_mcp("demo")], server=server) as second:
+        assert httpx2.post(second.url("demo"), headers=banned, json=INIT).status_code == 403
+        rules = call(second, "GET", "/admin/security/ip-rules").json()["rules"]
+        assert [r["cidr"] for r in rules] == ["10.44.0.1"]

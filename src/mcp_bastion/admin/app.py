@@ -512,7 +512,7 @@ class AdminApp:
         return 200, {"timestamp": iso(time.time()), "metrics": counts}
 
     async def prometheus(self, params: Params, body: None) -> Reply:
-        return 200, Raw(exposition(self.core.runtimes.values(), self.core.counters), CONTENT_TYPE)
+        return 200, Raw(exposition(self.core.runtimes.values(), self.core.counters, self.core.audit), CONTENT_TYPE)
 
     async def security_metrics(self, params: Params, body: None) -> Reply:
         snapshot = self.core.counters.snapshot()
@@ -521,6 +521,8 @@ class AdminApp:
             "last_violation_at": iso(snapshot["last_violation"]),
             "dynamic_rules": len(self.core.shields.dynamic),
             "issued_tokens": len(self.core.shields.issued),
+            "audit_events_written": self.core.audit.written,
+            "audit_events_failed": dict(self.core.audit.failed),
             "timestamp": iso(time.time()),
         }
 

@@ -185,7 +185,10 @@ class BastionApp:
             await self.admin(scope, receive, send)
         elif path == "/metrics":
             await respond(
-                send, 200, exposition(self.runtimes.values(), self.counters), [(b"content-type", CONTENT_TYPE)]
+                send,
+                200,
+                exposition(self.runtimes.values(), self.counters, self.audit),
+                [(b"content-type", CONTENT_TYPE)],
             )
         elif path == "/api/v1/mcp/list":
             await self.listing(scope, receive, send)
