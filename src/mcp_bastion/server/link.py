@@ -431,7 +431,7 @@ class Link:
         capability = _CAPABILITY_OF_METHOD.get(msg["method"])
         if session is None or stream is None:
             if msg["method"] == "ping":
-                self._reply(msg["id"], {"jsonrpc": "2.0", "id": msg["id"], "result": {}})
+                self._reply({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
             else:
                 self._reply_error(msg["id"], jsonrpc.INTERNAL_ERROR, "no client session is waiting on this upstream")
             return
@@ -444,9 +444,10 @@ class Link:
         stream.push(jsonrpc.dumps(msg))
 
     def _reply_error(self, upstream_id: RequestId, code: int, message: str) -> None:
-        self._reply(upstream_id, jsonrpc.error_response(upstream_id, code, message))
+        self._reply(jsonrpc.error_response(upstream_id, code, message))
 
-    def _reply(self, upstream_id: RequestId, msg: Message) -> None:
+    def _reply(self, msg: Message) -> None:
+        """Answer the upstream without waiting (from its message callback, which cannot await)."""
         asyncio.ensure_future(self._quietly(self._send(msg)))
 
     def _on_notification(self, msg: Message, related: RequestId | None) -> None:
