@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -77,8 +77,17 @@ def rfc3339(timestamp: float) -> str:
     return f"{_second[1]}.{int((timestamp - whole) * 1_000_000):06d}Z"
 
 
-def request_fields(scope: Mapping[str, Any]) -> dict[str, Any]:
-    """Who sent a request and what it carried, for an event: never its credential."""
+_FIELDS_KEY: Final = "mcp_bastion.audit_fields"
+
+
+def request_fields(scope: MutableMapping[str, Any]) -> dict[str, Any]:
+    """Who sent a request and what it carried, for an event: never its credential.
+
+    Kept in the scope: one request may make several events (its authentication, its tool call).
+    """
+    cached: dict[str, Any] | None = scope.get(_FIELDS_KEY)
+    if cached is not None:
+        return cached
     from mcp_bastion.security.principal import CLIENT_IP_KEY
 
     fields: dict[str, Any] = {"remote_addr": scope.get(CLIENT_IP_KEY)}
@@ -89,6 +98,7 @@ def request_fields(scope: Mapping[str, Any]) -> dict[str, Any]:
             fields["request_id"] = value.decode("latin-1")[:128]
         elif name == b"mcp-session-id":
             fields["session_id"] = value.decode("latin-1")[:128]
+    scope[_FIELDS_KEY] = fields
     return fields
 
 
