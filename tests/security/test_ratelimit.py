@@ -690,3 +690,54 @@ async def call_chunked(app: RateLimit, scope: Scope, chunks: list[bytes]) -> Sen
 
     await app(scope, receive, send)
     return sent
+
+
+class UncachedStore(MemoryBucketStore):
+    """The same store, seen through the generic BucketStore path (no resolved-bucket cache)."""
+
+
+LIMITS = {
+    "requests_per_minute": 30,
+    "burst_size": 5,
+    "requests_per_hour": 200,
+    "per_ip_requests_per_minute": 12,
+    "per_ip_burst_size": 3,
+    "per_token_requests_per_minute": 6,
+    "per_token_burst_size": 2,
+    "per_mcp_requests_per_minute": 20,
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from([None, "token:a"]), st.floats(0, 3)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_the_resolved_bucket_cache_decides_exactly_as_the_store(steps: list[tuple[int, str | None, float]]) -> None:
+    config = RateLimitConfig(**LIMITS)
+    cached = RateLimiter.from_config(config)
+    plain = RateLimiter.from_config(config, store=UncachedStore())
+    now = 1000.0
+    for ip, principal, dt in steps:
+        now += dt
+        request = keys(f"10.0.0.{ip}", principal, "demo")
+        assert cached.refusal(request, now) == plain.refusal(request, now)
+
+
+def test_a_forgotten_bucket_is_never_used_from_the_cache() -> None:
+    tight = RateLimiter.from_config(RateLimitConfig(per_ip_requests_per_minute=1, per_ip_burst_size=2), max_keys=2)
+    now = 50.0
+    assert [tight.refusal(keys("10.0.0.1"), now) is None for _ in range(3)] == [True, True, False]
+    tight.refusal(keys("10.0.0.2"), now)
+    tight.refusal(keys("10.0.0.3"), now)  # the table holds 2 keys: 10.0.0.1 is forgotten
+    assert tight.refusal(keys("10.0.0.1"), now) is None, "a forgotten key starts full, cache or not"
+
+
+def test_the_cache_is_bounded() -> None:
+    many = limiter(per_ip_requests_per_minute=10**6)
+    for i in range(5000):
+        many.refusal(keys(f"10.1.{i // 256}.{i % 256}"), 1.0)
+    assert len(many._resolved) <= 4096

@@ -10,7 +10,13 @@ import pytest
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from mcp_bastion.config import ProxyConfig, validate_model
-from mcp_bastion.server.protocol import BastionHttpProtocol, FastHeadCycle, status_line
+from mcp_bastion.server.protocol import (
+    HEAD_HEADERS_EXTENSION,
+    RESPONSE_HEADERS_KEY,
+    BastionHttpProtocol,
+    FastHeadCycle,
+    status_line,
+)
 from mcp_bastion.server.runner import uvicorn_config
 
 Headers = list[tuple[bytes, bytes]]
@@ -144,3 +150,48 @@ def test_the_runner_serves_through_it() -> None:
     )
     server_config, _core = uvicorn_config(config)
     assert server_config.http is BastionHttpProtocol
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("paused", [False, True], ids=["fast-path", "uvicorn-path"])
+async def test_headers_from_the_scope_join_the_head_unless_the_app_set_them(paused: bool) -> None:
+    extra: Headers = [(b"cache-control", b"no-store"), *SECURITY]
+    app_headers: Headers = [(b"content-type", b"text/event-stream"), (b"Cache-Control", b"no-cache")]
+    ours = cycle(FastHeadCycle, "POST", keep_alive=True, defaults=[])
+    ours.scope[RESPONSE_HEADERS_KEY] = extra
+    if paused:
+        ours.flow.write_paused = True  # uvicorn's own path (it waits to drain, then writes)
+
+        async def drained() -> None:
+            ours.flow.write_paused = False
+
+        ours.flow.drain = drained
+    await ours.send({"type": "http.response.start", "status": 200, "headers": app_headers})
+    theirs = cycle(RequestResponseCycle, "POST", keep_alive=True, defaults=[])
+    await theirs.send({"type": "http.response.start", "status": 200, "headers": [*app_headers, *SECURITY]})
+    assert b"".join(ours.transport.written) == b"".join(theirs.transport.written)
+    assert b"no-store" not in b"".join(ours.transport.written)  # the app's own Cache-Control wins
+
+
+@pytest.mark.anyio
+async def test_security_headers_use_the_extension_instead_of_wrapping_send() -> None:
+    from mcp_bastion.config import HeadersConfig
+    from mcp_bastion.security.headers import SecurityHeaders
+
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope.get(RESPONSE_HEADERS_KEY), send))
+
+    async def send(message: Any) -> None:
+        return None
+
+    layer = SecurityHeaders(app, config=HeadersConfig())
+    with_extension = {"type": "http", "path": "/", "extensions": {HEAD_HEADERS_EXTENSION: {}}}
+    await layer(with_extension, None, send)  # type: ignore[arg-type]
+    await layer({"type": "http", "path": "/"}, None, send)  # type: ignore[arg-type]
+    (listed, plain_send), (unlisted, wrapped_send) = seen
+    assert (b"x-content-type-options", b"nosniff") in listed
+    assert plain_send is send, "no wrapper when the server adds the headers"
+    assert unlisted is None
+    assert wrapped_send is not send, "other servers still get the headers through a send wrapper"

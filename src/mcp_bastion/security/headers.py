@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from mcp_bastion.server.protocol import HEAD_HEADERS_EXTENSION, RESPONSE_HEADERS_KEY
 from mcp_bastion.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ class SecurityHeaders:
                 chosen = self.sets.get(path[len(_MCP_PREFIX) :].partition("/")[0], chosen)
         extra = chosen[1] if scope.get("scheme") == "https" else chosen[0]
         if not extra:
+            await self.app(scope, receive, send)
+            return
+        if HEAD_HEADERS_EXTENSION in scope.get("extensions", ()):
+            # The server adds them to the head itself: no wrapper on every send.
+            scope[RESPONSE_HEADERS_KEY] = extra
             await self.app(scope, receive, send)
             return
 

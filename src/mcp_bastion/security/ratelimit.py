@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_KEYS",
+    "RETOUCH",
     "RPC_RATE_LIMITED",
     "UNKNOWN_CLIENT",
     "Bucket",
@@ -59,6 +60,10 @@ UNKNOWN_CLIENT: Final = "unknown"
 RPC_RATE_LIMITED: Final = -32029
 #: Refill sums of floats may land a hair below a whole token; this much short still counts as one.
 _TOKEN_EPSILON: Final = 1e-9
+#: Seconds a client's resolved buckets are used before their LRU position is refreshed.
+RETOUCH: Final = 1.0
+#: Clients whose resolved buckets are kept (the whole cache is dropped when it is full).
+_RESOLVED_MAX: Final = 4096
 #: A refused body is read only to echo its JSON-RPC id; past this size the id is left null.
 _PEEK_LIMIT: Final = 256 * 1024
 
@@ -233,14 +238,22 @@ class MemoryBucketStore:
             raise ValueError("max_keys must be at least 1")
         self.max_keys = max_keys
         self.tables: dict[str, OrderedDict[str, Bucket]] = {}
+        #: How many buckets were forgotten so far: resolved buckets are stale once it moves.
+        self.evictions = 0
 
     def take_all(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
+        return self.take_buckets(self.resolve(refs, now), now)
+
+    def resolve(self, refs: Sequence[BucketRef], now: float) -> list[Bucket]:
+        """The buckets of `refs`, created full where missing; marks them recently used."""
+        return [self._bucket(ref, now) for ref in refs]
+
+    def take_buckets(self, buckets: Sequence[Bucket], now: float) -> tuple[bool, list[float]]:
+        """`take_all` on buckets resolved before (they stay valid until `evictions` changes)."""
         # The hot path of every limited request: Bucket.level and Bucket.take, inlined.
-        buckets: list[Bucket] = []
         levels: list[float] = []
         admitted = True
-        for ref in refs:
-            bucket = self._bucket(ref, now)
+        for bucket in buckets:
             spec = bucket.spec
             level = bucket.tokens
             elapsed = now - bucket.stamp
@@ -250,7 +263,6 @@ class MemoryBucketStore:
                     level = float(spec.capacity)
             if level + _TOKEN_EPSILON < 1.0:
                 admitted = False
-            buckets.append(bucket)
             levels.append(level)
         if not admitted:
             return False, levels
@@ -272,6 +284,7 @@ class MemoryBucketStore:
         bucket = table[ref.key] = Bucket(ref.spec, now)
         if len(table) > self.max_keys:
             table.popitem(last=False)
+            self.evictions += 1
         return bucket
 
 
@@ -296,6 +309,8 @@ class RateLimiter:
         self.limits = limits
         self.store: BucketStore = store if store is not None else MemoryBucketStore(max_keys=max_keys)
         self._global_refs = tuple(BucketRef(spec, "") for spec in limits.global_)
+        #: Per request keys: the buckets resolved for them, while the store forgets none.
+        self._resolved: dict[RequestKeys, tuple[int, float, list[BucketRef], list[Bucket]]] = {}
 
     @classmethod
     def from_config(
@@ -319,7 +334,25 @@ class RateLimiter:
         return refs
 
     def refusal(self, keys: RequestKeys, now: float) -> Decision | None:
-        """None when the request is admitted (tokens taken), else the refusal; the hot path."""
+        """None when the request is admitted (tokens taken), else the refusal; the hot path.
+
+        With the in-memory store, a client's buckets are looked up once and reused while the
+        store forgets no bucket; their LRU position is refreshed at most every RETOUCH seconds
+        (so LRU order is approximate to that, the usual trade of a cached lookup).
+        """
+        store = self.store
+        if type(store) is MemoryBucketStore:
+            entry = self._resolved.get(keys)
+            if entry is None or entry[0] != store.evictions or not 0 <= now - entry[1] < RETOUCH:
+                refs = self.refs(keys)
+                buckets = store.resolve(refs, now)
+                if len(self._resolved) >= _RESOLVED_MAX:
+                    self._resolved.clear()
+                entry = self._resolved[keys] = (store.evictions, now, refs, buckets)
+            if not entry[3]:
+                return None
+            taken, levels = store.take_buckets(entry[3], now)
+            return None if taken else decide(entry[2], levels, taken=False)
         refs = self.refs(keys)
         if not refs:
             return None

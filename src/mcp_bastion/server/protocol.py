@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import http
 import re
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGISendEvent
 
-__all__ = ["BastionHttpProtocol", "FastHeadCycle", "status_line"]
+__all__ = ["HEAD_HEADERS_EXTENSION", "RESPONSE_HEADERS_KEY", "BastionHttpProtocol", "FastHeadCycle", "status_line"]
+
+#: The ASGI extension this server advertises in `scope["extensions"]`: it adds the headers an
+#: app puts under RESPONSE_HEADERS_KEY in the scope to the response head (those the response
+#: does not set itself), so a layer can add headers without wrapping every `send`.
+HEAD_HEADERS_EXTENSION: Final = "mcp_bastion.head_headers"
+RESPONSE_HEADERS_KEY: Final = "mcp_bastion.response_headers"
 
 # RFC 9110 section 5.6.2: a field name is a token; a value holds no control character but HTAB.
 _BAD_NAME: Final = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
@@ -45,20 +51,24 @@ class FastHeadCycle(RequestResponseCycle):
     """A request/response cycle whose `http.response.start` is written in one pass."""
 
     async def send(self, message: ASGISendEvent) -> None:
-        if (
-            message["type"] != "http.response.start"
-            or self.response_started
-            or self.disconnected
-            or self.flow.write_paused
-            or self.access_log
-        ):
+        if message["type"] != "http.response.start" or self.response_started or self.disconnected:
             await super().send(message)
+            return
+        headers = [*self.default_headers, *message.get("headers", ())]
+        names = [name.lower() for name, _ in headers]
+        extra = cast("list[tuple[bytes, bytes]] | None", self.scope.get(RESPONSE_HEADERS_KEY))
+        if extra:
+            present = set(names)
+            for name, value in extra:
+                if name not in present:
+                    headers.append((name, value))
+                    names.append(name)
+        if self.flow.write_paused or self.access_log:
+            await super().send({**message, "headers": headers[len(self.default_headers) :]})
             return
         self.response_started = True
         self.waiting_for_100_continue = False
         status: int = message["status"]
-        headers = [*self.default_headers, *message.get("headers", ())]
-        names = [name.lower() for name, _ in headers]
         if _BAD_NAME.search(b"".join(names)):
             raise RuntimeError("Invalid HTTP header name.")
         if _BAD_VALUE.search(b"".join([value for _, value in headers])):
@@ -94,6 +104,10 @@ class FastHeadCycle(RequestResponseCycle):
 
 class BastionHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, answering through `FastHeadCycle`."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {HEAD_HEADERS_EXTENSION: {}}
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
