@@ -28,7 +28,7 @@ from mcp_bastion.security.ipfilter import IpRule, RuleTableFull
 from mcp_bastion.security.principal import PRINCIPAL_KEY, Principal
 from mcp_bastion.security.tokens import new_token
 from mcp_bastion.security.tools import tool_allowed
-from mcp_bastion.server.http import BodyTooLarge, json_error, read_body, respond, respond_json
+from mcp_bastion.server.http import BodyTooLarge, json_error, query_param, read_body, respond, respond_json
 from mcp_bastion.server.runtime import list_upstream_tools
 from mcp_bastion.storage import TokenRecord
 from mcp_bastion.types import Receive, Scope, Send
@@ -251,9 +251,10 @@ class AdminApp:
                 await respond_json(send, status, payload)
                 return
             body = parsed
-        if route.query:
-            given = _query(scope)
-            params = {**params, **{name: given[name] for name in route.query if name in given}}
+        for name in route.query:
+            value = query_param(scope, name)
+            if value is not None:
+                params = {**params, name: value}
         status, payload = await route.handler(params, body)
         if route.method != "GET" and self.core.audit.enabled:
             await self._audit(route, scope, status, params)
@@ -532,12 +533,6 @@ def _compozy_names(body: dict[str, Any]) -> dict[str, Any]:
     if "name" in body and "id" not in body:
         return {"id": body["name"], **{k: v for k, v in body.items() if k != "name"}}
     return body
-
-
-def _query(scope: Scope) -> Params:
-    from urllib.parse import parse_qsl
-
-    return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
 
 
 def _instant(text: str | None) -> str | None:

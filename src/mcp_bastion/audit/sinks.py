@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol
 import orjson
 
 from mcp_bastion.exceptions import StorageError
+from mcp_bastion.storage.sqlite import connect_private
 
 __all__ = ["FileSink", "Sink", "SqliteSink", "StdoutSink", "SyslogSink", "syslog_message"]
 
@@ -164,11 +165,7 @@ class SqliteSink(_Threaded):
             raise StorageError(f"cannot open the audit database {path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA busy_timeout=5000")
+        db = connect_private(self.path)
         db.executescript(
             """CREATE TABLE IF NOT EXISTS audit (
                  id INTEGER PRIMARY KEY, timestamp TEXT NOT NULL, type TEXT NOT NULL, user TEXT,

@@ -152,7 +152,8 @@ class Authenticate:
         audit: AuditTrail | None = None,
     ) -> None:
         self.app = app
-        self.audit = audit if audit is not None and audit.enabled else None
+        #: None when nothing is recorded: the builder passes a trail only if it has a sink.
+        self.audit = audit
         self.authenticator = authenticator
         self.header = header.lower().encode("latin-1")
         self.prefix = prefix

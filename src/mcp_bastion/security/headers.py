@@ -3,9 +3,11 @@
 Defaults suit an API (OWASP secure-headers for APIs): nothing may frame or script it,
 nothing may cache it. `X-XSS-Protection: 0` because the old browser filter it enabled
 caused more harm than it prevented. HSTS only over TLS, where it means something.
-Headers are added by wrapping `send`, touching only `http.response.start`, so bodies
-(SSE above all) stream untouched. A header the app already set wins, and an MCP with
-its own `security.headers` replaces the server default as a whole on its routes.
+Under our own server (`server/protocol.py`, which advertises the `mcp_bastion.head_headers`
+extension) the response head adds them; under any other ASGI server the layer wraps `send`,
+touching only `http.response.start`. Either way bodies (SSE above all) stream untouched.
+A header the app already set wins, and an MCP with its own `security.headers` replaces the
+server default as a whole on its routes.
 """
 
 from __future__ import annotations

@@ -488,7 +488,8 @@ class IPFilter:
         audit: AuditTrail | None = None,
     ) -> None:
         self.app = app
-        self.audit = audit if audit is not None and audit.enabled else None
+        #: None when nothing is recorded: the builder passes a trail only if it has a sink.
+        self.audit = audit
         self.dynamic_allow = dynamic_allow
         self.whitelist = whitelist
         self.blacklist = blacklist

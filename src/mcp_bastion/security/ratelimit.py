@@ -437,7 +437,8 @@ class RateLimit:
         audit: AuditTrail | None = None,
     ) -> None:
         self.app = app
-        self.audit = audit if audit is not None and audit.enabled else None
+        #: None when nothing is recorded: the builder passes a trail only if it has a sink.
+        self.audit = audit
         self.limiter = limiter
         self.mcp_id = mcp_id
         self.counters = counters

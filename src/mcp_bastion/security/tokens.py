@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable
 from typing import Final
 
 from mcp_bastion.security.principal import Principal
@@ -32,11 +31,9 @@ def new_token() -> tuple[str, str]:
 class IssuedTokens:
     """Issued tokens by id and by digest, with the Principal each one stands for."""
 
-    def __init__(self, records: Iterable[TokenRecord] = ()) -> None:
+    def __init__(self) -> None:
         self._by_id: dict[str, TokenRecord] = {}
         self._by_digest: dict[bytes, tuple[TokenRecord, Principal]] = {}
-        for record in records:
-            self.put(record)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -52,9 +49,6 @@ class IssuedTokens:
 
     def get(self, token_id: str) -> TokenRecord | None:
         return self._by_id.get(token_id)
-
-    def has_digest(self, sha256_hex: str) -> bool:
-        return bytes.fromhex(sha256_hex) in self._by_digest
 
     def records(self) -> list[TokenRecord]:
         return list(self._by_id.values())

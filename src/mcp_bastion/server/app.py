@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mcp_bastion.admin import AdminApp
 from mcp_bastion.audit import AuditTrail, build_sinks
@@ -55,7 +55,7 @@ class McpRoute:
             self.runtime,
             limits=config.effective_security(mcp).limits,
             messages_path=f"{_PREFIX}{mcp.id}/messages",
-            audit=shields.audit,
+            audit=shields.recording,
         )
         self.app, self.authenticator, self.cors = shields.protect(endpoint, mcp)
 
@@ -105,7 +105,7 @@ class BastionApp:
             tokens=admin_tokens(admin),
             address_allowed=self._admin_address,
             counters=self.counters,
-            audit=self.audit,
+            audit=self.shields.recording,
         )
 
     def _admin_address(self, ip: str | None) -> bool:
@@ -136,10 +136,11 @@ class BastionApp:
         await self.audit.aclose()
         await self.storage.aclose()
 
-    def headers_for(self, mcp: McpConfig) -> None:
-        """Give a registered MCP its own security headers (or the server's)."""
+    def headers_for(self, mcp_id: str, mcp: McpConfig | None) -> None:
+        """Give an MCP served at run time its own security headers (None: the server's, or it is gone)."""
         if self.security_headers is not None:
-            self.security_headers.set_mcp(mcp.id, mcp.security.headers if mcp.security is not None else None)
+            own = mcp.security.headers if mcp is not None and mcp.security is not None else None
+            self.security_headers.set_mcp(mcp_id, own)
 
     def origin_allowed(self, scope: Scope, origin: str) -> bool:
         """Origins an MCP's CORS policy admits pass the DNS-rebinding Origin check on its routes."""
@@ -262,9 +263,6 @@ class BastionApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [runtime.describe() for runtime in self.runtimes.values()]
 
 
 def build_app(config: ProxyConfig) -> tuple[ASGIApp, BastionApp]:

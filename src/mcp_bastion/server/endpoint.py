@@ -74,7 +74,8 @@ class McpEndpoint:
         self, runtime: McpRuntime, *, limits: LimitsConfig, messages_path: str, audit: AuditTrail | None = None
     ) -> None:
         self.runtime = runtime
-        self.audit = audit if audit is not None and audit.enabled else None
+        #: None when nothing is recorded: the builder passes a trail only if it has a sink.
+        self.audit = audit
         self.limits = limits
         self.max_body_size = limits.max_body_size
         self.messages_path = messages_path

@@ -131,7 +131,7 @@ class Registry:
         route.runtime.start()
         self.core.routes[mcp.id] = route
         self.core.runtimes[mcp.id] = route.runtime
-        self.core.headers_for(mcp)
+        self.core.headers_for(mcp.id, mcp)
         self.sources[mcp.id] = source
 
     async def _retire(self, route: McpRoute) -> None:
@@ -187,4 +187,5 @@ class Registry:
         route = self.core.routes.pop(mcp_id)
         self.core.runtimes.pop(mcp_id, None)
         self.sources.pop(mcp_id, None)
+        self.core.headers_for(mcp_id, None)
         await self._retire(route)

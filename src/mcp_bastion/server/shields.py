@@ -45,6 +45,8 @@ class Shields:
     ) -> None:
         self.config = config
         self.audit = audit if audit is not None else AuditTrail([])
+        #: What the layers get: the trail when it has a sink, else None (they then skip building events).
+        self.recording = self.audit if self.audit.enabled else None
         self.counters = SecurityCounters()
         self.trusted = TrustedProxies.build(config.server.trusted_proxies)
         self.rule_store: IpRuleStore = rule_store if rule_store is not None else MemoryIpRuleStore()
@@ -77,7 +79,7 @@ class Shields:
             blacklist=IpSet.build(()),
             dynamic=self.dynamic,
             counters=self.counters,
-            audit=self.audit,
+            audit=self.recording,
         )
 
     def static_filter(self, app: ASGIApp, security: SecurityConfig) -> ASGIApp:
@@ -90,7 +92,7 @@ class Shields:
             blacklist=IpSet.build(security.ip_blacklist),
             dynamic=DynamicRules(),  # the shared rules were checked already, for every route
             counters=self.counters,
-            audit=self.audit,
+            audit=self.recording,
         )
 
     def bans(self, config: BanConfig) -> AuthFailureTracker | None:
@@ -138,7 +140,7 @@ class Shields:
         app: ASGIApp = endpoint
         limiter = self.limiter(security.rate_limit)
         if limiter is not None:
-            app = RateLimit(app, limiter=limiter, mcp_id=mcp.id, counters=self.counters, audit=self.audit)
+            app = RateLimit(app, limiter=limiter, mcp_id=mcp.id, counters=self.counters, audit=self.recording)
         authenticator: Authenticator | None = None
         if auth.type != "none":
             authenticator = self.authenticator(auth, mcp)
@@ -152,7 +154,7 @@ class Shields:
                 counters=self.counters,
                 challenge=challenge_for(auth, mcp.id),
                 on_failure=tracker.record_failure if tracker is not None else None,
-                audit=self.audit,
+                audit=self.recording,
             )
         policy: OriginPolicy | None = None
         if security.cors is not None and security.cors.enabled:

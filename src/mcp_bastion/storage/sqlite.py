@@ -23,7 +23,7 @@ from mcp_bastion.exceptions import StorageError
 from mcp_bastion.security.ipfilter import IpRule, RuleChange, RuleSubscribers
 from mcp_bastion.storage.base import McpRecord, TokenRecord
 
-__all__ = ["SCHEMA_VERSION", "SqliteIpRuleStore", "SqliteStorage"]
+__all__ = ["SCHEMA_VERSION", "SqliteIpRuleStore", "SqliteStorage", "connect_private"]
 
 T = TypeVar("T")
 
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS tokens (
 """
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def connect_private(path: Path) -> sqlite3.Connection:
+    """A WAL-mode connection to a database only its owner may read (0600; a new directory 0700)."""
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True)
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
@@ -48,6 +49,15 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA busy_timeout=5000")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = connect_private(path)
+    try:
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StorageError(f"{path} was written by a newer mcp-bastion (schema {version} > {SCHEMA_VERSION})")
