@@ -75,7 +75,7 @@ async def test_static_tokens(credential: str, expected: Principal | AuthFailure)
 @pytest.mark.anyio
 async def test_a_revoked_token_is_refused() -> None:
     tokens = StaticTokens([StaticToken("t", digest("secret-value"))])
-    tokens.revoked.add(digest("secret-value"))
+    tokens.revoke(digest("secret-value"))
     assert await tokens.authenticate("secret-value") == AuthFailure("token revoked")
 
 

@@ -724,20 +724,23 @@ def test_the_resolved_bucket_cache_decides_exactly_as_the_store(steps: list[tupl
     for ip, principal, dt in steps:
         now += dt
         request = keys(f"10.0.0.{ip}", principal, "demo")
-        assert cached.refusal(request, now) == plain.refusal(request, now)
+        admitted = cached.admits(*request, now)
+        assert admitted == plain.admits(*request, now)
+        if not admitted:  # a refusal takes nothing, so asking again tells the same levels
+            assert cached.check(request, now) == plain.check(request, now)
 
 
 def test_a_forgotten_bucket_is_never_used_from_the_cache() -> None:
     tight = RateLimiter.from_config(RateLimitConfig(per_ip_requests_per_minute=1, per_ip_burst_size=2), max_keys=2)
     now = 50.0
-    assert [tight.refusal(keys("10.0.0.1"), now) is None for _ in range(3)] == [True, True, False]
-    tight.refusal(keys("10.0.0.2"), now)
-    tight.refusal(keys("10.0.0.3"), now)  # the table holds 2 keys: 10.0.0.1 is forgotten
-    assert tight.refusal(keys("10.0.0.1"), now) is None, "a forgotten key starts full, cache or not"
+    assert [tight.admits("10.0.0.1", None, None, now) for _ in range(3)] == [True, True, False]
+    tight.admits("10.0.0.2", None, None, now)
+    tight.admits("10.0.0.3", None, None, now)  # the table holds 2 keys: 10.0.0.1 is forgotten
+    assert tight.admits("10.0.0.1", None, None, now), "a forgotten key starts full, cache or not"
 
 
 def test_the_cache_is_bounded() -> None:
     many = limiter(per_ip_requests_per_minute=10**6)
     for i in range(5000):
-        many.refusal(keys(f"10.1.{i // 256}.{i % 256}"), 1.0)
+        many.admits(f"10.1.{i // 256}.{i % 256}", None, None, 1.0)
     assert len(many._resolved) <= 4096

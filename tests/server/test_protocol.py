@@ -15,6 +15,7 @@ from mcp_bastion.server.protocol import (
     RESPONSE_HEADERS_KEY,
     BastionHttpProtocol,
     FastHeadCycle,
+    HeadHeaders,
     status_line,
 )
 from mcp_bastion.server.runner import uvicorn_config
@@ -154,10 +155,15 @@ def test_the_runner_serves_through_it() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("paused", [False, True], ids=["fast-path", "uvicorn-path"])
-async def test_headers_from_the_scope_join_the_head_unless_the_app_set_them(paused: bool) -> None:
-    extra: Headers = [(b"cache-control", b"no-store"), *SECURITY]
-    app_headers: Headers = [(b"content-type", b"text/event-stream"), (b"Cache-Control", b"no-cache")]
-    ours = cycle(FastHeadCycle, "POST", keep_alive=True, defaults=[])
+@pytest.mark.parametrize("app_cache_control", [False, True], ids=["block", "one-by-one"])
+async def test_headers_from_the_scope_join_the_head_unless_the_app_set_them(
+    paused: bool, app_cache_control: bool
+) -> None:
+    extra = HeadHeaders([(b"cache-control", b"no-store"), *SECURITY])
+    app_headers: Headers = [(b"content-type", b"text/event-stream")]
+    if app_cache_control:
+        app_headers.append((b"Cache-Control", b"no-cache"))
+    ours = cycle(FastHeadCycle, "POST", keep_alive=True, defaults=[(b"server", b"x")])
     ours.scope[RESPONSE_HEADERS_KEY] = extra
     if paused:
         ours.flow.write_paused = True  # uvicorn's own path (it waits to drain, then writes)
@@ -167,10 +173,22 @@ async def test_headers_from_the_scope_join_the_head_unless_the_app_set_them(paus
 
         ours.flow.drain = drained
     await ours.send({"type": "http.response.start", "status": 200, "headers": app_headers})
-    theirs = cycle(RequestResponseCycle, "POST", keep_alive=True, defaults=[])
-    await theirs.send({"type": "http.response.start", "status": 200, "headers": [*app_headers, *SECURITY]})
+    theirs = cycle(RequestResponseCycle, "POST", keep_alive=True, defaults=[(b"server", b"x")])
+    expected = [*app_headers, *([] if app_cache_control else [(b"cache-control", b"no-store")]), *SECURITY]
+    await theirs.send({"type": "http.response.start", "status": 200, "headers": expected})
     assert b"".join(ours.transport.written) == b"".join(theirs.transport.written)
-    assert b"no-store" not in b"".join(ours.transport.written)  # the app's own Cache-Control wins
+    # The app's own Cache-Control wins.
+    assert (b"no-store" in b"".join(ours.transport.written)) is not app_cache_control
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[(b"bad name", b"v")], [(b"x-ok", b"line\r\nbreak")], [(b"content-length", b"3")], [(b"connection", b"close")]],
+    ids=["space-in-name", "crlf-in-value", "framing", "connection"],
+)
+def test_head_headers_refuse_what_the_head_must_not_carry(headers: Headers) -> None:
+    with pytest.raises(ValueError):
+        HeadHeaders(headers)
 
 
 @pytest.mark.anyio
@@ -191,7 +209,7 @@ async def test_security_headers_use_the_extension_instead_of_wrapping_send() -> 
     await layer(with_extension, None, send)  # type: ignore[arg-type]
     await layer({"type": "http", "path": "/"}, None, send)  # type: ignore[arg-type]
     (listed, plain_send), (unlisted, wrapped_send) = seen
-    assert (b"x-content-type-options", b"nosniff") in listed
+    assert (b"x-content-type-options", b"nosniff") in listed.headers
     assert plain_send is send, "no wrapper when the server adds the headers"
     assert unlisted is None
     assert wrapped_send is not send, "other servers still get the headers through a send wrapper"

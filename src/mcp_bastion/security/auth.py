@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 _PROBLEM_WORDS: Final = "malformed credentials"
+#: Accepted header values remembered per layer (all are forgotten when it is full).
+_KNOWN_MAX: Final = 1024
 
 
 def digest(token: str) -> bytes:
@@ -93,8 +96,9 @@ class StaticTokens:
     ) -> None:
         self.tokens = tuple(tokens)
         #: Tokens issued through the admin API, accepted besides the configured ones.
-        self.issued = issued
-        self.revoked: set[bytes] = set()
+        #: Its `generation` also counts revocations here, so one number says when verdicts may have changed.
+        self.issued = issued if issued is not None else IssuedTokens()
+        self._revoked: set[bytes] = set()
         # Built once: a frozen dataclass costs microseconds to make, per request.
         self._principals = {
             token.sha256: Principal(id=f"token:{token.id}", kind="token", roles=token.roles, mcps=token.mcps)
@@ -117,22 +121,31 @@ class StaticTokens:
             tokens.append(StaticToken(entry.id, hashed, entry.expires_at, tuple(entry.roles), scope))
         return cls(tokens, issued=issued)
 
+    def revoke(self, token_digest: bytes) -> None:
+        self._revoked.add(token_digest)
+        self.issued.generation += 1
+
     async def authenticate(self, credential: str) -> Principal | AuthFailure:
+        return self.verify(credential)[0]
+
+    def verify(self, credential: str) -> tuple[Principal | AuthFailure, float]:
+        """The verdict, and until when (epoch seconds) an accepted credential stays valid."""
         presented = digest(credential)
         found: StaticToken | None = None
         for token in self.tokens:  # no early exit: every digest is compared
             if hmac.compare_digest(presented, token.sha256):
                 found = token
         if found is None:
-            verdict = self.issued.lookup(presented, time.time()) if self.issued is not None else None
+            verdict, until = self.issued.lookup(presented, time.time())
             if isinstance(verdict, str):
-                return AuthFailure(verdict)
-            return verdict if verdict is not None else AuthFailure("invalid token")
-        if found.sha256 in self.revoked:
-            return AuthFailure("token revoked")
+                return AuthFailure(verdict), 0.0
+            return (verdict, until) if verdict is not None else (AuthFailure("invalid token"), 0.0)
+        if found.sha256 in self._revoked:
+            return AuthFailure("token revoked"), 0.0
         if found.expires_at is not None and found.expires_at <= self._now():
-            return AuthFailure("token expired")
-        return self._principals[found.sha256]
+            return AuthFailure("token expired"), 0.0
+        until = math.inf if found.expires_at is None else found.expires_at.timestamp()
+        return self._principals[found.sha256], until
 
 
 class Authenticate:
@@ -161,20 +174,51 @@ class Authenticate:
         self.counters = counters
         self.challenge = challenge
         self.on_failure = on_failure
+        #: Static tokens decide synchronously and say how long a verdict holds: those are remembered.
+        self._tokens = authenticator if isinstance(authenticator, StaticTokens) else None
+        self._issued = self._tokens.issued if self._tokens is not None else None
+        self._known: dict[bytes | None, tuple[Principal, float, int]] = {}
+
+    def remembered(self, raw: bytes | None, now: float) -> Principal | None:
+        """The principal of a header value accepted before and still valid at `now` (epoch), else None.
+
+        Only static tokens are remembered, keyed by the header value as sent: a lookup learns
+        nothing about a stored token (the dict compares keyed hashes first), and failures are
+        never remembered, so every wrong guess takes the constant-time path.
+        """
+        entry = self._known.get(raw)
+        if entry is None or now >= entry[1] or self._issued is None or entry[2] != self._issued.generation:
+            return None
+        return entry[0]
+
+    def admit(self, scope: Scope, principal: Principal, headers: list[tuple[bytes, bytes]]) -> None:
+        """Hand the principal on; `headers` are the request's without the credential's header."""
+        self.counters.authentication_attempts += 1
+        scope["headers"] = headers
+        scope[PRINCIPAL_KEY] = principal
+
+    async def record_success(self, scope: Scope, principal: Principal) -> None:
+        if self.audit is not None:
+            await self._audit(scope, "authentication", True, principal.id, None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = self.header
         headers = scope["headers"]
         raw: bytes | None = next((value for key, value in headers if key == name), None)
-        self.counters.authentication_attempts += 1
         credential = bearer_credential(raw.decode("latin-1") if raw is not None else None, self.prefix)
-        verdict = (
-            credential if isinstance(credential, AuthFailure) else await self.authenticator.authenticate(credential)
-        )
+        until = 0.0
+        if isinstance(credential, AuthFailure):
+            verdict: Principal | AuthFailure = credential
+        elif self._tokens is not None:
+            verdict, until = self._tokens.verify(credential)
+        else:
+            verdict = await self.authenticator.authenticate(credential)
         if isinstance(verdict, AuthFailure):
+            self.counters.authentication_attempts += 1
             await self._refuse(scope, send, verdict)
             return
         if not verdict.reaches(self.mcp_id):
+            self.counters.authentication_attempts += 1
             self.counters.violation()
             if self.audit is not None:
                 await self._audit(scope, "authorization", False, verdict.id, "insufficient_scope")
@@ -185,10 +229,12 @@ class Authenticate:
                 send, 403, "insufficient_scope", f"this credential does not reach MCP {self.mcp_id!r}", headers
             )
             return
-        scope["headers"] = [header for header in headers if header[0] != name]
-        scope[PRINCIPAL_KEY] = verdict
-        if self.audit is not None:
-            await self._audit(scope, "authentication", True, verdict.id, None)
+        if until > time.time() and self._tokens is not None:
+            if len(self._known) >= _KNOWN_MAX:
+                self._known.clear()
+            self._known[raw] = (verdict, until, self._tokens.issued.generation)
+        self.admit(scope, verdict, [header for header in headers if header[0] != name])
+        await self.record_success(scope, verdict)
         await self.app(scope, receive, send)
 
     async def _audit(self, scope: Scope, kind: EventType, success: bool, user: str | None, error: str | None) -> None:

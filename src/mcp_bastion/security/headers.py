@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from mcp_bastion.server.protocol import HEAD_HEADERS_EXTENSION, RESPONSE_HEADERS_KEY
+from mcp_bastion.server.protocol import HEAD_HEADERS_EXTENSION, RESPONSE_HEADERS_KEY, HeadHeaders
 from mcp_bastion.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["SecurityHeaders", "security_headers"]
 
 _MCP_PREFIX = "/mcp/"
+_PATHS_MAX = 256
 
 Header = tuple[bytes, bytes]
 
@@ -58,12 +59,16 @@ class SecurityHeaders:
         self, app: ASGIApp, *, config: HeadersConfig, per_mcp: Mapping[str, HeadersConfig] | None = None
     ) -> None:
         self.app = app
-        self.sets: dict[str | None, tuple[list[Header], list[Header]]] = {None: _both(config)}
+        #: Per MCP id (None: the server default): the set over plain HTTP and the set over TLS.
+        self.sets: dict[str | None, tuple[HeadHeaders, HeadHeaders]] = {None: _both(config)}
+        #: The set chosen per request path, for the few paths that recur (bounded: paths are the client's).
+        self._by_path: dict[str, tuple[HeadHeaders, HeadHeaders]] = {}
         for mcp_id, own in (per_mcp or {}).items():
             self.set_mcp(mcp_id, own)
 
     def set_mcp(self, mcp_id: str, config: HeadersConfig | None) -> None:
         """Give one MCP's routes their own set (None: the server default)."""
+        self._by_path.clear()
         if config is None:
             self.sets.pop(mcp_id, None)
         else:
@@ -73,11 +78,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        chosen = self.sets[None]
-        if len(self.sets) > 1:
-            path: str = scope["path"]
-            if path.startswith(_MCP_PREFIX):
-                chosen = self.sets.get(path[len(_MCP_PREFIX) :].partition("/")[0], chosen)
+        chosen = self.sets[None] if len(self.sets) == 1 else self._for_path(scope["path"])
         extra = chosen[1] if scope.get("scheme") == "https" else chosen[0]
         if not extra:
             await self.app(scope, receive, send)
@@ -87,17 +88,29 @@ class SecurityHeaders:
             scope[RESPONSE_HEADERS_KEY] = extra
             await self.app(scope, receive, send)
             return
+        added = extra.headers
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in extra if h[0] not in present)
+                headers.extend(h for h in added if h[0] not in present)
                 message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
+    def _for_path(self, path: str) -> tuple[HeadHeaders, HeadHeaders]:
+        chosen = self._by_path.get(path)
+        if chosen is None:
+            chosen = self.sets[None]
+            if path.startswith(_MCP_PREFIX):
+                chosen = self.sets.get(path[len(_MCP_PREFIX) :].partition("/")[0], chosen)
+            if len(self._by_path) >= _PATHS_MAX:
+                self._by_path.clear()
+            self._by_path[path] = chosen
+        return chosen
 
-def _both(config: HeadersConfig) -> tuple[list[Header], list[Header]]:
-    return security_headers(config, tls=False), security_headers(config, tls=True)
+
+def _both(config: HeadersConfig) -> tuple[HeadHeaders, HeadHeaders]:
+    return HeadHeaders(security_headers(config, tls=False)), HeadHeaders(security_headers(config, tls=True))

@@ -498,6 +498,13 @@ class IPFilter:
         self.clock = clock
         self._static: dict[str | None, IpVerdict] = {}
 
+    def known_allowed(self, ip: str | None) -> bool:
+        """True when a kept verdict of the static lists admits `ip` and no dynamic rule exists."""
+        if len(self.dynamic):
+            return False
+        verdict = self._static.get(ip)
+        return verdict is not None and verdict.allowed
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):

@@ -89,8 +89,15 @@ class BucketSpec:
     quota: int
     window: int
     policy: str = field(init=False)
+    #: Seconds per token.
+    interval: float = field(init=False)
+    #: How far `Bucket.due` lies behind "now" when the bucket is full: (capacity - 1) tokens'
+    #: worth, plus the hair by which a refill summed from floats may fall short of a whole token.
+    lead: float = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "interval", 1.0 / self.per_second)
+        object.__setattr__(self, "lead", (self.capacity - 1 + _TOKEN_EPSILON) * self.interval)
         # draft-ietf-httpapi-ratelimit-headers-11 section 3: a String item with q (quota) and w (window);
         # the burst, when it differs from the quota, as a vendor-prefixed parameter (section 3.1).
         text = f'"{self.name}";q={self.quota};w={self.window}'
@@ -106,28 +113,34 @@ class BucketSpec:
 
 
 class Bucket:
-    """A token bucket's state: `tokens` as of `stamp`, refilled lazily when looked at."""
+    """A token bucket kept as one moment, `due`: from then on it holds a whole token.
 
-    __slots__ = ("spec", "stamp", "tokens")
+    A bucket of capacity B refilling at r per second holds L(now) = min(B, 1 + (now - due)·r)
+    tokens, so "holds a token" is `due <= now`, and taking one moves `due` on by 1/r from
+    the later of `due` and the moment the bucket was last full (now - (B-1)/r). This is the
+    token bucket of DESIGN.md section 4, arithmetic and all, in the form ATM's GCRA and
+    redis-cell keep it: one comparison to check and one addition to take. Time before `due`
+    reads as an emptier bucket, never a fuller one, so a clock that steps back refills nothing.
+    """
+
+    __slots__ = ("due", "spec")
 
     def __init__(self, spec: BucketSpec, now: float) -> None:
         self.spec = spec
-        self.tokens = float(spec.capacity)
-        self.stamp = now
+        self.due = now - spec.lead  # full
 
     def level(self, now: float) -> float:
-        elapsed = now - self.stamp
-        if elapsed <= 0:  # a clock that steps back refills nothing
-            return self.tokens
-        return min(float(self.spec.capacity), self.tokens + elapsed * self.spec.per_second)
+        spec = self.spec
+        level = 1.0 + (now - self.due) * spec.per_second - _TOKEN_EPSILON
+        return min(float(spec.capacity), max(0.0, level))
 
     def has_token(self, now: float) -> bool:
-        return self.level(now) + _TOKEN_EPSILON >= 1.0
+        return self.due <= now
 
     def take(self, now: float) -> None:
         """Take one token, which the caller has checked is there."""
-        self.tokens = max(0.0, self.level(now) - 1.0)
-        self.stamp = max(self.stamp, now)
+        full_at = now - self.spec.lead
+        self.due = max(self.due, full_at) + self.spec.interval
 
     def try_take(self, now: float) -> bool:
         if not self.has_token(now):
@@ -136,8 +149,7 @@ class Bucket:
         return True
 
     def seconds_until_token(self, now: float) -> float:
-        level = self.level(now)
-        return 0.0 if level + _TOKEN_EPSILON >= 1.0 else (1.0 - level) / self.spec.per_second
+        return max(0.0, self.due - now)
 
 
 def _per_minute(name: str, rate: int | None, burst: int | None) -> tuple[BucketSpec, ...]:
@@ -216,13 +228,13 @@ class Decision:
 class BucketStore(Protocol):
     """Where bucket state lives; `take_all` is the one operation and it must be atomic.
 
-    A Redis store does it in one Lua script: KEYS are the buckets (a hash `{tokens, stamp}`
-    each, all under one hash tag so a cluster keeps them in one slot), ARGV carries each
-    bucket's capacity and refill rate. The script reads "now" from Redis TIME (replicas'
-    clocks skew), computes every level, returns them unchanged if any is below one token,
-    and otherwise writes each level minus one with the new stamp and a PEXPIRE of the time
-    to refill to full (an absent key reads as a full bucket, so expiry loses nothing). A
-    networked store makes this call awaitable; `RateLimit.__call__` is its only caller.
+    A Redis store does it in one Lua script: KEYS are the buckets (each one number, its
+    `Bucket.due`, all under one hash tag so a cluster keeps them in one slot), ARGV carries
+    each bucket's lead and interval. The script reads "now" from Redis TIME (replicas'
+    clocks skew), returns the levels unchanged if any `due` lies after now, and otherwise
+    moves each `due` on as `Bucket.take` does, with a PEXPIRE at the moment the bucket is
+    full again (an absent key reads as a full bucket, so expiry loses nothing). A networked
+    store makes this call awaitable; `RateLimit.__call__` is its only caller.
     """
 
     def take_all(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
@@ -242,35 +254,27 @@ class MemoryBucketStore:
         self.evictions = 0
 
     def take_all(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
-        return self.take_buckets(self.resolve(refs, now), now)
+        buckets = self.resolve(refs, now)
+        taken = self.take_buckets(buckets, now)
+        return taken, [bucket.level(now) for bucket in buckets]
 
     def resolve(self, refs: Sequence[BucketRef], now: float) -> list[Bucket]:
         """The buckets of `refs`, created full where missing; marks them recently used."""
         return [self._bucket(ref, now) for ref in refs]
 
-    def take_buckets(self, buckets: Sequence[Bucket], now: float) -> tuple[bool, list[float]]:
+    @staticmethod
+    def take_buckets(buckets: Sequence[Bucket], now: float) -> bool:
         """`take_all` on buckets resolved before (they stay valid until `evictions` changes)."""
-        # The hot path of every limited request: Bucket.level and Bucket.take, inlined.
-        levels: list[float] = []
-        admitted = True
+        # The hot path of every limited request: Bucket.has_token and Bucket.take, inlined.
+        for bucket in buckets:
+            if bucket.due > now:
+                return False
         for bucket in buckets:
             spec = bucket.spec
-            level = bucket.tokens
-            elapsed = now - bucket.stamp
-            if elapsed > 0:  # a clock that steps back refills nothing
-                level += elapsed * spec.per_second
-                if level > spec.capacity:
-                    level = float(spec.capacity)
-            if level + _TOKEN_EPSILON < 1.0:
-                admitted = False
-            levels.append(level)
-        if not admitted:
-            return False, levels
-        for bucket, level in zip(buckets, levels, strict=True):
-            bucket.tokens = level - 1.0 if level > 1.0 else 0.0
-            if now > bucket.stamp:
-                bucket.stamp = now
-        return True, [bucket.tokens for bucket in buckets]
+            full_at = now - spec.lead
+            due = bucket.due
+            bucket.due = (due if due > full_at else full_at) + spec.interval
+        return True
 
     def _bucket(self, ref: BucketRef, now: float) -> Bucket:
         table = self.tables.get(ref.spec.name)
@@ -310,7 +314,7 @@ class RateLimiter:
         self.store: BucketStore = store if store is not None else MemoryBucketStore(max_keys=max_keys)
         self._global_refs = tuple(BucketRef(spec, "") for spec in limits.global_)
         #: Per request keys: the buckets resolved for them, while the store forgets none.
-        self._resolved: dict[RequestKeys, tuple[int, float, list[BucketRef], list[Bucket]]] = {}
+        self._resolved: dict[tuple[str | None, str | None, str | None], tuple[int, float, list[Bucket]]] = {}
 
     @classmethod
     def from_config(
@@ -333,31 +337,24 @@ class RateLimiter:
             refs += [BucketRef(spec, keys.mcp) for spec in self.limits.per_mcp]
         return refs
 
-    def refusal(self, keys: RequestKeys, now: float) -> Decision | None:
-        """None when the request is admitted (tokens taken), else the refusal; the hot path.
+    def admits(self, ip: str | None, principal: str | None, mcp: str | None, now: float) -> bool:
+        """Take a token from every applicable bucket if each holds one (True); else take none. The hot path.
 
         With the in-memory store, a client's buckets are looked up once and reused while the
         store forgets no bucket; their LRU position is refreshed at most every RETOUCH seconds
         (so LRU order is approximate to that, the usual trade of a cached lookup).
         """
         store = self.store
-        if type(store) is MemoryBucketStore:
-            entry = self._resolved.get(keys)
-            if entry is None or entry[0] != store.evictions or not 0 <= now - entry[1] < RETOUCH:
-                refs = self.refs(keys)
-                buckets = store.resolve(refs, now)
-                if len(self._resolved) >= _RESOLVED_MAX:
-                    self._resolved.clear()
-                entry = self._resolved[keys] = (store.evictions, now, refs, buckets)
-            if not entry[3]:
-                return None
-            taken, levels = store.take_buckets(entry[3], now)
-            return None if taken else decide(entry[2], levels, taken=False)
-        refs = self.refs(keys)
-        if not refs:
-            return None
-        taken, levels = self.store.take_all(refs, now)
-        return None if taken else decide(refs, levels, taken=False)
+        if type(store) is not MemoryBucketStore:
+            return self.check(RequestKeys(ip, principal, mcp), now).allowed
+        key = (ip, principal, mcp)
+        entry = self._resolved.get(key)
+        if entry is None or entry[0] != store.evictions or not 0 <= now - entry[1] < RETOUCH:
+            buckets = store.resolve(self.refs(RequestKeys(ip, principal, mcp)), now)
+            if len(self._resolved) >= _RESOLVED_MAX:
+                self._resolved.clear()
+            entry = self._resolved[key] = (store.evictions, now, buckets)
+        return store.take_buckets(entry[2], now)
 
     def check(self, keys: RequestKeys, now: float) -> Decision:
         """Admit the request (taking a token from every applicable bucket) or refuse it (taking none)."""
@@ -454,12 +451,13 @@ class RateLimit:
             principal=principal.id if isinstance(principal, Principal) else None,
             mcp=self.mcp_id,
         )
-        decision = self.limiter.refusal(keys, self.clock())
-        if decision is None:
+        now = self.clock()
+        if self.limiter.admits(keys.ip, keys.principal, keys.mcp, now):
             # Admitted answers carry no RateLimit headers: wrapping every response for them
             # cost more than the whole limiter; refusals carry them all.
             await self.app(scope, receive, send)
             return
+        decision = self.limiter.check(keys, now)  # refused a moment ago, so it takes nothing now
         self.counters.rate_limit_exceeded += 1
         self.counters.violation()
         if self.audit is not None:

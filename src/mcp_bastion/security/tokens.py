@@ -10,6 +10,7 @@ from the next request.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from typing import Final
 
@@ -34,12 +35,15 @@ class IssuedTokens:
     def __init__(self) -> None:
         self._by_id: dict[str, TokenRecord] = {}
         self._by_digest: dict[bytes, tuple[TokenRecord, Principal]] = {}
+        #: Bumped by every change, so anything remembering an earlier verdict knows to forget it.
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._by_id)
 
     def put(self, record: TokenRecord) -> None:
         """Add or replace (by id) one token."""
+        self.generation += 1
         old = self._by_id.get(record.id)
         if old is not None:
             del self._by_digest[bytes.fromhex(old.sha256)]
@@ -53,14 +57,15 @@ class IssuedTokens:
     def records(self) -> list[TokenRecord]:
         return list(self._by_id.values())
 
-    def lookup(self, presented: bytes, now: float) -> Principal | str | None:
-        """The principal of a presented digest, why it is refused (revoked, expired), or None if unknown."""
+    def lookup(self, presented: bytes, now: float) -> tuple[Principal | str | None, float]:
+        """The principal of a presented digest, why it is refused (revoked, expired), or None if unknown;
+        and until when (epoch seconds) a principal stays valid."""
         entry = self._by_digest.get(presented)
         if entry is None:
-            return None
+            return None, 0.0
         record, principal = entry
         if record.revoked_at is not None:
-            return "token revoked"
+            return "token revoked", 0.0
         if record.expires_at is not None and now >= record.expires_at:
-            return "token expired"
-        return principal
+            return "token expired", 0.0
+        return principal, math.inf if record.expires_at is None else record.expires_at

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -21,10 +22,17 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 if TYPE_CHECKING:
     from uvicorn._types import ASGISendEvent
 
-__all__ = ["HEAD_HEADERS_EXTENSION", "RESPONSE_HEADERS_KEY", "BastionHttpProtocol", "FastHeadCycle", "status_line"]
+__all__ = [
+    "HEAD_HEADERS_EXTENSION",
+    "RESPONSE_HEADERS_KEY",
+    "BastionHttpProtocol",
+    "FastHeadCycle",
+    "HeadHeaders",
+    "status_line",
+]
 
-#: The ASGI extension this server advertises in `scope["extensions"]`: it adds the headers an
-#: app puts under RESPONSE_HEADERS_KEY in the scope to the response head (those the response
+#: The ASGI extension this server advertises in `scope["extensions"]`: it adds the HeadHeaders
+#: an app puts under RESPONSE_HEADERS_KEY in the scope to the response head (those the response
 #: does not set itself), so a layer can add headers without wrapping every `send`.
 HEAD_HEADERS_EXTENSION: Final = "mcp_bastion.head_headers"
 RESPONSE_HEADERS_KEY: Final = "mcp_bastion.response_headers"
@@ -34,6 +42,39 @@ _BAD_NAME: Final = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
 _BAD_VALUE: Final = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 _SPECIAL: Final = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _NO_BODY_STATUSES: Final = frozenset((204, 304))
+#: Kept variants of one HeadHeaders without the names responses set themselves.
+_VARIANTS_MAX: Final = 64
+
+
+class HeadHeaders:
+    """Response headers checked and serialised once; `data` is what joins a head that lacks them all."""
+
+    __slots__ = ("_without", "data", "headers", "names")
+
+    def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self.headers = [(name.lower(), value) for name, value in headers]
+        self.names = frozenset(name for name, _ in self.headers)
+        if _BAD_NAME.search(b"".join(self.names)) or _BAD_VALUE.search(b"".join(v for _, v in self.headers)):
+            raise ValueError("a response header name is no token, or a value holds a control character")
+        if not _SPECIAL.isdisjoint(self.names):
+            raise ValueError("framing and connection headers are the response's own")
+        self.data = b"".join(b"%s: %s\r\n" % header for header in self.headers)
+        #: The set without the names a response set itself, per such group of names (few recur).
+        self._without: dict[frozenset[bytes], HeadHeaders] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.headers)
+
+    def without(self, present: frozenset[bytes]) -> HeadHeaders:
+        """These headers less those named in `present` (the response's own win)."""
+        if not present:
+            return self
+        rest = self._without.get(present)
+        if rest is None:
+            rest = HeadHeaders(header for header in self.headers if header[0] not in present)
+            if len(self._without) < _VARIANTS_MAX:
+                self._without[present] = rest
+        return rest
 
 
 def status_line(status: int) -> bytes:
@@ -56,14 +97,13 @@ class FastHeadCycle(RequestResponseCycle):
             return
         headers = [*self.default_headers, *message.get("headers", ())]
         names = [name.lower() for name, _ in headers]
-        extra = cast("list[tuple[bytes, bytes]] | None", self.scope.get(RESPONSE_HEADERS_KEY))
-        if extra:
-            present = set(names)
-            for name, value in extra:
-                if name not in present:
-                    headers.append((name, value))
-                    names.append(name)
+        extra = cast("HeadHeaders | None", self.scope.get(RESPONSE_HEADERS_KEY))
+        if extra is not None:
+            # Checked and serialised when built; the names the response set itself left out.
+            extra = extra.without(extra.names.intersection(names))
         if self.flow.write_paused or self.access_log:
+            if extra is not None:
+                headers += extra.headers
             await super().send({**message, "headers": headers[len(self.default_headers) :]})
             return
         self.response_started = True
@@ -78,6 +118,8 @@ class FastHeadCycle(RequestResponseCycle):
             closing = self._special_headers(names, headers)
         head = [_STATUS_LINES.get(status) or status_line(status)]
         head += [b"%s: %s\r\n" % (name, value) for name, (_, value) in zip(names, headers, strict=True)]
+        if extra is not None:
+            head.append(extra.data)
         if not self.keep_alive and not closing:
             head.append(b"connection: close\r\n")
         if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in _NO_BODY_STATUSES:

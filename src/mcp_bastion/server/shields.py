@@ -5,7 +5,8 @@ One place decides the order of the layers, because the order is a security decis
     (outer, every route)  security headers (an MCP's own set on its routes) -> client address -> Host/Origin guard
     (every route but health)  dynamic IP rules and bans
     (per MCP)  static IP lists -> CORS (preflights answered before auth)
-               -> authentication (failures feed the bans) -> rate limits -> endpoint
+               -> authentication (failures feed the bans) -> rate limits -> endpoint,
+               behind one McpGuard that admits the common request in a single call
 
 Rate limiting sits after authentication so it can key on the principal, and so refused
 requests never spend a token; the IP filter sits before everything that costs work.
@@ -23,6 +24,7 @@ from mcp_bastion.security.bans import AuthFailureTracker
 from mcp_bastion.security.client_ip import TrustedProxies
 from mcp_bastion.security.cors import CORS, OriginPolicy
 from mcp_bastion.security.counters import SecurityCounters
+from mcp_bastion.security.guard import McpGuard
 from mcp_bastion.security.ipfilter import DynamicRules, IPFilter, IpRule, IpRuleStore, IpSet, MemoryIpRuleStore
 from mcp_bastion.security.jwt import JwtVerifier
 from mcp_bastion.security.oauth import metadata_url, www_authenticate
@@ -82,7 +84,7 @@ class Shields:
             audit=self.recording,
         )
 
-    def static_filter(self, app: ASGIApp, security: SecurityConfig) -> ASGIApp:
+    def static_filter(self, app: ASGIApp, security: SecurityConfig) -> ASGIApp | IPFilter:
         if not security.ip_whitelist and not security.ip_blacklist:
             return app
         whitelist = IpSet.build(security.ip_whitelist) if security.ip_whitelist else None
@@ -139,13 +141,17 @@ class Shields:
         security = config.effective_security(mcp)
         app: ASGIApp = endpoint
         limiter = self.limiter(security.rate_limit)
+        rate_limit: RateLimit | None = None
         if limiter is not None:
-            app = RateLimit(app, limiter=limiter, mcp_id=mcp.id, counters=self.counters, audit=self.recording)
+            app = rate_limit = RateLimit(
+                app, limiter=limiter, mcp_id=mcp.id, counters=self.counters, audit=self.recording
+            )
+        authenticate: Authenticate | None = None
         authenticator: Authenticator | None = None
         if auth.type != "none":
             authenticator = self.authenticator(auth, mcp)
             tracker = self.bans(security.auth_failure_ban)
-            app = Authenticate(
+            app = authenticate = Authenticate(
                 app,
                 authenticator=authenticator,
                 header=auth.header,
@@ -156,13 +162,22 @@ class Shields:
                 on_failure=tracker.record_failure if tracker is not None else None,
                 audit=self.recording,
             )
-        policy: OriginPolicy | None = None
+        cors: CORS | None = None
         if security.cors is not None and security.cors.enabled:
-            cors = CORS(app, config=security.cors, counters=self.counters)
-            policy = cors.policy
-            app = cors
-        app = self.static_filter(app, security)
-        return app, authenticator, policy
+            app = cors = CORS(app, config=security.cors, counters=self.counters)
+        ip_filter = self.static_filter(app, security)
+        if ip_filter is not app:
+            app = ip_filter
+        if app is not endpoint:
+            app = McpGuard(
+                app,
+                endpoint,
+                ip_filter=ip_filter if isinstance(ip_filter, IPFilter) else None,
+                cors=cors,
+                auth=authenticate,
+                rate_limit=rate_limit,
+            )
+        return app, authenticator, cors.policy if cors is not None else None
 
 
 def resource_url(scope: Scope, mcp_id: str) -> str:

@@ -1,0 +1,99 @@
+"""One MCP's request checks in a single call on the common path.
+
+The per-MCP layers (static IP lists -> CORS -> authentication -> rate limits) each cost a
+coroutine call, a header scan and a scope lookup or two, and end to end a microsecond here
+costs two or three, because the extra code pushes the rest of the request out of the CPU
+caches. Most requests are alike: an address the lists already admitted, no `Origin` (or no
+CORS), a credential accepted before and still valid, and tokens in every bucket. This layer
+decides those in one pass over the headers and hands them straight to the endpoint; every
+other request (any refusal, a preflight or browser request, a credential seen for the first
+time or changed since) goes through the layers, which decide in full. The fast path only
+ever admits what the layers would admit, with the same effects: tests send the same requests
+through both and compare answers, counters and audit events.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from mcp_bastion.security.principal import CLIENT_IP_KEY, Principal
+
+if TYPE_CHECKING:
+    from mcp_bastion.security.auth import Authenticate
+    from mcp_bastion.security.cors import CORS
+    from mcp_bastion.security.ipfilter import IPFilter
+    from mcp_bastion.security.ratelimit import RateLimit
+    from mcp_bastion.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["McpGuard"]
+
+_ORIGIN = b"origin"
+
+
+class McpGuard:
+    """Admits the common request itself; sends every other one through `layers`."""
+
+    def __init__(
+        self,
+        layers: ASGIApp,
+        endpoint: ASGIApp,
+        *,
+        ip_filter: IPFilter | None,
+        cors: CORS | None,
+        auth: Authenticate | None,
+        rate_limit: RateLimit | None,
+    ) -> None:
+        self.layers = layers
+        self.endpoint = endpoint
+        self.ip_filter = ip_filter
+        self.cors = cors
+        self.auth = auth
+        self.credential_header = auth.header if auth is not None else None
+        self.rate_limit = rate_limit
+        self.limiter = rate_limit.limiter if rate_limit is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or CLIENT_IP_KEY not in scope:
+            await self.layers(scope, receive, send)
+            return
+        ip: str | None = scope[CLIENT_IP_KEY]
+        if self.ip_filter is not None and not self.ip_filter.known_allowed(ip):
+            await self.layers(scope, receive, send)
+            return
+        name = self.credential_header
+        raw: bytes | None = None
+        origin: bytes | None = None
+        kept = []
+        for header in scope["headers"]:
+            key = header[0]
+            if key == name:
+                if raw is None:
+                    raw = header[1]
+                continue
+            if key == _ORIGIN:
+                origin = header[1]
+            kept.append(header)
+        if origin is not None and self.cors is not None:
+            await self.layers(scope, receive, send)
+            return
+        auth = self.auth
+        principal: Principal | None = None
+        if auth is not None:
+            principal = auth.remembered(raw, time.time())
+            if principal is None:
+                await self.layers(scope, receive, send)
+                return
+        limiter = self.limiter
+        if limiter is not None:
+            assert self.rate_limit is not None
+            who = principal.id if principal is not None else None
+            if not limiter.admits(ip, who, self.rate_limit.mcp_id, self.rate_limit.clock()):
+                await self.layers(scope, receive, send)  # refused there; a refusal took no token here
+                return
+        if auth is not None:
+            assert principal is not None
+            auth.admit(scope, principal, kept)
+            if auth.audit is not None:
+                await auth.record_success(scope, principal)
+        await self.endpoint(scope, receive, send)
