@@ -46,34 +46,41 @@ class McpGuard:
     ) -> None:
         self.layers = layers
         self.endpoint = endpoint
-        self.ip_filter = ip_filter
         self.cors = cors
         self.auth = auth
-        self.credential_header = auth.header if auth is not None else None
         self.rate_limit = rate_limit
-        self.limiter = rate_limit.limiter if rate_limit is not None else None
+        # Bound once: every attribute lookup saved here is saved on every request.
+        self._known_allowed = ip_filter.known_allowed if ip_filter is not None else None
+        self._credential_header = auth.header if auth is not None else None
+        self._admits = rate_limit.limiter.admits if rate_limit is not None else None
+        self._mcp_id = rate_limit.mcp_id if rate_limit is not None else None
+        self._clock = rate_limit.clock if rate_limit is not None else time.monotonic
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or CLIENT_IP_KEY not in scope:
             await self.layers(scope, receive, send)
             return
         ip: str | None = scope[CLIENT_IP_KEY]
-        if self.ip_filter is not None and not self.ip_filter.known_allowed(ip):
+        if self._known_allowed is not None and not self._known_allowed(ip):
             await self.layers(scope, receive, send)
             return
-        name = self.credential_header
+        name = self._credential_header
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
         raw: bytes | None = None
         origin: bytes | None = None
-        kept = []
-        for header in scope["headers"]:
-            key = header[0]
-            if key == name:
-                if raw is None:
-                    raw = header[1]
-                continue
-            if key == _ORIGIN:
-                origin = header[1]
-            kept.append(header)
+        if name is not None:
+            kept = []
+            for header in headers:
+                key = header[0]
+                if key == name:
+                    if raw is None:
+                        raw = header[1]
+                    continue
+                if key == _ORIGIN:
+                    origin = header[1]
+                kept.append(header)
+        elif self.cors is not None:
+            origin = next((value for key, value in headers if key == _ORIGIN), None)
         if origin is not None and self.cors is not None:
             await self.layers(scope, receive, send)
             return
@@ -84,15 +91,13 @@ class McpGuard:
             if principal is None:
                 await self.layers(scope, receive, send)
                 return
-        limiter = self.limiter
-        if limiter is not None:
-            assert self.rate_limit is not None
+        if self._admits is not None:
             who = principal.id if principal is not None else None
-            if not limiter.admits(ip, who, self.rate_limit.mcp_id, self.rate_limit.clock()):
+            if not self._admits(ip, who, self._mcp_id, self._clock()):
                 await self.layers(scope, receive, send)  # refused there; a refusal took no token here
                 return
-        if auth is not None:
-            assert principal is not None
+        if principal is not None:
+            assert auth is not None
             auth.admit(scope, principal, kept)
             if auth.audit is not None:
                 await auth.record_success(scope, principal)

@@ -313,7 +313,7 @@ class RateLimiter:
         self.limits = limits
         self.store: BucketStore = store if store is not None else MemoryBucketStore(max_keys=max_keys)
         self._global_refs = tuple(BucketRef(spec, "") for spec in limits.global_)
-        #: Per request keys: the buckets resolved for them, while the store forgets none.
+        #: Per request keys: the store's eviction count, when to refresh their LRU position, their buckets.
         self._resolved: dict[tuple[str | None, str | None, str | None], tuple[int, float, list[Bucket]]] = {}
 
     @classmethod
@@ -349,11 +349,11 @@ class RateLimiter:
             return self.check(RequestKeys(ip, principal, mcp), now).allowed
         key = (ip, principal, mcp)
         entry = self._resolved.get(key)
-        if entry is None or entry[0] != store.evictions or not 0 <= now - entry[1] < RETOUCH:
+        if entry is None or now >= entry[1] or entry[0] != store.evictions:
             buckets = store.resolve(self.refs(RequestKeys(ip, principal, mcp)), now)
             if len(self._resolved) >= _RESOLVED_MAX:
                 self._resolved.clear()
-            entry = self._resolved[key] = (store.evictions, now, buckets)
+            entry = self._resolved[key] = (store.evictions, now + RETOUCH, buckets)
         return store.take_buckets(entry[2], now)
 
     def check(self, keys: RequestKeys, now: float) -> Decision:
