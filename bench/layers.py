@@ -2,7 +2,9 @@
 
 Each layer wraps a no-op app and handles the same representative MCP POST (a Bearer token,
 an Origin, a JSON-RPC body) many times on one event loop; the table is the seed guide's
-"Security Performance Impact" card, measured instead of guessed. Run:
+"Security Performance Impact" card, measured instead of guessed. The last rows compare the
+per-MCP layers (IP list, CORS, authentication, rate limit) one after another with the same
+layers behind `McpGuard`, for an agent's request (no Origin) with a credential seen before. Run:
 
     python bench/layers.py [--requests 20000]
 """
@@ -20,6 +22,7 @@ from mcp_bastion.security.auth import Authenticate, StaticToken, StaticTokens, d
 from mcp_bastion.security.client_ip import ClientAddress, TrustedProxies
 from mcp_bastion.security.cors import CORS
 from mcp_bastion.security.counters import SecurityCounters
+from mcp_bastion.security.guard import McpGuard
 from mcp_bastion.security.headers import SecurityHeaders
 from mcp_bastion.security.hosts import AllowedHosts, HostOriginGuard
 from mcp_bastion.security.ipfilter import DynamicRules, IPFilter, IpSet
@@ -80,7 +83,10 @@ def layers(counters: SecurityCounters) -> dict[str, Callable[[ASGIApp], ASGIApp]
     }
 
 
-async def per_request_us(app: ASGIApp, requests: int) -> float:
+PER_MCP = ("IP filter (1000 entries)", "CORS", "auth (static token)", "rate limit (non-binding)")
+
+
+async def per_request_us(app: ASGIApp, requests: int, *, origin: bool = True) -> float:
     async def receive() -> Message:
         return {"type": "http.request", "body": BODY, "more_body": False}
 
@@ -93,7 +99,7 @@ async def per_request_us(app: ASGIApp, requests: int) -> float:
             "method": "POST",
             "path": "/mcp/bench",
             "scheme": "http",
-            "headers": list(HEADERS),
+            "headers": [h for h in HEADERS if origin or h[0] != b"origin"],
             "client": ("127.0.0.1", 50000),
             "query_string": b"",
         }
@@ -122,6 +128,35 @@ async def main(requests: int) -> None:
     for name, added in rows:
         print(f"| {name} | {added:.1f} |")
     print(f"| **all layers together** | **{total:.1f}** |")
+    chained, guarded = await per_mcp(counters, requests)
+    print(f"| per-MCP layers one after another, agent request (no Origin) | {chained:.1f} |")
+    print(f"| the same layers behind McpGuard | {guarded:.1f} |")
+
+
+async def per_mcp(counters: SecurityCounters, requests: int) -> tuple[float, float]:
+    """What the per-MCP layers add chained, and behind McpGuard, to a request without Origin.
+
+    Both sit behind the client-address layer (the guard reads the address it resolves), whose
+    own cost is taken off.
+    """
+    trusted = TrustedProxies.build(())
+    factories = layers(counters)
+    built: dict[str, Any] = {}
+    app: ASGIApp = noop
+    for name in reversed(PER_MCP):
+        app = built[name] = factories[name](app)
+    guard = McpGuard(
+        app,
+        noop,
+        ip_filter=built[PER_MCP[0]],
+        cors=built[PER_MCP[1]],
+        auth=built[PER_MCP[2]],
+        rate_limit=built[PER_MCP[3]],
+    )
+    base = await per_request_us(ClientAddress(noop, trusted=trusted), requests, origin=False)
+    chained = await per_request_us(ClientAddress(app, trusted=trusted), requests, origin=False)
+    guarded = await per_request_us(ClientAddress(guard, trusted=trusted), requests, origin=False)
+    return chained - base, guarded - base
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,12 +20,14 @@ from hypothesis import strategies as st
 from mcp_bastion.audit import AuditTrail
 from mcp_bastion.audit.sinks import Record
 from mcp_bastion.config import ProxyConfig, validate_model
+from mcp_bastion.security.auth import Authenticate, StaticToken, StaticTokens, digest
+from mcp_bastion.security.counters import SecurityCounters
 from mcp_bastion.security.guard import McpGuard
 from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
 from mcp_bastion.server.shields import Shields
 from mcp_bastion.storage.base import TokenRecord
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
-from tests.security.asgi import call, make_scope
+from tests.security.asgi import call, make_scope, ok_app
 
 TOKENS = {
     "good": "good-token-0123456789",
@@ -106,8 +109,8 @@ class Stack:
 
 
 def issue(stack: Stack, *, revoked: bool = False) -> None:
-    digest = hashlib.sha256(TOKENS["issued"].encode()).hexdigest()
-    record = TokenRecord(id="issued", sha256=digest, created_at=0.0, revoked_at=1.0 if revoked else None)
+    sha256 = hashlib.sha256(TOKENS["issued"].encode()).hexdigest()
+    record = TokenRecord(id="issued", sha256=sha256, created_at=0.0, revoked_at=1.0 if revoked else None)
     stack.shields.issued.put(record)
 
 
@@ -203,20 +206,11 @@ async def test_repeated_admitted_requests_take_the_fast_path(monkeypatch: pytest
 
 @pytest.mark.anyio
 async def test_a_remembered_credential_is_forgotten_when_it_expires() -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from mcp_bastion.security.auth import Authenticate, StaticToken, StaticTokens, digest
-    from mcp_bastion.security.counters import SecurityCounters
-
     expires = datetime.now(UTC) + timedelta(hours=1)
     tokens = StaticTokens([StaticToken("soon", digest("soon-token-0123456789"), expires_at=expires)])
 
-    async def ok(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
     layer = Authenticate(
-        ok,
+        ok_app,
         authenticator=tokens,
         header="Authorization",
         prefix="Bearer",
@@ -233,3 +227,19 @@ async def test_a_remembered_credential_is_forgotten_when_it_expires() -> None:
     assert layer.remembered(raw, now) is None, "an expired token is decided in full again"
     tokens.revoke(digest("soon-token-0123456789"))
     assert layer.remembered(raw, now - 1) is None, "a revocation forgets every remembered verdict"
+
+
+@pytest.mark.parametrize(
+    ("auth", "guarded"),
+    [
+        ({"type": "token", "token": TOKENS["good"]}, True),
+        ({"type": "none"}, True),
+        ({"type": "jwt", "jwt": {"secret": "s" * 32, "algorithms": ["HS256"]}}, False),
+    ],
+    ids=["static-token", "no-auth", "jwt"],
+)
+def test_the_guard_stands_only_where_its_fast_path_can_admit(auth: dict[str, Any], guarded: bool) -> None:
+    mcp = {**CONFIG["mcps"][0], "auth": auth}
+    shields = Shields(validate_model(ProxyConfig, {**CONFIG, "mcps": [mcp]}))
+    app, _, _ = shields.protect(ok_app, shields.config.mcps[0])
+    assert isinstance(app, McpGuard) is guarded, "JWTs are verified every time, so a guard would only add a try"

@@ -179,6 +179,11 @@ class Authenticate:
         self._issued = self._tokens.issued if self._tokens is not None else None
         self._known: dict[bytes | None, tuple[Principal, float, int]] = {}
 
+    @property
+    def remembers(self) -> bool:
+        """Whether accepted credentials are remembered (static tokens; JWTs are verified each time)."""
+        return self._tokens is not None
+
     def remembered(self, raw: bytes | None, now: float) -> Principal | None:
         """The principal of a header value accepted before and still valid at `now` (epoch), else None.
 

@@ -165,14 +165,13 @@ class Shields:
         cors: CORS | None = None
         if security.cors is not None and security.cors.enabled:
             app = cors = CORS(app, config=security.cors, counters=self.counters)
-        ip_filter = self.static_filter(app, security)
-        if ip_filter is not app:
-            app = ip_filter
-        if app is not endpoint:
+        app = self.static_filter(app, security)
+        # Without a credential it can remember, the guard would only add a failed try to every request.
+        if app is not endpoint and (authenticate is None or authenticate.remembers):
             app = McpGuard(
                 app,
                 endpoint,
-                ip_filter=ip_filter if isinstance(ip_filter, IPFilter) else None,
+                ip_filter=app if isinstance(app, IPFilter) else None,
                 cors=cors,
                 auth=authenticate,
                 rate_limit=rate_limit,
