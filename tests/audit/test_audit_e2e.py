@@ -124,3 +124,26 @@ def test_without_a_sqlite_sink_the_query_says_so(tmp_path: Path) -> None:
         reply = call(proxy, "GET", "/admin/audit")
     assert reply.status_code == 409
     assert "sqlite" in reply.json()["message"]
+
+
+@pytest.mark.anyio
+async def test_tool_call_events_say_how_each_call_ended(tmp_path: Path) -> None:
+    with run_proxy(tmp_path, [demo_mcp("demo")], server=server(tmp_path)) as proxy:
+        async with mcp_client(proxy.url("demo")) as client:
+            assert not (await client.call_tool("echo", {"message": "fine"})).is_error
+            assert (await client.call_tool("add", {"a": 1e308, "b": 1e308})).is_error
+            with pytest.raises(Exception, match="Unknown tool"):
+                await client.call_tool("no-such-tool", {})
+        events: list[dict[str, object]] = []
+        for _ in range(50):  # the writer runs a moment behind the request
+            events = call(proxy, "GET", "/admin/audit?type=tool_call&limit=10").json()["events"]
+            if len(events) == 3:
+                break
+            await asyncio.sleep(0.05)
+    outcomes = {event["tool"]: (event["success"], event["error"]) for event in events}
+    assert outcomes == {
+        "echo": (True, None),
+        "add": (False, "the tool reported an error"),
+        "no-such-tool": (False, outcomes["no-such-tool"][1]),
+    }
+    assert "Unknown tool" in str(outcomes["no-such-tool"][1])

@@ -67,6 +67,18 @@ async def test_a_full_queue_applies_backpressure_instead_of_dropping() -> None:
     assert sorted(int(r["request_id"]) for r in slow.records) == list(range(60))
 
 
+async def test_the_writer_wakes_for_events_after_it_went_idle() -> None:
+    sink = Collecting()
+    trail = AuditTrail([sink])
+    trail.start()
+    for i in range(3):
+        await trail.emit(event(i))
+        await asyncio.sleep(0.1)  # past the linger: the batch is written and the writer waits again
+        assert len(sink.records) == i + 1, "each event is written without waiting for the next"
+    await asyncio.wait_for(trail.aclose(), 1)  # nothing left to drain: closes at once
+    assert trail.written == 3
+
+
 async def test_without_sinks_nothing_is_queued() -> None:
     trail = AuditTrail([])
     trail.start()

@@ -259,7 +259,7 @@ class McpEndpoint:
         tool = str(params.get("name", ""))[:256]
         success, error = not stream.failed, "upstream unreachable" if stream.failed else None
         if elapsed is not None and success and stream.final_data is not None:
-            answer = jsonrpc.loads(stream.final_data)
+            answer = stream.final_message or jsonrpc.loads(stream.final_data)
             if "error" in answer:
                 success, error = False, str((answer.get("error") or {}).get("message", "error"))[:256]
             elif (answer.get("result") or {}).get("isError"):

@@ -381,7 +381,7 @@ class Link:
     def _finish(self, pending: Pending, msg: Message) -> None:
         self._forget(pending)
         msg["id"] = pending.original_id
-        pending.stream.push(jsonrpc.dumps(msg), final=True)
+        pending.stream.push(jsonrpc.dumps(msg), final=True, message=msg)
 
     def _forget(self, pending: Pending) -> None:
         self._pending.pop(pending.upstream_id, None)
@@ -547,13 +547,14 @@ def _admits(threshold: str | None, level: Any) -> bool:
 
 
 def _answer(stream: EventStream, request_id: RequestId, result: dict[str, Any]) -> None:
-    stream.push(jsonrpc.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}), final=True)
+    answer = {"jsonrpc": "2.0", "id": request_id, "result": result}
+    stream.push(jsonrpc.dumps(answer), final=True, message=answer)
 
 
 def _relay_result(stream: EventStream, request_id: RequestId, response: Message) -> None:
     response = dict(response)
     response["id"] = request_id
-    stream.push(jsonrpc.dumps(response), final=True)
+    stream.push(jsonrpc.dumps(response), final=True, message=response)
 
 
 async def _shared_initialize(link: Link, session: Session, msg: Message, stream: EventStream) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["MAX_EVENTS", "EventStream", "encode_event", "priming_event"]
 
@@ -44,6 +44,7 @@ class EventStream:
         "done",
         "failed",
         "final_data",
+        "final_message",
         "persistent",
         "stream_id",
     )
@@ -64,6 +65,8 @@ class EventStream:
         self.delivered = 1
         #: The raw message that ended an answer stream (its response).
         self.final_data: bytes | None = None
+        #: The same message parsed, when whoever pushed it had it parsed (saves parsing it again).
+        self.final_message: dict[str, Any] | None = None
 
     @property
     def next_seq(self) -> int:
@@ -72,8 +75,8 @@ class EventStream:
     def event_id(self, seq: int) -> str:
         return f"{self.stream_id}-{seq}"
 
-    def push(self, data: bytes, *, final: bool = False) -> None:
-        """Append one JSON-RPC message; `final` ends the stream after it."""
+    def push(self, data: bytes, *, final: bool = False, message: dict[str, Any] | None = None) -> None:
+        """Append one JSON-RPC message (`message`: the same, parsed); `final` ends the stream after it."""
         if self.done:
             return
         if len(self._events) == MAX_EVENTS:
@@ -82,6 +85,7 @@ class EventStream:
         if final and not self.persistent:
             self.done = True
             self.final_data = data
+            self.final_message = message
         self._wake()
 
     def finish(self) -> None:
