@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -42,3 +43,23 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
     third_party = imported_top_level_modules() - set(sys.stdlib_module_names) - {"mcp_bastion"}
     needed = {DISTRIBUTION_OF.get(module, module).lower() for module in third_party}
     assert needed - declared_distributions() == set()
+
+
+def _modules() -> list[str]:
+    package = ROOT / "src"
+    return sorted(
+        ".".join(path.relative_to(package).with_suffix("").parts).removesuffix(".__init__")
+        for path in (package / "mcp_bastion").rglob("*.py")
+        if path.name != "__main__.py"
+    )
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """No import cycle hides behind the order in which the app happens to import modules."""
+    script = "import importlib, sys; importlib.import_module(sys.argv[1])"
+    failures = []
+    for module in _modules():
+        result = subprocess.run([sys.executable, "-c", script, module], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            failures.append(f"{module}: {result.stderr.strip().splitlines()[-1]}")
+    assert not failures, "\n".join(failures)

@@ -25,7 +25,7 @@ from mcp_bastion.config import McpConfig, masked_mcp, validate_model
 from mcp_bastion.exceptions import ConfigError, UpstreamError
 from mcp_bastion.metrics import CONTENT_TYPE, exposition
 from mcp_bastion.security.ipfilter import IpRule, RuleTableFull
-from mcp_bastion.security.principal import PRINCIPAL_KEY, Principal
+from mcp_bastion.security.principal import principal_id
 from mcp_bastion.security.tokens import new_token
 from mcp_bastion.security.tools import tool_allowed
 from mcp_bastion.server.http import BodyTooLarge, json_error, query_param, read_body, respond, respond_json
@@ -266,13 +266,12 @@ class AdminApp:
             await respond_json(send, status, payload)
 
     async def _audit(self, route: Route, scope: Scope, status: int, params: Params) -> None:
-        principal = scope.get(PRINCIPAL_KEY)
         event = AuditEvent(
             "token" if route.path.startswith("/admin/tokens") else "admin",
             f"{route.method} {route.path}",
             status < 400,
             resource=scope["path"],
-            user=principal.id if isinstance(principal, Principal) else None,
+            user=principal_id(scope),
             error=None if status < 400 else f"HTTP {status}",
             details={"status": status, **params},
             **request_fields(scope),

@@ -12,15 +12,15 @@ import os
 import socket
 import sqlite3
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import orjson
 
-from mcp_bastion.exceptions import StorageError
-from mcp_bastion.storage.sqlite import connect_private
+from mcp_bastion.audit.events import rfc3339
+from mcp_bastion.storage.connection import SqliteThread, connect_private
 
 __all__ = ["FileSink", "Sink", "SqliteSink", "StdoutSink", "SyslogSink", "syslog_message"]
 
@@ -35,24 +35,6 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _Threaded:
-    """A sink whose blocking work runs on one thread of its own, in order."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"mcp-bastion-audit-{name}")
-
-    async def _run(self, work: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
-
-    async def aclose(self) -> None:
-        await self._run(self._close)
-        self._executor.shutdown()
-
-    def _close(self) -> None:
-        return None
-
-
 class StdoutSink:
     name = "stdout"
 
@@ -64,18 +46,26 @@ class StdoutSink:
         return None
 
 
-class FileSink(_Threaded):
-    """JSON lines; past `max_bytes` the file becomes `.1` (older ones shift up to `.backups`)."""
+class FileSink:
+    """JSON lines; past `max_bytes` the file becomes `.1` (older ones shift up to `.backups`).
+
+    The file is written on a thread of its own, in order."""
 
     def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
-        super().__init__(f"file:{path}")
+        self.name = f"file:{path}"
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
         self._file: Any = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mcp-bastion-audit-file")
 
     async def write(self, batch: list[Record]) -> None:
-        await self._run(self._append, b"".join(orjson.dumps(record) + b"\n" for record in batch))
+        data = b"".join(orjson.dumps(record) + b"\n" for record in batch)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._append, data)
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown()
 
     def _append(self, data: bytes) -> None:
         if self._file is None:
@@ -117,7 +107,7 @@ def syslog_message(record: Record, *, facility: str, hostname: str, pid: int) ->
     """One RFC 5424 message: refused actions at warning severity, the rest at notice; JSON as MSG."""
     severity = _NOTICE if record.get("success") else _WARNING
     priority = _FACILITIES[facility] * 8 + severity
-    stamp = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    stamp = rfc3339(time.time())
     msgid = str(record.get("type") or "-")[:32]
     header = f"<{priority}>1 {stamp} {hostname[:255] or '-'} mcp-bastion {pid} {msgid} -"
     return header.encode() + b" \xef\xbb\xbf" + orjson.dumps(record)
@@ -152,20 +142,9 @@ class SyslogSink:
 _COLUMNS: Final = ("timestamp", "type", "user", "mcp", "success")
 
 
-class SqliteSink(_Threaded):
-    """Events in a table with the queried fields as columns and the whole event as JSON."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"sqlite:{path}")
-        self.path = path
-        try:
-            self._db = self._executor.submit(self._connect).result()
-        except (OSError, sqlite3.Error) as exc:
-            self._executor.shutdown()
-            raise StorageError(f"cannot open the audit database {path}: {exc}") from exc
-
-    def _connect(self) -> sqlite3.Connection:
-        db = connect_private(self.path)
+def _connect_audit(path: Path) -> sqlite3.Connection:
+    db = connect_private(path)
+    try:
         db.executescript(
             """CREATE TABLE IF NOT EXISTS audit (
                  id INTEGER PRIMARY KEY, timestamp TEXT NOT NULL, type TEXT NOT NULL, user TEXT,
@@ -173,20 +152,33 @@ class SqliteSink(_Threaded):
                CREATE INDEX IF NOT EXISTS audit_time ON audit (timestamp);
                CREATE INDEX IF NOT EXISTS audit_type ON audit (type, timestamp);"""
         )
-        return db
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+class SqliteSink:
+    """Events in a table with the queried fields as columns and the whole event as JSON."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = f"sqlite:{path}"
+        self.path = path
+        self._db = SqliteThread(path, _connect_audit, what="the audit database")
 
     async def write(self, batch: list[Record]) -> None:
         rows = [
             (r["timestamp"], r["type"], r.get("user"), r.get("mcp"), int(bool(r["success"])), orjson.dumps(r).decode())
             for r in batch
         ]
-        await self._run(self._insert, rows)
 
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
-        with self._db:
-            self._db.executemany(
-                "INSERT INTO audit (timestamp, type, user, mcp, success, event) VALUES (?, ?, ?, ?, ?, ?)", rows
-            )
+        def insert(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany(
+                    "INSERT INTO audit (timestamp, type, user, mcp, success, event) VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
+
+        await self._db.run(insert)
 
     async def query(
         self,
@@ -212,12 +204,12 @@ class SqliteSink(_Threaded):
                 values.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT event FROM audit {where} ORDER BY id DESC LIMIT ?"  # noqa: S608 (columns are fixed above)
-        rows = await self._run(lambda: self._db.execute(sql, (*values, limit)).fetchall())
+        rows = await self._db.run(lambda db: db.execute(sql, (*values, limit)).fetchall())
         return [orjson.loads(row[0]) for row in rows]
 
     async def count(self) -> int:
-        row = await self._run(lambda: self._db.execute("SELECT count(*) FROM audit").fetchone())
+        row = await self._db.run(lambda db: db.execute("SELECT count(*) FROM audit").fetchone())
         return int(row[0])
 
-    def _close(self) -> None:
-        self._db.close()
+    async def aclose(self) -> None:
+        await self._db.aclose()

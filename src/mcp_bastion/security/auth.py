@@ -176,7 +176,6 @@ class Authenticate:
         self.on_failure = on_failure
         #: Static tokens decide synchronously and say how long a verdict holds: those are remembered.
         self._tokens = authenticator if isinstance(authenticator, StaticTokens) else None
-        self._issued = self._tokens.issued if self._tokens is not None else None
         self._known: dict[bytes | None, tuple[Principal, float, int]] = {}
 
     @property
@@ -192,7 +191,8 @@ class Authenticate:
         never remembered, so every wrong guess takes the constant-time path.
         """
         entry = self._known.get(raw)
-        if entry is None or now >= entry[1] or self._issued is None or entry[2] != self._issued.generation:
+        tokens = self._tokens
+        if entry is None or tokens is None or now >= entry[1] or entry[2] != tokens.issued.generation:
             return None
         return entry[0]
 

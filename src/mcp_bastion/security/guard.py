@@ -48,7 +48,6 @@ class McpGuard:
         self.endpoint = endpoint
         self.cors = cors
         self.auth = auth
-        self.rate_limit = rate_limit
         # Bound once: every attribute lookup saved here is saved on every request.
         self._known_allowed = ip_filter.known_allowed if ip_filter is not None else None
         self._credential_header = auth.header if auth is not None else None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["CLIENT_IP_KEY", "PRINCIPAL_KEY", "Principal"]
+__all__ = ["CLIENT_IP_KEY", "PRINCIPAL_KEY", "Principal", "principal_id"]
 
 #: The resolved client address (str), set by the client-address layer for every request.
 CLIENT_IP_KEY: Final = "mcp_bastion.client_ip"
@@ -31,3 +32,9 @@ class Principal:
 
     def reaches(self, mcp_id: str) -> bool:
         return self.mcps is None or mcp_id in self.mcps
+
+
+def principal_id(scope: Mapping[str, Any]) -> str | None:
+    """The id of the request's authenticated principal, None when nobody authenticated."""
+    principal = scope.get(PRINCIPAL_KEY)
+    return principal.id if isinstance(principal, Principal) else None

@@ -23,7 +23,7 @@ import orjson
 from mcp_bastion import jsonrpc
 from mcp_bastion.audit.events import AuditEvent, request_fields
 from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
+from mcp_bastion.security.principal import CLIENT_IP_KEY, principal_id
 from mcp_bastion.server.http import BodyTooLarge, read_body, respond
 from mcp_bastion.types import ASGIApp, Receive, Scope, Send
 
@@ -445,12 +445,7 @@ class RateLimit:
         if scope["type"] != "http" or not self.limiter.enabled:
             await self.app(scope, receive, send)
             return
-        principal = scope.get(PRINCIPAL_KEY)
-        keys = RequestKeys(
-            ip=scope.get(CLIENT_IP_KEY),
-            principal=principal.id if isinstance(principal, Principal) else None,
-            mcp=self.mcp_id,
-        )
+        keys = RequestKeys(ip=scope.get(CLIENT_IP_KEY), principal=principal_id(scope), mcp=self.mcp_id)
         now = self.clock()
         if self.limiter.admits(keys.ip, keys.principal, keys.mcp, now):
             # Admitted answers carry no RateLimit headers: wrapping every response for them

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from mcp_bastion.admin import AdminApp
 from mcp_bastion.audit import AuditTrail, build_sinks
-from mcp_bastion.metrics import CONTENT_TYPE, exposition
 from mcp_bastion.security.admin import AdminGuard, admin_tokens
 from mcp_bastion.security.auth import AuthFailure, bearer_credential
 from mcp_bastion.security.client_ip import ClientAddress
@@ -26,7 +25,7 @@ from mcp_bastion.security.ipfilter import IpSet, decide
 from mcp_bastion.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata
 from mcp_bastion.security.principal import Principal
 from mcp_bastion.server.endpoint import McpEndpoint
-from mcp_bastion.server.http import get_header, json_error, respond, respond_json
+from mcp_bastion.server.http import get_header, json_error, respond_json
 from mcp_bastion.server.registry import Registry
 from mcp_bastion.server.runtime import McpRuntime
 from mcp_bastion.server.shields import Shields, resource_url
@@ -184,13 +183,8 @@ class BastionApp:
             await route.app(scope, receive, send)
         elif self._is_admin_path(path):
             await self.admin(scope, receive, send)
-        elif path == "/metrics":
-            await respond(
-                send,
-                200,
-                exposition(self.runtimes.values(), self.counters, self.audit),
-                [(b"content-type", CONTENT_TYPE)],
-            )
+        elif path == "/metrics":  # server.metrics.public: the admin API's handler, without its guard
+            await self.admin_app(scope, receive, send)
         elif path == "/api/v1/mcp/list":
             await self.listing(scope, receive, send)
         elif path.startswith(_PRM_PREFIX):

@@ -19,7 +19,7 @@ from mcp_bastion.audit.events import AuditEvent, arguments_for_audit, request_fi
 from mcp_bastion.exceptions import UpstreamError
 from mcp_bastion.jsonrpc import Message
 from mcp_bastion.security.limits import header_bytes, json_violation
-from mcp_bastion.security.principal import PRINCIPAL_KEY, Principal
+from mcp_bastion.security.principal import principal_id
 from mcp_bastion.server.http import BodyTooLarge, get_header, query_param, read_body, respond, rpc_error
 from mcp_bastion.server.runtime import CapacityError, McpRuntime
 from mcp_bastion.server.session import Session
@@ -139,7 +139,7 @@ class McpEndpoint:
         if not session_id:
             await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "Bad Request: missing session id")
             return None
-        session = self.runtime.get(session_id, _principal_id(scope))
+        session = self.runtime.get(session_id, principal_id(scope))
         if session is None:
             await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "Session not found")
         return session
@@ -190,7 +190,7 @@ class McpEndpoint:
 
     async def _initialize(self, scope: Scope, receive: Receive, send: Send, msg: Message) -> None:
         try:
-            session = self.runtime.new_session(_principal_id(scope))
+            session = self.runtime.new_session(principal_id(scope))
         except CapacityError as exc:
             await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), msg["id"], [(b"retry-after", b"5")])
             return
@@ -264,13 +264,12 @@ class McpEndpoint:
                 success, error = False, str((answer.get("error") or {}).get("message", "error"))[:256]
             elif (answer.get("result") or {}).get("isError"):
                 success, error = False, "the tool reported an error"
-        principal = scope.get(PRINCIPAL_KEY)
         event = AuditEvent(
             "tool_call",
             "tools/call",
             success,
             resource=f"tool:{self.runtime.id}/{tool}",
-            user=principal.id if isinstance(principal, Principal) else None,
+            user=principal_id(scope),
             error=error,
             mcp=self.runtime.id,
             tool=tool,
@@ -334,7 +333,7 @@ class McpEndpoint:
 
     async def legacy_connect(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            session = self.runtime.new_session(_principal_id(scope), legacy_sse=True)
+            session = self.runtime.new_session(principal_id(scope), legacy_sse=True)
         except CapacityError as exc:
             await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), None, [(b"retry-after", b"5")])
             return
@@ -440,11 +439,6 @@ class McpEndpoint:
             gone.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await gone
-
-
-def _principal_id(scope: Scope) -> str | None:
-    principal = scope.get(PRINCIPAL_KEY)
-    return principal.id if isinstance(principal, Principal) else None
 
 
 async def _wait_disconnect(receive: Receive) -> None:

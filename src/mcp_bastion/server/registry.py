@@ -97,9 +97,7 @@ class Registry:
                 return refusal
             now = time.time()
             await self.core.storage.replace_mcp(McpRecord(mcp_id, {**definition, "id": mcp_id}, now, now))
-            old = self.core.routes[mcp_id]
-            await self._serve(mcp)
-            await self._retire(old)
+            await self._swap(mcp)
         return 200, mcp_id
 
     async def delete(self, mcp_id: str) -> tuple[int, str]:
@@ -133,6 +131,12 @@ class Registry:
         self.core.runtimes[mcp.id] = route.runtime
         self.core.headers_for(mcp.id, mcp)
         self.sources[mcp.id] = source
+
+    async def _swap(self, mcp: McpConfig) -> None:
+        """Serve a served MCP's new definition, then retire its old route (its sessions end)."""
+        old = self.core.routes[mcp.id]
+        await self._serve(mcp, self.sources[mcp.id])
+        await self._retire(old)
 
     async def _retire(self, route: McpRoute) -> None:
         await route.runtime.aclose()
@@ -177,9 +181,7 @@ class Registry:
                     await self._serve(mcp, "config")
                     changes.append(f"added {mcp.id}")
                 elif before[mcp.id] != _effective(merged, mcp):
-                    old_route = self.core.routes[mcp.id]
-                    await self._serve(mcp, self.sources[mcp.id])
-                    await self._retire(old_route)
+                    await self._swap(mcp)
                     changes.append(f"replaced {mcp.id}")
         return changes
 

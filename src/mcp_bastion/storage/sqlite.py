@@ -8,24 +8,20 @@ whose `env` and `headers` may carry secrets. Tokens are stored only as SHA-256 d
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from mcp_bastion.exceptions import StorageError
 from mcp_bastion.security.ipfilter import IpRule, RuleChange, RuleSubscribers
 from mcp_bastion.storage.base import McpRecord, TokenRecord
+from mcp_bastion.storage.connection import SqliteThread, connect_private
 
-__all__ = ["SCHEMA_VERSION", "SqliteIpRuleStore", "SqliteStorage", "connect_private"]
-
-T = TypeVar("T")
+__all__ = ["SCHEMA_VERSION", "SqliteIpRuleStore", "SqliteStorage"]
 
 SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -38,21 +34,6 @@ CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, roles TEXT NOT NULL, mcps TEXT,
     expires_at REAL, created_at REAL NOT NULL, revoked_at REAL, description TEXT NOT NULL);
 """
-
-
-def connect_private(path: Path) -> sqlite3.Connection:
-    """A WAL-mode connection to a database only its owner may read (0600; a new directory 0700)."""
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    connection = sqlite3.connect(path, isolation_level=None)
-    try:
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA busy_timeout=5000")
-    except BaseException:
-        connection.close()
-        raise
-    return connection
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -73,32 +54,16 @@ class SqliteStorage:
     def __init__(self, path: Path) -> None:
         """Open (creating if needed) the database at `path`; StorageError if it cannot be used."""
         self.path = path
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mcp-bastion-sqlite")
-        try:
-            self._db = self._executor.submit(_connect, path).result()
-        except (OSError, sqlite3.Error) as exc:
-            self._executor.shutdown()
-            raise StorageError(f"cannot open the state database {path}: {exc}") from exc
-        except StorageError:
-            self._executor.shutdown()
-            raise
+        self._thread = SqliteThread(path, _connect, what="the state database")
+        self.run = self._thread.run
         self._ip_rules = SqliteIpRuleStore(self)
 
     @property
     def ip_rules(self) -> SqliteIpRuleStore:
         return self._ip_rules
 
-    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work(connection)` on the database thread."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, work, self._db)
-        except sqlite3.Error as exc:
-            raise StorageError(f"state database {self.path}: {exc}") from exc
-
     async def aclose(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
-        self._executor.shutdown()
+        await self._thread.aclose()
 
     async def mcps(self) -> builtins.list[McpRecord]:
         rows = await self.run(lambda db: db.execute("SELECT * FROM mcps ORDER BY created_at, id").fetchall())
