@@ -17,17 +17,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mcp_bastion.config import CorsConfig, HeadersConfig, RateLimitConfig
-from mcp_bastion.security.auth import Authenticate, StaticToken, StaticTokens, digest
-from mcp_bastion.security.client_ip import ClientAddress, TrustedProxies
-from mcp_bastion.security.cors import CORS
-from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.guard import McpGuard
-from mcp_bastion.security.headers import SecurityHeaders
-from mcp_bastion.security.hosts import AllowedHosts, HostOriginGuard
-from mcp_bastion.security.ipfilter import DynamicRules, IPFilter, IpSet
-from mcp_bastion.security.ratelimit import RateLimit, RateLimiter
-from mcp_bastion.types import ASGIApp, Message, Receive, Scope, Send
+from mcp_barbican.config import CorsConfig, HeadersConfig, RateLimitConfig
+from mcp_barbican.security.auth import Authenticate, StaticToken, StaticTokens, digest
+from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
+from mcp_barbican.security.cors import CORS
+from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.guard import McpGuard
+from mcp_barbican.security.headers import SecurityHeaders
+from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
+from mcp_barbican.security.ipfilter import DynamicRules, IPFilter, IpSet
+from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
+from mcp_barbican.types import ASGIApp, Message, Receive, Scope, Send
 
 TOKEN = "bench-token-0123456789abcdef"
 BODY = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}'

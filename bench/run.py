@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""mcp-bastion's benchmark: peers and baselines measured side by side, in one run, as ratios.
+"""mcp-barbican's benchmark: peers and baselines measured side by side, in one run, as ratios.
 
     python bench/run.py [--quick] [--out bench/results]
 
 Scenarios (see bench/README.md and docs/performance.md):
-- S1: server-everything over stdio, exposed over Streamable HTTP by mcp-bastion (security on and
+- S1: server-everything over stdio, exposed over Streamable HTTP by mcp-barbican (security on and
   off), sparfenyuk mcp-proxy 0.13.0 and supergateway 4.0.0 (stateful); "direct" is a stdio pump.
-- S2: server-everything's own Streamable HTTP transport, called directly and through mcp-bastion.
+- S2: server-everything's own Streamable HTTP transport, called directly and through mcp-barbican.
 - Fixed-rate latency (open loop, 200 and 500 req/s), and memory (idle, per open session).
 
 Pinning as in the peers' bench: the system under test on CPU 0; this runner, wrk, the rate client,
@@ -332,7 +332,7 @@ def open_session(url: str, auth: str, timeout: float = 60.0) -> Session:
         "params": {
             "protocolVersion": PROTOCOL,
             "capabilities": {},
-            "clientInfo": {"name": "mcp-bastion-bench", "version": "1"},
+            "clientInfo": {"name": "mcp-barbican-bench", "version": "1"},
         },
     }
     headers = _base_headers(auth) | {"MCP-Protocol-Version": PROTOCOL}
@@ -388,7 +388,7 @@ class Target:
     auth: str = ""
     proc: Proc | None = None
     state_dir: Path | None = None
-    bastion: bool = False
+    barbican: bool = False
     failed: str = ""
     notes: list[str] = field(default_factory=list)
     layers: dict[str, str] = field(default_factory=dict)
@@ -410,12 +410,12 @@ class Lab:
         self.procs = procs
         self.state_root = state_root
         self.token = secrets.token_urlsafe(32)
-        self.bastion_cmd = bastion_command()
+        self.barbican_cmd = barbican_command()
         self.errors: list[str] = []
 
     # -- starting ---------------------------------------------------------------------------
 
-    def start_bastion(self, key: str, config: str, extra_env: dict[str, str] | None = None) -> tuple[Proc, int, Path]:
+    def start_barbican(self, key: str, config: str, extra_env: dict[str, str] | None = None) -> tuple[Proc, int, Path]:
         port = free_port()
         state = self.state_root / key
         state.mkdir(parents=True, exist_ok=True)
@@ -427,7 +427,7 @@ class Lab:
             **(extra_env or {}),
         }
         proc = self.procs.start(
-            key, [*self.bastion_cmd, "serve", "-c", CONFIGS / config], cpu=SUT_CPU, env=env, cwd=state
+            key, [*self.barbican_cmd, "serve", "-c", CONFIGS / config], cpu=SUT_CPU, env=env, cwd=state
         )
         wait_port(proc, port, 60)
         return proc, port, state
@@ -466,17 +466,17 @@ class Lab:
                 self.errors.append(f"{target.label}: {target.failed}")
             out.append(target)
 
-        s1 = Target("bastion-s1", "mcp-bastion, security on", "S1", auth=bearer, bastion=True)
-        s1_off = Target("bastion-s1-off", "mcp-bastion, security off", "S1", bastion=True)
+        s1 = Target("barbican-s1", "mcp-barbican, security on", "S1", auth=bearer, barbican=True)
+        s1_off = Target("barbican-s1-off", "mcp-barbican, security off", "S1", barbican=True)
         s1_layers = Target(
-            "bastion-s1-layers", "mcp-bastion, security layers (no audit)", "S1", auth=bearer, bastion=True
+            "barbican-s1-layers", "mcp-barbican, security layers (no audit)", "S1", auth=bearer, barbican=True
         )
         proxy = Target("mcp-proxy", "mcp-proxy 0.13.0", "S1")
         sg = Target("supergateway", "supergateway 4.0.0 --stateful", "S1")
         pump = Target("stdio-direct", "direct (stdio pump)", "S1")
         s2_direct = Target("s2-direct", "direct (server-everything HTTP)", "S2")
-        s2 = Target("bastion-s2", "mcp-bastion, security on", "S2", auth=bearer, bastion=True)
-        s2_off = Target("bastion-s2-off", "mcp-bastion, security off", "S2", bastion=True)
+        s2 = Target("barbican-s2", "mcp-barbican, security on", "S2", auth=bearer, barbican=True)
+        s2_off = Target("barbican-s2-off", "mcp-barbican, security off", "S2", barbican=True)
         upstream_port: list[int] = []
 
         def s2_upstream() -> int:
@@ -485,15 +485,15 @@ class Lab:
             return upstream_port[0]
 
         def start_s1() -> None:
-            s1.proc, port, s1.state_dir = self.start_bastion("bastion-s1", "s1.yaml")
+            s1.proc, port, s1.state_dir = self.start_barbican("barbican-s1", "s1.yaml")
             s1.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
         def start_s1_off() -> None:
-            s1_off.proc, port, s1_off.state_dir = self.start_bastion("bastion-s1-off", "s1-nosec.yaml")
+            s1_off.proc, port, s1_off.state_dir = self.start_barbican("barbican-s1-off", "s1-nosec.yaml")
             s1_off.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
         def start_s1_layers() -> None:
-            s1_layers.proc, port, s1_layers.state_dir = self.start_bastion("bastion-s1-layers", "s1-layers.yaml")
+            s1_layers.proc, port, s1_layers.state_dir = self.start_barbican("barbican-s1-layers", "s1-layers.yaml")
             s1_layers.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
         def start_proxy() -> None:
@@ -510,12 +510,12 @@ class Lab:
 
         def start_s2() -> None:
             up = {"BENCH_UPSTREAM_PORT": str(s2_upstream())}
-            s2.proc, port, s2.state_dir = self.start_bastion("bastion-s2", "s2.yaml", up)
+            s2.proc, port, s2.state_dir = self.start_barbican("barbican-s2", "s2.yaml", up)
             s2.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
         def start_s2_off() -> None:
             up = {"BENCH_UPSTREAM_PORT": str(s2_upstream())}
-            s2_off.proc, port, s2_off.state_dir = self.start_bastion("bastion-s2-off", "s2-nosec.yaml", up)
+            s2_off.proc, port, s2_off.state_dir = self.start_barbican("barbican-s2-off", "s2-nosec.yaml", up)
             s2_off.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
         add(s1, start_s1)
@@ -528,7 +528,7 @@ class Lab:
         add(s2, start_s2)
         add(s2_off, start_s2_off)
         for t in out:
-            if t.bastion and t.proc is not None:
+            if t.barbican and t.proc is not None:
                 with contextlib.suppress(OSError):
                     for line in t.proc.log_path.read_text(errors="replace").splitlines():
                         if " WARNING " in line:
@@ -593,9 +593,9 @@ class Lab:
         return result
 
 
-def bastion_command() -> list[str]:
-    exe = shutil.which("mcp-bastion")
-    return [exe] if exe else [sys.executable, "-m", "mcp_bastion"]
+def barbican_command() -> list[str]:
+    exe = shutil.which("mcp-barbican")
+    return [exe] if exe else [sys.executable, "-m", "mcp_barbican"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -761,9 +761,9 @@ def measure_memory(lab: Lab, settings: Settings) -> list[dict[str, Any]]:
     bearer = f"Bearer {lab.token}"
     plans: list[tuple[str, str, Callable[[], tuple[Proc, str]]]] = []
 
-    def bastion(key: str, config: str, mode: str) -> Callable[[], tuple[Proc, str]]:
+    def barbican(key: str, config: str, mode: str) -> Callable[[], tuple[Proc, str]]:
         def start() -> tuple[Proc, str]:
-            proc, port, _state = lab.start_bastion(key, config, {"BENCH_SESSION_MODE": mode})
+            proc, port, _state = lab.start_barbican(key, config, {"BENCH_SESSION_MODE": mode})
             return proc, f"http://{LOOPBACK}:{port}/mcp/everything"
 
         return start
@@ -774,8 +774,8 @@ def measure_memory(lab: Lab, settings: Settings) -> list[dict[str, Any]]:
 
     for config, auth, onoff in (("s1.yaml", bearer, "on"), ("s1-nosec.yaml", "", "off")):
         for mode in ("isolated", "shared"):
-            label = f"mcp-bastion {mode}, security {onoff} ({config})"
-            plans.append((label, auth, bastion(f"mem-bastion-{mode}-{onoff}", config, mode)))
+            label = f"mcp-barbican {mode}, security {onoff} ({config})"
+            plans.append((label, auth, barbican(f"mem-barbican-{mode}-{onoff}", config, mode)))
     plans.append(("mcp-proxy 0.13.0", "", mcp_proxy))
     for label, auth, start in plans:
         row: dict[str, Any] = {"label": label, "sessions": settings.sessions}
@@ -951,7 +951,7 @@ def report(res: Results) -> str:
     lines: list[str] = []
     add = lines.append
     mode = "QUICK smoke run (not a result)" if s.quick else "full run"
-    add(f"## mcp-bastion benchmark: {mode}, {res.started}")
+    add(f"## mcp-barbican benchmark: {mode}, {res.started}")
     add("")
     add(
         f"{s.repetitions} repetition(s) in alternating order; wrk -t1 -c8 for {s.seconds:g} s per target; "
@@ -965,14 +965,14 @@ def report(res: Results) -> str:
     add("| check | measured (median [min–max]) | bar | verdict |")
     add("|---|---|---|---|")
     checks = [
-        Check("S1 mcp-bastion (security on) / mcp-proxy", res.ratio("bastion-s1", "mcp-proxy"), BAR_S1_VS_MCP_PROXY),
+        Check("S1 mcp-barbican (security on) / mcp-proxy", res.ratio("barbican-s1", "mcp-proxy"), BAR_S1_VS_MCP_PROXY),
         Check(
-            "S1 mcp-bastion (security on) / supergateway",
-            res.ratio("bastion-s1", "supergateway"),
+            "S1 mcp-barbican (security on) / supergateway",
+            res.ratio("barbican-s1", "supergateway"),
             BAR_S1_VS_SUPERGATEWAY,
         ),
-        Check("S2 mcp-bastion (security on) / direct", res.ratio("bastion-s2", "s2-direct"), BAR_S2_VS_DIRECT),
-        Check("S2 mcp-bastion (security off) / direct", res.ratio("bastion-s2-off", "s2-direct"), BAR_S2_VS_DIRECT),
+        Check("S2 mcp-barbican (security on) / direct", res.ratio("barbican-s2", "s2-direct"), BAR_S2_VS_DIRECT),
+        Check("S2 mcp-barbican (security off) / direct", res.ratio("barbican-s2-off", "s2-direct"), BAR_S2_VS_DIRECT),
     ]
     checks += [
         Check(
@@ -981,13 +981,13 @@ def report(res: Results) -> str:
             BAR_S2_ADDED_P50_MS,
             higher_is_better=False,
         )
-        for key, onoff in (("bastion-s2", "on"), ("bastion-s2-off", "off"))
+        for key, onoff in (("barbican-s2", "on"), ("barbican-s2-off", "off"))
         for rate in s.rates
     ]
     checks.append(
         Check(
             "S1 security layers (no audit) / off (throughput)",
-            res.ratio("bastion-s1-layers", "bastion-s1-off"),
+            res.ratio("barbican-s1-layers", "barbican-s1-off"),
             BAR_SECURITY_RATIO,
             digits=3,
         )
@@ -995,7 +995,7 @@ def report(res: Results) -> str:
     checks.append(
         Check(
             "S1 security on, audit included / off (throughput)",
-            res.ratio("bastion-s1", "bastion-s1-off"),
+            res.ratio("barbican-s1", "barbican-s1-off"),
             BAR_SECURITY_RATIO,
             digits=3,
         )
@@ -1003,7 +1003,7 @@ def report(res: Results) -> str:
     checks.append(
         Check(
             "S2 security on / off (throughput)",
-            res.ratio("bastion-s2", "bastion-s2-off"),
+            res.ratio("barbican-s2", "barbican-s2-off"),
             BAR_SECURITY_RATIO,
             digits=3,
         )
@@ -1013,7 +1013,7 @@ def report(res: Results) -> str:
         outcome = verdict(median_of(c.values), c.bar, c.higher_is_better)
         add(f"| {c.label} | {fmt_mr(c.values, c.digits)} | {bar_text} | {outcome} |")
     for row in res.memory:
-        if row.get("label", "").startswith("mcp-bastion") and "idle" in row:
+        if row.get("label", "").startswith("mcp-barbican") and "idle" in row:
             idle_mb = row["idle"]["rss_kb"] / 1024
             idle_verdict = verdict(idle_mb, BAR_IDLE_RSS_MB, False)
             add(f"| idle RSS, {row['label']} (MB) | {idle_mb:.1f} | < 80 MB | {idle_verdict} |")
@@ -1074,16 +1074,16 @@ def report(res: Results) -> str:
     add("| ratio | median [min–max] |")
     add("|---|---|")
     for label, num, den in (
-        ("mcp-bastion security on / mcp-proxy", "bastion-s1", "mcp-proxy"),
-        ("mcp-bastion security on / supergateway", "bastion-s1", "supergateway"),
-        ("mcp-bastion security off / mcp-proxy", "bastion-s1-off", "mcp-proxy"),
-        ("mcp-bastion security off / supergateway", "bastion-s1-off", "supergateway"),
-        ("mcp-bastion security on / off", "bastion-s1", "bastion-s1-off"),
-        ("mcp-bastion security layers (no audit) / off", "bastion-s1-layers", "bastion-s1-off"),
+        ("mcp-barbican security on / mcp-proxy", "barbican-s1", "mcp-proxy"),
+        ("mcp-barbican security on / supergateway", "barbican-s1", "supergateway"),
+        ("mcp-barbican security off / mcp-proxy", "barbican-s1-off", "mcp-proxy"),
+        ("mcp-barbican security off / supergateway", "barbican-s1-off", "supergateway"),
+        ("mcp-barbican security on / off", "barbican-s1", "barbican-s1-off"),
+        ("mcp-barbican security layers (no audit) / off", "barbican-s1-layers", "barbican-s1-off"),
         ("supergateway / mcp-proxy", "supergateway", "mcp-proxy"),
-        ("S2 mcp-bastion security on / direct", "bastion-s2", "s2-direct"),
-        ("S2 mcp-bastion security off / direct", "bastion-s2-off", "s2-direct"),
-        ("S2 mcp-bastion security on / off", "bastion-s2", "bastion-s2-off"),
+        ("S2 mcp-barbican security on / direct", "barbican-s2", "s2-direct"),
+        ("S2 mcp-barbican security off / direct", "barbican-s2-off", "s2-direct"),
+        ("S2 mcp-barbican security on / off", "barbican-s2", "barbican-s2-off"),
     ):
         add(f"| {label} | {fmt_mr(res.ratio(num, den), 3)} |")
     add("")
@@ -1093,7 +1093,7 @@ def report(res: Results) -> str:
     head = "| target | scen. |" + "".join(f" {r}/s p50 | p99 | +Δp50 | +Δp99 |" for r in s.rates)
     add(head)
     add("|---|---|" + "---|---|---|---|" * len(s.rates))
-    base_of = {"S1": "bastion-s1-off", "S2": "s2-direct"}
+    base_of = {"S1": "barbican-s1-off", "S2": "s2-direct"}
     for t in res.targets:
         if not t.http:
             continue
@@ -1193,13 +1193,13 @@ def report(res: Results) -> str:
         )
     add("")
 
-    bastions = [t for t in res.targets if t.bastion]
-    if any(t.layers for t in bastions):
+    barbicans = [t for t in res.targets if t.barbican]
+    if any(t.layers for t in barbicans):
         add("### What the security layers visibly did (probe before the timed runs)")
         add("")
         add("| target | auth | security headers | rate limit | CORS | audit after the run |")
         add("|---|---|---|---|---|---|")
-        for t in bastions:
+        for t in barbicans:
             lay = t.layers
             if t.failed and not lay.get("auth"):
                 add(f"| {t.label} ({t.scenario}) | not running (see Errors) | | | | |")
@@ -1274,9 +1274,9 @@ def environment() -> dict[str, str]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     try:
-        bastion = importlib.metadata.version("mcp-bastion")
+        barbican = importlib.metadata.version("mcp-barbican")
     except importlib.metadata.PackageNotFoundError:
-        bastion = "unknown"
+        barbican = "unknown"
     rev = _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     if rev in ("", "unknown"):
         rev = "no commit yet"
@@ -1296,8 +1296,8 @@ def environment() -> dict[str, str]:
         mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
     return {
         "machine": f"{os.cpu_count()} vCPU {cpu}, {mem_kb / 1024 / 1024:.0f} GiB RAM, Linux {platform.release()}",
-        "mcp-bastion": f"{bastion} (git {rev}{state})",
-        "Python (mcp-bastion, clients)": platform.python_version(),
+        "mcp-barbican": f"{barbican} (git {rev}{state})",
+        "Python (mcp-barbican, clients)": platform.python_version(),
         "peers venv": peer_versions,
         "Node": _version([str(NODE), "--version"]),
         "server-everything": _pkg_version(
@@ -1309,9 +1309,9 @@ def environment() -> dict[str, str]:
 
 
 def source_digest() -> str:
-    """A short digest of mcp-bastion's source tree, to notice code that changed during a run."""
+    """A short digest of mcp-barbican's source tree, to notice code that changed during a run."""
     digest = hashlib.sha256()
-    package = ROOT / "src" / "mcp_bastion"
+    package = ROOT / "src" / "mcp_barbican"
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode())
         with contextlib.suppress(OSError):
@@ -1344,7 +1344,7 @@ def _sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(143)
 
 
-LOCK_FILE = Path("/tmp/mcp-bastion-bench.lock")
+LOCK_FILE = Path("/tmp/mcp-barbican-bench.lock")
 
 
 def acquire_machine_lock(timeout: float) -> TextIO | None:
@@ -1397,7 +1397,7 @@ def run(settings: Settings) -> int:
     res = Results(settings, dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), environment(), [])
     signal.signal(signal.SIGTERM, _sigterm)
     digest_at_start = source_digest()
-    res.env["mcp-bastion source digest"] = digest_at_start
+    res.env["mcp-barbican source digest"] = digest_at_start
     try:
         log("starting targets")
         res.targets = lab.targets()
@@ -1411,7 +1411,7 @@ def run(settings: Settings) -> int:
                 lab.errors.append(f"{t.label} ({t.scenario}): {t.failed}")
                 log(f"{t.key}: warm-up failed: {exc}")
         for t in res.targets:
-            if t.bastion and not t.failed:
+            if t.barbican and not t.failed:
                 t.layers = probe_layers(t)
                 log(f"{t.key} layers: {t.layers}")
         for rep in range(settings.repetitions):
@@ -1461,7 +1461,7 @@ def run(settings: Settings) -> int:
                     )
             res.rate.append(rates)
         for t in res.targets:
-            if t.bastion:
+            if t.barbican:
                 t.layers["audit"] = audit_size(t)
         log("timing done; stopping targets")
         procs.stop_all()
@@ -1472,10 +1472,10 @@ def run(settings: Settings) -> int:
     digest_at_end = source_digest()
     if digest_at_end != digest_at_start:
         warning = (
-            f"mcp-bastion's source changed during the run ({digest_at_start} -> {digest_at_end}): "
+            f"mcp-barbican's source changed during the run ({digest_at_start} -> {digest_at_end}): "
             "processes started before and after the change ran different code"
         )
-        res.env["mcp-bastion source digest"] += f" **changed during the run to {digest_at_end}**"
+        res.env["mcp-barbican source digest"] += f" **changed during the run to {digest_at_end}**"
         lab.errors.append(warning)
         log(warning)
     text = report(res) + errors_section(lab.errors)
@@ -1499,7 +1499,7 @@ def run(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="mcp-bastion vs mcp-proxy, supergateway and direct, in one run.")
+    parser = argparse.ArgumentParser(description="mcp-barbican vs mcp-proxy, supergateway and direct, in one run.")
     parser.add_argument("--quick", action="store_true", help="smoke test: 3 s runs, 1 repetition, 10 sessions")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="output directory (default bench/results)")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create bench/.peers/venv with sparfenyuk's mcp-proxy 0.13.0 (PyPI), isolated from the main
-# environment: mcp-proxy pins an older `mcp` than mcp-bastion's tests use.
+# environment: mcp-proxy pins an older `mcp` than mcp-barbican's tests use.
 #
 # Idempotent: when the venv exists and already holds mcp-proxy 0.13.0, nothing is installed.
 #

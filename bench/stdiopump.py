@@ -97,7 +97,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 {
                     "protocolVersion": _PROTOCOL,
                     "capabilities": {},
-                    "clientInfo": {"name": "mcp-bastion-bench-stdiopump", "version": "1"},
+                    "clientInfo": {"name": "mcp-barbican-bench-stdiopump", "version": "1"},
                 },
             ),
             timeout=args.start_timeout,

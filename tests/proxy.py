@@ -1,6 +1,6 @@
-"""Test helpers: run a real mcp-bastion process and talk MCP to it (a helper module, not tests).
+"""Test helpers: run a real mcp-barbican process and talk MCP to it (a helper module, not tests).
 
-The proxy runs as `python -m mcp_bastion serve -c FILE` in its own process, exactly as a
+The proxy runs as `python -m mcp_barbican serve -c FILE` in its own process, exactly as a
 user runs it; tests reach it over loopback with real clients.
 """
 
@@ -42,7 +42,7 @@ def free_port() -> int:
 
 
 def demo_mcp(mcp_id: str = "demo", **extra: Any) -> dict[str, Any]:
-    return {"id": mcp_id, "command": sys.executable, "args": ["-m", "mcp_bastion.demo"], **extra}
+    return {"id": mcp_id, "command": sys.executable, "args": ["-m", "mcp_barbican.demo"], **extra}
 
 
 def everything_stdio(mcp_id: str = "everything", **extra: Any) -> dict[str, Any]:
@@ -74,7 +74,7 @@ class RunningProxy:
 
 
 def write_config(directory: Path, config: Mapping[str, Any]) -> Path:
-    path = directory / "mcp-bastion.yaml"
+    path = directory / "mcp-barbican.yaml"
     path.write_text(yaml.safe_dump(dict(config)))
     return path
 
@@ -89,7 +89,7 @@ def run_proxy(
     wait_ready: bool = True,
     auth: Mapping[str, Any] | None = None,
 ) -> Iterator[RunningProxy]:
-    """Start mcp-bastion with these MCPs (token auth with TOKEN unless `auth` says otherwise)."""
+    """Start mcp-barbican with these MCPs (token auth with TOKEN unless `auth` says otherwise)."""
     port = free_port()
     server_block = {"host": "127.0.0.1", "port": port, **(server or {})}
     server_block.setdefault("auth", dict(auth) if auth is not None else {"type": "token", "token": TOKEN})
@@ -97,7 +97,7 @@ def run_proxy(
     server_block.setdefault("security", {"auth_failure_ban": {"enabled": False}})
     path = write_config(directory, {"server": server_block, "mcps": mcps})
     child_env = {**os.environ, **(env or {})}
-    args = [sys.executable, "-m", "mcp_bastion", "serve", "-c", str(path)]
+    args = [sys.executable, "-m", "mcp_barbican", "serve", "-c", str(path)]
     with _process(args, child_env, port, tag="proxy", cwd=directory) as (process, log):
         proxy = RunningProxy(f"http://127.0.0.1:{port}", port, log, process)
         if wait_ready:
@@ -112,16 +112,16 @@ def _wait_ready(proxy: RunningProxy) -> None:
             if httpx2.get(f"{proxy.base}/readyz", timeout=2).status_code == 200:
                 return
         if proxy.process.poll() is not None:
-            raise RuntimeError(f"mcp-bastion exited early:\n{proxy.log_text()}")
+            raise RuntimeError(f"mcp-barbican exited early:\n{proxy.log_text()}")
         time.sleep(0.1)
-    raise RuntimeError(f"mcp-bastion did not become ready:\n{proxy.log_text()}")
+    raise RuntimeError(f"mcp-barbican did not become ready:\n{proxy.log_text()}")
 
 
 @contextlib.contextmanager
 def _process(
     args: list[str], env: Mapping[str, str], port: int, *, tag: str, cwd: Path | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    log_dir = Path(os.environ.get("MCP_BASTION_TEST_LOGS", "/tmp/mcp-bastion-test-logs"))
+    log_dir = Path(os.environ.get("MCP_BARBICAN_TEST_LOGS", "/tmp/mcp-barbican-test-logs"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{tag}-{port}.log"
     with log.open("wb") as sink:

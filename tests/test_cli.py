@@ -21,10 +21,10 @@ import uvicorn
 import yaml
 from mcp.server.mcpserver import MCPServer
 
-from mcp_bastion import __version__
-from mcp_bastion.cli import curl_example, main, python_example
-from mcp_bastion.config import ProxyConfig
-from mcp_bastion.exceptions import ConfigError
+from mcp_barbican import __version__
+from mcp_barbican.cli import curl_example, main, python_example
+from mcp_barbican.config import ProxyConfig
+from mcp_barbican.exceptions import ConfigError
 
 from .test_config import CONFIGS, FULL_ENV
 
@@ -65,9 +65,9 @@ class FakeRunner:
 @pytest.fixture
 def runner(monkeypatch: pytest.MonkeyPatch) -> FakeRunner:
     fake = FakeRunner()
-    module = types.ModuleType("mcp_bastion.server.runner")
+    module = types.ModuleType("mcp_barbican.server.runner")
     module.run = fake.run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mcp_bastion.server.runner", module)
+    monkeypatch.setitem(sys.modules, "mcp_barbican.server.runner", module)
     return fake
 
 
@@ -77,7 +77,7 @@ def error_line(stderr: str) -> str:
     return line
 
 
-def write_config(directory: Path, text: str, name: str = "mcp-bastion.yaml") -> Path:
+def write_config(directory: Path, text: str, name: str = "mcp-barbican.yaml") -> Path:
     path = directory / name
     path.write_text(text, encoding="utf-8")
     return path
@@ -115,13 +115,13 @@ def test_token_generate_rejects_bad_lengths(capsys: pytest.CaptureFixture[str], 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == f"mcp-bastion {__version__}"
+    assert capsys.readouterr().out.strip() == f"mcp-barbican {__version__}"
 
 
 @pytest.mark.parametrize("argv", [[], ["token"], ["config"]], ids=["no-command", "token", "config"])
 def test_incomplete_commands_print_usage(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     assert main(argv) == 2
-    assert "usage: mcp-bastion" in capsys.readouterr().err
+    assert "usage: mcp-barbican" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_config_check_prints_bind_warnings(tmp_path: Path, capsys: pytest.Captur
 
 def run_module(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mcp_bastion", *args],
+        [sys.executable, "-m", "mcp_barbican", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -218,15 +218,15 @@ def test_serve_embedded_default_first_run(
         "demo",
         "stdio",
         sys.executable,
-        ("-m", "mcp_bastion.demo"),
+        ("-m", "mcp_barbican.demo"),
     )
     assert demo.session_mode == "isolated"
     assert config.server.storage.type == "sqlite"
-    assert config.server.storage.path == str(tmp_path / ".mcp-bastion" / "state.db")
+    assert config.server.storage.path == str(tmp_path / ".mcp-barbican" / "state.db")
     assert [(sink.type, getattr(sink, "path", None)) for sink in config.server.audit.sinks] == [
-        ("sqlite", str(tmp_path / ".mcp-bastion" / "audit.db"))
+        ("sqlite", str(tmp_path / ".mcp-barbican" / "audit.db"))
     ]
-    state = tmp_path / ".mcp-bastion"
+    state = tmp_path / ".mcp-barbican"
     tokens = json.loads((state / "tokens.json").read_text())
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE((state / "tokens.json").stat().st_mode) == 0o600
@@ -252,10 +252,10 @@ def test_serve_embedded_default_reuses_tokens(
     first, second = runner.configs
     assert first.server.auth == second.server.auth
     assert first.server.admin == second.server.admin
-    tokens = json.loads((tmp_path / ".mcp-bastion" / "tokens.json").read_text())
+    tokens = json.loads((tmp_path / ".mcp-barbican" / "tokens.json").read_text())
     err = capsys.readouterr().err
     assert tokens["admin_token"] not in err
-    assert "admin token:   see .mcp-bastion/tokens.json" in err
+    assert "admin token:   see .mcp-barbican/tokens.json" in err
     assert tokens["client_token"] in err
 
 
@@ -269,7 +269,7 @@ def test_serve_embedded_default_takes_tokens_from_the_environment(
     assert config.server.auth is not None and config.server.auth.token is not None
     assert config.server.auth.token.get_secret_value() == "client-from-env"
     assert config.server.admin.token is not None and config.server.admin.token.get_secret_value() == "admin-from-env"
-    assert not (tmp_path / ".mcp-bastion" / "tokens.json").exists()
+    assert not (tmp_path / ".mcp-barbican" / "tokens.json").exists()
     err = capsys.readouterr().err
     assert "client-from-env" not in err and "admin-from-env" not in err
     assert "client token:  from $MCP_AUTH_TOKEN" in err
@@ -281,7 +281,7 @@ def test_serve_embedded_default_stores_only_generated_tokens(
 ) -> None:
     monkeypatch.setenv("MCP_AUTH_TOKEN", "client-from-env")
     assert main(["serve"]) == 0
-    assert list(json.loads((tmp_path / ".mcp-bastion" / "tokens.json").read_text())) == ["admin_token"]
+    assert list(json.loads((tmp_path / ".mcp-barbican" / "tokens.json").read_text())) == ["admin_token"]
 
 
 def test_serve_embedded_default_rejects_equal_tokens(
@@ -297,8 +297,8 @@ def test_serve_embedded_default_rejects_equal_tokens(
 def test_serve_embedded_default_with_corrupt_tokens_file(
     tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / ".mcp-bastion").mkdir()
-    (tmp_path / ".mcp-bastion" / "tokens.json").write_text("{not json")
+    (tmp_path / ".mcp-barbican").mkdir()
+    (tmp_path / ".mcp-barbican" / "tokens.json").write_text("{not json")
     assert main(["serve"]) == 1
     assert "delete it to generate new tokens" in capsys.readouterr().err
     assert runner.configs == []
@@ -330,9 +330,9 @@ def test_serve_uses_the_config_file_in_the_working_directory(
     assert main(["serve"]) == 0
     assert [mcp.id for mcp in runner.configs[0].mcps] == ["mine"]
     assert "client token" not in capsys.readouterr().err
-    assert not (tmp_path / ".mcp-bastion").exists()
+    assert not (tmp_path / ".mcp-barbican").exists()
     path, load = runner.reloads[0]  # the file is watched, and loads again as serve loaded it
-    assert path.name == "mcp-bastion.yaml"
+    assert path.name == "mcp-barbican.yaml"
     assert load() == runner.configs[0]
 
 
@@ -379,7 +379,7 @@ def test_serve_text_logs_respect_the_level(
     assert main(["serve", "--log-level", "error"]) == 0
     assert capsys.readouterr().err == ""
     assert main(["serve", "--log-level", "info"]) == 0
-    assert re.search(r"^\S+ \S+ WARNING mcp_bastion\.cli: binding 0\.0\.0\.0", capsys.readouterr().err, re.MULTILINE)
+    assert re.search(r"^\S+ \S+ WARNING mcp_barbican\.cli: binding 0\.0\.0\.0", capsys.readouterr().err, re.MULTILINE)
 
 
 def test_serve_returns_the_runner_exit_code(tmp_path: Path, runner: FakeRunner) -> None:
@@ -472,7 +472,7 @@ def free_port() -> int:
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, "mcp-bastion serve exited early"
+        assert process.poll() is None, "mcp-barbican serve exited early"
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -482,13 +482,13 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 def test_embedded_default_end_to_end(tmp_path: Path) -> None:
-    """`mcp-bastion serve` with no config, then the banner's own Python example, verbatim."""
+    """`mcp-barbican serve` with no config, then the banner's own Python example, verbatim."""
     port = free_port()
     log = tmp_path / "stderr.log"
     env = {key: value for key, value in os.environ.items() if key not in ("MCP_AUTH_TOKEN", "MCP_ADMIN_TOKEN")}
     with log.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mcp_bastion", "serve", "--port", str(port)],
+            [sys.executable, "-m", "mcp_barbican", "serve", "--port", str(port)],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -508,7 +508,7 @@ def test_embedded_default_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "'echo'" in result.stdout
     # The embedded default keeps its state and its audit trail in SQLite, beside the tokens.
-    state = tmp_path / ".mcp-bastion"
+    state = tmp_path / ".mcp-barbican"
     assert (state / "state.db").exists()
     with sqlite3.connect(state / "audit.db") as db:
         rows = db.execute("SELECT type, success, user FROM audit").fetchall()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mcp_bastion._templating import expand_string
-from mcp_bastion._units import parse_duration, parse_size
-from mcp_bastion.config import (
+from mcp_barbican._templating import expand_string
+from mcp_barbican._units import parse_duration, parse_size
+from mcp_barbican.config import (
     MASK,
     TLS12_IANA_TO_OPENSSL,
     TLS13_SUITES,
@@ -27,7 +27,7 @@ from mcp_bastion.config import (
     masked_dump,
     validate_model,
 )
-from mcp_bastion.exceptions import ConfigError
+from mcp_barbican.exceptions import ConfigError
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -47,7 +47,7 @@ FULL_ENV = {
 AUTH = "server: {auth: {type: token, token: tok-client}}\n"
 
 
-def write(tmp_path: Path, text: str, name: str = "mcp-bastion.yaml") -> Path:
+def write(tmp_path: Path, text: str, name: str = "mcp-barbican.yaml") -> Path:
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -55,13 +55,13 @@ def write(tmp_path: Path, text: str, name: str = "mcp-bastion.yaml") -> Path:
 
 
 def load(
-    tmp_path: Path, text: str, environ: dict[str, str] | None = None, name: str = "mcp-bastion.yaml"
+    tmp_path: Path, text: str, environ: dict[str, str] | None = None, name: str = "mcp-barbican.yaml"
 ) -> ProxyConfig:
     return load_config(write(tmp_path, text, name), environ or {})
 
 
 def load_error(
-    tmp_path: Path, text: str, environ: dict[str, str] | None = None, name: str = "mcp-bastion.yaml"
+    tmp_path: Path, text: str, environ: dict[str, str] | None = None, name: str = "mcp-barbican.yaml"
 ) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, text, environ, name)
@@ -612,17 +612,17 @@ def test_dotenv_never_overrides_the_environment(tmp_path: Path, monkeypatch: pyt
 
 
 def test_dotenv_does_not_leak_into_the_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / ".env").write_text("MCP_BASTION_TEST_ONLY_IN_FILE=1\n")
-    monkeypatch.delenv("MCP_BASTION_TEST_ONLY_IN_FILE", raising=False)
+    (tmp_path / ".env").write_text("MCP_BARBICAN_TEST_ONLY_IN_FILE=1\n")
+    monkeypatch.delenv("MCP_BARBICAN_TEST_ONLY_IN_FILE", raising=False)
     load_environ(tmp_path)
     import os
 
-    assert "MCP_BASTION_TEST_ONLY_IN_FILE" not in os.environ
+    assert "MCP_BARBICAN_TEST_ONLY_IN_FILE" not in os.environ
 
 
 def test_without_dotenv_the_environment_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MCP_BASTION_TEST_VAR", "x")
-    assert load_environ(tmp_path)["MCP_BASTION_TEST_VAR"] == "x"
+    monkeypatch.setenv("MCP_BARBICAN_TEST_VAR", "x")
+    assert load_environ(tmp_path)["MCP_BARBICAN_TEST_VAR"] == "x"
 
 
 def test_dotenv_value_feeds_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -656,7 +656,7 @@ def test_full_config_loads_every_key() -> None:
     assert secure.transport == "streamable-http" and secure.session_mode == "shared" and not secure.required
     assert secure.request_timeout == 300
     assert secure.auth is not None and secure.auth.jwt is not None
-    assert secure.auth.jwt.audience == ("mcp-bastion", "https://mcp.example.com")
+    assert secure.auth.jwt.audience == ("mcp-barbican", "https://mcp.example.com")
     assert secure.auth.jwt.required_claims == {"scope": "*", "tenant": "acme"}
     assert everything.transport == "stdio" and everything.start_timeout == 60
     assert everything.env == {"API_KEY": "full-api-key"}
@@ -758,7 +758,7 @@ def test_json_is_detected_by_content(tmp_path: Path) -> None:
 
 
 def test_compozy_yaml_leaves_other_keys_to_compozy(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="mcp_bastion.config"):
+    with caplog.at_level(logging.INFO, logger="mcp_barbican.config"):
         config = load_config(CONFIGS / "compozy" / "compozy.yaml", {"MCP_AUTH_TOKEN": "t"})
     assert [mcp.id for mcp in config.mcps] == ["secure_mcp_server"]
     assert "left to Compozy: name, version, description, workflows, models" in caplog.text
@@ -779,10 +779,10 @@ def test_find_config_order(tmp_path: Path) -> None:
     assert find_config(tmp_path) is None
     (tmp_path / "compozy.yaml").write_text("mcps: []")
     assert find_config(tmp_path) == tmp_path / "compozy.yaml"
-    (tmp_path / "mcp-bastion.yml").write_text("mcps: []")
-    assert find_config(tmp_path) == tmp_path / "mcp-bastion.yml"
-    (tmp_path / "mcp-bastion.yaml").write_text("mcps: []")
-    assert find_config(tmp_path) == tmp_path / "mcp-bastion.yaml"
+    (tmp_path / "mcp-barbican.yml").write_text("mcps: []")
+    assert find_config(tmp_path) == tmp_path / "mcp-barbican.yml"
+    (tmp_path / "mcp-barbican.yaml").write_text("mcps: []")
+    assert find_config(tmp_path) == tmp_path / "mcp-barbican.yaml"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The conformance fixture passes the official MCP conformance suite when run directly.
 
 This is the baseline for the proxy conformance tests: whatever passes here must also pass through
-mcp-bastion. The suite needs the Node tooling from ``scripts/node-deps``; without it these tests
+mcp-barbican. The suite needs the Node tooling from ``scripts/node-deps``; without it these tests
 fail (they never skip), because a silently skipped conformance run hides regressions.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_bastion import jsonrpc
+from mcp_barbican import jsonrpc
 
 
 @pytest.mark.parametrize(

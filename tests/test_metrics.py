@@ -8,7 +8,7 @@ import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mcp_bastion.metrics import BUCKETS, Latency, RequestStats
+from mcp_barbican.metrics import BUCKETS, Latency, RequestStats
 from tests.admin.test_app import ADMIN, SERVER
 from tests.proxy import AUTH_HEADER, RunningProxy, demo_mcp, mcp_client, run_proxy
 
@@ -58,20 +58,20 @@ async def test_metrics_are_admin_guarded_and_move_with_traffic(tmp_path: Path) -
         reply = scrape(proxy, ADMIN)
         assert reply.headers["content-type"].startswith("text/plain")
         after = samples(reply.text)
-    key = ("mcp_bastion_requests_total", (("mcp", "demo"), ("method", "tools/call")))
+    key = ("mcp_barbican_requests_total", (("mcp", "demo"), ("method", "tools/call")))
     assert after[key] - before.get(key, 0) == 3
-    count = ("mcp_bastion_request_duration_seconds_count", (("mcp", "demo"), ("method", "tools/call")))
+    count = ("mcp_barbican_request_duration_seconds_count", (("mcp", "demo"), ("method", "tools/call")))
     assert after[count] == 3
-    assert after[("mcp_bastion_upstream_up", (("mcp", "demo"),))] == 1
-    failures = ("mcp_bastion_authentication_failures_total", ())
+    assert after[("mcp_barbican_upstream_up", (("mcp", "demo"),))] == 1
+    failures = ("mcp_barbican_authentication_failures_total", ())
     assert after[failures] - before[failures] >= 1
-    assert after[("mcp_bastion_last_violation_timestamp_seconds", ())] > 0
-    assert after[("mcp_bastion_audit_events_written_total", ())] > 0  # SERVER has a sqlite audit sink
-    assert after[("mcp_bastion_audit_events_failed_total", (("sink", "sqlite:.mcp-bastion/audit.db"),))] == 0
+    assert after[("mcp_barbican_last_violation_timestamp_seconds", ())] > 0
+    assert after[("mcp_barbican_audit_events_written_total", ())] > 0  # SERVER has a sqlite audit sink
+    assert after[("mcp_barbican_audit_events_failed_total", (("sink", "sqlite:.mcp-barbican/audit.db"),))] == 0
 
 
 def test_public_metrics_need_no_token(tmp_path: Path) -> None:
     with run_proxy(tmp_path, [demo_mcp("demo")], server={**SERVER, "metrics": {"public": True}}) as proxy:
         reply = scrape(proxy)
         assert reply.status_code == 200
-        assert ("mcp_bastion_sessions_open", (("mcp", "demo"),)) in samples(reply.text)
+        assert ("mcp_barbican_sessions_open", (("mcp", "demo"),)) in samples(reply.text)

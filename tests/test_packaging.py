@@ -1,7 +1,7 @@
 """Every third-party module the package imports is a declared runtime dependency.
 
 The test extras pull in the MCP SDK, which brings PyJWT and more along; without this check a
-missing runtime dependency passes CI and breaks `pip install . && mcp-bastion serve`.
+missing runtime dependency passes CI and breaks `pip install . && mcp-barbican serve`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ DISTRIBUTION_OF = {
 
 def imported_top_level_modules() -> set[str]:
     modules: set[str] = set()
-    for path in (ROOT / "src" / "mcp_bastion").rglob("*.py"):
+    for path in (ROOT / "src" / "mcp_barbican").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 modules.update(alias.name.split(".")[0] for alias in node.names)
@@ -40,7 +40,7 @@ def declared_distributions() -> set[str]:
 
 
 def test_every_third_party_import_is_a_declared_dependency() -> None:
-    third_party = imported_top_level_modules() - set(sys.stdlib_module_names) - {"mcp_bastion"}
+    third_party = imported_top_level_modules() - set(sys.stdlib_module_names) - {"mcp_barbican"}
     needed = {DISTRIBUTION_OF.get(module, module).lower() for module in third_party}
     assert needed - declared_distributions() == set()
 
@@ -49,7 +49,7 @@ def _modules() -> list[str]:
     package = ROOT / "src"
     return sorted(
         ".".join(path.relative_to(package).with_suffix("").parts).removesuffix(".__init__")
-        for path in (package / "mcp_bastion").rglob("*.py")
+        for path in (package / "mcp_barbican").rglob("*.py")
         if path.name != "__main__.py"
     )
 

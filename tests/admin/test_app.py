@@ -32,7 +32,7 @@ def registration(mcp_id: str, **extra: Any) -> dict[str, Any]:
     return {
         "id": mcp_id,
         "command": sys.executable,
-        "args": ["-m", "mcp_bastion.demo"],
+        "args": ["-m", "mcp_barbican.demo"],
         "env": {"DEMO_API_KEY": SECRET},
         "auth": {"type": "token", "token": TOKEN},
         **extra,
@@ -113,7 +113,7 @@ def test_every_route_is_guarded_and_answers(
     assert response.status_code in (200, 201, 204), response.text
     assert response.headers["x-content-type-options"] == "nosniff"
     if path == "/metrics":
-        assert "mcp_bastion_security_violations_total" in response.text
+        assert "mcp_barbican_security_violations_total" in response.text
     elif response.status_code != 204:
         assert isinstance(response.json(), dict)
 
@@ -227,7 +227,7 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         assert [r["cidr"] for r in rules] == ["10.99.0.0/16"]
         banned = {**MCP_HEADERS, **AUTH_HEADER, "X-Forwarded-For": "10.99.1.1"}
         assert httpx2.post(second.url("demo"), headers=banned, json=INIT).status_code == 403
-    assert (tmp_path / ".mcp-bastion" / "state.db").exists()
+    assert (tmp_path / ".mcp-barbican" / "state.db").exists()
 
 
 def test_the_admin_api_can_have_its_own_listener(tmp_path: Path) -> None:

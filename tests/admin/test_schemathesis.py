@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from tests.proxy import demo_mcp, run_proxy
 
 @pytest.mark.timeout(600)
 def test_no_generated_request_gets_a_server_error(tmp_path: Path) -> None:
-    st = shutil.which("st")
+    # The venv's own script first: the test may run from a venv that is not activated.
+    st = shutil.which("st", path=str(Path(sys.executable).parent)) or shutil.which("st")
     assert st is not None, "schemathesis is a test dependency (pip install -e '.[test]')"
     # No stdio registrations: generated definitions must not start processes.
     server = {"admin": {"token": ADMIN_TOKEN, "ip_whitelist": ADMIN_IPS, "allow_stdio": False}}

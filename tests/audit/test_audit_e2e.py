@@ -75,7 +75,7 @@ async def test_ten_thousand_mixed_requests_make_exactly_one_event_each(tmp_path:
         assert tool_event["latency_ms"] > 0
         assert call(proxy, "GET", "/admin/audit?type=nonsense").status_code == 400
         metrics = call(proxy, "GET", "/metrics").text
-        assert 'mcp_bastion_audit_events_failed_total{sink="file:' in metrics
+        assert 'mcp_barbican_audit_events_failed_total{sink="file:' in metrics
         assert call(proxy, "GET", "/admin/security/metrics").json()["audit_events_written"] >= REQUESTS
     # The proxy has stopped: every sink was flushed on shutdown.
     by_request: dict[str, list[str]] = {}

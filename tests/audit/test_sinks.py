@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mcp_bastion.audit import AuditEvent
-from mcp_bastion.audit.sinks import FileSink, SqliteSink, SyslogSink, syslog_message
+from mcp_barbican.audit import AuditEvent
+from mcp_barbican.audit.sinks import FileSink, SqliteSink, SyslogSink, syslog_message
 
 pytestmark = pytest.mark.anyio
 
@@ -49,7 +49,7 @@ async def test_syslog_sink_sends_rfc5424_over_udp_and_unix(tmp_path: Path) -> No
         await sink.write(records(1) + records(1, success=False))
         await sink.aclose()
         ok, refused = server.recv(65536), server.recv(65536)
-        assert re.match(rb"<37>1 \d{4}-\d\d-\d\dT[\d:.]+Z \S+ mcp-bastion \d+ authentication - \xef\xbb\xbf\{", ok)
+        assert re.match(rb"<37>1 \d{4}-\d\d-\d\dT[\d:.]+Z \S+ mcp-barbican \d+ authentication - \xef\xbb\xbf\{", ok)
         assert refused.startswith(b"<36>1 ")  # auth (4) * 8 + warning (4)
         assert json.loads(ok.split(b"\xef\xbb\xbf", 1)[1])["action"] == "authenticate"
     udp.close()

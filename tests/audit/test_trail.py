@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mcp_bastion.audit import AuditEvent, AuditTrail, arguments_for_audit
+from mcp_barbican.audit import AuditEvent, AuditTrail, arguments_for_audit
 
 pytestmark = pytest.mark.anyio
 

@@ -40,7 +40,7 @@ def anyio_backend() -> str:
 
 
 def demo_params(**env: str) -> StdioServerParameters:
-    return StdioServerParameters(command=sys.executable, args=["-m", "mcp_bastion.demo"], env=BASE_ENV | env)
+    return StdioServerParameters(command=sys.executable, args=["-m", "mcp_barbican.demo"], env=BASE_ENV | env)
 
 
 def text_of(result: mcp_types.CallToolResult) -> str:
@@ -73,7 +73,7 @@ async def test_initialize_falls_back_from_discover_and_reports_server() -> None:
         assert client.protocol_version == "2025-11-25"
         info = client.server_info
         assert info is not None
-        assert (info.name, info.version) == ("mcp-bastion-demo", project_version)
+        assert (info.name, info.version) == ("mcp-barbican-demo", project_version)
         caps = client.server_capabilities
         assert caps.tools is not None and caps.tools.list_changed is False
         assert caps.logging is not None
@@ -304,7 +304,7 @@ class RawSession:
 
 @asynccontextmanager
 async def raw_demo() -> AsyncIterator[RawSession]:
-    command = [sys.executable, "-m", "mcp_bastion.demo"]
+    command = [sys.executable, "-m", "mcp_barbican.demo"]
     async with await anyio.open_process(command, env=BASE_ENV, stderr=None) as process:
         try:
             yield RawSession(process)

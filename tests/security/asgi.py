@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from mcp_bastion.types import ASGIApp, Message, Scope
+from mcp_barbican.types import ASGIApp, Message, Scope
 
 
 @dataclass

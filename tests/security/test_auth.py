@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mcp_bastion.security.auth import (
+from mcp_barbican.security.auth import (
     Authenticate,
     AuthFailure,
     StaticToken,
@@ -14,9 +14,9 @@ from mcp_bastion.security.auth import (
     bearer_credential,
     digest,
 )
-from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
-from mcp_bastion.types import Receive, Scope, Send
+from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
+from mcp_barbican.types import Receive, Scope, Send
 from tests.security.asgi import call, make_scope
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)

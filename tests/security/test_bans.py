@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from mcp_bastion.config import BanConfig
-from mcp_bastion.security.bans import BAN_REASON, AuthFailureTracker, register_failure
-from mcp_bastion.security.client_ip import ClientAddress, TrustedProxies
-from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.ipfilter import (
+from mcp_barbican.config import BanConfig
+from mcp_barbican.security.bans import BAN_REASON, AuthFailureTracker, register_failure
+from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
+from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.ipfilter import (
     DynamicRules,
     IPFilter,
     IpRule,
@@ -19,9 +19,9 @@ from mcp_bastion.security.ipfilter import (
     MemoryIpRuleStore,
     decide,
 )
-from mcp_bastion.security.principal import CLIENT_IP_KEY
-from mcp_bastion.server.http import get_header, json_error
-from mcp_bastion.types import ASGIApp, Receive, Scope, Send
+from mcp_barbican.security.principal import CLIENT_IP_KEY
+from mcp_barbican.server.http import get_header, json_error
+from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 from tests.security.asgi import call, make_scope
 
 NOW = 1_000_000.0

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from mcp_bastion.security.client_ip import ClientAddress, TrustedProxies, parse_hop, resolve_client_ip
-from mcp_bastion.security.principal import CLIENT_IP_KEY
-from mcp_bastion.types import Receive, Scope, Send
+from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies, parse_hop, resolve_client_ip
+from mcp_barbican.security.principal import CLIENT_IP_KEY
+from mcp_barbican.types import Receive, Scope, Send
 from tests.security.asgi import call, make_scope
 
 NO_PROXIES = TrustedProxies.build([])

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp_bastion.config import CorsConfig
-from mcp_bastion.security.cors import CORS, Origin, OriginPolicy, PreflightPolicy, parse_origin
-from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.types import Message, Receive, Scope, Send
+from mcp_barbican.config import CorsConfig
+from mcp_barbican.security.cors import CORS, Origin, OriginPolicy, PreflightPolicy, parse_origin
+from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.types import Message, Receive, Scope, Send
 from tests.security.asgi import Sent, call, make_scope, ok_app
 
 ORIGINS = CorsConfig(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_bastion.security.hosts import AllowedHosts, check_host_origin, split_host
+from mcp_barbican.security.hosts import AllowedHosts, check_host_origin, split_host
 
 ALLOWED = AllowedHosts.build("127.0.0.1", ["mcp.example.com", "api.example.com:8443", "*.internal.example"])
 

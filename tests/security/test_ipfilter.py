@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp_bastion.security.client_ip import ClientAddress, TrustedProxies
-from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.ipfilter import (
+from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
+from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.ipfilter import (
     Action,
     DynamicRules,
     IPFilter,
@@ -25,8 +25,8 @@ from mcp_bastion.security.ipfilter import (
     decide,
     parse_ip,
 )
-from mcp_bastion.security.principal import CLIENT_IP_KEY
-from mcp_bastion.types import Message, Scope
+from mcp_barbican.security.principal import CLIENT_IP_KEY
+from mcp_barbican.types import Message, Scope
 from tests.security.asgi import call, make_scope, ok_app
 
 

@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from pydantic import SecretStr
 
-from mcp_bastion.config import JwtConfig
-from mcp_bastion.exceptions import ConfigError
-from mcp_bastion.security.auth import Authenticate, AuthFailure
-from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.jwt import (
+from mcp_barbican.config import JwtConfig
+from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.security.auth import Authenticate, AuthFailure
+from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.jwt import (
     MAX_JWKS_BYTES,
     MAX_JWKS_KEYS,
     MAX_TOKEN_CHARS,
@@ -42,9 +42,9 @@ from mcp_bastion.security.jwt import (
     principal_from_claims,
     read_header,
 )
-from mcp_bastion.security.oauth import www_authenticate
-from mcp_bastion.security.principal import Principal
-from mcp_bastion.types import Scope
+from mcp_barbican.security.oauth import www_authenticate
+from mcp_barbican.security.principal import Principal
+from mcp_barbican.types import Scope
 from tests.security.asgi import call, make_scope, ok_app
 
 NOW: Final = 1_700_000_000.0

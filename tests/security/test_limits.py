@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from mcp_bastion.security.limits import header_bytes, json_violation
+from mcp_barbican.security.limits import header_bytes, json_violation
 
 
 def nested(depth: int) -> Any:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp_bastion.config import JwtConfig, OAuth2Config
-from mcp_bastion.security.oauth import (
+from mcp_barbican.config import JwtConfig, OAuth2Config
+from mcp_barbican.security.oauth import (
     MAX_DESCRIPTION_CHARS,
     metadata_url,
     protected_resource_metadata,

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp_bastion.config import RateLimitConfig
-from mcp_bastion.security.counters import SecurityCounters
-from mcp_bastion.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
-from mcp_bastion.security.ratelimit import (
+from mcp_barbican.config import RateLimitConfig
+from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
+from mcp_barbican.security.ratelimit import (
     DEFAULT_MAX_KEYS,
     RPC_RATE_LIMITED,
     Bucket,
@@ -27,7 +27,7 @@ from mcp_bastion.security.ratelimit import (
     rate_limit_headers,
     refusal,
 )
-from mcp_bastion.types import Message, Receive, Scope, Send
+from mcp_barbican.types import Message, Receive, Scope, Send
 from tests.security.asgi import Sent, call, make_scope, ok_app
 
 
@@ -290,7 +290,7 @@ def test_decision_reports_the_tightest_bucket_when_admitted() -> None:
         2,
     )
     assert decision.reset == pytest.approx(1.0)
-    assert decision.policies == ['"global-minute";q=100;w=60', '"ip-minute";q=60;w=60;bastion-burst=3']
+    assert decision.policies == ['"global-minute";q=100;w=60', '"ip-minute";q=60;w=60;barbican-burst=3']
 
 
 def test_decision_names_the_bucket_with_the_longest_wait_when_refused() -> None:
@@ -548,7 +548,7 @@ async def test_layer_refuses_with_429_and_a_jsonrpc_error_echoing_the_id() -> No
     sent = await call(app, scope_from(), RPC)
     assert sent.status == 429
     assert sent.headers["retry-after"] == "1"
-    assert sent.headers["ratelimit-policy"] == '"ip-minute";q=60;w=60;bastion-burst=1'
+    assert sent.headers["ratelimit-policy"] == '"ip-minute";q=60;w=60;barbican-burst=1'
     assert sent.headers["ratelimit"] == '"ip-minute";r=0;t=1'
     assert sent.headers["content-type"] == "application/json"
     assert sent.json() == {

@@ -55,7 +55,7 @@ def initialize(proxy: RunningProxy, mcp_id: str = "demo", headers: dict[str, str
     response = httpx2.post(proxy.url(mcp_id), headers={**MCP_HEADERS, **(headers or {})}, json=INIT)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
-    assert sse_messages(response.text)[0]["result"]["serverInfo"]["name"] == "mcp-bastion-demo"
+    assert sse_messages(response.text)[0]["result"]["serverInfo"]["name"] == "mcp-barbican-demo"
     session = response.headers["mcp-session-id"]
     notified = httpx2.post(
         proxy.url(mcp_id),

@@ -1,7 +1,7 @@
 """Parity: the official SDK client sees the same server-everything direct and through the proxy.
 
 For each upstream transport (stdio, legacy SSE, Streamable HTTP) the same observation runs
-against server-everything directly and through mcp-bastion (downstream over Streamable
+against server-everything directly and through mcp-barbican (downstream over Streamable
 HTTP and over legacy SSE), and the observations must be equal: tools and their schemas,
 tool results, progress, sampling and elicitation answered by the client, resources read
 and subscribed, prompts.

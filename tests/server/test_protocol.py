@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
-from mcp_bastion.config import ProxyConfig, validate_model
-from mcp_bastion.server.protocol import (
+from mcp_barbican.config import ProxyConfig, validate_model
+from mcp_barbican.server.protocol import (
     HEAD_HEADERS_EXTENSION,
     RESPONSE_HEADERS_KEY,
-    BastionHttpProtocol,
+    BarbicanHttpProtocol,
     FastHeadCycle,
     HeadHeaders,
     status_line,
 )
-from mcp_bastion.server.runner import uvicorn_config
+from mcp_barbican.server.runner import uvicorn_config
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -103,7 +103,7 @@ CASES = [
     pytest.param(200, [(b"connection", b"keep-alive, Close")], b"x", "GET", True, [], id="app-closes"),
     pytest.param(200, [(b"content-length", b"1")], b"x", "GET", False, [], id="http10-close-added"),
     pytest.param(200, [(b"content-length", b"1")], b"x", "GET", False, [(b"connection", b"close")], id="close-twice"),
-    pytest.param(200, [], b"", "GET", True, [(b"server", b"bastion"), (b"date", b"now")], id="defaults-first"),
+    pytest.param(200, [], b"", "GET", True, [(b"server", b"barbican"), (b"date", b"now")], id="defaults-first"),
     pytest.param(499, [(b"content-length", b"0")], b"", "GET", True, [], id="unknown-status"),
     pytest.param(200, [(b"x-tab", b"a\tb")], b"", "GET", True, [], id="tab-in-value"),
 ]
@@ -150,7 +150,7 @@ def test_the_runner_serves_through_it() -> None:
         {"server": {"storage": {"type": "memory"}}, "mcps": [{"id": "a", "command": "true", "auth": {"type": "none"}}]},
     )
     server_config, _core = uvicorn_config(config)
-    assert server_config.http is BastionHttpProtocol
+    assert server_config.http is BarbicanHttpProtocol
 
 
 @pytest.mark.anyio
@@ -193,8 +193,8 @@ def test_head_headers_refuse_what_the_head_must_not_carry(headers: Headers) -> N
 
 @pytest.mark.anyio
 async def test_security_headers_use_the_extension_instead_of_wrapping_send() -> None:
-    from mcp_bastion.config import HeadersConfig
-    from mcp_bastion.security.headers import SecurityHeaders
+    from mcp_barbican.config import HeadersConfig
+    from mcp_barbican.security.headers import SecurityHeaders
 
     seen: list[Any] = []
 

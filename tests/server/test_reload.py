@@ -21,7 +21,7 @@ PING = {"jsonrpc": "2.0", "id": 7, "method": "ping"}
 
 
 def edit(directory: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    path = directory / "mcp-bastion.yaml"
+    path = directory / "mcp-barbican.yaml"
     config = yaml.safe_load(path.read_text())
     change(config)
     path.write_text(yaml.safe_dump(config))
@@ -98,7 +98,7 @@ def test_an_invalid_change_is_refused_and_the_old_config_keeps_serving(tmp_path:
 
 def test_sighup_reloads_an_unchanged_looking_file(tmp_path: Path) -> None:
     with run_proxy(tmp_path, [demo_mcp("a"), demo_mcp("b")], server=SERVER) as proxy:
-        path = tmp_path / "mcp-bastion.yaml"
+        path = tmp_path / "mcp-barbican.yaml"
         before = path.stat()
         edit(tmp_path, lambda config: config["mcps"][1].update({"id": "z"}))  # same length: same size
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))

@@ -1,7 +1,7 @@
 """The security layers through a running proxy: IP rules, bans, rate limits, CORS, JWT.
 
 Distinct client addresses come from X-Forwarded-For, believed only because the test
-declares 127.0.0.1 a trusted proxy (as a load balancer in front of mcp-bastion would be).
+declares 127.0.0.1 a trusted proxy (as a load balancer in front of mcp-barbican would be).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def from_ip(ip: str, **headers: str) -> dict[str, str]:
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
     jwt_auth = {
         "type": "jwt",
-        "jwt": {"secret": HS_SECRET, "algorithms": ["HS256"], "issuer": "https://issuer.test", "audience": "bastion"},
+        "jwt": {"secret": HS_SECRET, "algorithms": ["HS256"], "issuer": "https://issuer.test", "audience": "barbican"},
     }
     mcps = [
         demo_mcp("demo"),
@@ -150,7 +150,7 @@ def unsigned(claims: dict[str, Any]) -> str:
 
 def token(**overrides: Any) -> str:
     now = int(time.time())
-    claims = {"iss": "https://issuer.test", "aud": "bastion", "sub": "alice", "exp": now + 300, "iat": now}
+    claims = {"iss": "https://issuer.test", "aud": "barbican", "sub": "alice", "exp": now + 300, "iat": now}
     claims.update(overrides)
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, HS_SECRET, algorithm="HS256")
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mcp_bastion.server.streams import MAX_EVENTS, EventStream, encode_event, priming_event
+from mcp_barbican.server.streams import MAX_EVENTS, EventStream, encode_event, priming_event
 
 
 def test_readers_get_events_from_their_cursor() -> None:

@@ -19,9 +19,9 @@ import trustme
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 
-from mcp_bastion.config import ServerTLSConfig
-from mcp_bastion.exceptions import ConfigError
-from mcp_bastion.server.tls import (
+from mcp_barbican.config import ServerTLSConfig
+from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.server.tls import (
     DEFAULT_TLS12_CIPHERS,
     CertReloader,
     TLSScopeHttpToolsProtocol,
@@ -31,7 +31,7 @@ from mcp_bastion.server.tls import (
     tls12_cipher_string,
     tls_scope_extension,
 )
-from mcp_bastion.types import Receive, Scope, Send
+from mcp_barbican.types import Receive, Scope, Send
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 TLS12 = ssl.TLSVersion.TLSv1_2
@@ -291,7 +291,7 @@ def test_tls12_cipher_string(suites: list[str], expected: str) -> None:
 
 
 def test_tls13_suites_are_accepted_but_said_to_be_openssls_choice(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="mcp_bastion.server.tls"):
+    with caplog.at_level(logging.WARNING, logger="mcp_barbican.server.tls"):
         context = server_ssl_context(pki.config(cipher_suites=["TLS_AES_128_GCM_SHA256"]))
     assert "TLS_AES_128_GCM_SHA256" in caplog.text
     assert "not enforced" in caplog.text
@@ -301,7 +301,7 @@ def test_tls13_suites_are_accepted_but_said_to_be_openssls_choice(pki: Pki, capl
 
 
 def test_no_tls13_warning_without_tls13_suites(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="mcp_bastion.server.tls"):
+    with caplog.at_level(logging.WARNING, logger="mcp_barbican.server.tls"):
         server_ssl_context(pki.config(cipher_suites=["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]))
     assert caplog.text == ""
 
@@ -364,7 +364,7 @@ def test_optional_accepts_clients_with_and_without_a_certificate(pki: Pki) -> No
 
 def test_none_asks_for_no_certificate(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     client = pki.ca.issue_cert("client@example.org", common_name="agent-9")
-    with caplog.at_level(logging.WARNING, logger="mcp_bastion.server.tls"):
+    with caplog.at_level(logging.WARNING, logger="mcp_barbican.server.tls"):
         context = server_ssl_context(pki.config(client_auth="none", ca_file=str(pki.ca_file)))
     assert "ca_file is ignored" in caplog.text
     with serving(context) as port:
@@ -438,7 +438,7 @@ def test_the_reloader_serves_a_new_certificate_without_restart(pki: Pki, caplog:
         assert fetch(port, client_context(pki)).server_cert == der(pki.leaf)
         assert not reloader.check()
         pki.install(renewed)
-        with caplog.at_level(logging.INFO, logger="mcp_bastion.server.tls"):
+        with caplog.at_level(logging.INFO, logger="mcp_barbican.server.tls"):
             assert reloader.check()
         assert fetch(port, client_context(pki)).server_cert == der(renewed)
     assert "reloaded" in caplog.text
@@ -465,7 +465,7 @@ def test_a_broken_new_pair_keeps_the_old_certificate(pki: Pki, caplog: pytest.Lo
     else:
         pki.install(renewed)
         pki.key_file.unlink()
-    with caplog.at_level(logging.ERROR, logger="mcp_bastion.server.tls"):
+    with caplog.at_level(logging.ERROR, logger="mcp_barbican.server.tls"):
         assert not reloader.check()
         assert not reloader.check()  # the same broken files are reported once
     assert caplog.text.count("still serving the previous one") == 1

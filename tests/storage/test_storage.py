@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from mcp_bastion.config import StorageConfig
-from mcp_bastion.exceptions import StorageError
-from mcp_bastion.security.ipfilter import IpRule, RuleChange
-from mcp_bastion.storage import McpRecord, Storage, TokenRecord, open_storage
-from mcp_bastion.storage.sqlite import SCHEMA_VERSION, SqliteStorage
+from mcp_barbican.config import StorageConfig
+from mcp_barbican.exceptions import StorageError
+from mcp_barbican.security.ipfilter import IpRule, RuleChange
+from mcp_barbican.storage import McpRecord, Storage, TokenRecord, open_storage
+from mcp_barbican.storage.sqlite import SCHEMA_VERSION, SqliteStorage
 
 pytestmark = pytest.mark.anyio
 
@@ -107,7 +107,7 @@ def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
-    with pytest.raises(StorageError, match="newer mcp-bastion"):
+    with pytest.raises(StorageError, match="newer mcp-barbican"):
         SqliteStorage(path)
 
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from mcp_bastion.upstream.http import make_http_session
+from mcp_barbican.upstream.http import make_http_session
 from tests.upstream.upstream_support import (
     everything_argv,
     find_everything,

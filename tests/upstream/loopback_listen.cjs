@@ -9,7 +9,7 @@ net.Server.prototype.listen = function (...args) {
   const first = args[0];
   const port = first !== null && typeof first === "object" ? Number(first.port) || 0 : Number(first) || 0;
   this.once("listening", () => {
-    process.stderr.write(`MCP_BASTION_TEST_PORT=${this.address().port}\n`);
+    process.stderr.write(`MCP_BARBICAN_TEST_PORT=${this.address().port}\n`);
   });
   return listen.call(this, { port, host: "127.0.0.1" }, callback);
 };

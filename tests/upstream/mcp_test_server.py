@@ -3,7 +3,7 @@
     python mcp_test_server.py streamable-http [--json-response] [--retry-ms N]
     python mcp_test_server.py sse
 
-It binds 127.0.0.1 on a free port and prints `MCP_BASTION_TEST_PORT=<port>` on stderr once
+It binds 127.0.0.1 on a free port and prints `MCP_BARBICAN_TEST_PORT=<port>` on stderr once
 it listens. Streamable HTTP mode keeps an in-memory event store, so streams are resumable.
 """
 
@@ -44,7 +44,7 @@ class MemoryEventStore(EventStore):
         return stream_id
 
 
-server = MCPServer("bastion-test-server")
+server = MCPServer("barbican-test-server")
 _acked = asyncio.Event()
 
 
@@ -126,7 +126,7 @@ def main() -> None:
     sock.listen(128)  # connections queue until uvicorn accepts them
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     uvicorn_server = uvicorn.Server(config)
-    print(f"MCP_BASTION_TEST_PORT={sock.getsockname()[1]}", file=sys.stderr, flush=True)
+    print(f"MCP_BARBICAN_TEST_PORT={sock.getsockname()[1]}", file=sys.stderr, flush=True)
     asyncio.run(uvicorn_server.serve(sockets=[sock]))
 
 

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mcp_bastion import jsonrpc
-from mcp_bastion.exceptions import UpstreamClosed, UpstreamTimeout, UpstreamUnavailable
-from mcp_bastion.jsonrpc import Message
-from mcp_bastion.upstream.http import SseError, SseEvent, SseParser
-from mcp_bastion.upstream.sse import SseChannel
+from mcp_barbican import jsonrpc
+from mcp_barbican.exceptions import UpstreamClosed, UpstreamTimeout, UpstreamUnavailable
+from mcp_barbican.jsonrpc import Message
+from mcp_barbican.upstream.http import SseError, SseEvent, SseParser
+from mcp_barbican.upstream.sse import SseChannel
 from tests.upstream.upstream_support import Recorder, initialize, notification, request, tool_text
 
 # -- the parser ---------------------------------------------------------------------------------
@@ -147,10 +147,10 @@ async def test_everything_session(everything_sse: str, http: aiohttp.ClientSessi
         await ch.send(request(1, "tools/list"))
         tools, _ = await rec.response(1)
         assert "echo" in {tool["name"] for tool in tools["result"]["tools"]}
-        await ch.send(call(2, "echo", {"message": "hello bastion"}))
+        await ch.send(call(2, "echo", {"message": "hello barbican"}))
         echoed, related = await rec.response(2)
         assert related is None
-        assert tool_text(echoed) == "Echo: hello bastion"
+        assert tool_text(echoed) == "Echo: hello barbican"
     assert rec.closes == []  # aclose() never calls on_close
 
 
@@ -172,13 +172,13 @@ async def test_everything_progress_and_sampling(everything_sse: str, http: aioht
         assert related is None
         answer = {
             "role": "assistant",
-            "content": {"type": "text", "text": "bastion says hi"},
+            "content": {"type": "text", "text": "barbican says hi"},
             "model": "test-model",
             "stopReason": "endTurn",
         }
         await ch.send({"jsonrpc": "2.0", "id": sampling["id"], "result": answer})
         result, _ = await rec.response(4)
-        assert "bastion says hi" in tool_text(result)
+        assert "barbican says hi" in tool_text(result)
         assert not any("error" in m for m, _ in rec.messages)
 
 
@@ -319,7 +319,7 @@ async def test_stream_end_post_errors_and_headers(
 
     rec = Recorder()
     headers = {"Authorization": "Bearer s3cr3t-token"}
-    with caplog.at_level(logging.DEBUG, logger="mcp_bastion"):
+    with caplog.at_level(logging.DEBUG, logger="mcp_barbican"):
         async with scripted(get, post) as url, channel(url, http, rec, headers=headers) as ch:
             assert ch.endpoint is not None and ch.endpoint.path_qs == "/messages?sid=1"
             note, related = await rec.wait_for(lambda m, _: m.get("method") == "notifications/message")
@@ -348,7 +348,7 @@ async def test_stream_end_post_errors_and_headers(
     assert [b.get("method") for b in bodies] == ["bad", "notifications/bad", "notifications/ok", "hangup"]
     assert "dropped an SSE message event that is not JSON" in caplog.text
     assert "rejected a notification: upstream answered HTTP 500" in caplog.text
-    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("mcp_bastion"))
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("mcp_barbican"))
     assert "s3cr3t" not in ours and "sid=1" not in ours  # the test server's own access log may show them
     for req in seen:
         assert req.headers["Authorization"] == "Bearer s3cr3t-token"

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from mcp_bastion.exceptions import UpstreamClosed, UpstreamUnavailable
-from mcp_bastion.jsonrpc import Message, RequestId
-from mcp_bastion.upstream.stdio import StdioChannel, child_environment
+from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
+from mcp_barbican.jsonrpc import Message, RequestId
+from mcp_barbican.upstream.stdio import StdioChannel, child_environment
 
 pytestmark = pytest.mark.anyio
 

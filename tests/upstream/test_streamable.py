@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mcp_bastion import jsonrpc
-from mcp_bastion.exceptions import UpstreamClosed, UpstreamUnavailable
-from mcp_bastion.jsonrpc import Message
-from mcp_bastion.upstream.streamable import StreamableHttpChannel
+from mcp_barbican import jsonrpc
+from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
+from mcp_barbican.jsonrpc import Message
+from mcp_barbican.upstream.streamable import StreamableHttpChannel
 from tests.upstream.upstream_support import Recorder, initialize, notification, request, tool_text
 
 pytestmark = pytest.mark.anyio
@@ -73,10 +73,10 @@ async def test_everything_session(everything_streamable: str, http: aiohttp.Clie
         assert related == 1
         names = {tool["name"] for tool in tools["result"]["tools"]}
         assert {"echo", "trigger-long-running-operation"} <= names
-        await ch.send(call(2, "echo", {"message": "hello bastion"}))
+        await ch.send(call(2, "echo", {"message": "hello barbican"}))
         echoed, related = await rec.response(2)
         assert related == 2
-        assert tool_text(echoed) == "Echo: hello bastion"
+        assert tool_text(echoed) == "Echo: hello barbican"
     assert rec.closes == []
     assert ch.closed
 
@@ -116,14 +116,14 @@ async def test_sampling_request_round_trip(everything_streamable: str, http: aio
         assert "id" in sampling
         answer = {
             "role": "assistant",
-            "content": {"type": "text", "text": "bastion says hi"},
+            "content": {"type": "text", "text": "barbican says hi"},
             "model": "test-model",
             "stopReason": "endTurn",
         }
         await ch.send({"jsonrpc": "2.0", "id": sampling["id"], "result": answer})
         result, related = await rec.response(20)
         assert related == 20
-        assert "bastion says hi" in tool_text(result)
+        assert "barbican says hi" in tool_text(result)
         assert not any("error" in m for m, _ in rec.messages)
 
 
@@ -389,7 +389,7 @@ async def test_headers_invalid_json_and_get_405(http: aiohttp.ClientSession, cap
 
     rec = Recorder()
     headers = {"X-Api-Key": "s3cr3t-value", "Accept": "text/plain"}
-    with caplog.at_level(logging.DEBUG, logger="mcp_bastion"):
+    with caplog.at_level(logging.DEBUG, logger="mcp_barbican"):
         async with scripted(post, get) as url, channel(url, http, rec, headers=headers) as ch:
             await handshake(ch, rec)
             await ch.send(request(1, "ping"))

@@ -17,16 +17,16 @@ import trustme
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from mcp_bastion import jsonrpc
-from mcp_bastion.exceptions import ConfigError, UpstreamError, UpstreamUnavailable
-from mcp_bastion.jsonrpc import Message
-from mcp_bastion.upstream.http import make_http_session
-from mcp_bastion.upstream.sse import SseChannel
-from mcp_bastion.upstream.streamable import StreamableHttpChannel
-from mcp_bastion.upstream.tls import TLS12_CIPHERS, client_ssl_context, openssl_cipher_string
+from mcp_barbican import jsonrpc
+from mcp_barbican.exceptions import ConfigError, UpstreamError, UpstreamUnavailable
+from mcp_barbican.jsonrpc import Message
+from mcp_barbican.upstream.http import make_http_session
+from mcp_barbican.upstream.sse import SseChannel
+from mcp_barbican.upstream.streamable import StreamableHttpChannel
+from mcp_barbican.upstream.tls import TLS12_CIPHERS, client_ssl_context, openssl_cipher_string
 from tests.upstream.upstream_support import TLS, Recorder, request
 
-CLIENT_NAME = "client.bastion.test"
+CLIENT_NAME = "client.barbican.test"
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def test_encrypted_key_is_refused_without_prompting(pki: PKI) -> None:
 
 
 def test_insecure_context_warns_every_time(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="mcp_bastion.upstream.tls"):
+    with caplog.at_level(logging.WARNING, logger="mcp_barbican.upstream.tls"):
         for _ in range(2):
             ctx = client_ssl_context(TLS(insecure_skip_verify=True))
             assert ctx is not None
@@ -243,7 +243,7 @@ async def ask(base: str, tls: TLS | None) -> dict[str, Any]:
 
 @pytest.fixture
 def log_records(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    with caplog.at_level(logging.WARNING, logger="mcp_bastion"):
+    with caplog.at_level(logging.WARNING, logger="mcp_barbican"):
         yield caplog
 
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcp_bastion.jsonrpc import Message, RequestId
+from mcp_barbican.jsonrpc import Message, RequestId
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-PORT_MARKER = "MCP_BASTION_TEST_PORT="
+PORT_MARKER = "MCP_BARBICAN_TEST_PORT="
 NODE_PRELOAD = HERE / "loopback_listen.cjs"
 PY_SERVER = HERE / "mcp_test_server.py"
 _EVERYTHING = Path("@modelcontextprotocol/server-everything/dist/index.js")
@@ -164,7 +164,7 @@ def initialize(request_id: RequestId = 0, capabilities: dict[str, Any] | None = 
         {
             "protocolVersion": PROTOCOL_VERSION,
             "capabilities": capabilities or {},
-            "clientInfo": {"name": "mcp-bastion-tests", "version": "0"},
+            "clientInfo": {"name": "mcp-barbican-tests", "version": "0"},
         },
     )
 
@@ -189,5 +189,5 @@ class TLS:
 
 
 def leftover_tasks() -> list[asyncio.Task[Any]]:
-    """Channel tasks still pending (they are all named mcp-bastion-...)."""
-    return [t for t in asyncio.all_tasks() if t.get_name().startswith("mcp-bastion-") and not t.done()]
+    """Channel tasks still pending (they are all named mcp-barbican-...)."""
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("mcp-barbican-") and not t.done()]

@@ -1,0 +1,6 @@
+"""mcp-barbican: a security proxy for MCP servers."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -1,0 +1,374 @@
+"""The `mcp-barbican` command: serve, token generate, config check."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import secrets
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from mcp_barbican import __version__
+from mcp_barbican.config import (
+    CONFIG_FILE_NAMES,
+    ProxyConfig,
+    ServerConfig,
+    check_bind,
+    find_config,
+    load_config,
+    load_environ,
+    masked_dump,
+    validate_model,
+)
+from mcp_barbican.embedded import DEMO_MCP_ID, EmbeddedInfo, embedded_default
+from mcp_barbican.exceptions import ConfigError, StorageError
+
+__all__ = ["JsonFormatter", "curl_example", "main", "python_example"]
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR_NAME = ".mcp-barbican"
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MIN_TOKEN_BYTES, MAX_TOKEN_BYTES = 16, 512
+_NO_CONFIG = f"no config file found (looked for {', '.join(CONFIG_FILE_NAMES)}); pass -c FILE"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-barbican", description="A security proxy for MCP servers.")
+    parser.add_argument("--version", action="version", version=f"mcp-barbican {__version__}")
+    parser.set_defaults(handler=lambda _args: _usage(parser))
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_serve(commands)
+    _add_token(commands)
+    _add_config(commands)
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("-c", "--config", type=Path, metavar="FILE", help="config file (default: looked up in .)")
+    serve.add_argument("--host", type=_host, help="bind address (overrides server.host)")
+    serve.add_argument("--port", type=_port, help="bind port (overrides server.port)")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO")
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="allow MCPs with auth type none on a non-loopback address",
+    )
+    serve.set_defaults(handler=_serve)
+
+
+def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = commands.add_parser("token", help="token utilities")
+    token.set_defaults(handler=lambda _args: _usage(token))
+    actions = token.add_subparsers(title="commands", metavar="COMMAND")
+    generate = actions.add_parser("generate", help="print a random URL-safe token")
+    generate.add_argument("--length", type=_token_length, default=32, help="random bytes (16-512, default 32)")
+    generate.set_defaults(handler=_token_generate)
+
+
+def _add_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = commands.add_parser("config", help="config file utilities")
+    config.set_defaults(handler=lambda _args: _usage(config))
+    actions = config.add_subparsers(title="commands", metavar="COMMAND")
+    check = actions.add_parser("check", help="validate and print the normalized config, secrets masked")
+    check.add_argument("-c", "--config", type=Path, metavar="FILE")
+    check.set_defaults(handler=_config_check)
+
+
+def _host(text: str) -> str:
+    try:
+        return validate_model(ServerConfig, {"host": text}).host
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("host: ")) from None
+
+
+def _port(text: str) -> int:
+    return _bounded_int(text, 1, 65535)
+
+
+def _token_length(text: str) -> int:
+    return _bounded_int(text, MIN_TOKEN_BYTES, MAX_TOKEN_BYTES)
+
+
+def _bounded_int(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_format, args.log_level)
+    try:
+        config, info = _resolve_config(args.config, Path.cwd())
+        config = _override_bind(config, args.host, args.port)
+        for warning in check_bind(config, allow_unauthenticated=args.allow_unauthenticated):
+            logger.warning("%s", warning)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if info is not None:
+        _print_banner(_banner(config, info), args.log_format)
+        return _run(config, None)
+    return _run(config, _reload_source(args, Path.cwd()))
+
+
+def _reload_source(args: argparse.Namespace, cwd: Path) -> tuple[Path, Callable[[], ProxyConfig]] | None:
+    """The config file and how to load it again as `serve` did (for hot reload)."""
+    path = args.config or find_config(cwd)
+    if path is None:
+        return None
+
+    def load() -> ProxyConfig:
+        config = _override_bind(load_config(path, load_environ(cwd)), args.host, args.port)
+        for warning in check_bind(config, allow_unauthenticated=args.allow_unauthenticated):
+            logger.warning("%s", warning)
+        return config
+
+    return path, load
+
+
+def _resolve_config(path: Path | None, cwd: Path) -> tuple[ProxyConfig, EmbeddedInfo | None]:
+    environ = load_environ(cwd)
+    path = path or find_config(cwd)
+    if path is not None:
+        logger.info("loading config %s", path)
+        return load_config(path, environ), None
+    logger.info("no config file found (looked for %s): serving the embedded default", ", ".join(CONFIG_FILE_NAMES))
+    return embedded_default(cwd / STATE_DIR_NAME, environ)
+
+
+def _override_bind(config: ProxyConfig, host: str | None, port: int | None) -> ProxyConfig:
+    updates: dict[str, object] = {}
+    if host is not None:
+        updates["host"] = host
+    if port is not None:
+        if port == config.server.admin.port:
+            raise ConfigError(f"--port {port} is also server.admin.port", path="server.admin.port")
+        updates["port"] = port
+    if not updates:
+        return config
+    return config.model_copy(update={"server": config.server.model_copy(update=updates)})
+
+
+def _run(config: ProxyConfig, reload: tuple[Path, Callable[[], ProxyConfig]] | None) -> int:
+    runner = importlib.import_module("mcp_barbican.server.runner")
+    run: Callable[..., object] = runner.run
+    try:
+        result = run(config, reload=reload)
+    except (ConfigError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def _banner(config: ProxyConfig, info: EmbeddedInfo) -> str:
+    url = f"http://{_display_host(config.server.host)}:{config.server.port}/mcp/{DEMO_MCP_ID}"
+    tokens_file = _display_path(info.tokens_file)
+    client_shell, client_python = _token_expressions(info)
+    lines = [
+        "",
+        f"mcp-barbican: no config file, serving the embedded default (demo MCP server, state in {tokens_file.parent})",
+        "",
+        f"  MCP endpoint:  {url}",
+        f"  client token:  {_describe_token(info.client_token, info.client_source, 'MCP_AUTH_TOKEN', tokens_file)}",
+        f"  admin token:   {_describe_admin_token(info, tokens_file)}",
+        "",
+        "Try it with curl:",
+        "",
+        *(f"  {line}" for line in curl_example(url, client_shell).splitlines()),
+        "",
+        "or with the MCP Python SDK (pip install 'mcp>=2.3'):",
+        "",
+        *(f"  {line}" for line in python_example(url, client_python).splitlines()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _print_banner(banner: str, log_format: str) -> None:
+    if log_format == "json":
+        # Keep stderr one JSON object per line; the banner bypasses --log-level on purpose.
+        record = logging.makeLogRecord({"name": logger.name, "levelname": "INFO", "msg": banner.strip()})
+        banner = JsonFormatter().format(record)
+    print(banner, file=sys.stderr)
+
+
+def _describe_token(token: str, source: str, variable: str, tokens_file: Path) -> str:
+    if source == "env":
+        return f"from ${variable}"
+    if source == "generated":
+        return f"{token}  (new, kept in {tokens_file})"
+    return f"{token}  (from {tokens_file})"
+
+
+def _describe_admin_token(info: EmbeddedInfo, tokens_file: Path) -> str:
+    # The admin token is shown once, when generated; afterwards it stays in the file.
+    if info.admin_source == "stored":
+        return f"see {tokens_file}"
+    return _describe_token(info.admin_token, info.admin_source, "MCP_ADMIN_TOKEN", tokens_file)
+
+
+def _token_expressions(info: EmbeddedInfo) -> tuple[str, str]:
+    """How the examples refer to the client token: (shell word, Python header-value expression)."""
+    if info.client_source == "env":
+        # A token from the environment stays out of the terminal and the logs.
+        return "$MCP_AUTH_TOKEN", '"Bearer " + os.environ["MCP_AUTH_TOKEN"]'
+    return info.client_token, json.dumps(f"Bearer {info.client_token}")
+
+
+def curl_example(url: str, token: str) -> str:
+    """A curl command that sends `initialize` to `url` with a bearer token."""
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "curl", "version": "1.0"},
+            },
+        },
+        separators=(",", ":"),
+    )
+    return "\n".join(
+        [
+            f"curl -sS {url} \\",
+            f'  -H "Authorization: Bearer {token}" \\',
+            '  -H "Content-Type: application/json" \\',
+            '  -H "Accept: application/json, text/event-stream" \\',
+            f"  -d '{body}'",
+        ]
+    )
+
+
+def python_example(url: str, authorization: str) -> str:
+    """A short script listing the tools at `url` with the official `mcp` SDK (2.3).
+
+    `authorization` is a Python expression for the Authorization header value. SDK 2.3 takes
+    request headers on its own `httpx2.AsyncClient`, handed to the transport.
+    """
+    imports = "import asyncio, os, httpx2" if "os.environ" in authorization else "import asyncio, httpx2"
+    return "\n".join(
+        [
+            f"{imports}; from mcp import Client; from mcp.client.streamable_http import streamable_http_client",
+            "async def main() -> None:",
+            f'    async with httpx2.AsyncClient(headers={{"Authorization": {authorization}}}) as http:',
+            f'        async with Client(streamable_http_client("{url}", http_client=http)) as client:',
+            "            print([tool.name for tool in (await client.list_tools()).tools])",
+            "asyncio.run(main())",
+        ]
+    )
+
+
+def _display_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):  # noqa: S104 - shown as the address a local client connects to
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _display_path(path: Path) -> Path:
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+# ---------------------------------------------------------------------------------------------
+# token generate, config check
+
+
+def _token_generate(args: argparse.Namespace) -> int:
+    print(secrets.token_urlsafe(args.length))
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    _setup_logging("text", "INFO")
+    cwd = Path.cwd()
+    path = args.config or find_config(cwd)
+    if path is None:
+        print(f"error: {_NO_CONFIG}", file=sys.stderr)
+        return 1
+    try:
+        config = load_config(path, load_environ(cwd))
+        warnings = check_bind(config, allow_unauthenticated=True)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    sys.stdout.write(yaml.safe_dump(masked_dump(config), sort_keys=False, allow_unicode=True))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# logging
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message (and exc when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render `record` as a single JSON line."""
+        payload = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, ensure_ascii=False)
+
+
+def _setup_logging(log_format: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
+    handler.set_name("mcp-barbican-cli")
+    root = logging.getLogger()
+    # Replace only our own handler, so a second call (or a test harness's handler) is left alone.
+    for existing in [h for h in root.handlers if h.get_name() == "mcp-barbican-cli"]:
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)

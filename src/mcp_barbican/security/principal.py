@@ -1,0 +1,40 @@
+"""Who is calling, as the security layers hand it on through the ASGI scope."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = ["CLIENT_IP_KEY", "PRINCIPAL_KEY", "Principal", "principal_id"]
+
+#: The resolved client address (str), set by the client-address layer for every request.
+CLIENT_IP_KEY: Final = "mcp_barbican.client_ip"
+#: The authenticated Principal, set by the authentication layer.
+PRINCIPAL_KEY: Final = "mcp_barbican.principal"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller.
+
+    `id` is stable per credential (a token entry's id, a JWT's `iss`+`sub`) and is what
+    sessions are bound to and rate limits are keyed on; it is never the secret itself.
+    `mcps` limits which MCPs the credential reaches (None: all that accept it).
+    """
+
+    id: str
+    kind: str
+    roles: tuple[str, ...] = ()
+    mcps: tuple[str, ...] | None = None
+    scopes: tuple[str, ...] = ()
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def reaches(self, mcp_id: str) -> bool:
+        return self.mcps is None or mcp_id in self.mcps
+
+
+def principal_id(scope: Mapping[str, Any]) -> str | None:
+    """The id of the request's authenticated principal, None when nobody authenticated."""
+    principal = scope.get(PRINCIPAL_KEY)
+    return principal.id if isinstance(principal, Principal) else None

@@ -1,0 +1,473 @@
+"""Rate limiting: token buckets per scope (global, client IP, principal, MCP), all or nothing.
+
+A limit of R per minute with burst B is a bucket of B tokens (B defaults to R) refilling
+continuously at R/60 per second; hour and day limits are further buckets holding their
+whole quota. A request is admitted only if every applicable bucket holds a token, and then
+takes one from each; a refused request takes none, so hammering an empty bucket does not
+delay its recovery (as nginx's limit_req). Each table is an LRU capped at `max_keys`: under
+a flood of distinct keys the least recently seen buckets are forgotten (a forgotten key
+starts full again, the trade-off nginx and Traefik make) while the global bucket still binds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+
+import orjson
+
+from mcp_barbican import jsonrpc
+from mcp_barbican.audit.events import AuditEvent, request_fields
+from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.principal import CLIENT_IP_KEY, principal_id
+from mcp_barbican.server.http import BodyTooLarge, read_body, respond
+from mcp_barbican.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from mcp_barbican.audit.trail import AuditTrail
+    from mcp_barbican.config import RateLimitConfig
+
+__all__ = [
+    "DEFAULT_MAX_KEYS",
+    "RETOUCH",
+    "RPC_RATE_LIMITED",
+    "UNKNOWN_CLIENT",
+    "Bucket",
+    "BucketRef",
+    "BucketSpec",
+    "BucketStore",
+    "Decision",
+    "Limits",
+    "MemoryBucketStore",
+    "RateLimit",
+    "RateLimiter",
+    "RequestKeys",
+    "decide",
+    "jsonrpc_request_id",
+    "rate_limit_headers",
+    "refusal",
+]
+
+#: Keys per table before the least recently seen is forgotten: a full table is ~25 MB (IPv6 keys).
+DEFAULT_MAX_KEYS: Final = 100_000
+#: The shared key of requests without a known client address: they share a bucket, never bypass it.
+UNKNOWN_CLIENT: Final = "unknown"
+#: In JSON-RPC's implementation-defined server-error range (-32000..-32099), mirroring HTTP 429.
+RPC_RATE_LIMITED: Final = -32029
+#: Refill sums of floats may land a hair below a whole token; this much short still counts as one.
+_TOKEN_EPSILON: Final = 1e-9
+#: Seconds a client's resolved buckets are used before their LRU position is refreshed.
+RETOUCH: Final = 1.0
+#: Clients whose resolved buckets are kept (the whole cache is dropped when it is full).
+_RESOLVED_MAX: Final = 4096
+#: A refused body is read only to echo its JSON-RPC id; past this size the id is left null.
+_PEEK_LIMIT: Final = 256 * 1024
+
+Header = tuple[bytes, bytes]
+
+
+def _whole_tokens(level: float) -> int:
+    return int(level + _TOKEN_EPSILON)
+
+
+def _whole_seconds(seconds: float) -> int:
+    """Seconds rounded up, never down: a client told to wait must find a token when it returns."""
+    return max(0, math.ceil(seconds - _TOKEN_EPSILON))
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    """One token bucket's shape; `name` names its policy in the RateLimit headers."""
+
+    name: str
+    capacity: int
+    per_second: float
+    quota: int
+    window: int
+    policy: str = field(init=False)
+    #: Seconds per token.
+    interval: float = field(init=False)
+    #: How far `Bucket.due` lies behind "now" when the bucket is full: (capacity - 1) tokens'
+    #: worth, plus the hair by which a refill summed from floats may fall short of a whole token.
+    lead: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "interval", 1.0 / self.per_second)
+        object.__setattr__(self, "lead", (self.capacity - 1 + _TOKEN_EPSILON) * self.interval)
+        # draft-ietf-httpapi-ratelimit-headers-11 section 3: a String item with q (quota) and w (window);
+        # the burst, when it differs from the quota, as a vendor-prefixed parameter (section 3.1).
+        text = f'"{self.name}";q={self.quota};w={self.window}'
+        if self.capacity != self.quota:
+            text += f";barbican-burst={self.capacity}"
+        object.__setattr__(self, "policy", text)
+
+    def seconds_to_next_token(self, level: float) -> float:
+        """How long until `level` gains its next whole token (0 when the bucket is full)."""
+        if level + _TOKEN_EPSILON >= self.capacity:
+            return 0.0
+        return max(0.0, (_whole_tokens(level) + 1 - level) / self.per_second)
+
+
+class Bucket:
+    """A token bucket kept as one moment, `due`: from then on it holds a whole token.
+
+    A bucket of capacity B refilling at r per second holds L(now) = min(B, 1 + (now - due)·r)
+    tokens, so "holds a token" is `due <= now`, and taking one moves `due` on by 1/r from
+    the later of `due` and the moment the bucket was last full (now - (B-1)/r). This is the
+    token bucket of DESIGN.md section 4, arithmetic and all, in the form ATM's GCRA and
+    redis-cell keep it: one comparison to check and one addition to take. Time before `due`
+    reads as an emptier bucket, never a fuller one, so a clock that steps back refills nothing.
+    """
+
+    __slots__ = ("due", "spec")
+
+    def __init__(self, spec: BucketSpec, now: float) -> None:
+        self.spec = spec
+        self.due = now - spec.lead  # full
+
+    def level(self, now: float) -> float:
+        spec = self.spec
+        level = 1.0 + (now - self.due) * spec.per_second - _TOKEN_EPSILON
+        return min(float(spec.capacity), max(0.0, level))
+
+    def has_token(self, now: float) -> bool:
+        return self.due <= now
+
+    def take(self, now: float) -> None:
+        """Take one token, which the caller has checked is there."""
+        full_at = now - self.spec.lead
+        self.due = max(self.due, full_at) + self.spec.interval
+
+    def try_take(self, now: float) -> bool:
+        if not self.has_token(now):
+            return False
+        self.take(now)
+        return True
+
+    def seconds_until_token(self, now: float) -> float:
+        return max(0.0, self.due - now)
+
+
+def _per_minute(name: str, rate: int | None, burst: int | None) -> tuple[BucketSpec, ...]:
+    if rate is None:
+        return ()
+    return (BucketSpec(name, capacity=burst or rate, per_second=rate / 60, quota=rate, window=60),)
+
+
+def _per_window(name: str, quota: int | None, window: int) -> tuple[BucketSpec, ...]:
+    if quota is None:
+        return ()
+    return (BucketSpec(name, capacity=quota, per_second=quota / window, quota=quota, window=window),)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The bucket shapes of each scope; an empty scope limits nothing."""
+
+    global_: tuple[BucketSpec, ...] = ()
+    per_ip: tuple[BucketSpec, ...] = ()
+    per_principal: tuple[BucketSpec, ...] = ()
+    per_mcp: tuple[BucketSpec, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: RateLimitConfig) -> Limits:
+        return cls(
+            global_=(
+                *_per_minute("global-minute", config.requests_per_minute, config.burst_size),
+                *_per_window("global-hour", config.requests_per_hour, 3600),
+                *_per_window("global-day", config.requests_per_day, 86400),
+            ),
+            per_ip=_per_minute("ip-minute", config.per_ip_requests_per_minute, config.per_ip_burst_size),
+            per_principal=_per_minute(
+                "token-minute", config.per_token_requests_per_minute, config.per_token_burst_size
+            ),
+            per_mcp=_per_minute("mcp-minute", config.per_mcp_requests_per_minute, config.per_mcp_burst_size),
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.global_ or self.per_ip or self.per_principal or self.per_mcp)
+
+
+class RequestKeys(NamedTuple):
+    """Whom a request is counted against: no principal → no per-token buckets; no MCP → no per-MCP ones."""
+
+    ip: str | None
+    principal: str | None
+    mcp: str | None
+
+
+class BucketRef(NamedTuple):
+    """One bucket of one key; `spec.name` is the table it lives in."""
+
+    spec: BucketSpec
+    key: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one request, and what the RateLimit headers report.
+
+    `limit_name`, `remaining` and `reset` describe one bucket: the one that refused with the
+    longest wait, or when admitted the one with the fewest tokens left. `reset` is the
+    seconds until that bucket gains its next token; `retry_after` is 0 when admitted.
+    """
+
+    allowed: bool
+    retry_after: float
+    limit_name: str
+    remaining: int
+    reset: float
+    policies: list[str]
+
+
+class BucketStore(Protocol):
+    """Where bucket state lives; `take_all` is the one operation and it must be atomic.
+
+    A Redis store does it in one Lua script: KEYS are the buckets (each one number, its
+    `Bucket.due`, all under one hash tag so a cluster keeps them in one slot), ARGV carries
+    each bucket's lead and interval. The script reads "now" from Redis TIME (replicas'
+    clocks skew), returns the levels unchanged if any `due` lies after now, and otherwise
+    moves each `due` on as `Bucket.take` does, with a PEXPIRE at the moment the bucket is
+    full again (an absent key reads as a full bucket, so expiry loses nothing). A networked
+    store makes this call awaitable; `RateLimit.__call__` is its only caller.
+    """
+
+    def take_all(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
+        """If every bucket holds a token, take one from each. Returns whether it did, and the levels after."""
+        ...
+
+
+class MemoryBucketStore:
+    """Bucket state in this process: one LRU table per bucket name, each capped at `max_keys`."""
+
+    def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.max_keys = max_keys
+        self.tables: dict[str, OrderedDict[str, Bucket]] = {}
+        #: How many buckets were forgotten so far: resolved buckets are stale once it moves.
+        self.evictions = 0
+
+    def take_all(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
+        buckets = self.resolve(refs, now)
+        taken = self.take_buckets(buckets, now)
+        return taken, [bucket.level(now) for bucket in buckets]
+
+    def resolve(self, refs: Sequence[BucketRef], now: float) -> list[Bucket]:
+        """The buckets of `refs`, created full where missing; marks them recently used."""
+        return [self._bucket(ref, now) for ref in refs]
+
+    @staticmethod
+    def take_buckets(buckets: Sequence[Bucket], now: float) -> bool:
+        """`take_all` on buckets resolved before (they stay valid until `evictions` changes)."""
+        # The hot path of every limited request: Bucket.has_token and Bucket.take, inlined.
+        for bucket in buckets:
+            if bucket.due > now:
+                return False
+        for bucket in buckets:
+            spec = bucket.spec
+            full_at = now - spec.lead
+            due = bucket.due
+            bucket.due = (due if due > full_at else full_at) + spec.interval
+        return True
+
+    def _bucket(self, ref: BucketRef, now: float) -> Bucket:
+        table = self.tables.get(ref.spec.name)
+        if table is None:
+            table = self.tables[ref.spec.name] = OrderedDict()
+        bucket = table.get(ref.key)
+        if bucket is not None:
+            if len(table) > 1:  # the global and per-MCP tables hold one key: no order to keep
+                table.move_to_end(ref.key)
+            return bucket
+        bucket = table[ref.key] = Bucket(ref.spec, now)
+        if len(table) > self.max_keys:
+            table.popitem(last=False)
+            self.evictions += 1
+        return bucket
+
+
+def decide(refs: Sequence[BucketRef], levels: Sequence[float], *, taken: bool) -> Decision:
+    """The Decision for a store's answer (`levels` in `refs` order)."""
+    policies = [ref.spec.policy for ref in refs]
+    if not refs:
+        return Decision(True, 0.0, "", 0, 0.0, policies)
+    if taken:
+        tightest = min(range(len(levels)), key=levels.__getitem__)
+        spec, level = refs[tightest].spec, levels[tightest]
+        return Decision(True, 0.0, spec.name, _whole_tokens(level), spec.seconds_to_next_token(level), policies)
+    waits = [ref.spec.seconds_to_next_token(level) for ref, level in zip(refs, levels, strict=True)]
+    binding = max(range(len(waits)), key=waits.__getitem__)
+    return Decision(False, waits[binding], refs[binding].spec.name, 0, waits[binding], policies)
+
+
+class RateLimiter:
+    """Every scope's buckets for one `rate_limit` block, in one store."""
+
+    def __init__(self, limits: Limits, *, store: BucketStore | None = None, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        self.limits = limits
+        self.store: BucketStore = store if store is not None else MemoryBucketStore(max_keys=max_keys)
+        self._global_refs = tuple(BucketRef(spec, "") for spec in limits.global_)
+        #: Per request keys: the store's eviction count, when to refresh their LRU position, their buckets.
+        self._resolved: dict[tuple[str | None, str | None, str | None], tuple[int, float, list[Bucket]]] = {}
+
+    @classmethod
+    def from_config(
+        cls, config: RateLimitConfig, *, store: BucketStore | None = None, max_keys: int = DEFAULT_MAX_KEYS
+    ) -> RateLimiter:
+        return cls(Limits.from_config(config), store=store, max_keys=max_keys)
+
+    @property
+    def enabled(self) -> bool:
+        return not self.limits.empty
+
+    def refs(self, keys: RequestKeys) -> list[BucketRef]:
+        """The buckets that apply to a request."""
+        refs = [*self._global_refs]
+        ip = keys.ip if keys.ip is not None else UNKNOWN_CLIENT
+        refs += [BucketRef(spec, ip) for spec in self.limits.per_ip]
+        if keys.principal is not None:
+            refs += [BucketRef(spec, keys.principal) for spec in self.limits.per_principal]
+        if keys.mcp is not None:
+            refs += [BucketRef(spec, keys.mcp) for spec in self.limits.per_mcp]
+        return refs
+
+    def admits(self, ip: str | None, principal: str | None, mcp: str | None, now: float) -> bool:
+        """Take a token from every applicable bucket if each holds one (True); else take none. The hot path.
+
+        With the in-memory store, a client's buckets are looked up once and reused while the
+        store forgets no bucket; their LRU position is refreshed at most every RETOUCH seconds
+        (so LRU order is approximate to that, the usual trade of a cached lookup).
+        """
+        store = self.store
+        if type(store) is not MemoryBucketStore:
+            return self.check(RequestKeys(ip, principal, mcp), now).allowed
+        key = (ip, principal, mcp)
+        entry = self._resolved.get(key)
+        if entry is None or now >= entry[1] or entry[0] != store.evictions:
+            buckets = store.resolve(self.refs(RequestKeys(ip, principal, mcp)), now)
+            if len(self._resolved) >= _RESOLVED_MAX:
+                self._resolved.clear()
+            entry = self._resolved[key] = (store.evictions, now + RETOUCH, buckets)
+        return store.take_buckets(entry[2], now)
+
+    def check(self, keys: RequestKeys, now: float) -> Decision:
+        """Admit the request (taking a token from every applicable bucket) or refuse it (taking none)."""
+        refs = self.refs(keys)
+        if not refs:
+            return decide(refs, [], taken=True)
+        taken, levels = self.store.take_all(refs, now)
+        return decide(refs, levels, taken=taken)
+
+
+def rate_limit_headers(decision: Decision) -> list[Header]:
+    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers-11, sections 3 and 4)."""
+    if not decision.limit_name:
+        return []
+    # t: the effective window, seconds within which no more than r requests will be admitted (4.1.2).
+    current = f'"{decision.limit_name}";r={decision.remaining};t={_whole_seconds(decision.reset)}'
+    return [(b"ratelimit-policy", ", ".join(decision.policies).encode()), (b"ratelimit", current.encode())]
+
+
+def jsonrpc_request_id(body: bytes) -> tuple[bool, jsonrpc.RequestId | None]:
+    """Whether `body` is JSON-RPC, and the id to echo (None for notifications, batches, odd ids)."""
+    try:
+        message: Any = jsonrpc.loads(body)
+    except ValueError:
+        return False, None
+    if isinstance(message, dict) and message.get("jsonrpc") == "2.0":
+        request_id = message.get("id")
+        if isinstance(request_id, str | int) and not isinstance(request_id, bool):
+            return True, request_id
+        return True, None
+    if isinstance(message, list) and any(isinstance(m, dict) and m.get("jsonrpc") == "2.0" for m in message):
+        return True, None
+    return False, None
+
+
+def refusal(decision: Decision, body: bytes | None) -> tuple[list[Header], bytes]:
+    """The 429's headers and body: a JSON-RPC error when `body` was JSON-RPC, else a JSON error."""
+    wait = max(1, _whole_seconds(decision.retry_after))
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"retry-after", str(wait).encode()),
+        *rate_limit_headers(decision),
+    ]
+    is_rpc, request_id = jsonrpc_request_id(body) if body else (False, None)
+    if is_rpc:
+        data = {"retryAfterSeconds": wait, "limit": decision.limit_name}
+        return headers, jsonrpc.error_body(request_id, RPC_RATE_LIMITED, "rate limit exceeded", data)
+    message = f"too many requests: the {decision.limit_name} limit is exhausted; retry in {wait} s"
+    return headers, orjson.dumps({"error": "rate_limited", "message": message, "retry_after": wait})
+
+
+async def _refused_body(scope: Scope, receive: Receive) -> bytes | None:
+    if scope.get("method") != "POST":
+        return None
+    try:
+        return await read_body(scope, receive, _PEEK_LIMIT)
+    except BodyTooLarge:
+        return None
+
+
+class RateLimit:
+    """Admits or refuses each request by the limiter; refusals carry the RateLimit headers.
+
+    It counts only what reaches it: place it after CORS preflights, IP rules and
+    authentication, so refused-earlier requests and preflights never spend a token. An
+    admitted request's body is never read here; a refused POST's is, to echo its JSON-RPC id.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: RateLimiter,
+        mcp_id: str | None,
+        counters: SecurityCounters,
+        clock: Callable[[], float] = time.monotonic,
+        audit: AuditTrail | None = None,
+    ) -> None:
+        self.app = app
+        #: None when nothing is recorded: the builder passes a trail only if it has a sink.
+        self.audit = audit
+        self.limiter = limiter
+        self.mcp_id = mcp_id
+        self.counters = counters
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.limiter.enabled:
+            await self.app(scope, receive, send)
+            return
+        keys = RequestKeys(ip=scope.get(CLIENT_IP_KEY), principal=principal_id(scope), mcp=self.mcp_id)
+        now = self.clock()
+        if self.limiter.admits(keys.ip, keys.principal, keys.mcp, now):
+            # Admitted answers carry no RateLimit headers: wrapping every response for them
+            # cost more than the whole limiter; refusals carry them all.
+            await self.app(scope, receive, send)
+            return
+        decision = self.limiter.check(keys, now)  # refused a moment ago, so it takes nothing now
+        self.counters.rate_limit_exceeded += 1
+        self.counters.violation()
+        if self.audit is not None:
+            details = {"limit": decision.limit_name, "retry_after": decision.retry_after}
+            fields = request_fields(scope)
+            event = AuditEvent(
+                "rate_limit",
+                "request",
+                False,
+                f"mcp:{self.mcp_id}",
+                keys.principal,
+                mcp=self.mcp_id,
+                details=details,
+                **fields,
+            )
+            await self.audit.emit(event)
+        headers, body = refusal(decision, await _refused_body(scope, receive))
+        await respond(send, 429, body, headers)

@@ -1,0 +1,71 @@
+"""Client tokens issued through the admin API: the request path's index of them.
+
+Each token is kept only as its SHA-256 digest. A presented credential is hashed and looked up
+by digest: an attacker controls the credential, not its digest, so the lookup's timing says
+nothing about any stored token (the same reason password stores may index by hash). The
+book is filled from storage at start and changed by the admin API, so a revocation counts
+from the next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from typing import Final
+
+from mcp_barbican.security.principal import Principal
+from mcp_barbican.storage.base import TokenRecord
+
+__all__ = ["TOKEN_BYTES", "IssuedTokens", "new_token"]
+
+#: 32 random bytes from the OS CSPRNG, URL-safe base64 (the seed's generator).
+TOKEN_BYTES: Final = 32
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh token and its SHA-256 (hex): the plaintext is shown once, the digest kept."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    return token, hashlib.sha256(token.encode()).hexdigest()
+
+
+class IssuedTokens:
+    """Issued tokens by id and by digest, with the Principal each one stands for."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, TokenRecord] = {}
+        self._by_digest: dict[bytes, tuple[TokenRecord, Principal]] = {}
+        #: Bumped by every change, so anything remembering an earlier verdict knows to forget it.
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def put(self, record: TokenRecord) -> None:
+        """Add or replace (by id) one token."""
+        self.generation += 1
+        old = self._by_id.get(record.id)
+        if old is not None:
+            del self._by_digest[bytes.fromhex(old.sha256)]
+        principal = Principal(id=f"token:{record.id}", kind="token", roles=record.roles, mcps=record.mcps)
+        self._by_id[record.id] = record
+        self._by_digest[bytes.fromhex(record.sha256)] = (record, principal)
+
+    def get(self, token_id: str) -> TokenRecord | None:
+        return self._by_id.get(token_id)
+
+    def records(self) -> list[TokenRecord]:
+        return list(self._by_id.values())
+
+    def lookup(self, presented: bytes, now: float) -> tuple[Principal | str | None, float]:
+        """The principal of a presented digest, why it is refused (revoked, expired), or None if unknown;
+        and until when (epoch seconds) a principal stays valid."""
+        entry = self._by_digest.get(presented)
+        if entry is None:
+            return None, 0.0
+        record, principal = entry
+        if record.revoked_at is not None:
+            return "token revoked", 0.0
+        if record.expires_at is not None and now >= record.expires_at:
+            return "token expired", 0.0
+        return principal, math.inf if record.expires_at is None else record.expires_at

@@ -1,0 +1,491 @@
+"""The downstream MCP endpoints of one MCP: Streamable HTTP and legacy HTTP+SSE.
+
+`/mcp/{id}` speaks Streamable HTTP (spec 2025-03-26 to 2025-11-25): POST carries one
+JSON-RPC message, requests are answered on an SSE stream that opens with a priming event
+(so a dropped connection can resume with GET + Last-Event-ID), notifications and responses
+get 202. `/mcp/{id}/sse` + `/mcp/{id}/messages` speak the 2024-11-05 HTTP+SSE transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from mcp_barbican import jsonrpc
+from mcp_barbican.audit.events import AuditEvent, arguments_for_audit, request_fields
+from mcp_barbican.exceptions import UpstreamError
+from mcp_barbican.jsonrpc import Message
+from mcp_barbican.security.limits import header_bytes, json_violation
+from mcp_barbican.security.principal import principal_id
+from mcp_barbican.server.http import BodyTooLarge, get_header, query_param, read_body, respond, rpc_error
+from mcp_barbican.server.runtime import CapacityError, McpRuntime
+from mcp_barbican.server.session import Session
+from mcp_barbican.server.streams import EventStream, priming_event
+from mcp_barbican.types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from mcp_barbican.audit.trail import AuditTrail
+    from mcp_barbican.config import LimitsConfig
+
+#: Methods counted under their own name in the metrics; any other is "other" (labels stay bounded).
+METRIC_METHODS: Final = frozenset(
+    {
+        "ping",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "server/discover",
+    }
+)
+
+__all__ = ["SUPPORTED_VERSIONS", "McpEndpoint"]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_VERSIONS: Final = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"})
+#: Seconds between SSE comment lines on an otherwise quiet stream, so proxies keep it open.
+KEEPALIVE_SECONDS: Final = 15.0
+_SSE_HEADERS: Final = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+]
+_SESSION_HEADER: Final = b"mcp-session-id"
+MODERN_VERSION_KEY: Final = "io.modelcontextprotocol/protocolVersion"
+#: 2026-07-28 error code for headers that contradict the body.
+HEADER_MISMATCH: Final = -32020
+
+
+class McpEndpoint:
+    """Serves `/mcp/{id}`, `/mcp/{id}/sse` and `/mcp/{id}/messages` for one MCP."""
+
+    def __init__(
+        self, runtime: McpRuntime, *, limits: LimitsConfig, messages_path: str, audit: AuditTrail | None = None
+    ) -> None:
+        self.runtime = runtime
+        #: None when nothing is recorded: the builder passes a trail only if it has a sink.
+        self.audit = audit
+        self.limits = limits
+        self.max_body_size = limits.max_body_size
+        self.messages_path = messages_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if header_bytes(scope["headers"]) > self.limits.max_header_size:
+            reason = f"request headers are over the limit of {self.limits.max_header_size} bytes"
+            await rpc_error(send, 431, jsonrpc.INVALID_REQUEST, reason)
+            return
+        method = scope["method"]
+        sub = scope.get("mcp_barbican.subpath", "")
+        if sub == "":
+            handler = {"POST": self.post, "GET": self.get, "DELETE": self.delete}.get(method)
+        elif sub == "/sse":
+            handler = self.legacy_connect if method == "GET" else None
+        elif sub == "/messages":
+            handler = self.legacy_post if method == "POST" else None
+        else:
+            await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "no such endpoint")
+            return
+        if handler is None:
+            allow = {"": b"GET, POST, DELETE", "/sse": b"GET", "/messages": b"POST"}[sub]
+            await rpc_error(
+                send, 405, jsonrpc.INVALID_REQUEST, f"{method} is not allowed here", None, [(b"allow", allow)]
+            )
+            return
+        await handler(scope, receive, send)
+
+    # -- shared request checks ---------------------------------------------------------
+
+    async def _read_message(self, scope: Scope, receive: Receive, send: Send) -> Message | None:
+        """The POSTed JSON-RPC message, or None after answering the rejection."""
+        content_type = (get_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            await rpc_error(send, 415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json")
+            return None
+        try:
+            body = await read_body(scope, receive, self.max_body_size)
+        except BodyTooLarge:
+            limit = self.max_body_size
+            await rpc_error(send, 413, jsonrpc.INVALID_REQUEST, f"request body is over the limit of {limit} bytes")
+            return None
+        try:
+            msg = jsonrpc.loads(body)
+        except ValueError:
+            await rpc_error(send, 400, jsonrpc.PARSE_ERROR, "the body is not valid JSON")
+            return None
+        if isinstance(msg, list):
+            await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "JSON-RPC batches are not supported")
+            return None
+        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or not _well_formed(msg):
+            await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "not a JSON-RPC 2.0 request, notification or response")
+            return None
+        violation = json_violation(msg, max_depth=self.limits.max_json_depth, max_string=self.limits.max_string_length)
+        if violation is not None:
+            await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, violation, msg.get("id"))
+            return None
+        return msg
+
+    async def _session(self, scope: Scope, send: Send, session_id: str | None) -> Session | None:
+        if not session_id:
+            await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "Bad Request: missing session id")
+            return None
+        session = self.runtime.get(session_id, principal_id(scope))
+        if session is None:
+            await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "Session not found")
+        return session
+
+    async def _version_ok(self, scope: Scope, send: Send) -> bool:
+        version = get_header(scope, b"mcp-protocol-version")
+        if version is None or version.decode("latin-1") in SUPPORTED_VERSIONS:
+            return True
+        text = version.decode("latin-1")
+        await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, f"Bad Request: unsupported protocol version {text!r}")
+        return False
+
+    # -- Streamable HTTP ---------------------------------------------------------------
+
+    async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _accepts(scope, b"application/json") or not _accepts(scope, b"text/event-stream"):
+            message = "Not Acceptable: Accept must list application/json and text/event-stream"
+            await rpc_error(send, 406, jsonrpc.INVALID_REQUEST, message)
+            return
+        msg = await self._read_message(scope, receive, send)
+        if msg is None or not await self._version_ok(scope, send):
+            return
+        header = get_header(scope, _SESSION_HEADER)
+        if header is None and "id" in msg and msg.get("method") == "initialize":
+            await self._initialize(scope, receive, send, msg)
+            return
+        if header is None and "id" in msg and _sessionless(msg):
+            mismatch = _header_mismatch(scope, msg)
+            if mismatch is not None:
+                await rpc_error(send, 400, HEADER_MISMATCH, mismatch, msg["id"])
+                return
+            await self._stateless(scope, send, receive, msg)
+            return
+        session = await self._session(scope, send, header.decode("latin-1") if header else None)
+        if session is None:
+            return
+        if "id" in msg and "method" in msg:
+            if msg["method"] == "initialize":
+                await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "this session is already initialized", msg["id"])
+                return
+            stream = session.open_stream()
+            started = time.perf_counter()
+            await self._forward_request(session, msg, stream)
+            await self._stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
+            await self._record(scope, msg, started, stream)
+            return
+        await self._forward_other(session, msg, send)
+
+    async def _initialize(self, scope: Scope, receive: Receive, send: Send, msg: Message) -> None:
+        try:
+            session = self.runtime.new_session(principal_id(scope))
+        except CapacityError as exc:
+            await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), msg["id"], [(b"retry-after", b"5")])
+            return
+        stream = session.open_stream()
+        try:
+            await self.runtime.initialize(session, msg, stream)
+        except UpstreamError as exc:
+            await self.runtime.close_session(session)
+            await rpc_error(
+                send, 502, jsonrpc.UPSTREAM_ERROR, f"upstream {self.runtime.id!r} is unavailable: {exc}", msg["id"]
+            )
+            return
+        await stream.wait(1, self.runtime.mcp.start_timeout)
+        link = session.link
+        if stream.done and stream.final_data is not None and link is not None and link.init_result is None:
+            # No session came of it: answer without a session id. A failure to reach the
+            # upstream is a 502; the upstream's own refusal is its JSON-RPC error as is.
+            await self.runtime.close_session(session)
+            failure = jsonrpc.loads(stream.final_data)
+            status = 502 if failure.get("error", {}).get("code") == jsonrpc.UPSTREAM_ERROR else 200
+            await respond(send, status, stream.final_data, [(b"content-type", b"application/json")])
+            return
+        await self._stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
+
+    async def _stateless(self, scope: Scope, send: Send, receive: Receive, msg: Message) -> None:
+        """Relay a request that belongs to no session (2026-07-28 era) on the stateless link."""
+        try:
+            if msg["method"] == "server/discover":
+                response = await self.runtime.discover(msg.get("params"))
+                response["id"] = msg["id"]
+                await respond(send, 200, jsonrpc.dumps(response), [(b"content-type", b"application/json")])
+                return
+            link, holder = await self.runtime.stateless()
+        except UpstreamError as exc:
+            message = f"upstream {self.runtime.id!r} is unavailable: {exc}"
+            await rpc_error(send, 502, jsonrpc.UPSTREAM_ERROR, message, msg["id"])
+            return
+        stream = holder.open_stream()
+        started = time.perf_counter()
+        await self._forward_request(holder, msg, stream)
+        await self._stream_answer(send, receive, stream, [])
+        await self._record(scope, msg, started, stream)
+        holder.streams.pop(stream.stream_id, None)
+
+    async def _forward_request(self, session: Session, msg: Message, stream: EventStream) -> None:
+        assert session.link is not None
+        request_id = msg["id"]
+        try:
+            await session.link.forward_request(session, msg, stream)
+        except UpstreamError as exc:
+            stream.failed = True
+            stream.push(jsonrpc.error_body(request_id, jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
+
+    async def _record(self, scope: Scope, msg: Message, started: float | None, stream: EventStream) -> None:
+        """Count a relayed request (`started` None: its answer comes later, on a legacy stream); audit tool calls."""
+        method = msg["method"] if msg["method"] in METRIC_METHODS else "other"
+        elapsed = None if started is None else time.perf_counter() - started
+        self.runtime.stats.record(method, elapsed, failed=stream.failed)
+        if self.audit is not None and msg["method"] == "tools/call":
+            await self._audit_tool_call(scope, msg, elapsed, stream)
+
+    async def _audit_tool_call(self, scope: Scope, msg: Message, elapsed: float | None, stream: EventStream) -> None:
+        assert self.audit is not None
+        raw = msg.get("params")
+        params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        tool = str(params.get("name", ""))[:256]
+        success, error = not stream.failed, "upstream unreachable" if stream.failed else None
+        if elapsed is not None and success and stream.final_data is not None:
+            answer = stream.final_message or jsonrpc.loads(stream.final_data)
+            if "error" in answer:
+                success, error = False, str((answer.get("error") or {}).get("message", "error"))[:256]
+            elif (answer.get("result") or {}).get("isError"):
+                success, error = False, "the tool reported an error"
+        event = AuditEvent(
+            "tool_call",
+            "tools/call",
+            success,
+            resource=f"tool:{self.runtime.id}/{tool}",
+            user=principal_id(scope),
+            error=error,
+            mcp=self.runtime.id,
+            tool=tool,
+            latency_ms=None if elapsed is None else round(elapsed * 1000, 3),
+            details={"arguments": arguments_for_audit(params.get("arguments", {}), self.audit.arguments)},
+            **request_fields(scope),
+        )
+        await self.audit.emit(event)
+
+    async def _forward_other(self, session: Session, msg: Message, send: Send) -> None:
+        """Notifications and responses: relay, then 202 with no body."""
+        link = session.link
+        if link is None:
+            await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "the session is not initialized yet")
+            return
+        try:
+            if "method" in msg:
+                await link.forward_notification(session, msg)
+            elif not await link.forward_response(session, msg):
+                logger.debug("dropped a response to no pending server request on %r", self.runtime.id)
+        except UpstreamError as exc:
+            await rpc_error(send, 502, jsonrpc.UPSTREAM_ERROR, str(exc))
+            return
+        await respond(send, 202)
+
+    async def get(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _accepts(scope, b"text/event-stream"):
+            await rpc_error(send, 406, jsonrpc.INVALID_REQUEST, "Not Acceptable: Accept must list text/event-stream")
+            return
+        if not await self._version_ok(scope, send):
+            return
+        header = get_header(scope, _SESSION_HEADER)
+        session = await self._session(scope, send, header.decode("latin-1") if header else None)
+        if session is None:
+            return
+        headers = [(_SESSION_HEADER, session.id.encode())]
+        last_event = get_header(scope, b"last-event-id")
+        if last_event is not None:
+            resumed = _parse_event_id(last_event.decode("latin-1"))
+            stream = session.streams.get(resumed[0]) if resumed else None
+            if resumed is None or stream is None or stream.attached:
+                await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "unknown or busy Last-Event-ID stream")
+                return
+            await self._stream_answer(send, receive, stream, headers, start=resumed[1] + 1, prime=False)
+            return
+        stream = session.get_stream
+        if stream.attached:
+            await rpc_error(send, 409, jsonrpc.INVALID_REQUEST, "Conflict: this session already has a GET stream open")
+            return
+        await self._stream_answer(send, receive, stream, headers, start=stream.delivered, prime=True, wait_first=False)
+
+    async def delete(self, scope: Scope, receive: Receive, send: Send) -> None:
+        header = get_header(scope, _SESSION_HEADER)
+        session = await self._session(scope, send, header.decode("latin-1") if header else None)
+        if session is None:
+            return
+        await self.runtime.close_session(session)
+        await respond(send, 204)
+
+    # -- legacy HTTP+SSE ---------------------------------------------------------------
+
+    async def legacy_connect(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            session = self.runtime.new_session(principal_id(scope), legacy_sse=True)
+        except CapacityError as exc:
+            await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), None, [(b"retry-after", b"5")])
+            return
+        endpoint = f"{scope.get('root_path', '')}{self.messages_path}?session_id={session.id}"
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"event: endpoint\ndata: " + endpoint.encode() + b"\n\n",
+                "more_body": True,
+            }
+        )
+        assert session.legacy_stream is not None
+        try:
+            await self._pump(send, receive, session.legacy_stream, 1)
+        finally:
+            await self.runtime.close_session(session)
+
+    async def legacy_post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = await self._session(scope, send, query_param(scope, "session_id") or query_param(scope, "sessionId"))
+        if session is None:
+            return
+        msg = await self._read_message(scope, receive, send)
+        if msg is None:
+            return
+        stream = session.legacy_stream
+        assert stream is not None
+        if "id" in msg and "method" in msg:
+            if msg["method"] == "initialize" and session.link is None:
+                try:
+                    await self.runtime.initialize(session, msg, stream)
+                except UpstreamError as exc:
+                    stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, str(exc)))
+            elif session.link is None:
+                # Answered on the stream, as any legacy reply; the modern era has no HTTP+SSE form.
+                code = jsonrpc.METHOD_NOT_FOUND if msg["method"] == "server/discover" else jsonrpc.INVALID_REQUEST
+                stream.push(jsonrpc.error_body(msg["id"], code, f"{msg['method']} before initialize"))
+            else:
+                await self._forward_request(session, msg, stream)
+                await self._record(scope, msg, None, stream)
+            await respond(send, 202)
+            return
+        await self._forward_other(session, msg, send)
+
+    # -- writing SSE -------------------------------------------------------------------
+
+    async def _stream_answer(
+        self,
+        send: Send,
+        receive: Receive,
+        stream: EventStream,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        start: int = 1,
+        prime: bool = True,
+        wait_first: bool = True,
+    ) -> None:
+        """Write a stream as an SSE response; in one piece when it is already complete."""
+        if wait_first:
+            await stream.wait(start, KEEPALIVE_SECONDS)
+        head = priming_event(stream.event_id(start - 1)) if prime else b""
+        events, cursor = stream.read_from(start)
+        if stream.done and cursor >= stream.next_seq:
+            body = head + b"".join(events)
+            stream.delivered = cursor
+            out = [*_SSE_HEADERS, *headers, (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": out})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *headers]})
+        await send({"type": "http.response.body", "body": head + b"".join(events), "more_body": True})
+        stream.delivered = cursor
+        await self._pump(send, receive, stream, cursor)
+
+    async def _pump(self, send: Send, receive: Receive, stream: EventStream, cursor: int) -> None:
+        """Relay events as they come until the stream ends or the client goes away."""
+        stream.attached = True
+        gone: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            while True:
+                if stream.done and cursor >= stream.next_seq:
+                    await send({"type": "http.response.body", "body": b""})
+                    return
+                waiter = stream.waiter(cursor)
+                done, _ = await asyncio.wait(
+                    {waiter, gone}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if gone in done:
+                    waiter.cancel()
+                    return
+                if not done:
+                    waiter.cancel()
+                    await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+                    continue
+                events, cursor = stream.read_from(cursor)
+                if events:
+                    await send({"type": "http.response.body", "body": b"".join(events), "more_body": True})
+                    stream.delivered = cursor
+        except OSError:
+            return
+        finally:
+            stream.attached = False
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _accepts(scope: Scope, media: bytes) -> bool:
+    accept = get_header(scope, b"accept")
+    if accept is None:
+        return False
+    return media in accept or b"*/*" in accept
+
+
+def _well_formed(msg: Message) -> bool:
+    if "method" in msg:
+        if not isinstance(msg["method"], str):
+            return False
+        if "id" in msg:
+            return isinstance(msg["id"], (str, int)) and not isinstance(msg["id"], bool)
+        return True
+    return "id" in msg and ("result" in msg or "error" in msg)
+
+
+def _sessionless(msg: Message) -> bool:
+    """A request of the stateless 2026-07-28 era: discovery, or one carrying per-request _meta."""
+    if msg.get("method") == "server/discover":
+        return True
+    params = msg.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return isinstance(meta, dict) and MODERN_VERSION_KEY in meta
+
+
+def _header_mismatch(scope: Scope, msg: Message) -> str | None:
+    """2026-07-28: mirrored headers must say what the body says (we relay what the body says)."""
+    method = get_header(scope, b"mcp-method")
+    if method is not None and method.decode("latin-1") != msg.get("method"):
+        return "HeaderMismatch: Mcp-Method does not match the request body"
+    meta = (msg.get("params") or {}).get("_meta") or {}
+    version = get_header(scope, b"mcp-protocol-version")
+    if version is not None and MODERN_VERSION_KEY in meta and version.decode("latin-1") != meta[MODERN_VERSION_KEY]:
+        return "HeaderMismatch: MCP-Protocol-Version does not match the request body"
+    return None
+
+
+def _parse_event_id(value: str) -> tuple[str, int] | None:
+    stream_id, _, seq = value.rpartition("-")
+    if not stream_id or not seq.isdigit():
+        return None
+    return stream_id, int(seq)

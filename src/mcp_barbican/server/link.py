@@ -1,0 +1,620 @@
+"""A link: one upstream MCP session serving one (isolated) or many (shared) client sessions.
+
+The link rewrites every id that crosses it so that clients never collide upstream: request
+ids and progress tokens become link-unique integers on the way up and are restored on the
+way down; server-to-client requests get per-session ids; cancellations are translated
+both ways. Each upstream message goes to exactly one place:
+
+- a response, to the stream of the request it answers;
+- progress, to the stream of the request that carried the token;
+- anything the transport relates to a request (Streamable HTTP POST streams), to it;
+- other requests and notifications, to the session whose request is oldest in flight
+  (stdio and legacy SSE carry no relation), else the session's GET stream;
+- list_changed to every session, resources/updated to the sessions subscribed to it.
+
+In shared mode the link keeps log levels and resource subscriptions per client: the
+upstream runs at the most verbose level any client asked for and is subscribed to the
+union of the clients' subscriptions, and each client receives only what it asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final
+
+from mcp_barbican import jsonrpc
+from mcp_barbican.exceptions import UpstreamClosed, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from mcp_barbican.jsonrpc import Message, RequestId
+from mcp_barbican.security.tools import tool_allowed
+from mcp_barbican.server.session import Session
+from mcp_barbican.server.streams import EventStream
+from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
+
+if TYPE_CHECKING:
+    from mcp_barbican.config import ToolFilter
+
+__all__ = ["LOG_LEVELS", "PROXY_CLIENT_CAPABILITIES", "ChannelFactory", "Link", "Pending"]
+
+logger = logging.getLogger(__name__)
+
+ChannelFactory = Callable[[MessageHandler, CloseHandler], UpstreamChannel]
+
+LOG_LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+_LEVEL_RANK: Final = {name: rank for rank, name in enumerate(LOG_LEVELS)}
+#: What a shared upstream session declares: the proxy can route each of these to a client
+#: that declared it, and answers an error for a client that did not.
+PROXY_CLIENT_CAPABILITIES: Final[dict[str, Any]] = {
+    "sampling": {},
+    "elicitation": {"form": {}, "url": {}},
+    "roots": {"listChanged": True},
+}
+_CAPABILITY_OF_METHOD: Final = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
+#: Restart backoff for a link whose upstream died: first delay, factor, ceiling (seconds).
+RESTART_BACKOFF: Final = (0.2, 2.0, 30.0)
+
+
+class Pending:
+    """A client request waiting for its upstream response."""
+
+    __slots__ = ("method", "original_id", "session", "stream", "timer", "token", "upstream_id")
+
+    def __init__(
+        self, session: Session, original_id: RequestId, upstream_id: int, stream: EventStream, method: str, token: Any
+    ) -> None:
+        self.session = session
+        self.original_id = original_id
+        self.upstream_id = upstream_id
+        self.stream = stream
+        self.method = method
+        self.token = token
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Link:
+    """One upstream channel and the id translation for the sessions it serves."""
+
+    def __init__(
+        self,
+        name: str,
+        factory: ChannelFactory,
+        *,
+        shared: bool,
+        start_timeout: float,
+        request_timeout: float,
+        on_state: Callable[[Link, str, str | None], None] | None = None,
+        tool_filter: ToolFilter | None = None,
+    ) -> None:
+        self.name = name
+        self.shared = shared
+        self._factory = factory
+        self._start_timeout = start_timeout
+        self._request_timeout = request_timeout
+        self._on_state = on_state
+        self._tool_filter = tool_filter
+        self.channel: UpstreamChannel | None = None
+        self.sessions: dict[str, Session] = {}
+        self._pending: dict[int, Pending] = {}
+        self._internal: dict[int, asyncio.Future[Message]] = {}
+        self._next_id = 0
+        self.init_params: dict[str, Any] | None = None
+        self.init_result: dict[str, Any] | None = None
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._restarter: asyncio.Task[None] | None = None
+        self._upstream_level: str | None = None
+        self._upstream_subscriptions: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def connect(self) -> None:
+        """Open the channel (spawn or connect), bounded by start_timeout."""
+        channel = self._factory(self._on_message, self._on_close)
+        try:
+            await asyncio.wait_for(channel.start(), self._start_timeout)
+        except TimeoutError as exc:
+            await channel.aclose()
+            raise UpstreamTimeout(f"no connection within {self._start_timeout:g}s") from exc
+        except BaseException:
+            await channel.aclose()
+            raise
+        self.channel = channel
+
+    async def handshake(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Initialize the upstream session ourselves (shared links, probes and restarts)."""
+        response = await self.call("initialize", params, timeout=self._start_timeout)
+        if "error" in response:
+            error = response["error"]
+            raise UpstreamUnavailable(f"initialize failed: {error.get('message', error)}")
+        result: dict[str, Any] = response["result"]
+        self._initialized(params, result)
+        await self.notify("notifications/initialized")
+        self._ready.set()
+        return result
+
+    def _initialized(self, params: dict[str, Any], result: dict[str, Any]) -> None:
+        self.init_params = params
+        self.init_result = result
+        if self.channel is not None:
+            self.channel.protocol_version = result.get("protocolVersion")
+
+    async def aclose(self) -> None:
+        """Close the channel and end every stream still waiting on it."""
+        self._closing = True
+        self._ready.clear()
+        if self._restarter is not None:
+            self._restarter.cancel()
+        self._fail_all("the upstream session was closed")
+        if self.channel is not None:
+            await self.channel.aclose()
+
+    def _on_close(self, error: BaseException | None) -> None:
+        reason = str(error) if error else "closed"
+        self._ready.clear()
+        self._fail_all(f"upstream {self.name!r} went away: {reason}")
+        if self._on_state:
+            self._on_state(self, "failed", reason)
+        restarting = self._restarter is not None and not self._restarter.done()
+        if not self._closing and not restarting and self.init_params is not None and (self.shared or self.sessions):
+            self._restarter = asyncio.create_task(self._restart(), name=f"restart-{self.name}")
+
+    async def _restart(self) -> None:
+        delay, factor, ceiling = RESTART_BACKOFF
+        assert self.init_params is not None
+        while not self._closing:
+            await asyncio.sleep(delay)
+            try:
+                await self.connect()
+                await self.handshake(self.init_params)
+                await self._restore()
+            except (UpstreamError, OSError) as exc:
+                logger.warning("upstream %r restart failed: %s; next try in %.1fs", self.name, exc, delay * factor)
+                if self.channel is not None:
+                    await self.channel.aclose()
+                delay = min(delay * factor, ceiling)
+                continue
+            logger.info("upstream %r restarted", self.name)
+            if self._on_state:
+                self._on_state(self, "ready", None)
+            return
+
+    async def _restore(self) -> None:
+        """Give a restarted upstream session the log level and subscriptions its clients set."""
+        self._upstream_level = None
+        self._upstream_subscriptions = set()
+        await self._sync_level()
+        for uri in self._wanted_subscriptions():
+            await self._subscribe_upstream(uri)
+
+    def mark_ready(self) -> None:
+        """For a link that serves requests without a handshake (stateless relay)."""
+        self._ready.set()
+
+    async def wait_ready(self) -> None:
+        if self._ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._ready.wait(), self._start_timeout)
+        except TimeoutError as exc:
+            raise UpstreamUnavailable(f"upstream {self.name!r} is not available") from exc
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def attach(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        session.link = self
+
+    async def detach(self, session: Session) -> None:
+        """Forget a session: cancel its requests upstream; shared links drop its subscriptions."""
+        self.sessions.pop(session.id, None)
+        for pending in list(session.inflight.values()):
+            self._forget(pending)
+            with contextlib.suppress(UpstreamError):
+                await self.notify(
+                    "notifications/cancelled", {"requestId": pending.upstream_id, "reason": "session ended"}
+                )
+        session.inflight.clear()
+        if self.shared and self.ready:
+            with contextlib.suppress(UpstreamError):
+                await self._sync_level()
+                for uri in self._upstream_subscriptions - self._wanted_subscriptions():
+                    await self._unsubscribe_upstream(uri)
+
+    # -- client -> upstream ------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    async def forward_request(self, session: Session, msg: Message, stream: EventStream) -> None:
+        """Send a client request upstream; its answer will arrive on `stream`."""
+        method = msg["method"]
+        if self.shared and method in _LOCAL_IN_SHARED:
+            await _LOCAL_IN_SHARED[method](self, session, msg, stream)
+            return
+        if method == "initialize":
+            self.init_params = msg.get("params") or {}
+        else:
+            await self.wait_ready()
+        if method == "tools/call" and not self._tool_visible(msg):
+            name = (msg.get("params") or {}).get("name")
+            message = f"Unknown tool: {name!r} is not available through this proxy"
+            stream.push(jsonrpc.error_body(msg["id"], jsonrpc.INVALID_PARAMS, message), final=True)
+            return
+        self._track_client_state(session, msg)
+        upstream_id = self._new_id()
+        params = msg.get("params")
+        token = None
+        if isinstance(params, dict):
+            meta = params.get("_meta")
+            if isinstance(meta, dict) and "progressToken" in meta:
+                token = meta["progressToken"]
+                meta["progressToken"] = upstream_id
+        pending = Pending(session, msg["id"], upstream_id, stream, method, token)
+        self._pending[upstream_id] = pending
+        session.inflight[msg["id"]] = pending
+        pending.timer = asyncio.get_running_loop().call_later(self._request_timeout, self._timed_out, pending)
+        msg["id"] = upstream_id
+        try:
+            await self._send(msg)
+        except UpstreamError as exc:
+            self._finish(pending, jsonrpc.error_response(None, jsonrpc.UPSTREAM_ERROR, str(exc)))
+
+    def _track_client_state(self, session: Session, msg: Message) -> None:
+        """Remember what an isolated link must restore after a restart."""
+        params = msg.get("params") or {}
+        method = msg["method"]
+        if method == "logging/setLevel":
+            session.log_level = params.get("level")
+        elif method == "resources/subscribe" and "uri" in params:
+            session.subscriptions.add(params["uri"])
+        elif method == "resources/unsubscribe":
+            session.subscriptions.discard(params.get("uri", ""))
+
+    async def forward_notification(self, session: Session, msg: Message) -> None:
+        method = msg["method"]
+        if method == "notifications/cancelled":
+            params = msg.get("params") or {}
+            request_id = params.get("requestId")
+            pending = session.inflight.get(request_id) if isinstance(request_id, (str, int)) else None
+            if pending is None:
+                return
+            self._forget(pending)
+            pending.stream.finish()
+            params["requestId"] = pending.upstream_id
+        elif method == "notifications/initialized":
+            session.initialized = True
+            if self.shared:
+                return
+        await self._send(msg)
+
+    async def forward_response(self, session: Session, msg: Message) -> bool:
+        """Relay a client's answer to a server-to-client request; False if nothing awaits it."""
+        down_id = msg.get("id")
+        if not isinstance(down_id, int) or down_id not in session.server_requests:
+            return False
+        msg["id"] = session.server_requests.pop(down_id)
+        await self._send(msg)
+        return True
+
+    async def _send(self, msg: Message) -> None:
+        channel = self.channel
+        if channel is None or channel.closed:
+            raise UpstreamClosed(f"upstream {self.name!r} is not connected")
+        await channel.send(msg)
+
+    async def call(self, method: str, params: dict[str, Any] | None = None, *, timeout: float) -> Message:
+        """A request of the proxy's own (not a client's); returns the raw response."""
+        upstream_id = self._new_id()
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._internal[upstream_id] = future
+        msg: Message = {"jsonrpc": "2.0", "id": upstream_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        try:
+            await self._send(msg)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"{method} got no answer within {timeout:g}s") from exc
+        finally:
+            self._internal.pop(upstream_id, None)
+
+    async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        msg: Message = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            msg["params"] = params
+        await self._send(msg)
+
+    # -- upstream -> client ------------------------------------------------------------
+
+    def _on_message(self, msg: Message, related: RequestId | None) -> None:
+        if "method" not in msg:
+            self._on_response(msg)
+        elif "id" in msg:
+            self._on_server_request(msg, related)
+        else:
+            self._on_notification(msg, related)
+
+    def _on_response(self, msg: Message) -> None:
+        upstream_id = msg.get("id")
+        if not isinstance(upstream_id, int):
+            logger.debug("upstream %r sent a response with an id we never used", self.name)
+            return
+        pending = self._pending.get(upstream_id)
+        if pending is None:
+            future = self._internal.get(upstream_id)
+            if future is not None and not future.done():
+                future.set_result(msg)
+            return
+        if pending.method == "tools/list" and self._tool_filter is not None:
+            self._filter_tools(msg)
+        if pending.method == "initialize" and "result" in msg:
+            self._initialized(self.init_params or {}, msg["result"])
+            pending.session.protocol_version = msg["result"].get("protocolVersion")
+            self._ready.set()
+        self._finish(pending, msg)
+
+    def _tool_visible(self, msg: Message) -> bool:
+        name = (msg.get("params") or {}).get("name")
+        return isinstance(name, str) and tool_allowed(self._tool_filter, name)
+
+    def _filter_tools(self, msg: Message) -> None:
+        result = msg.get("result")
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if isinstance(tools, list):
+            result["tools"] = [  # type: ignore[index]
+                tool
+                for tool in tools
+                if isinstance(tool, dict) and tool_allowed(self._tool_filter, tool.get("name", ""))
+            ]
+
+    def _finish(self, pending: Pending, msg: Message) -> None:
+        self._forget(pending)
+        msg["id"] = pending.original_id
+        pending.stream.push(jsonrpc.dumps(msg), final=True, message=msg)
+
+    def _forget(self, pending: Pending) -> None:
+        self._pending.pop(pending.upstream_id, None)
+        pending.session.inflight.pop(pending.original_id, None)
+        if pending.timer is not None:
+            pending.timer.cancel()
+
+    def _timed_out(self, pending: Pending) -> None:
+        if self._pending.get(pending.upstream_id) is not pending:
+            return
+        message = f"upstream {self.name!r} did not answer within {self._request_timeout:g}s"
+        self._finish(pending, jsonrpc.error_response(None, jsonrpc.UPSTREAM_ERROR, message))
+        if self.channel is not None and not self.channel.closed:
+            cancel = {"requestId": pending.upstream_id, "reason": "timed out at the proxy"}
+            asyncio.ensure_future(self._quietly(self.notify("notifications/cancelled", cancel)))
+
+    @staticmethod
+    async def _quietly(awaitable: Any) -> None:
+        with contextlib.suppress(UpstreamError):
+            await awaitable
+
+    def _fail_all(self, reason: str) -> None:
+        for pending in list(self._pending.values()):
+            self._finish(pending, jsonrpc.error_response(None, jsonrpc.UPSTREAM_ERROR, reason))
+        for future in self._internal.values():
+            if not future.done():
+                future.set_exception(UpstreamClosed(reason))
+        for session in self.sessions.values():
+            session.server_requests.clear()
+
+    def _target(self, related: RequestId | None) -> tuple[Session | None, EventStream | None]:
+        """The session and stream an unrouted upstream message belongs to."""
+        if related is not None and isinstance(related, int):
+            pending = self._pending.get(related)
+            if pending is not None:
+                return pending.session, pending.stream
+        if not self.shared:
+            session = next(iter(self.sessions.values()), None)
+            return session, session.fallback_stream() if session else None
+        if self._pending:
+            oldest = next(iter(self._pending.values()))
+            return oldest.session, oldest.stream
+        return None, None
+
+    def _on_server_request(self, msg: Message, related: RequestId | None) -> None:
+        session, stream = self._target(related)
+        capability = _CAPABILITY_OF_METHOD.get(msg["method"])
+        if session is None or stream is None:
+            if msg["method"] == "ping":
+                self._reply({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
+            else:
+                self._reply_error(msg["id"], jsonrpc.INTERNAL_ERROR, "no client session is waiting on this upstream")
+            return
+        if capability is not None and not session.declared(capability):
+            self._reply_error(msg["id"], jsonrpc.METHOD_NOT_FOUND, f"the client did not declare {capability}")
+            return
+        down_id = session.next_server_request_id()
+        session.server_requests[down_id] = msg["id"]
+        msg["id"] = down_id
+        stream.push(jsonrpc.dumps(msg))
+
+    def _reply_error(self, upstream_id: RequestId, code: int, message: str) -> None:
+        self._reply(jsonrpc.error_response(upstream_id, code, message))
+
+    def _reply(self, msg: Message) -> None:
+        """Answer the upstream without waiting (from its message callback, which cannot await)."""
+        asyncio.ensure_future(self._quietly(self._send(msg)))
+
+    def _on_notification(self, msg: Message, related: RequestId | None) -> None:
+        method: str = msg["method"]
+        params = msg.get("params")
+        if not isinstance(params, dict):
+            params = {}
+        if method == "notifications/progress":
+            pending = self._pending.get(params.get("progressToken"))  # type: ignore[arg-type]
+            if pending is not None:
+                params["progressToken"] = pending.token
+                pending.stream.push(jsonrpc.dumps(msg))
+            return
+        if method.endswith("/list_changed"):
+            data = jsonrpc.dumps(msg)
+            for session in self.sessions.values():
+                session.get_stream.push(data)
+            return
+        if method == "notifications/resources/updated":
+            data = jsonrpc.dumps(msg)
+            for session in self._sessions_subscribed(params.get("uri")):
+                session.get_stream.push(data)
+            return
+        if method == "notifications/cancelled":
+            self._on_server_cancel(msg, params)
+            return
+        if method == "notifications/message" and self.shared:
+            self._on_shared_log(msg, params, related)
+            return
+        _session, stream = self._target(related)
+        if stream is not None:
+            stream.push(jsonrpc.dumps(msg))
+
+    def _on_server_cancel(self, msg: Message, params: dict[str, Any]) -> None:
+        upstream_id = params.get("requestId")
+        for session in self.sessions.values():
+            for down_id, value in session.server_requests.items():
+                if value == upstream_id:
+                    del session.server_requests[down_id]
+                    params["requestId"] = down_id
+                    session.fallback_stream().push(jsonrpc.dumps(msg))
+                    return
+
+    def _on_shared_log(self, msg: Message, params: dict[str, Any], related: RequestId | None) -> None:
+        level = params.get("level", "info")
+        session, stream = self._target(related)
+        if session is not None and stream is not None:
+            if _admits(session.log_level, level):
+                stream.push(jsonrpc.dumps(msg))
+            return
+        # Unrelated log lines go only to clients that asked for logs at that level.
+        data = jsonrpc.dumps(msg)
+        for client in self.sessions.values():
+            if client.log_level is not None and _admits(client.log_level, level):
+                client.get_stream.push(data)
+
+    def _sessions_subscribed(self, uri: Any) -> Iterator[Session]:
+        if not self.shared:
+            yield from self.sessions.values()
+            return
+        for session in self.sessions.values():
+            if uri in session.subscriptions:
+                yield session
+
+    # -- shared-mode local handling ----------------------------------------------------
+
+    def _wanted_subscriptions(self) -> set[str]:
+        wanted: set[str] = set()
+        for session in self.sessions.values():
+            wanted |= session.subscriptions
+        return wanted
+
+    async def _sync_level(self) -> None:
+        levels = [s.log_level for s in self.sessions.values() if s.log_level in _LEVEL_RANK]
+        if not levels:
+            return
+        wanted = min(levels, key=lambda name: _LEVEL_RANK[name or "info"])
+        if wanted != self._upstream_level:
+            await self.call("logging/setLevel", {"level": wanted}, timeout=self._request_timeout)
+            self._upstream_level = wanted
+
+    async def _subscribe_upstream(self, uri: str) -> Message:
+        response = await self.call("resources/subscribe", {"uri": uri}, timeout=self._request_timeout)
+        if "result" in response:
+            self._upstream_subscriptions.add(uri)
+        return response
+
+    async def _unsubscribe_upstream(self, uri: str) -> Message:
+        self._upstream_subscriptions.discard(uri)
+        return await self.call("resources/unsubscribe", {"uri": uri}, timeout=self._request_timeout)
+
+
+def _admits(threshold: str | None, level: Any) -> bool:
+    if threshold is None:
+        return True
+    return _LEVEL_RANK.get(str(level), 0) >= _LEVEL_RANK.get(threshold, 0)
+
+
+def _answer(stream: EventStream, request_id: RequestId, result: dict[str, Any]) -> None:
+    answer = {"jsonrpc": "2.0", "id": request_id, "result": result}
+    stream.push(jsonrpc.dumps(answer), final=True, message=answer)
+
+
+def _relay_result(stream: EventStream, request_id: RequestId, response: Message) -> None:
+    response = dict(response)
+    response["id"] = request_id
+    stream.push(jsonrpc.dumps(response), final=True, message=response)
+
+
+async def _shared_initialize(link: Link, session: Session, msg: Message, stream: EventStream) -> None:
+    await link.wait_ready()
+    assert link.init_result is not None
+    session.protocol_version = link.init_result.get("protocolVersion")
+    _answer(stream, msg["id"], link.init_result)
+
+
+async def _shared_set_level(link: Link, session: Session, msg: Message, stream: EventStream) -> None:
+    level = (msg.get("params") or {}).get("level")
+    if level not in _LEVEL_RANK:
+        stream.push(jsonrpc.error_body(msg["id"], jsonrpc.INVALID_PARAMS, f"unknown log level {level!r}"), final=True)
+        return
+    session.log_level = level
+    await link.wait_ready()
+    try:
+        await link._sync_level()
+    except UpstreamError as exc:
+        stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
+        return
+    _answer(stream, msg["id"], {})
+
+
+async def _shared_subscribe(link: Link, session: Session, msg: Message, stream: EventStream) -> None:
+    uri = (msg.get("params") or {}).get("uri")
+    if not isinstance(uri, str):
+        stream.push(jsonrpc.error_body(msg["id"], jsonrpc.INVALID_PARAMS, "params.uri must be a string"), final=True)
+        return
+    await link.wait_ready()
+    if uri in link._upstream_subscriptions:
+        session.subscriptions.add(uri)
+        _answer(stream, msg["id"], {})
+        return
+    try:
+        response = await link._subscribe_upstream(uri)
+    except UpstreamError as exc:
+        stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
+        return
+    if "result" in response:
+        session.subscriptions.add(uri)
+    _relay_result(stream, msg["id"], response)
+
+
+async def _shared_unsubscribe(link: Link, session: Session, msg: Message, stream: EventStream) -> None:
+    uri = (msg.get("params") or {}).get("uri")
+    session.subscriptions.discard(uri)
+    if isinstance(uri, str) and uri in link._upstream_subscriptions and uri not in link._wanted_subscriptions():
+        await link.wait_ready()
+        try:
+            await link._unsubscribe_upstream(uri)
+        except UpstreamError as exc:
+            stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
+            return
+    _answer(stream, msg["id"], {})
+
+
+_LOCAL_IN_SHARED: Final = {
+    "initialize": _shared_initialize,
+    "logging/setLevel": _shared_set_level,
+    "resources/subscribe": _shared_subscribe,
+    "resources/unsubscribe": _shared_unsubscribe,
+}

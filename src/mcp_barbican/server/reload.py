@@ -1,0 +1,84 @@
+"""Hot reload: re-read the config file on SIGHUP and whenever it changes; apply it only if valid.
+
+A file that fails to load or validate changes nothing: the error is logged (with its key
+path) and audited, and the running config keeps serving. A valid one is applied MCP by MCP
+(`Registry.apply_file`): unchanged MCPs keep their sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mcp_barbican.audit import AuditEvent
+from mcp_barbican.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from mcp_barbican.config import ProxyConfig
+    from mcp_barbican.server.app import BarbicanApp
+
+__all__ = ["Reloader"]
+
+logger = logging.getLogger(__name__)
+
+
+class Reloader:
+    def __init__(
+        self, core: BarbicanApp, path: Path, load: Callable[[], ProxyConfig], *, interval: float = 1.0
+    ) -> None:
+        self.core = core
+        self.path = path
+        self.load = load
+        self.interval = interval
+        self._signalled = asyncio.Event()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            info = self.path.stat()
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+    async def run(self) -> None:
+        """Watch until cancelled (a background job of the app)."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self._signalled.set)
+        seen = self._stamp()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._signalled.wait(), self.interval)
+                stamp = self._stamp()
+                if self._signalled.is_set():
+                    self._signalled.clear()
+                    seen = stamp
+                    await self.reload("SIGHUP")
+                elif stamp != seen and stamp is not None:
+                    seen = stamp
+                    await self.reload("file change")
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    async def reload(self, trigger: str) -> bool:
+        try:
+            config = await asyncio.to_thread(self.load)
+            changes = await self.core.registry.apply_file(config)
+        except ConfigError as exc:
+            logger.error("config reload (%s) refused, the running config stays: %s", trigger, exc)
+            await self._audit(trigger, False, str(exc), [])
+            return False
+        logger.info("config reloaded (%s): %s", trigger, ", ".join(changes) or "no MCP changed")
+        await self._audit(trigger, True, None, changes)
+        return True
+
+    async def _audit(self, trigger: str, success: bool, error: str | None, changes: list[str]) -> None:
+        details = {"trigger": trigger, "changes": changes}
+        event = AuditEvent("config_reload", "reload", success, str(self.path), error=error, details=details)
+        await self.core.audit.emit(event)

@@ -1,0 +1,330 @@
+"""The live side of one configured MCP: its upstream status, links and client sessions.
+
+At start the runtime probes its upstream (initialize + tools/list) so `/readyz` and the
+admin API can tell connecting, ready and failed apart, and keeps probing with backoff while
+it fails. In `isolated` mode each client session gets a link of its own (a child process
+for stdio), at most `max_sessions` at once; in `shared` mode every client session rides the
+one link opened at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from mcp_barbican import __version__
+from mcp_barbican.exceptions import UpstreamError
+from mcp_barbican.jsonrpc import Message
+from mcp_barbican.metrics import RequestStats
+from mcp_barbican.security.tools import tool_allowed
+from mcp_barbican.server.link import PROXY_CLIENT_CAPABILITIES, Link
+from mcp_barbican.server.session import Session
+from mcp_barbican.server.streams import EventStream
+from mcp_barbican.upstream import open_channel
+from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from mcp_barbican.config import McpConfig, ToolFilter
+
+__all__ = ["LATEST_LEGACY_VERSION", "CapacityError", "McpRuntime"]
+
+logger = logging.getLogger(__name__)
+
+LATEST_LEGACY_VERSION: Final = "2025-11-25"
+#: Downstream sessions one shared link may serve; bounds memory under a flood of initializes.
+MAX_SHARED_CLIENTS: Final = 10_000
+#: Probe retry backoff while an upstream fails: first delay, factor, ceiling (seconds).
+PROBE_BACKOFF: Final = (1.0, 2.0, 60.0)
+#: How long a legacy-only upstream's answer to `server/discover` is reused.
+ERA_VERDICT_SECONDS: Final = 600.0
+#: Most tools/list pages the probe follows to count tools.
+MAX_TOOL_PAGES: Final = 20
+
+
+class CapacityError(Exception):
+    """No more sessions can be opened for this MCP right now."""
+
+
+def _proxy_init_params(capabilities: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "protocolVersion": LATEST_LEGACY_VERSION,
+        "capabilities": capabilities,
+        "clientInfo": {"name": "mcp-barbican", "version": __version__},
+    }
+
+
+class McpRuntime:
+    """Status, links and sessions of one MCP."""
+
+    def __init__(self, mcp: McpConfig, *, idle_timeout: float) -> None:
+        self.mcp = mcp
+        self.id = mcp.id
+        self.idle_timeout = idle_timeout
+        self.status = "connecting"
+        self.last_error: str | None = None
+        self.tool_count: int | None = None
+        #: Requests relayed to the upstream per method: counts, failures to reach it, latency.
+        self.stats = RequestStats()
+        self.server_info: dict[str, Any] | None = None
+        self.sessions: dict[str, Session] = {}
+        self.shared_link: Link | None = None
+        self._stateless: tuple[Link, Session] | None = None
+        self._legacy_verdict: tuple[float, Message] | None = None
+        self._stateless_lock = asyncio.Lock()
+        self._control: Link | None = None
+        self._control_lock = asyncio.Lock()
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._probe_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._probe_task = self._spawn(self._probe_until_ready(), f"probe-{self.id}")
+        self._spawn(self._sweep_idle(), f"sweep-{self.id}")
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def aclose(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        for session in list(self.sessions.values()):
+            await self.close_session(session)
+        for link in (self.shared_link, self._stateless[0] if self._stateless else None, self._control):
+            if link is not None:
+                await link.aclose()
+        if self._http is not None:
+            await self._http.close()
+
+    def _channel(self, on_message: MessageHandler, on_close: CloseHandler) -> UpstreamChannel:
+        return open_channel(self.mcp, on_message, on_close, http=self._http_session)
+
+    def _http_session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            from mcp_barbican.upstream.http import make_http_session
+
+            self._http = make_http_session(self.mcp.tls, connect_timeout=self.mcp.start_timeout)
+        return self._http
+
+    def _new_link(self, *, shared: bool) -> Link:
+        return Link(
+            self.id,
+            self._channel,
+            shared=shared,
+            start_timeout=self.mcp.start_timeout,
+            request_timeout=self.mcp.request_timeout,
+            on_state=self._on_link_state,
+            tool_filter=self.mcp.tool_filter,
+        )
+
+    def _on_link_state(self, link: Link, state: str, error: str | None) -> None:
+        if link is self.shared_link or state == "failed" and not link.sessions:
+            self._set_status(state, error)
+
+    def _set_status(self, status: str, error: str | None) -> None:
+        if status != self.status:
+            log = logger.warning if status == "failed" else logger.info
+            log("upstream %r is %s%s", self.id, status, f": {error}" if error else "")
+        self.status = status
+        if error is not None:
+            self.last_error = error
+
+    # -- probing -----------------------------------------------------------------------
+
+    async def _probe_until_ready(self) -> None:
+        delay, factor, ceiling = PROBE_BACKOFF
+        while not self._closing:
+            try:
+                await self._probe()
+            except (UpstreamError, OSError) as exc:
+                self._set_status("failed", str(exc) or type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * factor, ceiling)
+                continue
+            self._set_status("ready", None)
+            return
+
+    async def _probe(self) -> None:
+        shared = self.mcp.session_mode == "shared"
+        link = self._new_link(shared=shared)
+        try:
+            await link.connect()
+            capabilities = PROXY_CLIENT_CAPABILITIES if shared else {}
+            result = await link.handshake(_proxy_init_params(capabilities))
+            self.server_info = result.get("serverInfo")
+            if "tools" in result.get("capabilities", {}):
+                self.tool_count = len(await _tools(link, self.mcp.request_timeout, self.mcp.tool_filter))
+        except BaseException:
+            await link.aclose()
+            raise
+        if shared:
+            self.shared_link = link
+        else:
+            await link.aclose()
+
+    def reprobe(self, error: str) -> None:
+        """An isolated session could not reach the upstream: mark it failed and probe again."""
+        self._set_status("failed", error)
+        if self._probe_task is None or self._probe_task.done():
+            self._probe_task = self._spawn(self._probe_until_ready(), f"probe-{self.id}")
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def new_session(self, principal: str | None, *, legacy_sse: bool = False) -> Session:
+        limit = MAX_SHARED_CLIENTS if self.mcp.session_mode == "shared" else self.mcp.max_sessions
+        if len(self.sessions) >= limit:
+            raise CapacityError(f"MCP {self.id!r} already has {len(self.sessions)} sessions (max_sessions {limit})")
+        session = Session(self.id, principal, legacy_sse=legacy_sse)
+        self.sessions[session.id] = session
+        return session
+
+    async def initialize(self, session: Session, msg: Message, stream: EventStream) -> None:
+        """Connect a new session upstream and relay its initialize request."""
+        session.capabilities = (msg.get("params") or {}).get("capabilities") or {}
+        if session.link is not None:
+            await session.link.forward_request(session, msg, stream)
+            return
+        if self.mcp.session_mode == "shared":
+            if self.shared_link is None:
+                raise UpstreamError(f"upstream {self.id!r} is {self.status}: {self.last_error or 'not connected yet'}")
+            link = self.shared_link
+        else:
+            link = self._new_link(shared=False)
+            try:
+                await link.connect()
+            except UpstreamError as exc:
+                self.reprobe(str(exc))
+                raise
+            if self.status != "ready" and self._probe_task is not None and self._probe_task.done():
+                self._set_status("ready", None)
+        link.attach(session)
+        await link.forward_request(session, msg, stream)
+
+    async def stateless(self) -> tuple[Link, Session]:
+        """The link for requests outside any session (the 2026-07-28 era, `server/discover`).
+
+        Opened on first use with no initialize handshake, so the upstream answers in its own
+        era; a legacy-only upstream refuses and the client falls back to `initialize`.
+        """
+        async with self._stateless_lock:
+            if self._stateless is None or self._stateless[0].channel is None or self._stateless[0].channel.closed:
+                link = self._new_link(shared=True)
+                await link.connect()
+                link.mark_ready()
+                holder = Session(self.id, None)
+                link.attach(holder)
+                self._stateless = (link, holder)
+            return self._stateless
+
+    async def control(self) -> Link:
+        """The proxy's own initialized upstream session, for the admin API's tool listing and calls."""
+        async with self._control_lock:
+            link = self._control
+            if link is None or link.channel is None or link.channel.closed:
+                link = self._new_link(shared=False)
+                try:
+                    await link.connect()
+                    await link.handshake(_proxy_init_params({}))
+                except BaseException:
+                    await link.aclose()
+                    raise
+                self._control = link
+            return link
+
+    async def discover(self, params: Any) -> Message:
+        """The upstream's own answer to `server/discover` (its id is the proxy's).
+
+        A legacy-only upstream answers with an error; that verdict is kept for a while and
+        the stateless link closed, so no process lingers for an era the upstream lacks.
+        """
+        verdict = self._legacy_verdict
+        if verdict is not None and time.monotonic() - verdict[0] < ERA_VERDICT_SECONDS:
+            return dict(verdict[1])
+        link, _holder = await self.stateless()
+        response = await link.call("server/discover", params, timeout=self.mcp.request_timeout)
+        if "error" in response:
+            self._legacy_verdict = (time.monotonic(), response)
+            self._stateless = None
+            await link.aclose()
+        return response
+
+    def get(self, session_id: str, principal: str | None) -> Session | None:
+        """The live session with this id, if it belongs to this principal."""
+        session = self.sessions.get(session_id)
+        if session is None or session.closed or session.principal != principal:
+            return None
+        session.touch()
+        return session
+
+    async def close_session(self, session: Session) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.id, None)
+        session.end_streams()
+        link = session.link
+        if link is None:
+            return
+        if link.shared:
+            await link.detach(session)
+        else:
+            await link.aclose()
+
+    async def _sweep_idle(self) -> None:
+        interval = max(1.0, min(30.0, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = time.monotonic() - self.idle_timeout
+            for session in list(self.sessions.values()):
+                busy = session.inflight or any(s.attached for s in session.streams.values())
+                if session.last_seen < cutoff and not busy:
+                    logger.info("session on %r expired after %.0fs idle", self.id, self.idle_timeout)
+                    with contextlib.suppress(UpstreamError):
+                        await self.close_session(session)
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "transport": self.mcp.transport,
+            "status": self.status,
+            "last_error": self.last_error,
+            "tool_count": self.tool_count,
+            "sessions": len(self.sessions),
+            "session_mode": self.mcp.session_mode,
+        }
+
+
+async def list_upstream_tools(runtime: McpRuntime) -> list[dict[str, Any]]:
+    """Every tool of the upstream that its filter lets clients see, through the control session."""
+    link = await runtime.control()
+    return await _tools(link, runtime.mcp.request_timeout, runtime.mcp.tool_filter)
+
+
+async def _tools(link: Link, timeout: float, tool_filter: ToolFilter | None) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(MAX_TOOL_PAGES):
+        response = await link.call("tools/list", {"cursor": cursor} if cursor else {}, timeout=timeout)
+        result = response.get("result") or {}
+        found += [
+            tool
+            for tool in result.get("tools") or []
+            if isinstance(tool, dict) and tool_allowed(tool_filter, str(tool.get("name", "")))
+        ]
+        cursor = result.get("nextCursor")
+        if not cursor:
+            break
+    return found

@@ -1,0 +1,96 @@
+"""Downstream sessions: what the proxy knows of one client's MCP session.
+
+A session belongs to one MCP and one principal. It owns the event streams its responses
+travel on and the id maps needed to translate between the client and the upstream link
+that serves it (its own link in `isolated` mode, a shared one in `shared` mode).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from mcp_barbican.jsonrpc import RequestId
+from mcp_barbican.server.streams import EventStream
+
+if TYPE_CHECKING:
+    from mcp_barbican.server.link import Link, Pending
+
+__all__ = ["MAX_KEPT_STREAMS", "Session", "new_session_id"]
+
+#: Finished answer streams kept per session for clients that reconnect with Last-Event-ID.
+MAX_KEPT_STREAMS = 32
+
+
+def new_session_id() -> str:
+    # 192 bits from the OS CSPRNG; URL-safe base64 is visible ASCII as the spec requires.
+    return secrets.token_urlsafe(24)
+
+
+class Session:
+    """One downstream MCP session."""
+
+    def __init__(self, mcp_id: str, principal: str | None, *, legacy_sse: bool = False) -> None:
+        self.id = new_session_id()
+        self.mcp_id = mcp_id
+        self.principal = principal
+        self.link: Link | None = None
+        self.created = self.last_seen = time.monotonic()
+        self.closed = False
+        self.initialized = False
+        self.protocol_version: str | None = None
+        self.capabilities: dict[str, Any] = {}
+        self.log_level: str | None = None
+        self.subscriptions: set[str] = set()
+        #: client request id -> pending request on the link
+        self.inflight: dict[RequestId, Pending] = {}
+        #: id the client sees for a server-to-client request -> the upstream's id
+        self.server_requests: dict[int, RequestId] = {}
+        self._next_server_request = 0
+        self._next_stream = 0
+        self.streams: dict[str, EventStream] = {}
+        #: Legacy HTTP+SSE sessions carry every message on their one SSE connection.
+        self.legacy_stream: EventStream | None = self._new_stream(persistent=True) if legacy_sse else None
+        #: The standalone GET stream; messages wait here until the client opens it.
+        self.get_stream = self.legacy_stream or self._new_stream(persistent=True)
+
+    def touch(self) -> None:
+        self.last_seen = time.monotonic()
+
+    def _new_stream(self, *, persistent: bool = False) -> EventStream:
+        stream = EventStream(f"{self._next_stream}", persistent=persistent)
+        self._next_stream += 1
+        self.streams[stream.stream_id] = stream
+        return stream
+
+    def open_stream(self) -> EventStream:
+        """A stream for the answer to one request (the legacy SSE stream for legacy sessions)."""
+        if self.legacy_stream is not None:
+            return self.legacy_stream
+        if len(self.streams) > MAX_KEPT_STREAMS:
+            self._forget_finished_streams()
+        return self._new_stream()
+
+    def _forget_finished_streams(self) -> None:
+        finished = [sid for sid, s in self.streams.items() if s.done and not s.attached and s is not self.get_stream]
+        for sid in finished[: len(finished) - MAX_KEPT_STREAMS // 2]:
+            del self.streams[sid]
+
+    def next_server_request_id(self) -> int:
+        self._next_server_request += 1
+        return self._next_server_request
+
+    def fallback_stream(self) -> EventStream:
+        """Where a message unrelated to a known request goes: the oldest open answer stream, else GET."""
+        for pending in self.inflight.values():
+            if pending.stream is not self.legacy_stream and not pending.stream.done:
+                return pending.stream
+        return self.get_stream
+
+    def declared(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def end_streams(self) -> None:
+        for stream in self.streams.values():
+            stream.close()

@@ -1,0 +1,199 @@
+"""The security services shared by every route, and the per-MCP stack built from them.
+
+One place decides the order of the layers, because the order is a security decision:
+
+    (outer, every route)  security headers (an MCP's own set on its routes) -> client address -> Host/Origin guard
+    (every route but health)  dynamic IP rules and bans
+    (per MCP)  static IP lists -> CORS (preflights answered before auth)
+               -> authentication (failures feed the bans) -> rate limits -> endpoint,
+               behind one McpGuard that admits the common request in a single call
+
+Rate limiting sits after authentication so it can key on the principal, and so refused
+requests never spend a token; the IP filter sits before everything that costs work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mcp_barbican.audit import AuditEvent, AuditTrail
+from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.security.auth import Authenticate, Authenticator, AuthFailure, StaticTokens
+from mcp_barbican.security.bans import AuthFailureTracker
+from mcp_barbican.security.client_ip import TrustedProxies
+from mcp_barbican.security.cors import CORS, OriginPolicy
+from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.guard import McpGuard
+from mcp_barbican.security.ipfilter import DynamicRules, IPFilter, IpRule, IpRuleStore, IpSet, MemoryIpRuleStore
+from mcp_barbican.security.jwt import JwtVerifier
+from mcp_barbican.security.oauth import metadata_url, www_authenticate
+from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
+from mcp_barbican.security.tokens import IssuedTokens
+from mcp_barbican.server.http import get_header
+from mcp_barbican.types import ASGIApp, Scope
+
+if TYPE_CHECKING:
+    from mcp_barbican.config import AuthConfig, BanConfig, McpConfig, ProxyConfig, RateLimitConfig, SecurityConfig
+
+__all__ = ["Shields"]
+
+
+class Shields:
+    """Counters, dynamic IP rules, bans, limiters and verifiers: built once, shared by all MCPs."""
+
+    def __init__(
+        self, config: ProxyConfig, *, rule_store: IpRuleStore | None = None, audit: AuditTrail | None = None
+    ) -> None:
+        self.config = config
+        self.audit = audit if audit is not None else AuditTrail([])
+        #: What the layers get: the trail when it has a sink, else None (they then skip building events).
+        self.recording = self.audit if self.audit.enabled else None
+        self.counters = SecurityCounters()
+        self.trusted = TrustedProxies.build(config.server.trusted_proxies)
+        self.rule_store: IpRuleStore = rule_store if rule_store is not None else MemoryIpRuleStore()
+        self.dynamic = DynamicRules()
+        self.verifiers: list[JwtVerifier] = []
+        #: Client tokens issued through the admin API; every token-auth MCP accepts them (within their scope).
+        self.issued = IssuedTokens()
+        self._bans: dict[BanConfig, AuthFailureTracker] = {}
+        self._limiters: dict[int, RateLimiter] = {}
+        self._unfollow: Callable[[], None] | None = None
+
+    async def start(self) -> None:
+        self._unfollow = await self.dynamic.follow(self.rule_store)
+        for verifier in self.verifiers:
+            await verifier.start()
+
+    async def stop(self) -> None:
+        for tracker in self._bans.values():
+            await tracker.flush()
+        for verifier in self.verifiers:
+            await verifier.aclose()
+        if self._unfollow is not None:
+            self._unfollow()
+
+    def dynamic_filter(self, app: ASGIApp) -> ASGIApp:
+        """Dynamic allow/deny rules and bans, for every route but health."""
+        return IPFilter(
+            app,
+            whitelist=None,
+            blacklist=IpSet.build(()),
+            dynamic=self.dynamic,
+            counters=self.counters,
+            audit=self.recording,
+        )
+
+    def static_filter(self, app: ASGIApp, security: SecurityConfig) -> ASGIApp | IPFilter:
+        if not security.ip_whitelist and not security.ip_blacklist:
+            return app
+        whitelist = IpSet.build(security.ip_whitelist) if security.ip_whitelist else None
+        return IPFilter(
+            app,
+            whitelist=whitelist,
+            blacklist=IpSet.build(security.ip_blacklist),
+            dynamic=DynamicRules(),  # the shared rules were checked already, for every route
+            counters=self.counters,
+            audit=self.recording,
+        )
+
+    def bans(self, config: BanConfig) -> AuthFailureTracker | None:
+        if not config.enabled:
+            return None
+        if config not in self._bans:
+            self._bans[config] = AuthFailureTracker(
+                config,
+                rules=self.dynamic,
+                counters=self.counters,
+                store=self.rule_store,
+                exempt=self.trusted.networks,
+                on_ban=self._audit_ban,
+            )
+        return self._bans[config]
+
+    def _audit_ban(self, rule: IpRule) -> None:
+        details = {"rule_id": rule.id, "expires_at": rule.expires_at, "reason": rule.reason}
+        self.audit.emit_soon(AuditEvent("ban", "ban", True, rule.cidr, remote_addr=rule.cidr, details=details))
+
+    def limiter(self, config: RateLimitConfig | None) -> RateLimiter | None:
+        """One limiter per rate_limit block: MCPs sharing the server default share its global buckets."""
+        if config is None:
+            return None
+        key = id(config)
+        if key not in self._limiters:
+            self._limiters[key] = RateLimiter.from_config(config)
+        limiter = self._limiters[key]
+        return limiter if limiter.enabled else None
+
+    def authenticator(self, auth: AuthConfig, mcp: McpConfig) -> Authenticator:
+        if auth.type == "token":
+            return StaticTokens.from_config(auth, issued=self.issued)
+        if auth.type in ("jwt", "oauth2") and auth.jwt is not None:
+            verifier = JwtVerifier(auth.jwt)
+            self.verifiers.append(verifier)
+            return verifier
+        raise ConfigError(f"auth type {auth.type!r} needs its settings", path=f"mcps.{mcp.id}.auth")
+
+    def protect(self, endpoint: ASGIApp, mcp: McpConfig) -> tuple[ASGIApp, Authenticator | None, OriginPolicy | None]:
+        """The guarded app of one MCP, its authenticator (for the MCP list) and its CORS policy."""
+        config = self.config
+        auth = config.effective_auth(mcp)
+        security = config.effective_security(mcp)
+        app: ASGIApp = endpoint
+        limiter = self.limiter(security.rate_limit)
+        rate_limit: RateLimit | None = None
+        if limiter is not None:
+            app = rate_limit = RateLimit(
+                app, limiter=limiter, mcp_id=mcp.id, counters=self.counters, audit=self.recording
+            )
+        authenticate: Authenticate | None = None
+        authenticator: Authenticator | None = None
+        if auth.type != "none":
+            authenticator = self.authenticator(auth, mcp)
+            tracker = self.bans(security.auth_failure_ban)
+            app = authenticate = Authenticate(
+                app,
+                authenticator=authenticator,
+                header=auth.header,
+                prefix=auth.prefix,
+                mcp_id=mcp.id,
+                counters=self.counters,
+                challenge=challenge_for(auth, mcp.id),
+                on_failure=tracker.record_failure if tracker is not None else None,
+                audit=self.recording,
+            )
+        cors: CORS | None = None
+        if security.cors is not None and security.cors.enabled:
+            app = cors = CORS(app, config=security.cors, counters=self.counters)
+        app = self.static_filter(app, security)
+        # Without a credential it can remember, the guard would only add a failed try to every request.
+        if app is not endpoint and (authenticate is None or authenticate.remembers):
+            app = McpGuard(
+                app,
+                endpoint,
+                ip_filter=app if isinstance(app, IPFilter) else None,
+                cors=cors,
+                auth=authenticate,
+                rate_limit=rate_limit,
+            )
+        return app, authenticator, cors.policy if cors is not None else None
+
+
+def resource_url(scope: Scope, mcp_id: str) -> str:
+    """This MCP's public URL as the client reached it (the Host header was validated before)."""
+    host = get_header(scope, b"host") or b"localhost"
+    return f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}/mcp/{mcp_id}"
+
+
+def challenge_for(auth: AuthConfig, mcp_id: str) -> Callable[[AuthFailure, Scope], str]:
+    """The WWW-Authenticate value of a refusal (RFC 6750 section 3; RFC 9728 for OAuth)."""
+    oauth2 = auth.oauth2
+
+    def challenge(failure: AuthFailure, scope: Scope) -> str:
+        error = None if failure.reason == "missing credentials" else failure.error
+        metadata = None
+        if oauth2 is not None:
+            metadata = metadata_url(oauth2.resource or resource_url(scope, mcp_id))
+        return www_authenticate(mcp_id, error=error, description=failure.reason, resource_metadata=metadata)
+
+    return challenge

@@ -1,0 +1,58 @@
+"""The upstream channel contract: one MCP session with one upstream server.
+
+A channel is a duplex pipe of JSON-RPC messages. The proxy core sends with `send()` and is
+called back with `on_message(message, related_id)` for every message the upstream emits, in
+the order it emits them. `related_id` is the id (as the proxy sent it upstream) of the
+request whose response stream carried the message, when the transport says so (Streamable
+HTTP POST streams); otherwise None (stdio, legacy SSE, the Streamable HTTP GET stream).
+The handler owns each message it is given and may change it (the core rewrites ids in
+place), so a channel must not look at a message after handing it on.
+When the channel ends for any reason other than `aclose()`, it calls `on_close(error)` once.
+
+Channels know nothing of downstream sessions, ids or policy: the core does all rewriting.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+from mcp_barbican.jsonrpc import Message, RequestId
+
+__all__ = ["CloseHandler", "MessageHandler", "UpstreamChannel"]
+
+MessageHandler = Callable[[Message, RequestId | None], None]
+CloseHandler = Callable[[BaseException | None], None]
+
+
+class UpstreamChannel(abc.ABC):
+    """One upstream MCP session."""
+
+    #: The MCP protocol version negotiated by `initialize`; HTTP channels send it as the
+    #: `MCP-Protocol-Version` header on every request after initialization.
+    protocol_version: str | None = None
+
+    def __init__(self, on_message: MessageHandler, on_close: CloseHandler) -> None:
+        self.on_message = on_message
+        self.on_close = on_close
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect (or spawn). Raises UpstreamUnavailable or UpstreamTimeout."""
+
+    @abc.abstractmethod
+    async def send(self, message: Message) -> None:
+        """Deliver one message upstream. Raises UpstreamClosed when the channel is gone.
+
+        Returns once the upstream has accepted the message; responses and any related
+        messages arrive later through `on_message`. Must not wait for a response.
+        """
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Shut down, bounded in time; never calls `on_close`. Safe to call twice."""
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """True once the channel can carry no more messages."""

@@ -1,0 +1,488 @@
+"""Streamable HTTP upstreams, the session shape of MCP 2025-03-26 ... 2025-11-25.
+
+Every message is one POST to the MCP endpoint. `send()` returns once the upstream answered
+with response headers; the body (a JSON object or an SSE stream) is read by a background
+task, so any number of requests run concurrently on the shared keep-alive pool. Messages
+from a POST's body reach `on_message(message, request_id)`, the id being that of the POSTed
+request; the standalone GET stream (opened once `notifications/initialized` went through)
+delivers `on_message(message, None)`.
+
+A request always gets an answer through `on_message`: the upstream's response, or a
+synthesized JSON-RPC error (`UPSTREAM_ERROR`) when the upstream answers with an HTTP error,
+an unusable body, or a stream that ends without the response and cannot be resumed
+(resumption: GET with `Last-Event-ID`, honouring `retry`, a bounded number of attempts).
+Exceptions from `send()`: UpstreamUnavailable when the upstream cannot be connected to,
+UpstreamClosed when the exchange broke or the channel is closed. Two cases are left to the
+core: a 202 to a request (its answer is expected on the GET stream) and slow answers (the
+core times requests out).
+
+HTTP 404 to a request that carried the session id means the upstream session is gone: the
+request gets an error, the channel closes, in-flight streams are dropped, and `on_close`
+gets `UpstreamClosed("session expired")`. Redirects are never followed: they could carry
+the configured headers (credentials) elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Final
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from mcp_barbican import jsonrpc
+from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
+from mcp_barbican.jsonrpc import Message, RequestId
+from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
+from mcp_barbican.upstream.http import MAX_EVENT_BYTES, SseError, SseParser, body_excerpt, read_limited, safe_url
+
+__all__ = ["StreamableHttpChannel"]
+
+logger = logging.getLogger(__name__)
+
+_SESSION_ID: Final = re.compile(r"[\x21-\x7e]+")
+#: GET answers worth retrying; any other error status ends the attempt for good.
+_RETRYABLE: Final = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+#: How long reading an error body may take.
+_EXCERPT_TIMEOUT: Final = 2.0
+
+
+class StreamableHttpChannel(UpstreamChannel):
+    """One Streamable HTTP MCP session."""
+
+    #: Delay before the first reconnect when the server gave no `retry`; doubles per failure.
+    reconnect_delay: float = 1.0
+    #: Cap on the computed backoff delay.
+    max_reconnect_delay: float = 30.0
+    #: Cap on a server-sent `retry` (the spec says to respect it; we still bound it).
+    max_retry_delay: float = 60.0
+    #: Consecutive reconnects that deliver nothing before giving up on a stream.
+    max_reconnect_attempts: int = 5
+    #: After a POST stream carried its response, how long the server gets to end the stream.
+    stream_end_grace: float = 1.0
+    #: Bound on the DELETE sent by aclose().
+    delete_timeout: float = 2.0
+
+    def __init__(
+        self,
+        on_message: MessageHandler,
+        on_close: CloseHandler,
+        *,
+        url: str,
+        headers: Mapping[str, str],
+        http: aiohttp.ClientSession,
+        start_timeout: float,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+    ) -> None:
+        super().__init__(on_message, on_close)
+        self._url = URL(url)
+        self._http = http
+        self._start_timeout = start_timeout  # bounds the wait for GET response headers
+        self._max_event_bytes = max_event_bytes
+        self._base_headers: CIMultiDict[str] = CIMultiDict(headers)
+        self._post_key: tuple[str | None, str | None] | None = None
+        self._post_headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self._session_id: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._listening = False
+        self._closing = False
+        self._closed = False
+        self._expired = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def session_id(self) -> str | None:
+        """The upstream's `Mcp-Session-Id`, once the initialize response carried one."""
+        return self._session_id
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("StreamableHttpChannel.start() called twice")
+        if self._url.scheme not in ("http", "https") or not self._url.host:
+            self._closed = True
+            raise UpstreamUnavailable(f"not an http(s) URL: {safe_url(self._url)}")
+        self._started = True
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        if self._closed:
+            raise UpstreamClosed("the upstream session is closed")
+        if not self._started:
+            raise RuntimeError("StreamableHttpChannel.send() before start()")
+        if self._http.closed:
+            raise UpstreamClosed("the HTTP session is closed")
+        method = message.get("method")
+        request_id: RequestId | None = message["id"] if method is not None and "id" in message else None
+        headers = _modern_headers(message, self._headers_for_post())
+        session_sent = self._session_id is not None
+        body = jsonrpc.dumps(message)
+        try:
+            resp = await self._http.post(self._url, data=body, headers=headers, allow_redirects=False)
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnavailable(f"cannot reach {safe_url(self._url)}: {_describe(exc)}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamClosed(f"POST to {safe_url(self._url)} failed: {_describe(exc)}") from exc
+        if self._closed:
+            resp.release()
+            raise UpstreamClosed("the upstream session closed while sending")
+        status = resp.status
+        if 200 <= status < 300:
+            if method == "initialize" and request_id is not None:
+                self._adopt_session(resp)
+            if status in (202, 204) or (request_id is None and resp.content_length == 0):
+                resp.release()
+                if request_id is not None:
+                    logger.debug("upstream answered a request with HTTP %d; its response should follow on GET", status)
+            else:
+                task = self._spawn("post", self._consume, resp, request_id)
+                # covers a task cancelled before it ever ran (aclose right after send)
+                task.add_done_callback(lambda _: resp.release())
+            if method == "notifications/initialized":
+                self._start_listening()
+            return
+        try:
+            if status == 404 and session_sent:
+                if request_id is not None:
+                    self._emit(_error(request_id, "the upstream session expired (HTTP 404)", status), request_id)
+                self._session_expired()
+                return
+            excerpt = ""
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_EXCERPT_TIMEOUT):
+                    excerpt = await body_excerpt(resp)
+        finally:
+            resp.release()
+        detail = f"upstream answered HTTP {status}" + (f": {excerpt}" if excerpt else f" {resp.reason or ''}".rstrip())
+        if request_id is not None:
+            self._emit(_error(request_id, detail, status), request_id)
+        else:
+            logger.warning("%s rejected a %s: %s", safe_url(self._url), method or "response", detail)
+
+    def _headers_for_post(self) -> CIMultiDictProxy[str]:
+        key = (self._session_id, self.protocol_version)
+        if key != self._post_key:
+            headers = self._session_headers("application/json, text/event-stream")
+            headers["Content-Type"] = "application/json"
+            self._post_headers = CIMultiDictProxy(headers)
+            self._post_key = key
+        return self._post_headers
+
+    def _session_headers(self, accept: str) -> CIMultiDict[str]:
+        headers = self._base_headers.copy()
+        headers["Accept"] = accept
+        if self._session_id is not None:
+            headers["Mcp-Session-Id"] = self._session_id
+        if self.protocol_version:
+            headers["MCP-Protocol-Version"] = self.protocol_version
+        return headers
+
+    def _adopt_session(self, resp: aiohttp.ClientResponse) -> None:
+        session_id = resp.headers.get("Mcp-Session-Id")
+        if session_id is None:
+            return
+        if _SESSION_ID.fullmatch(session_id) is None:
+            logger.warning("ignored a malformed Mcp-Session-Id from %s", safe_url(self._url))
+            return
+        self._session_id = session_id
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _consume(self, resp: aiohttp.ClientResponse, request_id: RequestId | None) -> None:
+        """Relay the body of one POST; make sure a request gets an answer."""
+        answered = False
+        parser: SseParser | None = None
+        failure = ""
+        try:
+            content_type = resp.content_type
+            if content_type == "text/event-stream":
+                parser = SseParser(self._max_event_bytes)
+                answered = await self._pump(resp, parser, request_id)
+                failure = "the upstream ended the response stream without answering"
+            elif content_type == "application/json":
+                answered = self._deliver(await read_limited(resp, self._max_event_bytes), request_id)
+                failure = "the upstream's JSON body held no response to the request"
+            else:
+                failure = f"upstream answered HTTP {resp.status} with content type {content_type!r}"
+        except Exception as exc:  # whatever broke, the request still gets its answer below
+            failure = f"the upstream response stream failed: {_describe(exc)}"
+        finally:
+            resp.release()
+        if request_id is None or answered:
+            return
+        if parser is not None and parser.last_event_id:
+            try:
+                if await self._resume(request_id, parser.last_event_id, parser.retry):
+                    return
+            except Exception as exc:
+                logger.exception("resuming a response stream failed")
+                failure += f"; resuming it failed: {_describe(exc)}"
+            else:
+                failure += "; resuming it failed"
+        logger.info("request to %s failed: %s", safe_url(self._url), failure)
+        self._emit(_error(request_id, failure, None), request_id)
+
+    async def _pump(self, resp: aiohttp.ClientResponse, parser: SseParser, related: RequestId | None) -> bool:
+        """Relay an SSE body; True once the response to `related` went by.
+
+        After the response the server should end the stream; it gets `stream_end_grace`
+        seconds to do so before the connection is dropped.
+        """
+        answered = False
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(None) as deadline:
+                async for chunk in resp.content.iter_any():
+                    for event in parser.feed(chunk):
+                        if event.event == "message" and self._deliver(event.data, related) and not answered:
+                            answered = True
+                            deadline.reschedule(loop.time() + self.stream_end_grace)
+        except TimeoutError:
+            if not (answered and deadline.expired()):
+                raise
+        return answered
+
+    def _deliver(self, data: bytes, related: RequestId | None) -> bool:
+        """Parse and hand on one message; True when it is the response to `related`."""
+        if not data or data.isspace():
+            return False  # e.g. a priming event (an id and empty data)
+        try:
+            message = jsonrpc.loads(data)
+        except ValueError:
+            logger.warning("dropped an upstream message that is not JSON (%d bytes)", len(data))
+            return False
+        # Decide before emitting: the handler owns the message and may rewrite its id.
+        if isinstance(message, dict):
+            answers = _answers(message, related)
+            self._emit(message, related)
+            return answers
+        if isinstance(message, list):  # a JSON-RPC batch (2025-03-26 servers)
+            answered = False
+            for item in message:
+                if isinstance(item, dict):
+                    answered = _answers(item, related) or answered
+                    self._emit(item, related)
+            return answered
+        logger.warning("dropped an upstream message that is not a JSON-RPC object")
+        return False
+
+    def _emit(self, message: Message, related: RequestId | None) -> None:
+        if self._closed:
+            return
+        try:
+            self.on_message(message, related)
+        except Exception:
+            logger.exception("on_message handler failed")
+
+    async def _open_get(self, last_event_id: str | None) -> aiohttp.ClientResponse:
+        headers = self._session_headers("text/event-stream")
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        async with asyncio.timeout(self._start_timeout):
+            return await self._http.get(self._url, headers=headers, allow_redirects=False)
+
+    def _delay(self, retry: int | None, failures: int) -> float:
+        if retry is not None:
+            return min(retry / 1000, self.max_retry_delay)
+        return min(self.reconnect_delay * float(2 ** max(failures - 1, 0)), self.max_reconnect_delay)
+
+    async def _resume(self, request_id: RequestId, last_event_id: str, retry: int | None) -> bool:
+        """Resume a POST stream with GET + Last-Event-ID until its response arrives.
+
+        True when the request got its answer (or the session expired and it got an error).
+        """
+        failures = 0
+        while not self._closed:
+            await asyncio.sleep(self._delay(retry, failures))
+            progress = False
+            try:
+                resp = await self._open_get(last_event_id)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                logger.info("resuming a response stream from %s failed: %s", safe_url(self._url), _describe(exc))
+            else:
+                status = resp.status
+                if status == 200 and resp.content_type == "text/event-stream":
+                    parser = SseParser(self._max_event_bytes)
+                    try:
+                        if await self._pump(resp, parser, request_id):
+                            return True
+                    except (aiohttp.ClientError, TimeoutError, SseError) as exc:
+                        logger.info("a resumed response stream failed: %s", _describe(exc))
+                    finally:
+                        resp.release()
+                    progress = parser.dispatched > 0
+                    last_event_id = parser.last_event_id or last_event_id
+                    retry = parser.retry if parser.retry is not None else retry
+                else:
+                    resp.release()
+                    if status == 404 and self._session_id is not None:
+                        self._emit(_error(request_id, "the upstream session expired (HTTP 404)", status), request_id)
+                        self._session_expired()
+                        return True
+                    if status not in _RETRYABLE:
+                        logger.info("upstream refused to resume a response stream (HTTP %d)", status)
+                        return False
+            failures = 0 if progress else failures + 1
+            if failures >= self.max_reconnect_attempts:
+                return False
+        return False
+
+    def _start_listening(self) -> None:
+        if not self._listening and not self._closed:
+            self._listening = True
+            self._spawn("get", self._listen)
+
+    async def _listen(self) -> None:
+        """Keep the standalone GET stream open: server requests and notifications."""
+        last_event_id: str | None = None
+        retry: int | None = None
+        failures = 0
+        while not self._closed:
+            progress = False
+            try:
+                resp = await self._open_get(last_event_id)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                logger.info("GET stream to %s failed: %s", safe_url(self._url), _describe(exc))
+            else:
+                status = resp.status
+                if status == 200 and resp.content_type == "text/event-stream":
+                    parser = SseParser(self._max_event_bytes)
+                    try:
+                        await self._pump(resp, parser, None)
+                        logger.debug("the upstream ended the GET stream")
+                    except (aiohttp.ClientError, TimeoutError, SseError) as exc:
+                        logger.info("GET stream from %s broke: %s", safe_url(self._url), _describe(exc))
+                    finally:
+                        resp.release()
+                    progress = parser.dispatched > 0
+                    last_event_id = parser.last_event_id or last_event_id
+                    retry = parser.retry if parser.retry is not None else retry
+                else:
+                    content_type = resp.content_type
+                    resp.release()
+                    if status == 405:
+                        logger.debug("the upstream offers no GET stream (HTTP 405)")
+                        return
+                    if status == 404 and self._session_id is not None:
+                        self._session_expired()
+                        return
+                    if status not in _RETRYABLE:
+                        logger.info(
+                            "the upstream refused the GET stream (HTTP %d, %s); continuing without it",
+                            status,
+                            content_type,
+                        )
+                        return
+            failures = 0 if progress else failures + 1
+            if failures >= self.max_reconnect_attempts:
+                logger.warning("gave up on the GET stream to %s after %d attempts", safe_url(self._url), failures)
+                return
+            await asyncio.sleep(self._delay(retry, failures))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> asyncio.Task[None]:
+        # the coroutine is created inside the task: a task cancelled before its first step
+        # then leaves no never-awaited coroutine behind
+        task = asyncio.create_task(_guard(func, *args), name=f"mcp-barbican-streamable-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _session_expired(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._expired = True
+        logger.warning("the upstream session at %s expired (HTTP 404)", safe_url(self._url))
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        try:
+            self.on_close(UpstreamClosed("session expired"))
+        except Exception:
+            logger.exception("on_close handler failed")
+
+    async def aclose(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._closed = True
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.delete_timeout)
+        if self._session_id is None or self._expired or self._http.closed:
+            return
+        try:
+            async with asyncio.timeout(self.delete_timeout):
+                async with self._http.delete(
+                    self._url, headers=self._session_headers("application/json"), allow_redirects=False
+                ) as resp:
+                    logger.debug("DELETE of the upstream session answered HTTP %d", resp.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.debug("DELETE of the upstream session failed: %s", _describe(exc))
+
+
+async def _guard(func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+    try:
+        await func(*args)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("an upstream stream task failed")
+
+
+_NAMED_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+MODERN_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+
+
+def _header_value(value: str) -> str:
+    if value.isascii() and value.isprintable():
+        return value
+    return "=?base64?" + base64.b64encode(value.encode()).decode() + "?="
+
+
+def _modern_headers(message: Message, headers: CIMultiDictProxy[str]) -> CIMultiDictProxy[str]:
+    """2026-07-28 requests carry their version, method and name as headers too (spec: REQUIRED)."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get(MODERN_VERSION_KEY), str):
+        return headers
+    modern = CIMultiDict(headers)
+    modern["MCP-Protocol-Version"] = meta[MODERN_VERSION_KEY]
+    method = message.get("method")
+    if isinstance(method, str):
+        modern["Mcp-Method"] = method
+        name = params.get(_NAMED_METHODS.get(method, ""))  # type: ignore[union-attr]
+        if isinstance(name, str):
+            modern["Mcp-Name"] = _header_value(name)
+    return CIMultiDictProxy(modern)
+
+
+def _answers(message: Message, related: RequestId | None) -> bool:
+    return related is not None and "method" not in message and message.get("id") == related
+
+
+def _error(request_id: RequestId, message: str, status: int | None) -> Message:
+    return jsonrpc.error_response(
+        request_id, jsonrpc.UPSTREAM_ERROR, message, {"httpStatus": status} if status is not None else None
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,5 +1,0 @@
-"""The admin plane: the admin API behind the admin guard."""
-
-from mcp_bastion.admin.app import AdminApp
-
-__all__ = ["AdminApp"]

@@ -1,6 +1,0 @@
-"""The audit trail: events, the pipeline that writes them, and the sinks."""
-
-from mcp_bastion.audit.events import EVENT_TYPES, AuditEvent, arguments_for_audit, request_fields
-from mcp_bastion.audit.trail import AuditTrail, build_sinks
-
-__all__ = ["EVENT_TYPES", "AuditEvent", "AuditTrail", "arguments_for_audit", "build_sinks", "request_fields"]
