@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +202,36 @@ def test_an_hs256_token_signed_with_the_rsa_public_key_is_refused(tmp_path: Path
         )
     assert ok.status_code == 200
     assert forged_response.status_code == 401
+
+
+def raw_request(port: int, head: str) -> bytes:
+    """Send one hand-written request head and return the whole answer (the proxy closes or answers once)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head.replace("\n", "\r\n").encode("latin-1") + b"\r\n")
+        conn.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/mcp/demo", "/api/v1/mcp/list"])
+def test_two_host_headers_are_refused_on_every_route(proxy: RunningProxy, path: str) -> None:
+    answer = raw_request(proxy.port, f"GET {path} HTTP/1.1\nHost: 127.0.0.1:{proxy.port}\nHost: evil.example.com\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b'"error":"ambiguous_request"' in answer
+
+
+def test_two_host_headers_cannot_smuggle_a_foreign_host_first(proxy: RunningProxy) -> None:
+    answer = raw_request(proxy.port, f"GET /healthz HTTP/1.1\nHost: evil.example.com\nHost: 127.0.0.1:{proxy.port}\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_page_on_another_local_port_is_refused_and_our_own_port_passes(proxy: RunningProxy) -> None:
+    other = proxy.port + 1 if proxy.port < 65535 else proxy.port - 1
+    for origin in (f"http://localhost:{other}", f"http://127.0.0.1:{other}", "http://localhost"):
+        response = httpx2.post(proxy.url("demo"), headers={**MCP_HEADERS, "Origin": origin}, json=INIT)
+        assert response.status_code == 403, origin
+        assert response.json()["error"] == "forbidden_origin"
+    own = httpx2.post(proxy.url("demo"), headers={**MCP_HEADERS, "Origin": f"http://127.0.0.1:{proxy.port}"}, json=INIT)
+    assert own.status_code == 200
