@@ -235,3 +235,14 @@ def test_a_page_on_another_local_port_is_refused_and_our_own_port_passes(proxy: 
         assert response.json()["error"] == "forbidden_origin"
     own = httpx2.post(proxy.url("demo"), headers={**MCP_HEADERS, "Origin": f"http://127.0.0.1:{proxy.port}"}, json=INIT)
     assert own.status_code == 200
+
+
+@pytest.mark.parametrize(("ip", "listed"), [("10.1.2.3", True), ("10.1.0.66", False), ("10.9.9.9", False)])
+def test_the_mcp_list_hides_mcps_whose_ip_rules_refuse_the_caller(proxy: RunningProxy, ip: str, listed: bool) -> None:
+    response = httpx2.get(proxy.base + "/api/v1/mcp/list", headers={**AUTH_HEADER, "X-Forwarded-For": ip})
+    assert response.status_code == 200
+    ids = {entry["id"] for entry in response.json()["mcps"]}
+    assert ("listed" in ids) is listed
+    assert "demo" in ids
+    refused = httpx2.post(proxy.url("listed"), headers=from_ip(ip), json=INIT)
+    assert (refused.status_code != 403) is listed  # the list agrees with the route itself

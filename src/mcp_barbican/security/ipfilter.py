@@ -49,6 +49,7 @@ __all__ = [
     "RuleSubscribers",
     "RuleChange",
     "RuleTableFull",
+    "client_ip",
     "decide",
     "parse_ip",
     "parse_network",
@@ -510,7 +511,7 @@ class IPFilter:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        ip = _client_ip(scope)
+        ip = client_ip(scope)
         if not self.whitelist and not self.blacklist and not len(self.dynamic):
             await self.app(scope, receive, send)  # no rule at all: nothing to decide
             return
@@ -546,8 +547,8 @@ class IPFilter:
         await json_error(send, 403, "ip_blocked", _BLOCKED_MESSAGE)
 
 
-def _client_ip(scope: Scope) -> str | None:
-    # Without the client-address layer in front, the socket peer is the only safe answer.
+def client_ip(scope: Scope) -> str | None:
+    """The resolved client address; without the client-address layer in front, the socket peer."""
     if CLIENT_IP_KEY in scope:
         resolved: str | None = scope[CLIENT_IP_KEY]
         return resolved

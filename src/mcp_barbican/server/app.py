@@ -21,7 +21,7 @@ from mcp_barbican.security.auth import AuthFailure, bearer_credential
 from mcp_barbican.security.client_ip import ClientAddress
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
-from mcp_barbican.security.ipfilter import IpSet, decide
+from mcp_barbican.security.ipfilter import DynamicRules, IpSet, client_ip, decide
 from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.server.endpoint import McpEndpoint
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 _PREFIX = "/mcp/"
 _PRM_PREFIX = f"{WELL_KNOWN_PATH}/mcp/"
+_NO_RULES = DynamicRules()  # an MCP's static lists alone; the shared dynamic rules guard every route already
 
 
 class McpRoute:
@@ -50,6 +51,9 @@ class McpRoute:
         self.mcp = mcp
         self.runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout)
         self.auth = config.effective_auth(mcp)
+        security = config.effective_security(mcp)
+        self._whitelist = IpSet.build(security.ip_whitelist) if security.ip_whitelist else None
+        self._blacklist = IpSet.build(security.ip_blacklist)
         endpoint = McpEndpoint(
             self.runtime,
             limits=config.effective_security(mcp).limits,
@@ -59,7 +63,11 @@ class McpRoute:
         self.app, self.authenticator, self.cors = shields.protect(endpoint, mcp)
 
     async def admits(self, scope: Scope) -> bool:
-        """Whether the request's credential would open this MCP (for the MCP list)."""
+        """Whether this request would open this MCP: its address lists, then its credential (for the MCP list)."""
+        if (self._whitelist or self._blacklist) and not decide(
+            client_ip(scope), whitelist=self._whitelist, blacklist=self._blacklist, dynamic=_NO_RULES, now=0.0
+        ).allowed:
+            return False
         if self.authenticator is None:
             return True
         raw = get_header(scope, self.auth.header.lower().encode("latin-1"))
