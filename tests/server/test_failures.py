@@ -32,10 +32,14 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+ADMIN_TOKEN = "readiness-admin-token-0123456789"
+ADMIN = {"admin": {"token": ADMIN_TOKEN}}
+
+
 def poll_readyz(base: str, done: Callable[[dict[str, Any]], bool], timeout: float = 20) -> httpx2.Response:
     deadline = time.monotonic() + timeout
     while True:
-        response = httpx2.get(f"{base}/readyz")
+        response = httpx2.get(f"{base}/readyz", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         if done(response.json()) or time.monotonic() > deadline:
             return response
         time.sleep(0.2)
@@ -68,9 +72,15 @@ async def test_a_killed_child_fails_the_call_and_the_next_call_works(tmp_path: P
 
 async def test_an_upstream_that_never_starts_is_reported_and_does_not_disturb_others(tmp_path: Path) -> None:
     broken = {"id": "broken", "command": "/nonexistent/mcp-server", "start_timeout": "2s"}
-    with run_proxy(tmp_path, [broken, demo_mcp("demo")], wait_ready=False) as proxy:
+    with run_proxy(tmp_path, [broken, demo_mcp("demo")], server=ADMIN, wait_ready=False) as proxy:
         ready = poll_readyz(proxy.base, lambda body: body.get("not_ready") == [{"id": "broken", "status": "failed"}])
         assert ready.status_code == 503
+        # Names only to an admin credential: anyone else learns only that something is not ready.
+        anonymous = httpx2.get(f"{proxy.base}/readyz")
+        assert (anonymous.status_code, anonymous.json()) == (503, {"status": "not ready"})
+        for wrong in (AUTH_HEADER, {"Authorization": "Bearer not-the-admin-token"}):
+            refused = httpx2.get(f"{proxy.base}/readyz", headers=wrong)
+            assert refused.status_code == 401 and "broken" not in refused.text
         init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
         response = httpx2.post(
             proxy.url("broken"),

@@ -9,6 +9,7 @@ health routes, which alone skip the dynamic IP rules.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -107,13 +108,13 @@ class BarbicanApp:
         """The admin guard for the current `server.admin` (at start and on reload)."""
         admin = self.config.server.admin
         self.admin_ips = IpSet.build(admin.ip_whitelist)
-        self.admin = AdminGuard(
-            self.admin_app,
-            tokens=admin_tokens(admin),
-            address_allowed=self._admin_address,
-            counters=self.counters,
-            audit=self.shields.recording,
+        tokens = admin_tokens(admin)
+        guard = functools.partial(
+            AdminGuard, tokens=tokens, address_allowed=self._admin_address, counters=self.counters
         )
+        self.admin = guard(self.admin_app, audit=self.shields.recording)
+        #: /readyz names what is not ready only to an admin credential from an admin address.
+        self.readiness_detail = guard(self._readyz_detail, audit=self.shields.recording)
 
     def _admin_address(self, ip: str | None) -> bool:
         """The admin list, and dynamic denies and bans; dynamic allows never widen the admin list."""
@@ -167,7 +168,7 @@ class BarbicanApp:
         if path == "/healthz":
             await respond_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
-            await self._readyz(send)
+            await self._readyz(scope, receive, send)
         else:
             await self.guarded(scope, receive, send)
 
@@ -241,10 +242,21 @@ class BarbicanApp:
         ]
         await respond_json(send, 200, {"mcps": listing, "count": len(listing)})
 
-    async def _readyz(self, send: Send) -> None:
-        waiting = [
+    def _not_ready(self) -> list[dict[str, str]]:
+        return [
             {"id": r.id, "status": r.status} for r in self.runtimes.values() if r.mcp.required and r.status != "ready"
         ]
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._not_ready():
+            await respond_json(send, 200, {"status": "ready"})
+        elif get_header(scope, b"authorization") is not None:
+            await self.readiness_detail(scope, receive, send)  # wrong credentials count like any other
+        else:
+            await respond_json(send, 503, {"status": "not ready"})
+
+    async def _readyz_detail(self, scope: Scope, receive: Receive, send: Send) -> None:
+        waiting = self._not_ready()
         if waiting:
             await respond_json(send, 503, {"status": "not ready", "not_ready": waiting})
         else:
