@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -100,6 +101,8 @@ class Link:
         self._tool_filter = tool_filter
         self.channel: UpstreamChannel | None = None
         self.sessions: dict[str, Session] = {}
+        #: When the last session left (or the link opened): what shared mode reclaims first.
+        self.idle_since = time.monotonic()
         self._pending: dict[int, Pending] = {}
         self._internal: dict[int, asyncio.Future[Message]] = {}
         self._next_id = 0
@@ -214,9 +217,14 @@ class Link:
         self.sessions[session.id] = session
         session.link = self
 
+    def busy(self) -> bool:
+        return bool(self.sessions)
+
     async def detach(self, session: Session) -> None:
         """Forget a session: cancel its requests upstream; shared links drop its subscriptions."""
         self.sessions.pop(session.id, None)
+        if not self.sessions:
+            self.idle_since = time.monotonic()
         for pending in list(session.inflight.values()):
             self._forget(pending)
             with contextlib.suppress(UpstreamError):
