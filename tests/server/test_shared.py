@@ -6,6 +6,7 @@ upstream's requests, logs, progress and answers for one principal's call never r
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -283,3 +284,64 @@ def test_max_sessions_bounds_the_upstream_sessions_and_idle_ones_make_room(tmp_p
 
 def _children(proxy: RunningProxy) -> list[Path]:
     return [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proxy.process.pid]
+
+
+# An upstream of the stateless era over stdio that logs without saying for which request
+# (stdio cannot say): `wait` answers after WAIT_SECONDS, `chatty` logs a line and answers.
+CHATTY_UPSTREAM: Final = r"""
+import json, sys, threading
+lock = threading.Lock()
+def send(message):
+    with lock:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+def result(request, value):
+    send({"jsonrpc": "2.0", "id": request["id"], "result": value})
+def text(value):
+    return {"content": [{"type": "text", "text": value}]}
+TOOLS = [{"name": name, "inputSchema": {"type": "object"}} for name in ("wait", "chatty")]
+for line in sys.stdin:
+    request = json.loads(line)
+    method = request.get("method")
+    if "id" not in request:
+        continue
+    if method == "initialize":
+        result(request, {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}, "logging": {}},
+                         "serverInfo": {"name": "chatty", "version": "1"}})
+    elif method == "tools/list":
+        result(request, {"tools": TOOLS})
+    elif method == "tools/call" and request["params"]["name"] == "wait":
+        threading.Timer(WAIT_SECONDS, result, (request, text("waited"))).start()
+    elif method == "tools/call":
+        send({"jsonrpc": "2.0", "method": "notifications/message",
+              "params": {"level": "info", "data": request["params"]["arguments"]["secret"]}})
+        result(request, text("chatted"))
+    else:
+        send({"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32601, "message": "no"}})
+"""
+
+
+async def test_requests_outside_sessions_never_carry_another_principals_messages(tmp_path: Path) -> None:
+    script = tmp_path / "chatty.py"
+    script.write_text("WAIT_SECONDS = 3\n" + CHATTY_UPSTREAM)
+    mcps = [{"id": "demo", "command": sys.executable, "args": [str(script)]}]
+    with run_proxy(tmp_path, mcps, auth=TWO_PRINCIPALS) as proxy:
+        bodies: dict[str, str] = {}
+
+        async def call(principal: str, tool: str, arguments: dict[str, Any]) -> None:
+            meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
+            params = {"name": tool, "arguments": arguments, "_meta": meta}
+            body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}
+            headers = {**MCP_HEADERS, **as_principal(principal)}
+            async with httpx2.AsyncClient(timeout=30) as http:
+                response = await http.post(proxy.url("demo"), headers=headers, json=body)
+            assert response.status_code == 200, response.text
+            bodies[principal] = response.text
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                group.start_soon(call, "b", "wait", {})
+                await anyio.sleep(1)
+                await call("a", "chatty", {"secret": "the secret of a"})
+    assert "chatted" in bodies["a"] and "waited" in bodies["b"]
+    assert "the secret of a" not in bodies["b"]

@@ -9,8 +9,12 @@ both ways. Each upstream message goes to exactly one place:
 - progress, to the stream of the request that carried the token;
 - anything the transport relates to a request (Streamable HTTP POST streams), to it;
 - other requests and notifications, to the session whose request is oldest in flight
-  (stdio and legacy SSE carry no relation), else the session's GET stream;
+  (stdio and legacy SSE carry no relation), else the session's GET stream; a link whose
+  requests come from several principals (the stateless one) delivers such messages nowhere;
 - list_changed to every session, resources/updated to the sessions subscribed to it.
+
+A link never serves two principals' sessions: shared mode keeps one link per principal
+(server/pool.py), so everything above stays within one principal.
 
 In shared mode the link keeps log levels and resource subscriptions per client: the
 upstream runs at the most verbose level any client asked for and is subscribed to the
@@ -91,9 +95,13 @@ class Link:
         request_timeout: float,
         on_state: Callable[[Link, str, str | None], None] | None = None,
         tool_filter: ToolFilter | None = None,
+        guess_unrelated: bool = True,
     ) -> None:
         self.name = name
         self.shared = shared
+        #: Whether a shared link may send a message the transport relates to no request to the
+        #: oldest request in flight; off where requests of different principals share the link.
+        self._guess_unrelated = guess_unrelated
         self._factory = factory
         self._start_timeout = start_timeout
         self._request_timeout = request_timeout
@@ -429,7 +437,7 @@ class Link:
         if not self.shared:
             session = next(iter(self.sessions.values()), None)
             return session, session.fallback_stream() if session else None
-        if self._pending:
+        if self._pending and self._guess_unrelated:
             oldest = next(iter(self._pending.values()))
             return oldest.session, oldest.stream
         return None, None

@@ -115,7 +115,7 @@ class McpRuntime:
             self._http = make_http_session(self.mcp.tls, connect_timeout=self.mcp.start_timeout)
         return self._http
 
-    def _new_link(self, *, shared: bool) -> Link:
+    def _new_link(self, *, shared: bool, guess_unrelated: bool = True) -> Link:
         return Link(
             self.id,
             self._channel,
@@ -124,6 +124,7 @@ class McpRuntime:
             request_timeout=self.mcp.request_timeout,
             on_state=self._on_link_state,
             tool_filter=self.mcp.tool_filter,
+            guess_unrelated=guess_unrelated,
         )
 
     def _on_link_state(self, link: Link, state: str, error: str | None) -> None:
@@ -239,11 +240,14 @@ class McpRuntime:
         """The link for requests outside any session (the 2026-07-28 era, `server/discover`).
 
         Opened on first use with no initialize handshake, so the upstream answers in its own
-        era; a legacy-only upstream refuses and the client falls back to `initialize`.
+        era; a legacy-only upstream refuses and the client falls back to `initialize`. Every
+        principal's requests share it, so it declares no client capability (the era forbids the
+        upstream to ask the client anyway) and delivers only what the transport relates to a
+        request: answers and progress by id, the rest only over Streamable HTTP.
         """
         async with self._stateless_lock:
             if self._stateless is None or self._stateless[0].channel is None or self._stateless[0].channel.closed:
-                link = self._new_link(shared=True)
+                link = self._new_link(shared=True, guess_unrelated=False)
                 await link.connect()
                 link.mark_ready()
                 holder = Session(self.id, None)
