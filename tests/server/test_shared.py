@@ -163,14 +163,18 @@ async def _while_b_waits(proxy: RunningProxy, b: Recorder, then: Any) -> Any:
     return result
 
 
-@pytest.mark.parametrize(("tool", "argument"), [("sample", "prompt"), ("elicit", "question")])
+@pytest.mark.parametrize(
+    ("tool", "argument", "transport"),
+    [("sample", "prompt", "streamable"), ("elicit", "question", "streamable"), ("sample", "prompt", "sse")],
+)
 async def test_a_request_to_the_client_never_reaches_another_principal(
-    two: RunningProxy, tool: str, argument: str
+    two: RunningProxy, tool: str, argument: str, transport: str
 ) -> None:
     a, b = Recorder(), Recorder()
+    url = two.url("demo", "/sse" if transport == "sse" else "")
 
     async def a_asks() -> types.CallToolResult:
-        async with mcp_client(two.url("demo"), headers=as_principal("a"), **a.callbacks()) as client_a:
+        async with mcp_client(url, transport=transport, headers=as_principal("a"), **a.callbacks()) as client_a:
             return await client_a.call_tool(tool, {argument: "the secret of a"})
 
     with anyio.fail_after(60):

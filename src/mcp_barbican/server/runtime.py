@@ -37,7 +37,7 @@ __all__ = ["LATEST_LEGACY_VERSION", "CapacityError", "McpRuntime"]
 logger = logging.getLogger(__name__)
 
 LATEST_LEGACY_VERSION: Final = "2025-11-25"
-#: Downstream sessions one shared link may serve; bounds memory under a flood of initializes.
+#: Client sessions a shared-mode MCP may hold (its upstream sessions are bounded by max_sessions).
 MAX_SHARED_CLIENTS: Final = 10_000
 #: Probe retry backoff while an upstream fails: first delay, factor, ceiling (seconds).
 PROBE_BACKOFF: Final = (1.0, 2.0, 60.0)
@@ -320,7 +320,8 @@ class McpRuntime:
                     logger.info("session on %r expired after %.0fs idle", self.id, self.idle_timeout)
                     with contextlib.suppress(UpstreamError):
                         await self.close_session(session)
-            await self.shared.expire()
+            with contextlib.suppress(UpstreamError):
+                await self.shared.expire()
 
     # -- reporting ---------------------------------------------------------------------
 
