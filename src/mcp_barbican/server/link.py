@@ -13,8 +13,9 @@ both ways. Each upstream message goes to exactly one place:
   requests come from several principals (the stateless one) delivers such messages nowhere;
 - list_changed to every session, resources/updated to the sessions subscribed to it.
 
-A link never serves two principals' sessions: shared mode keeps one link per principal
-(server/pool.py), so everything above stays within one principal.
+Apart from the stateless link (requests outside any session, for which nothing is guessed and
+no client capability declared), a link serves one principal's sessions: shared mode keeps one link per principal
+(server/pool.py), so all the routing above stays within one principal.
 
 In shared mode the link keeps log levels and resource subscriptions per client: the
 upstream runs at the most verbose level any client asked for and is subscribed to the
