@@ -166,3 +166,18 @@ async def test_links_unused_for_the_idle_timeout_are_closed() -> None:
     idle.idle_since = busy.idle_since = 0.0  # long ago
     await pool.expire()
     assert idle.closed and not busy.closed and list(pool.links) == ["busy"]
+
+
+async def test_a_link_taken_while_others_close_is_not_expired() -> None:
+    opener = Opener()
+    pool = SharedLinks(opener, limit=5, idle_timeout=0.1)
+    first, second = await take(pool, "a"), await take(pool, "b")
+    first.idle_since = second.idle_since = 0.0
+
+    async def slow_close() -> None:
+        second.sessions = {"s": object()}  # b's client arrives while a's link is closing
+        first.closed = True
+
+    first.aclose = slow_close  # type: ignore[method-assign]
+    await pool.expire()
+    assert first.closed and not second.closed and list(pool.links) == ["b"]

@@ -132,14 +132,16 @@ class SharedLinks:
         if self.spare is not None and self.spare.idle_since < cutoff:
             spare, self.spare = self.spare, None
             await spare.aclose()
-        for link in [link for link in self.links.values() if not link.busy() and link.idle_since < cutoff]:
-            self._forget(link)
-            await link.aclose()
+        for link in list(self.links.values()):
+            # Checked link by link: a client may have taken one while an earlier one closed.
+            if not link.busy() and link.idle_since < cutoff and self.owns(link):
+                self._forget(link)
+                await link.aclose()
 
     async def aclose(self) -> None:
         for task in list(self._opening.values()):
             task.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
         links = [*self.links.values(), *([self.spare] if self.spare else [])]
         self.links.clear()
