@@ -152,15 +152,17 @@ async def _while_b_waits(proxy: RunningProxy, b: Recorder, then: Any) -> Any:
     """Run `then()` while principal b has an older request in flight on the same MCP."""
     result: Any = None
     async with mcp_client(proxy.url("demo"), headers=as_principal("b"), **b.callbacks()) as client_b:
-
-        async def b_waits() -> None:
-            await client_b.call_tool("slow", {"seconds": 6, "steps": 12}, progress_callback=b.on_progress)
-
         async with anyio.create_task_group() as group:
-            group.start_soon(b_waits)
+            group.start_soon(_b_waits, client_b, b)
             await b.started.wait()
             result = await then()
+            group.cancel_scope.cancel()
     return result
+
+
+async def _b_waits(client_b: Any, b: Recorder) -> None:
+    """b's request stays in flight (up to 30 s, a step every 0.5 s) until the test cancels it."""
+    await client_b.call_tool("slow", {"seconds": 30, "steps": 60}, progress_callback=b.on_progress)
 
 
 @pytest.mark.parametrize(
@@ -197,14 +199,13 @@ async def test_log_lines_never_reach_another_principal(two: RunningProxy) -> Non
         await client_b.set_logging_level("debug")
         with anyio.fail_after(60):
             async with anyio.create_task_group() as group:
-                group.start_soon(
-                    lambda: client_b.call_tool("slow", {"seconds": 6, "steps": 12}, progress_callback=b.on_progress)
-                )
+                group.start_soon(_b_waits, client_b, b)
                 await b.started.wait()
                 await a_logs()
+                group.cancel_scope.cancel()
     assert a.logs == [f"slow: step {i} of 3" for i in range(1, 4)]
     assert not any("of 3" in line for line in b.logs)
-    assert any("of 12" in line for line in b.logs)
+    assert any("of 60" in line for line in b.logs)
 
 
 async def test_answers_and_progress_stay_with_their_principal(two: RunningProxy) -> None:
