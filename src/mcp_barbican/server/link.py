@@ -9,8 +9,13 @@ both ways. Each upstream message goes to exactly one place:
 - progress, to the stream of the request that carried the token;
 - anything the transport relates to a request (Streamable HTTP POST streams), to it;
 - other requests and notifications, to the session whose request is oldest in flight
-  (stdio and legacy SSE carry no relation), else the session's GET stream;
+  (stdio and legacy SSE carry no relation), else the session's GET stream; a link whose
+  requests come from several principals (the stateless one) delivers such messages nowhere;
 - list_changed to every session, resources/updated to the sessions subscribed to it.
+
+Apart from the stateless link (requests outside any session, for which nothing is guessed and
+no client capability declared), a link serves one principal's sessions: shared mode keeps one link per principal
+(server/pool.py), so all the routing above stays within one principal.
 
 In shared mode the link keeps log levels and resource subscriptions per client: the
 upstream runs at the most verbose level any client asked for and is subscribed to the
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -90,9 +96,13 @@ class Link:
         request_timeout: float,
         on_state: Callable[[Link, str, str | None], None] | None = None,
         tool_filter: ToolFilter | None = None,
+        guess_unrelated: bool = True,
     ) -> None:
         self.name = name
         self.shared = shared
+        #: Whether a shared link may send a message the transport relates to no request to the
+        #: oldest request in flight; off where requests of different principals share the link.
+        self._guess_unrelated = guess_unrelated
         self._factory = factory
         self._start_timeout = start_timeout
         self._request_timeout = request_timeout
@@ -100,6 +110,8 @@ class Link:
         self._tool_filter = tool_filter
         self.channel: UpstreamChannel | None = None
         self.sessions: dict[str, Session] = {}
+        #: When the last session left (or the link opened): what shared mode reclaims first.
+        self.idle_since = time.monotonic()
         self._pending: dict[int, Pending] = {}
         self._internal: dict[int, asyncio.Future[Message]] = {}
         self._next_id = 0
@@ -214,9 +226,14 @@ class Link:
         self.sessions[session.id] = session
         session.link = self
 
+    def busy(self) -> bool:
+        return bool(self.sessions)
+
     async def detach(self, session: Session) -> None:
         """Forget a session: cancel its requests upstream; shared links drop its subscriptions."""
         self.sessions.pop(session.id, None)
+        if not self.sessions:
+            self.idle_since = time.monotonic()
         for pending in list(session.inflight.values()):
             self._forget(pending)
             with contextlib.suppress(UpstreamError):
@@ -421,7 +438,7 @@ class Link:
         if not self.shared:
             session = next(iter(self.sessions.values()), None)
             return session, session.fallback_stream() if session else None
-        if self._pending:
+        if self._pending and self._guess_unrelated:
             oldest = next(iter(self._pending.values()))
             return oldest.session, oldest.stream
         return None, None

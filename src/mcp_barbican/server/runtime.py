@@ -3,8 +3,8 @@
 At start the runtime probes its upstream (initialize + tools/list) so `/readyz` and the
 admin API can tell connecting, ready and failed apart, and keeps probing with backoff while
 it fails. In `isolated` mode each client session gets a link of its own (a child process
-for stdio), at most `max_sessions` at once; in `shared` mode every client session rides the
-one link opened at start.
+for stdio), at most `max_sessions` at once; in `shared` mode the client sessions of one
+principal ride that principal's link (server/pool.py), at most `max_sessions` links at once.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from mcp_barbican import __version__
-from mcp_barbican.exceptions import UpstreamError
+from mcp_barbican.exceptions import UpstreamError, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.metrics import RequestStats
 from mcp_barbican.security.tools import tool_allowed
 from mcp_barbican.server.link import PROXY_CLIENT_CAPABILITIES, Link
+from mcp_barbican.server.pool import CapacityError, SharedLinks
 from mcp_barbican.server.session import Session
 from mcp_barbican.server.streams import EventStream
 from mcp_barbican.upstream import open_channel
@@ -36,7 +37,7 @@ __all__ = ["LATEST_LEGACY_VERSION", "CapacityError", "McpRuntime"]
 logger = logging.getLogger(__name__)
 
 LATEST_LEGACY_VERSION: Final = "2025-11-25"
-#: Downstream sessions one shared link may serve; bounds memory under a flood of initializes.
+#: Client sessions a shared-mode MCP may hold (its upstream sessions are bounded by max_sessions).
 MAX_SHARED_CLIENTS: Final = 10_000
 #: Probe retry backoff while an upstream fails: first delay, factor, ceiling (seconds).
 PROBE_BACKOFF: Final = (1.0, 2.0, 60.0)
@@ -44,10 +45,6 @@ PROBE_BACKOFF: Final = (1.0, 2.0, 60.0)
 ERA_VERDICT_SECONDS: Final = 600.0
 #: Most tools/list pages the probe follows to count tools.
 MAX_TOOL_PAGES: Final = 20
-
-
-class CapacityError(Exception):
-    """No more sessions can be opened for this MCP right now."""
 
 
 def _proxy_init_params(capabilities: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +69,7 @@ class McpRuntime:
         self.stats = RequestStats()
         self.server_info: dict[str, Any] | None = None
         self.sessions: dict[str, Session] = {}
-        self.shared_link: Link | None = None
+        self.shared = SharedLinks(self._open_shared, limit=mcp.max_sessions, idle_timeout=idle_timeout)
         self._stateless: tuple[Link, Session] | None = None
         self._legacy_verdict: tuple[float, Message] | None = None
         self._stateless_lock = asyncio.Lock()
@@ -101,7 +98,8 @@ class McpRuntime:
             task.cancel()
         for session in list(self.sessions.values()):
             await self.close_session(session)
-        for link in (self.shared_link, self._stateless[0] if self._stateless else None, self._control):
+        await self.shared.aclose()
+        for link in (self._stateless[0] if self._stateless else None, self._control):
             if link is not None:
                 await link.aclose()
         if self._http is not None:
@@ -117,7 +115,7 @@ class McpRuntime:
             self._http = make_http_session(self.mcp.tls, connect_timeout=self.mcp.start_timeout)
         return self._http
 
-    def _new_link(self, *, shared: bool) -> Link:
+    def _new_link(self, *, shared: bool, guess_unrelated: bool = True) -> Link:
         return Link(
             self.id,
             self._channel,
@@ -126,10 +124,11 @@ class McpRuntime:
             request_timeout=self.mcp.request_timeout,
             on_state=self._on_link_state,
             tool_filter=self.mcp.tool_filter,
+            guess_unrelated=guess_unrelated,
         )
 
     def _on_link_state(self, link: Link, state: str, error: str | None) -> None:
-        if link is self.shared_link or state == "failed" and not link.sessions:
+        if self.shared.owns(link) or state == "failed" and not link.sessions:
             self._set_status(state, error)
 
     def _set_status(self, status: str, error: str | None) -> None:
@@ -168,10 +167,19 @@ class McpRuntime:
         except BaseException:
             await link.aclose()
             raise
-        if shared:
-            self.shared_link = link
-        else:
+        if not (shared and self.shared.offer_spare(link)):
             await link.aclose()
+
+    async def _open_shared(self) -> Link:
+        """A new upstream session for one principal's clients, initialized by the proxy."""
+        link = self._new_link(shared=True)
+        try:
+            await link.connect()
+            await link.handshake(_proxy_init_params(PROXY_CLIENT_CAPABILITIES))
+        except BaseException:
+            await link.aclose()
+            raise
+        return link
 
     def reprobe(self, error: str) -> None:
         """An isolated session could not reach the upstream: mark it failed and probe again."""
@@ -182,9 +190,15 @@ class McpRuntime:
     # -- sessions ----------------------------------------------------------------------
 
     def new_session(self, principal: str | None, *, legacy_sse: bool = False) -> Session:
-        limit = MAX_SHARED_CLIENTS if self.mcp.session_mode == "shared" else self.mcp.max_sessions
+        shared = self.mcp.session_mode == "shared"
+        limit = MAX_SHARED_CLIENTS if shared else self.mcp.max_sessions
         if len(self.sessions) >= limit:
             raise CapacityError(f"MCP {self.id!r} already has {len(self.sessions)} sessions (max_sessions {limit})")
+        if shared and not self.shared.has_room(principal):
+            raise CapacityError(
+                f"MCP {self.id!r} already has {self.mcp.max_sessions} upstream sessions in use, one per principal "
+                "(max_sessions)"
+            )
         session = Session(self.id, principal, legacy_sse=legacy_sse)
         self.sessions[session.id] = session
         return session
@@ -196,9 +210,16 @@ class McpRuntime:
             await session.link.forward_request(session, msg, stream)
             return
         if self.mcp.session_mode == "shared":
-            if self.shared_link is None:
-                raise UpstreamError(f"upstream {self.id!r} is {self.status}: {self.last_error or 'not connected yet'}")
-            link = self.shared_link
+            # Never another principal's link: nothing the upstream says for one principal's
+            # request can then reach another principal's client (DESIGN §4).
+            try:
+                link = await self.shared.acquire(session.principal)
+            except CapacityError as exc:
+                raise UpstreamUnavailable(str(exc)) from exc
+            except UpstreamError as exc:
+                self.reprobe(str(exc))
+                raise
+            self._ready_again()
         else:
             link = self._new_link(shared=False)
             try:
@@ -206,20 +227,27 @@ class McpRuntime:
             except UpstreamError as exc:
                 self.reprobe(str(exc))
                 raise
-            if self.status != "ready" and self._probe_task is not None and self._probe_task.done():
-                self._set_status("ready", None)
+            self._ready_again()
         link.attach(session)
         await link.forward_request(session, msg, stream)
+
+    def _ready_again(self) -> None:
+        """A link just opened: the upstream works again, whatever the last probe said."""
+        if self.status != "ready" and self._probe_task is not None and self._probe_task.done():
+            self._set_status("ready", None)
 
     async def stateless(self) -> tuple[Link, Session]:
         """The link for requests outside any session (the 2026-07-28 era, `server/discover`).
 
         Opened on first use with no initialize handshake, so the upstream answers in its own
-        era; a legacy-only upstream refuses and the client falls back to `initialize`.
+        era; a legacy-only upstream refuses and the client falls back to `initialize`. Every
+        principal's requests share it, so it declares no client capability (the era forbids the
+        upstream to ask the client anyway) and delivers only what the transport relates to a
+        request: answers and progress by id, the rest only over Streamable HTTP.
         """
         async with self._stateless_lock:
             if self._stateless is None or self._stateless[0].channel is None or self._stateless[0].channel.closed:
-                link = self._new_link(shared=True)
+                link = self._new_link(shared=True, guess_unrelated=False)
                 await link.connect()
                 link.mark_ready()
                 holder = Session(self.id, None)
@@ -277,7 +305,7 @@ class McpRuntime:
         if link is None:
             return
         if link.shared:
-            await link.detach(session)
+            await link.detach(session)  # the link stays for the principal's next client (see expire)
         else:
             await link.aclose()
 
@@ -292,6 +320,8 @@ class McpRuntime:
                     logger.info("session on %r expired after %.0fs idle", self.id, self.idle_timeout)
                     with contextlib.suppress(UpstreamError):
                         await self.close_session(session)
+            with contextlib.suppress(UpstreamError):
+                await self.shared.expire()
 
     # -- reporting ---------------------------------------------------------------------
 
@@ -303,8 +333,14 @@ class McpRuntime:
             "last_error": self.last_error,
             "tool_count": self.tool_count,
             "sessions": len(self.sessions),
+            "upstream_sessions": self._upstream_sessions(),
             "session_mode": self.mcp.session_mode,
         }
+
+    def _upstream_sessions(self) -> int:
+        if self.mcp.session_mode == "shared":
+            return len(self.shared)
+        return sum(1 for session in self.sessions.values() if session.link is not None)
 
 
 async def list_upstream_tools(runtime: McpRuntime) -> list[dict[str, Any]]:
