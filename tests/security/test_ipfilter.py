@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mcp_barbican.security.bans import ban_id
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.ipfilter import (
@@ -209,7 +210,7 @@ _ALLOWED = IpVerdict(True, "no_whitelist")
 
 def ban(cidr: str, expires_at: float) -> IpRule:
     """An automatic ban, as the tracker writes it."""
-    return IpRule(f"ban:{cidr}", cidr, "deny", expires_at, "authentication failures", NOW - 1)
+    return IpRule(ban_id(cidr), cidr, "deny", expires_at, "authentication failures", NOW - 1)
 
 
 def rules(*entries: tuple[str, Action, float | None] | IpRule) -> DynamicRules:
@@ -347,7 +348,7 @@ def rules(*entries: tuple[str, Action, float | None] | IpRule) -> DynamicRules:
             None,
             EMPTY,
             rules(ban("2001:db8:0:1::/64", NOW + 30)),
-            IpVerdict(False, "banned", "ban:2001:db8:0:1::/64", NOW + 30),
+            IpVerdict(False, "banned", "ban:2001:db8:0:1::_64", NOW + 30),
             id="banned-by-network",
         ),
         pytest.param(
@@ -732,7 +733,7 @@ def test_bans_are_listed_apart_from_operator_rules() -> None:
     table = rules(
         ("10.0.0.1", "deny", None), ban("10.0.0.2", NOW + 5), ("10.0.0.3", "allow", None), ban("::/64", NOW + 1)
     )
-    assert [rule.id for rule in table.bans(NOW)] == ["ban:::/64", "ban:10.0.0.2"]
+    assert [rule.id for rule in table.bans(NOW)] == ["ban:::_64", "ban:10.0.0.2"]
     assert [rule.id for rule in table.bans(NOW + 1)] == ["ban:10.0.0.2"]
 
 

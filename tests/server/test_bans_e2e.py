@@ -147,7 +147,10 @@ def test_ipv6_failures_add_up_per_slash_64_and_ban_it(proxy: RunningProxy) -> No
     assert_banned_everywhere(proxy, "2001:db8:6:1:ffff::99")
     assert mcp_call(proxy, "2001:db8:6:2::1", AUTH_HEADER).status_code == 200, "another /64 is untouched"
     rules = httpx2.get(proxy.base + "/admin/security/ip-rules", headers=ADMIN).json()["rules"]
-    assert any(rule["id"] == "ban:2001:db8:6:1::/64" for rule in rules)
+    assert [rule["id"] for rule in rules if rule["cidr"] == "2001:db8:6:1::/64"] == ["ban:2001:db8:6:1::_64"]
+    lifted = httpx2.delete(proxy.base + "/admin/security/ip-rules/ban:2001:db8:6:1::_64", headers=ADMIN)
+    assert lifted.status_code == 204
+    assert mcp_call(proxy, "2001:db8:6:1::7", AUTH_HEADER).status_code == 200
 
 
 def test_mistyped_tokens_from_loopback_never_lock_it_out(tmp_path: Path) -> None:

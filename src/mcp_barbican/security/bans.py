@@ -38,7 +38,15 @@ from mcp_barbican.security.ipfilter import (
 if TYPE_CHECKING:
     from mcp_barbican.config import BanConfig
 
-__all__ = ["BAN_ID_PREFIX", "BAN_REASON", "DEFAULT_MAX_TRACKED", "AuthFailureTracker", "ban_target", "register_failure"]
+__all__ = [
+    "BAN_ID_PREFIX",
+    "BAN_REASON",
+    "DEFAULT_MAX_TRACKED",
+    "AuthFailureTracker",
+    "ban_id",
+    "ban_target",
+    "register_failure",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +78,11 @@ def ban_target(ip: str, ipv6_prefix: int, exempt: IpSet) -> str | None:
     if key is not None and "/" in key and exempt and exempt.overlaps(parse_network(key)):
         return str(address)
     return key
+
+
+def ban_id(target: str) -> str:
+    """The id of the ban of an address or network: readable, and one path segment of the admin API's URL."""
+    return BAN_ID_PREFIX + target.replace("/", "_")
 
 
 class AuthFailureTracker:
@@ -136,7 +149,7 @@ class AuthFailureTracker:
 
     def _ban(self, target: str, now: float) -> None:
         rule = IpRule(
-            id=BAN_ID_PREFIX + target,
+            id=ban_id(target),
             cidr=target,
             action="deny",
             expires_at=now + self.config.ban_time,

@@ -2,8 +2,9 @@
 
 The security layers and their order live in `shields.py`; this module routes:
 `/mcp/{id}[/sse|/messages]` to each MCP's guarded endpoint, `/api/v1/mcp/list`,
-`/.well-known/oauth-protected-resource/mcp/{id}`, `/admin/*` to the admin guard, and the
-health routes, which alone skip the dynamic IP rules.
+`/.well-known/oauth-protected-resource/mcp/{id}`, `/admin/*` to the admin guard (which
+applies the dynamic IP rules and bans its own way), and the health routes, which alone skip
+the dynamic IP rules.
 """
 
 from __future__ import annotations

@@ -3,13 +3,16 @@
 One place decides the order of the layers, because the order is a security decision:
 
     (outer, every route)  security headers (an MCP's own set on its routes) -> client address -> Host/Origin guard
-    (every route but health)  dynamic IP rules and bans
+    (every route but health)  dynamic IP rules and bans (the admin guard applies them itself: a valid
+                              admin token passes an automatic ban there, never an operator's deny rule)
     (per MCP)  static IP lists -> CORS (preflights answered before auth)
                -> authentication (failures feed the bans) -> rate limits -> endpoint,
                behind one McpGuard that admits the common request in a single call
 
 Rate limiting sits after authentication so it can key on the principal, and so refused
 requests never spend a token; the IP filter sits before everything that costs work.
+Authentication failures on every route feed one ban list: an MCP's with its own
+`auth_failure_ban` block, the MCP list's and the admin API's with `server.security`'s.
 """
 
 from __future__ import annotations
