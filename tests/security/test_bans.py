@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import pytest
 
-from mcp_barbican.config import BanConfig, validate_model
+from mcp_barbican.config import BanConfig, ProxyConfig, validate_model
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.bans import BAN_REASON, AuthFailureTracker, ban_target, register_failure
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
@@ -22,6 +23,7 @@ from mcp_barbican.security.ipfilter import (
 )
 from mcp_barbican.security.principal import CLIENT_IP_KEY
 from mcp_barbican.server.http import get_header, json_error
+from mcp_barbican.server.shields import Shields
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 from tests.security.asgi import call, make_scope
 
@@ -419,3 +421,26 @@ async def test_six_bad_tokens_from_one_address_ban_that_address_only() -> None:
     assert (counters.bans_issued, counters.ip_blocked) == (1, 3)
     clock.now += DEFAULTS.ban_time
     assert (await call(stack, request("Bearer good", "192.0.2.7"))).status == 200
+
+
+def test_the_start_up_log_names_the_bans_in_force_and_counts_the_rest(caplog: pytest.LogCaptureFixture) -> None:
+    config = validate_model(ProxyConfig, {"mcps": [{"id": "m", "command": "true", "auth": {"type": "none"}}]})
+    shields = Shields(config)
+    now = time.time()
+    for n in range(25):
+        shields.dynamic.add(IpRule(f"ban:10.0.0.{n}", f"10.0.0.{n}", "deny", now + 100 + n, BAN_REASON, now))
+    shields.dynamic.add(IpRule("operator", "10.9.0.0/16", "deny", None))
+    with caplog.at_level(logging.WARNING):
+        shields.log_bans()
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0] == "25 automatic ban(s) in force; lift one with DELETE /admin/security/ip-rules/{id}"
+    assert len(lines) == 22 and lines[-1].startswith("... and 5 more bans")
+    assert lines[1].startswith("ban in force: 10.0.0.0 until ") and lines[1].endswith("s from now), id ban:10.0.0.0")
+    assert not any("10.9.0.0" in line for line in lines), "an operator's rule is not a ban"
+
+
+def test_no_ban_no_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    config = validate_model(ProxyConfig, {"mcps": [{"id": "m", "command": "true", "auth": {"type": "none"}}]})
+    with caplog.at_level(logging.DEBUG):
+        Shields(config).log_bans()
+    assert caplog.records == []

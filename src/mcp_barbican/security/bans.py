@@ -89,9 +89,8 @@ class AuthFailureTracker:
     """Counts authentication failures per address and bans an address that fails too often.
 
     The config's `ignore` entries and the `exempt` ones (addresses or CIDRs) are never banned
-    (fail2ban's `ignoreip`); IPv6 clients count per
-    network of `config.ipv6_prefix` bits (see `ban_target`). `on_ban` hears of every ban
-    issued (for the audit trail).
+    (fail2ban's `ignoreip`); IPv6 clients count per network of `config.ipv6_prefix` bits (see
+    `ban_target`). `on_ban` hears of every ban issued (for the audit trail).
     """
 
     def __init__(
