@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import pytest
 
-from mcp_barbican.config import BanConfig
-from mcp_barbican.security.bans import BAN_REASON, AuthFailureTracker, register_failure
+from mcp_barbican.config import BanConfig, ProxyConfig, validate_model
+from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.security.bans import BAN_REASON, AuthFailureTracker, ban_target, register_failure
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.ipfilter import (
@@ -21,6 +23,7 @@ from mcp_barbican.security.ipfilter import (
 )
 from mcp_barbican.security.principal import CLIENT_IP_KEY
 from mcp_barbican.server.http import get_header, json_error
+from mcp_barbican.server.shields import Shields
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 from tests.security.asgi import call, make_scope
 
@@ -83,9 +86,7 @@ class Jail:
         return allowed(self.rules, ip, self.clock.now if at is None else at)
 
 
-def jail(
-    config: BanConfig = DEFAULTS, *, exempt: IpSet | None = None, max_tracked: int = 100_000, ipv6_prefix: int = 128
-) -> Jail:
+def jail(config: BanConfig = DEFAULTS, *, exempt: tuple[str, ...] = (), max_tracked: int = 100_000) -> Jail:
     clock = Clock()
     rules = DynamicRules(clock=clock)
     counters = SecurityCounters()
@@ -97,7 +98,6 @@ def jail(
         clock=clock,
         exempt=exempt,
         max_tracked=max_tracked,
-        ipv6_prefix=ipv6_prefix,
         on_ban=banned.append,
     )
     return Jail(bans, rules, counters, clock, banned)
@@ -175,33 +175,115 @@ def test_mapped_and_plain_spellings_are_one_address() -> None:
 
 
 def test_exempt_addresses_are_never_banned() -> None:
-    j = jail(exempt=IpSet.build(["10.0.0.0/8"]))
+    j = jail(exempt=("10.0.0.0/8",))
     j.fail("10.1.2.3", 10)
     assert (len(j.bans), j.counters.bans_issued) == (0, 0)
     j.fail("11.1.2.3", 5)
     assert j.counters.bans_issued == 1
 
 
-def test_ipv6_clients_can_be_banned_by_network() -> None:
-    j = jail(ipv6_prefix=64)
+def test_ipv6_clients_are_banned_by_their_slash_64_by_default() -> None:
+    j = jail()
     for host in range(1, 6):
         j.fail(f"2001:db8:0:1::{host}")
     assert [rule.cidr for rule in j.banned] == ["2001:db8:0:1::/64"]
+    assert [rule.id for rule in j.banned] == ["ban:2001:db8:0:1::_64"]
     assert not j.allows("2001:db8:0:1:ffff::1")
     assert j.allows("2001:db8:0:2::1")
 
 
-def test_ipv6_clients_are_banned_per_address_by_default() -> None:
+def test_failures_in_another_slash_64_count_apart() -> None:
     j = jail()
+    for host in range(1, 5):
+        j.fail(f"2001:db8:0:1::{host}")
+        j.fail(f"2001:db8:0:2::{host}")
+    assert j.banned == []
+    j.fail("2001:db8:0:2::99")
+    assert [rule.cidr for rule in j.banned] == ["2001:db8:0:2::/64"]
+    assert j.allows("2001:db8:0:1::1")
+
+
+def test_an_ipv6_prefix_of_128_counts_every_address_apart() -> None:
+    j = jail(BanConfig(ipv6_prefix=128))
     for host in range(1, 6):
         j.fail(f"2001:db8::{host}")
     assert j.counters.bans_issued == 0
+    j.fail("2001:db8::1", 4)
+    assert [rule.cidr for rule in j.banned] == ["2001:db8::1"]
 
 
 @pytest.mark.parametrize("prefix", [0, 129])
 def test_ipv6_prefix_is_checked(prefix: int) -> None:
-    with pytest.raises(ValueError, match="ipv6_prefix"):
-        jail(ipv6_prefix=prefix)
+    with pytest.raises(ConfigError, match="ipv6_prefix"):
+        validate_model(BanConfig, {"ipv6_prefix": prefix})
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1", "::ffff:127.0.0.1", "0:0:0:0:0:0:0:1"])
+def test_loopback_is_ignored_by_default(ip: str) -> None:
+    j = jail()
+    j.fail(ip, 20)
+    assert (len(j.bans), len(j.rules), j.counters.bans_issued) == (0, 0, 0)
+    assert DEFAULTS.ignore == ("127.0.0.1", "::1")
+
+
+def test_an_empty_ignore_list_lets_loopback_be_banned() -> None:
+    j = jail(BanConfig(ignore=()))
+    j.fail("::ffff:127.0.0.1", 5)
+    assert [rule.cidr for rule in j.banned] == ["127.0.0.1"]
+
+
+def test_ignore_takes_networks_and_mapped_spellings() -> None:
+    j = jail(BanConfig(ignore=("192.0.2.0/24", "::ffff:198.51.100.7", "2001:db8:5::/48")))
+    for ip in ("192.0.2.200", "198.51.100.7", "::ffff:192.0.2.1", "2001:db8:5:7::1"):
+        j.fail(ip, 10)
+    assert j.counters.bans_issued == 0
+    j.fail("198.51.100.8", 5)
+    assert [rule.cidr for rule in j.banned] == ["198.51.100.8"]
+
+
+def test_a_slash_64_holding_an_ignored_address_is_banned_per_address() -> None:
+    j = jail(BanConfig(ignore=("2001:db8:0:1::1",)))
+    j.fail("2001:db8:0:1::1", 10)
+    for host in range(2, 6):
+        j.fail(f"2001:db8:0:1::{host}")
+    assert j.banned == [], "each address counts on its own here"
+    j.fail("2001:db8:0:1::2", 4)
+    assert [rule.cidr for rule in j.banned] == ["2001:db8:0:1::2"]
+    assert j.allows("2001:db8:0:1::1"), "the ignored address is never banned"
+
+
+EXEMPT = IpSet.build(["127.0.0.1", "::1", "2001:db8:9:9::1", "2001:db8:8::/48"])
+
+
+@pytest.mark.parametrize(
+    ("ip", "prefix", "target"),
+    [
+        ("203.0.113.9", 64, "203.0.113.9"),
+        ("::ffff:203.0.113.9", 64, "203.0.113.9"),
+        ("::ffff:203.0.113.9", 1, "203.0.113.9"),
+        ("2001:db8:0:1::5", 64, "2001:db8:0:1::/64"),
+        ("2001:db8:0:1:ffff:ffff:ffff:ffff", 64, "2001:db8:0:1::/64"),
+        ("2001:db8:abcd:12ff::1", 56, "2001:db8:abcd:1200::/56"),
+        ("2001:db8::5", 128, "2001:db8::5"),
+        ("2001:DB8::5", 128, "2001:db8::5"),
+        ("fe80::1%eth0", 64, "fe80::/64"),
+        ("127.0.0.1", 64, None),
+        ("::ffff:127.0.0.1", 64, None),
+        ("::1", 64, None),
+        ("::1", 128, None),
+        ("127.0.0.2", 64, "127.0.0.2"),
+        ("2001:db8:9:9::1", 64, None),
+        ("2001:db8:9:9::2", 64, "2001:db8:9:9::2"),
+        ("2001:db8:9:9::2", 32, "2001:db8:9:9::2"),
+        ("2001:db8:8:1::2", 64, None),
+        ("2001:db8:7:1::2", 64, "2001:db8:7:1::/64"),
+        ("2001:db8:7:1::2", 40, "2001:db8:7:1::2"),
+        ("garbage", 64, None),
+        ("", 64, None),
+    ],
+)
+def test_what_a_failure_counts_against(ip: str, prefix: int, target: str | None) -> None:
+    assert ban_target(ip, prefix, EXEMPT) == target
 
 
 def test_a_success_forgets_the_failures() -> None:
@@ -330,10 +412,35 @@ async def test_six_bad_tokens_from_one_address_ban_that_address_only() -> None:
     statuses = [(await call(stack, request("Bearer bad", "192.0.2.7"))).status for _ in range(6)]
     assert statuses == [401, 401, 401, 401, 401, 403]
     blocked = await call(stack, request("Bearer good", "192.0.2.7"))
-    assert (blocked.status, blocked.json()["error"]) == (403, "ip_blocked")
+    assert (blocked.status, blocked.json()["error"]) == (403, "banned")
+    assert blocked.headers["retry-after"] == str(int(DEFAULTS.ban_time))
+    assert blocked.json()["retry_after"] == int(DEFAULTS.ban_time)
     assert (await call(stack, request("Bearer good", "192.0.2.8"))).status == 200
     assert (await call(stack, request("Bearer good", "10.0.0.1", "192.0.2.8"))).status == 200
     assert (await call(stack, request("Bearer good", "10.0.0.1", "192.0.2.7"))).status == 403
     assert (counters.bans_issued, counters.ip_blocked) == (1, 3)
     clock.now += DEFAULTS.ban_time
     assert (await call(stack, request("Bearer good", "192.0.2.7"))).status == 200
+
+
+def test_the_start_up_log_names_the_bans_in_force_and_counts_the_rest(caplog: pytest.LogCaptureFixture) -> None:
+    config = validate_model(ProxyConfig, {"mcps": [{"id": "m", "command": "true", "auth": {"type": "none"}}]})
+    shields = Shields(config)
+    now = time.time()
+    for n in range(25):
+        shields.dynamic.add(IpRule(f"ban:10.0.0.{n}", f"10.0.0.{n}", "deny", now + 100 + n, BAN_REASON, now))
+    shields.dynamic.add(IpRule("operator", "10.9.0.0/16", "deny", None))
+    with caplog.at_level(logging.WARNING):
+        shields.log_bans()
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0] == "25 automatic ban(s) in force; lift one with DELETE /admin/security/ip-rules/{id}"
+    assert len(lines) == 22 and lines[-1].startswith("... and 5 more bans")
+    assert lines[1].startswith("ban in force: 10.0.0.0 until ") and lines[1].endswith("s from now), id ban:10.0.0.0")
+    assert not any("10.9.0.0" in line for line in lines), "an operator's rule is not a ban"
+
+
+def test_no_ban_no_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    config = validate_model(ProxyConfig, {"mcps": [{"id": "m", "command": "true", "auth": {"type": "none"}}]})
+    with caplog.at_level(logging.DEBUG):
+        Shields(config).log_bans()
+    assert caplog.records == []

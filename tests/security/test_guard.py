@@ -57,7 +57,7 @@ CONFIG: dict[str, Any] = {
         }
     ],
 }
-IPS = ["127.0.0.1", "10.0.0.2", "10.0.0.3", "10.9.1.1"]
+IPS = ["127.0.0.1", "10.0.0.2", "10.0.0.3", "10.9.1.1", "2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:2::1"]
 CREDENTIALS = [None, "Bearer " + TOKENS["good"], "Bearer " + TOKENS["other"], "Bearer " + TOKENS["expired"]]
 CREDENTIALS += ["Bearer " + TOKENS["issued"], "Bearer nope", "Basic x", "Bearer"]
 ORIGINS = [None, "https://app.example.com", "https://evil.example.net"]
@@ -243,3 +243,23 @@ def test_the_guard_stands_only_where_its_fast_path_can_admit(auth: dict[str, Any
     shields = Shields(validate_model(ProxyConfig, {**CONFIG, "mcps": [mcp]}))
     app, _, _ = shields.protect(ok_app, shields.config.mcps[0])
     assert isinstance(app, McpGuard) is guarded, "JWTs are verified every time, so a guard would only add a try"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("layers_only", [False, True], ids=["guard", "layers"])
+async def test_one_slash_64_shares_one_per_ip_bucket(layers_only: bool) -> None:
+    stack = Stack(layers_only=layers_only)
+    good = CREDENTIALS[1]
+    hosts = ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1:ffff::3", "2001:db8:0:1::4"]
+    assert [(await stack.request(ip, good, None))[0] for ip in hosts] == [200] * 4
+    assert (await stack.request("2001:db8:0:1::5", good, None))[0] == 429, "the /64's burst of 4 is spent"
+    assert (await stack.request("2001:db8:0:2::1", good, None))[0] == 200, "another /64 has its own bucket"
+
+
+def test_the_limiter_takes_the_prefix_of_its_own_security_block() -> None:
+    own = {**CONFIG["mcps"][0]["security"], "auth_failure_ban": {"ipv6_prefix": 56}}
+    mcps = [CONFIG["mcps"][0], {**CONFIG["mcps"][0], "id": "n", "security": own}]
+    shields = Shields(validate_model(ProxyConfig, {**CONFIG, "mcps": mcps}))
+    config = shields.config
+    prefixes = [shields.limiter(config.effective_security(mcp)) for mcp in config.mcps]
+    assert [limiter.ipv6_prefix for limiter in prefixes if limiter is not None] == [64, 56]

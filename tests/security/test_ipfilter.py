@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mcp_barbican.security.bans import ban_id
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.ipfilter import (
@@ -22,6 +23,7 @@ from mcp_barbican.security.ipfilter import (
     MemoryIpRuleStore,
     RuleChange,
     RuleTableFull,
+    address_key,
     decide,
     parse_ip,
 )
@@ -141,15 +143,80 @@ def test_parse_ip_never_raises(text: str) -> None:
     assert address is None or not (address.version == 6 and address.ipv4_mapped is not None)
 
 
+@pytest.mark.parametrize(
+    ("ip", "prefix", "key"),
+    [
+        pytest.param("198.51.100.7", 64, "198.51.100.7", id="v4-per-address"),
+        pytest.param("198.51.100.7", 1, "198.51.100.7", id="v4-ignores-the-prefix"),
+        pytest.param("::ffff:198.51.100.7", 64, "198.51.100.7", id="mapped-is-v4"),
+        pytest.param("::FFFF:c633:6407", 48, "198.51.100.7", id="mapped-hex-spelling"),
+        pytest.param("2001:db8:0:1::5", 64, "2001:db8:0:1::/64", id="v6-slash-64"),
+        pytest.param("2001:0db8:0000:0001:ffff:ffff:ffff:ffff", 64, "2001:db8:0:1::/64", id="v6-last-of-its-64"),
+        pytest.param("2001:db8:0:2::5", 64, "2001:db8:0:2::/64", id="v6-next-64"),
+        pytest.param("2001:db8:abcd:12ff::1", 56, "2001:db8:abcd:1200::/56", id="v6-slash-56"),
+        pytest.param("2001:db8:abcd:12ff::1", 1, "::/1", id="v6-slash-1"),
+        pytest.param("2001:db8::5", 127, "2001:db8::4/127", id="v6-slash-127"),
+        pytest.param("2001:db8::5", 128, "2001:db8::5", id="v6-slash-128-is-the-address"),
+        pytest.param("2001:DB8::5", 128, "2001:db8::5", id="v6-normalized"),
+        pytest.param("::1", 64, "::/64", id="v6-loopback"),
+        pytest.param("fe80::1%eth0", 64, "fe80::/64", id="zone-id-dropped"),
+        pytest.param("1.2.3.4:80", 64, None, id="not-an-address"),
+        pytest.param("", 64, None, id="empty"),
+    ],
+)
+def test_address_keys_mask_ipv6_only(ip: str, prefix: int, key: str | None) -> None:
+    assert address_key(ip, prefix) == key
+
+
+@pytest.mark.parametrize(
+    ("entries", "network", "overlaps"),
+    [
+        pytest.param(["2001:db8:0:1::1"], "2001:db8:0:1::/64", True, id="holds-a-member"),
+        pytest.param(["2001:db8::/32"], "2001:db8:0:1::/64", True, id="inside-a-member"),
+        pytest.param(["2001:db8:0:1::/64"], "2001:db8:0:1::/64", True, id="equal"),
+        pytest.param(["2001:db8:0:2::1"], "2001:db8:0:1::/64", False, id="neighbour"),
+        pytest.param(["2001:db9::/32"], "2001:db8:0:1::/64", False, id="disjoint-larger"),
+        pytest.param(["127.0.0.1"], "2001:db8:0:1::/64", False, id="v4-member-v6-network"),
+        pytest.param(["127.0.0.1"], "::/64", True, id="v6-network-holding-mapped-space"),
+        pytest.param(["10.0.0.0/8"], "10.1.0.0/16", True, id="v4-inside"),
+        pytest.param(["10.1.2.3"], "10.1.0.0/16", True, id="v4-holds"),
+        pytest.param(["10.1.2.3"], "::ffff:10.1.0.0/112", True, id="mapped-network"),
+        pytest.param([], "::/0", False, id="empty-set"),
+    ],
+)
+def test_ipset_overlaps(entries: list[str], network: str, overlaps: bool) -> None:
+    assert IpSet.build(entries).overlaps(ipaddress.ip_network(network)) is overlaps
+
+
+@given(
+    entry=st.ip_addresses(v=6).flatmap(lambda a: st.integers(0, 128).map(lambda n: f"{a}/{n}")),
+    probe=st.ip_addresses(v=6).flatmap(lambda a: st.integers(0, 128).map(lambda n: f"{a}/{n}")),
+)
+def test_ipset_overlaps_agrees_with_ipaddress(entry: str, probe: str) -> None:
+    mine, theirs = ipaddress.ip_network(entry, strict=False), ipaddress.ip_network(probe, strict=False)
+    mapped = ipaddress.ip_network("::ffff:0:0/96")
+    if mine.overlaps(mapped) or theirs.overlaps(mapped):
+        return  # mapped space is folded into IPv4, which ipaddress does not know
+    assert IpSet.build([entry]).overlaps(theirs) is mine.overlaps(theirs)
+
+
 NOW = 1_000_000.0
 WHITE = IpSet.build(["10.0.0.0/8", "2001:db8::/32"])
 BLACK = IpSet.build(["10.0.0.50", "2001:db8::bad"])
 
 
-def rules(*entries: tuple[str, Action, float | None]) -> DynamicRules:
+_ALLOWED = IpVerdict(True, "no_whitelist")
+
+
+def ban(cidr: str, expires_at: float) -> IpRule:
+    """An automatic ban, as the tracker writes it."""
+    return IpRule(ban_id(cidr), cidr, "deny", expires_at, "authentication failures", NOW - 1)
+
+
+def rules(*entries: tuple[str, Action, float | None] | IpRule) -> DynamicRules:
     table = DynamicRules(clock=lambda: NOW)
-    for index, (cidr, action, expires_at) in enumerate(entries):
-        table.add(IpRule(f"r{index}", cidr, action, expires_at))
+    for index, entry in enumerate(entries):
+        table.add(entry if isinstance(entry, IpRule) else IpRule(f"r{index}", *entry))
     return table
 
 
@@ -268,6 +335,60 @@ def rules(*entries: tuple[str, Action, float | None]) -> DynamicRules:
             IpVerdict(False, "dynamic_deny", "r0"),
             id="mapped-dynamic-rule",
         ),
+        pytest.param(
+            "10.1.1.1",
+            WHITE,
+            EMPTY,
+            rules(("10.1.1.1", "deny", NOW + 60), ban("10.1.1.1", NOW + 30)),
+            IpVerdict(False, "dynamic_deny", "r0"),
+            id="an-operator-deny-is-named-before-a-ban",
+        ),
+        pytest.param(
+            "2001:db8:0:1::9",
+            None,
+            EMPTY,
+            rules(ban("2001:db8:0:1::/64", NOW + 30)),
+            IpVerdict(False, "banned", "ban:2001:db8:0:1::_64", NOW + 30),
+            id="banned-by-network",
+        ),
+        pytest.param(
+            "2001:db8:0:2::9", None, EMPTY, rules(ban("2001:db8:0:1::/64", NOW + 30)), _ALLOWED, id="other-network"
+        ),
+        pytest.param(
+            "::ffff:10.1.1.1",
+            WHITE,
+            EMPTY,
+            rules(ban("10.1.1.1", NOW + 30)),
+            IpVerdict(False, "banned", "ban:10.1.1.1", NOW + 30),
+            id="banned-and-whitelisted",
+        ),
+        pytest.param(
+            "10.1.1.1", WHITE, EMPTY, rules(ban("10.1.1.1", NOW)), IpVerdict(True, "whitelisted"), id="ban-over"
+        ),
+        pytest.param(
+            "11.1.1.1",
+            WHITE,
+            EMPTY,
+            rules(ban("11.1.1.1", NOW + 30)),
+            IpVerdict(False, "not_whitelisted"),
+            id="off-the-whitelist-is-named-before-a-ban",
+        ),
+        pytest.param(
+            "1.1.1.1",
+            None,
+            EMPTY,
+            rules(("1.1.1.1", "allow", None), ban("1.1.1.1", NOW + 30)),
+            IpVerdict(False, "banned", "ban:1.1.1.1", NOW + 30),
+            id="a-dynamic-allow-never-beats-a-ban",
+        ),
+        pytest.param(
+            "1.1.1.1",
+            None,
+            EMPTY,
+            rules(("1.1.1.1", "deny", None)),
+            IpVerdict(False, "dynamic_deny", "r0"),
+            id="a-deny-rule-not-named-ban-is-an-operators",
+        ),
     ],
 )
 def test_ip_decisions(
@@ -303,6 +424,20 @@ ADMIN_LIST = IpSet.build(["127.0.0.1", "::1"])
             rules(("1.1.1.1", "allow", None)),
             IpVerdict(True, "no_whitelist"),
             id="dynamic-allow-alone-is-no-whitelist",
+        ),
+        pytest.param(
+            "127.0.0.1",
+            ADMIN_LIST,
+            rules(ban("127.0.0.1", NOW + 30)),
+            IpVerdict(False, "banned", "ban:127.0.0.1", NOW + 30),
+            id="a-ban-on-a-listed-address-says-banned",
+        ),
+        pytest.param(
+            "198.51.100.7",
+            ADMIN_LIST,
+            rules(ban("198.51.100.7", NOW + 30)),
+            IpVerdict(False, "not_whitelisted"),
+            id="a-ban-off-the-list-says-not-listed",
         ),
     ],
 )
@@ -567,6 +702,39 @@ async def test_a_dynamic_ban_takes_effect_on_the_next_request_and_lifts() -> Non
     assert (await call(layer, resolved("198.51.100.8"))).status == 200
     clock.now = NOW + 600
     assert (await call(layer, resolved("198.51.100.7"))).status == 200
+
+
+@pytest.mark.anyio
+async def test_a_banned_client_is_told_so_and_when_to_come_back() -> None:
+    clock = Clock(NOW)
+    dynamic = DynamicRules(clock=clock)
+    counters = SecurityCounters()
+    layer = IPFilter(ok_app, whitelist=None, blacklist=EMPTY, dynamic=dynamic, counters=counters, clock=clock)
+    dynamic.add(ban("2001:db8:0:1::/64", NOW + 600))
+    dynamic.add(IpRule("operator", "198.51.100.0/24", "deny", NOW + 600))
+    clock.now = NOW + 0.5
+    sent = await call(layer, resolved("2001:db8:0:1::77"))
+    assert (sent.status, sent.headers["retry-after"]) == (403, "600")
+    assert sent.json()["error"] == "banned"
+    assert sent.json()["retry_after"] == 600
+    clock.now = NOW + 599.2
+    assert (await call(layer, resolved("2001:db8:0:1::78"))).headers["retry-after"] == "1"
+    operator = await call(layer, resolved("198.51.100.1"))
+    assert (operator.status, operator.json()["error"]) == (403, "ip_blocked")
+    assert "retry-after" not in operator.headers, "an operator's rule is not a ban"
+    assert counters.ip_blocked == 3
+    dynamic.add(IpRule("ban:203.0.113.9", "203.0.113.9", "deny", None))
+    forever = await call(layer, resolved("203.0.113.9"))
+    assert (forever.status, forever.json()["retry_after"]) == (403, None)
+    assert "retry-after" not in forever.headers
+
+
+def test_bans_are_listed_apart_from_operator_rules() -> None:
+    table = rules(
+        ("10.0.0.1", "deny", None), ban("10.0.0.2", NOW + 5), ("10.0.0.3", "allow", None), ban("::/64", NOW + 1)
+    )
+    assert [rule.id for rule in table.bans(NOW)] == ["ban:::_64", "ban:10.0.0.2"]
+    assert [rule.id for rule in table.bans(NOW + 1)] == ["ban:10.0.0.2"]
 
 
 @pytest.mark.anyio

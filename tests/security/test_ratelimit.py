@@ -15,6 +15,7 @@ from mcp_barbican.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Princi
 from mcp_barbican.security.ratelimit import (
     DEFAULT_MAX_KEYS,
     RPC_RATE_LIMITED,
+    UNKNOWN_CLIENT,
     Bucket,
     BucketSpec,
     Decision,
@@ -744,3 +745,35 @@ def test_the_cache_is_bounded() -> None:
     for i in range(5000):
         many.admits(f"10.1.{i // 256}.{i % 256}", None, None, 1.0)
     assert len(many._resolved) <= 4096
+
+
+@pytest.mark.parametrize(
+    ("prefix", "requests", "expected"),
+    [
+        pytest.param(64, ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1:ffff::3"], "YYN", id="one-64-one-bucket"),
+        pytest.param(64, ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:2::1"], "YYY", id="another-64-apart"),
+        pytest.param(128, ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1::3"], "YYY", id="per-address-at-128"),
+        pytest.param(48, ["2001:db8:0:1::1", "2001:db8:0:2::1", "2001:db8:0:3::1"], "YYN", id="one-48-one-bucket"),
+        pytest.param(64, ["10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.1"], "YYYN", id="ipv4-per-address"),
+        pytest.param(64, [None, None, None], "YYN", id="unknown-shares-one"),
+    ],
+)
+def test_per_ip_buckets_group_ipv6_by_prefix(prefix: int, requests: list[str | None], expected: str) -> None:
+    rl = RateLimiter.from_config(RateLimitConfig(per_ip_requests_per_minute=1, per_ip_burst_size=2), ipv6_prefix=prefix)
+    fast = "".join("Y" if rl.admits(ip, None, None, 0.0) else "N" for ip in requests)
+    rl = RateLimiter.from_config(RateLimitConfig(per_ip_requests_per_minute=1, per_ip_burst_size=2), ipv6_prefix=prefix)
+    full = "".join("Y" if rl.check(keys(ip), 0.0).allowed else "N" for ip in requests)
+    assert fast == full == expected
+
+
+def test_the_per_ip_key_is_the_masked_network() -> None:
+    rl = RateLimiter.from_config(RateLimitConfig(per_ip_requests_per_minute=1), ipv6_prefix=64)
+    assert [ref.key for ref in rl.refs(keys("2001:db8:0:1::9"))] == ["2001:db8:0:1::/64"]
+    assert [ref.key for ref in rl.refs(keys("::ffff:10.0.0.1"))] == ["::ffff:10.0.0.1"], "as resolved upstream"
+    assert rl.ip_key(None) == UNKNOWN_CLIENT
+
+
+@pytest.mark.parametrize("prefix", [0, 129])
+def test_the_limiter_checks_its_prefix(prefix: int) -> None:
+    with pytest.raises(ValueError, match="ipv6_prefix"):
+        RateLimiter.from_config(RateLimitConfig(per_ip_requests_per_minute=1), ipv6_prefix=prefix)

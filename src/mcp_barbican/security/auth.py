@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from mcp_barbican.config import AuthConfig
 
 __all__ = [
+    "MISSING_CREDENTIALS",
     "AuthFailure",
     "Authenticate",
     "Authenticator",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 _PROBLEM_WORDS: Final = "malformed credentials"
+#: The reason when no credential was sent at all.
+MISSING_CREDENTIALS: Final = "missing credentials"
 #: Accepted header values remembered per layer (all are forgotten when it is full).
 _KNOWN_MAX: Final = 1024
 
@@ -64,7 +67,7 @@ class Authenticator(Protocol):
 def bearer_credential(value: str | None, prefix: str) -> str | AuthFailure:
     """The credential inside an Authorization-style header value, or why there is none."""
     if value is None or not value.strip():
-        return AuthFailure("missing credentials")
+        return AuthFailure(MISSING_CREDENTIALS)
     if not value.isascii() or not value.isprintable():
         return AuthFailure(_PROBLEM_WORDS)
     if not prefix:

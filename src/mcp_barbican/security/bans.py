@@ -5,12 +5,16 @@ within it adds a dynamic deny rule for `ban_time`. The rule goes into the in-pro
 at once (the IP filter refuses the very next request) and, when a store is given, into the
 store too, so the ban survives a restart and reaches other replicas. Failure counts are
 kept for at most `max_tracked` addresses, least recently failing first out.
+
+IPv6 clients count and are banned per network of `ipv6_prefix` bits (one host usually holds
+a /64 and could otherwise change address at every attempt), IPv4 per address. Exempt
+addresses (`ignore`, fail2ban's `ignoreip`, and the trusted proxies) never count, and a ban
+never covers one: a network holding an exempt address is banned per address instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -18,22 +22,38 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.ipfilter import Clock, DynamicRules, IpRule, IpRuleStore, IpSet, RuleTableFull, parse_ip
+from mcp_barbican.security.ipfilter import (
+    BAN_ID_PREFIX,
+    Clock,
+    DynamicRules,
+    IpRule,
+    IpRuleStore,
+    IpSet,
+    RuleTableFull,
+    address_key,
+    parse_ip,
+    parse_network,
+)
 
 if TYPE_CHECKING:
     from mcp_barbican.config import BanConfig
 
-__all__ = ["BAN_ID_PREFIX", "BAN_REASON", "DEFAULT_MAX_TRACKED", "AuthFailureTracker", "register_failure"]
+__all__ = [
+    "BAN_ID_PREFIX",
+    "BAN_REASON",
+    "DEFAULT_MAX_TRACKED",
+    "AuthFailureTracker",
+    "ban_id",
+    "ban_target",
+    "register_failure",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Addresses whose recent failures are remembered; a flood of distinct ones evicts the oldest.
 DEFAULT_MAX_TRACKED: Final = 100_000
-#: Ban rules are named after their address, so a new ban of the same address replaces the old one.
-BAN_ID_PREFIX: Final = "ban:"
 #: The `reason` of every ban rule, for listings and audit.
 BAN_REASON: Final = "authentication failures"
-_IPV6_BITS: Final = 128  # an ipv6_prefix of 128 means one address: no grouping
 
 
 def register_failure(previous: Iterable[float], now: float, config: BanConfig) -> tuple[float, ...] | None:
@@ -45,13 +65,32 @@ def register_failure(previous: Iterable[float], now: float, config: BanConfig) -
     return None if len(recent) >= config.max_failures else recent
 
 
+def ban_target(ip: str, ipv6_prefix: int, exempt: IpSet) -> str | None:
+    """What a failure from `ip` counts against and a ban would cover (an address or a CIDR), or None.
+
+    None for an exempt address and for text that is no address. An IPv6 network that holds an
+    exempt address or network is never banned whole: its clients then count per address.
+    """
+    address = parse_ip(ip)
+    if address is None or address in exempt:
+        return None
+    key = address_key(ip, ipv6_prefix)
+    if key is not None and "/" in key and exempt and exempt.overlaps(parse_network(key)):
+        return str(address)
+    return key
+
+
+def ban_id(target: str) -> str:
+    """The id of the ban of an address or network: readable, and one path segment of the admin API's URL."""
+    return BAN_ID_PREFIX + target.replace("/", "_")
+
+
 class AuthFailureTracker:
     """Counts authentication failures per address and bans an address that fails too often.
 
-    `exempt` addresses are never banned (fail2ban's `ignoreip`). With `ipv6_prefix` below 128
-    an IPv6 client is counted and banned as its whole network, since one host usually holds
-    a /64 and could otherwise change address at every attempt. `on_ban` hears of every ban
-    issued (for the audit trail).
+    The config's `ignore` entries and the `exempt` ones (addresses or CIDRs) are never banned
+    (fail2ban's `ignoreip`); IPv6 clients count per network of `config.ipv6_prefix` bits (see
+    `ban_target`). `on_ban` hears of every ban issued (for the audit trail).
     """
 
     def __init__(
@@ -62,21 +101,17 @@ class AuthFailureTracker:
         counters: SecurityCounters,
         clock: Clock = time.time,
         store: IpRuleStore | None = None,
-        exempt: IpSet | None = None,
+        exempt: Iterable[str] = (),
         max_tracked: int = DEFAULT_MAX_TRACKED,
-        ipv6_prefix: int = _IPV6_BITS,
         on_ban: Callable[[IpRule], None] | None = None,
     ) -> None:
-        if not 0 < ipv6_prefix <= _IPV6_BITS:
-            raise ValueError(f"ipv6_prefix must be 1-128, not {ipv6_prefix}")
         self.config = config
         self.rules = rules
         self.counters = counters
         self.clock = clock
         self.store = store
-        self.exempt = exempt if exempt is not None else IpSet()
+        self.exempt = IpSet.build((*config.ignore, *exempt))
         self.max_tracked = max_tracked
-        self.ipv6_prefix = ipv6_prefix
         self.on_ban = on_ban
         self._failures: OrderedDict[str, tuple[float, ...]] = OrderedDict()
         self._pending: set[asyncio.Task[None]] = set()
@@ -89,7 +124,7 @@ class AuthFailureTracker:
         """Count one failure from `ip` (the authentication layer's `on_failure` hook); ban when due."""
         if not self.config.enabled or ip is None:
             return
-        target = self._target(ip)
+        target = ban_target(ip, self.config.ipv6_prefix, self.exempt)
         if target is None:
             return
         now = self.clock()
@@ -103,7 +138,7 @@ class AuthFailureTracker:
 
     def record_success(self, ip: str | None) -> None:
         """Forget the failures of `ip` (fail2ban does not; wire it only where that is wanted)."""
-        if ip is not None and (target := self._target(ip)) is not None:
+        if ip is not None and (target := ban_target(ip, self.config.ipv6_prefix, self.exempt)) is not None:
             self._failures.pop(target, None)
 
     async def flush(self) -> None:
@@ -111,17 +146,9 @@ class AuthFailureTracker:
         while self._pending:
             await asyncio.gather(*self._pending)
 
-    def _target(self, ip: str) -> str | None:
-        address = parse_ip(ip)
-        if address is None or address in self.exempt:
-            return None
-        if address.version == 6 and self.ipv6_prefix < _IPV6_BITS:
-            return str(ipaddress.IPv6Network((address, self.ipv6_prefix), strict=False))
-        return str(address)
-
     def _ban(self, target: str, now: float) -> None:
         rule = IpRule(
-            id=BAN_ID_PREFIX + target,
+            id=ban_id(target),
             cidr=target,
             action="deny",
             expires_at=now + self.config.ban_time,

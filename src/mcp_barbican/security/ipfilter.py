@@ -9,7 +9,10 @@ prefix length, a set (or dict) of masked integers, so a decision costs one hash 
 distinct prefix length whatever the number of entries.
 
 Dynamic rules (the seed guide's IPManager) live in an `IpRuleStore`; `DynamicRules` is the
-in-process index of them that the request path reads synchronously.
+in-process index of them that the request path reads synchronously. Automatic bans are deny
+rules whose id starts with `ban:`; they are indexed apart so that the admin plane can let a
+valid admin credential past a ban (never past an operator's own deny rule), and a banned
+client is told so: 403 `banned` with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import functools
 import heapq
 import ipaddress
 import itertools
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -28,13 +32,14 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol
 from mcp_barbican.audit.events import AuditEvent, request_fields
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.principal import CLIENT_IP_KEY
-from mcp_barbican.server.http import json_error
+from mcp_barbican.server.http import json_error, respond_json
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from mcp_barbican.audit.trail import AuditTrail
 
 __all__ = [
+    "BAN_ID_PREFIX",
     "DEFAULT_MAX_RULES",
     "Action",
     "Address",
@@ -49,27 +54,36 @@ __all__ = [
     "RuleSubscribers",
     "RuleChange",
     "RuleTableFull",
+    "address_key",
     "client_ip",
     "decide",
+    "is_ban",
     "parse_ip",
     "parse_network",
+    "refuse",
 ]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Action = Literal["allow", "deny"]
+#: How the index files a rule: its action, except that automatic bans are deny rules of their own kind.
+RuleKind = Literal["allow", "deny", "ban"]
 Clock = Callable[[], float]
 
 #: Dynamic rules kept at most; bans from a flood of distinct addresses must not grow memory forever.
 DEFAULT_MAX_RULES: Final = 100_000
+#: Automatic bans are named after what they cover, so a new ban of the same network replaces the old one.
+BAN_ID_PREFIX: Final = "ban:"
 _BITS: Final = {4: 32, 6: 128}  # address width per IP version, to turn a prefix length into a shift
 #: IPv4-mapped IPv6 (RFC 4291 §2.5.5.2): the same host as the IPv4 address in its low 32 bits.
 _MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
 _MAPPED_PREFIX: Final = 96  # a mapped network's IPv4 prefix length is its own minus this
 _LOW_32_BITS: Final = 0xFFFFFFFF  # where a mapped address keeps its IPv4 address
 _ACTIONS: Final = ("allow", "deny")  # checked at run time too: rules may come from a shared store
+_KINDS: Final[tuple[RuleKind, ...]] = ("allow", "deny", "ban")
 # One text for every refusal: naming the rule would tell a prober which lists exist.
 _BLOCKED_MESSAGE: Final = "requests from this address are not allowed"
+_BANNED_MESSAGE: Final = "this address is banned for a while after repeated authentication failures"
 # Verdicts kept per address while no dynamic rule exists (the static lists cannot change).
 _STATIC_CACHE: Final = 65_536
 # WebSocket close code "policy violation"; a close before accept becomes a 403 at the server.
@@ -98,6 +112,21 @@ def _unmapped(address: Address) -> Address:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+@functools.lru_cache(maxsize=4096)  # pure: the same few clients recur, and a miss costs a network's str()
+def address_key(ip: str, ipv6_prefix: int) -> str | None:
+    """What a client address counts as for bans and per-IP limits; None if `ip` is not an address.
+
+    IPv4 (and IPv4-mapped IPv6, folded to IPv4) counts per address; IPv6 per network of
+    `ipv6_prefix` bits (1-128), written as a CIDR, since one host usually holds a /64.
+    """
+    address = parse_ip(ip)
+    if address is None:
+        return None
+    if address.version == 6 and ipv6_prefix < _BITS[6]:
+        return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
+    return str(address)
 
 
 def parse_network(text: str) -> Network:
@@ -161,6 +190,18 @@ class IpSet:
         value = int(address)
         return any(value >> shift in values for shift, values in table)
 
+    def overlaps(self, network: Network) -> bool:
+        """Whether any member lies inside `network` or contains it (a mapped network is checked as its IPv4)."""
+        for version, shift, value in _network_keys(network):
+            table = self.v4 if version == 4 else self.v6
+            for own_shift, values in table:
+                if own_shift >= shift:  # members as large as the network or larger: one may contain it
+                    if value >> (own_shift - shift) in values:
+                        return True
+                elif any(member >> (shift - own_shift) == value for member in values):
+                    return True
+        return False
+
     def __bool__(self) -> bool:
         return self.entries > 0
 
@@ -191,6 +232,15 @@ class IpRule:
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
+
+
+def is_ban(rule: IpRule) -> bool:
+    """Whether `rule` is an automatic ban (a deny rule the ban tracker made), not an operator's rule."""
+    return rule.action == "deny" and rule.id.startswith(BAN_ID_PREFIX)
+
+
+def _kind(rule: IpRule) -> RuleKind:
+    return "ban" if is_ban(rule) else rule.action
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +288,7 @@ class DynamicRules:
         self.max_rules = max_rules
         self.clock = clock
         self._rules: dict[str, tuple[IpRule, list[_Key]]] = {}
-        self._index: dict[str, dict[int, dict[int, dict[int, set[str]]]]] = {a: {4: {}, 6: {}} for a in _ACTIONS}
+        self._index: dict[RuleKind, dict[int, dict[int, dict[int, set[str]]]]] = {k: {4: {}, 6: {}} for k in _KINDS}
         self._allow_count = 0
         self._expiries: list[tuple[float, int, str]] = []
         self._heap_entry: dict[str, int] = {}
@@ -260,7 +310,7 @@ class DynamicRules:
             self._make_room(now)
         self._rules[rule.id] = (rule, keys)
         for version, shift, value in keys:
-            self._index[rule.action][version].setdefault(shift, {}).setdefault(value, set()).add(rule.id)
+            self._index[_kind(rule)][version].setdefault(shift, {}).setdefault(value, set()).add(rule.id)
         if rule.action == "allow":
             self._allow_count += 1
         if rule.expires_at is not None:
@@ -274,14 +324,15 @@ class DynamicRules:
         if entry is None:
             return False
         rule, keys = entry
+        kind = _kind(rule)
         for version, shift, value in keys:
-            by_value = self._index[rule.action][version][shift]
+            by_value = self._index[kind][version][shift]
             ids = by_value[value]
             ids.discard(rule_id)
             if not ids:
                 del by_value[value]
                 if not by_value:
-                    del self._index[rule.action][version][shift]
+                    del self._index[kind][version][shift]
         if rule.action == "allow":
             self._allow_count -= 1
         if self._heap_entry.pop(rule_id, None) is not None and len(self._expiries) > 2 * len(self._heap_entry) + 64:
@@ -340,12 +391,12 @@ class DynamicRules:
                 dropped += 1
         return dropped
 
-    def match(self, address: Address, action: Action, now: float) -> IpRule | None:
-        """A rule of `action` covering `address` and active at `now`, or None."""
+    def match(self, address: Address, kind: RuleKind, now: float) -> IpRule | None:
+        """A rule of `kind` covering `address` and active at `now`, or None ("deny" excludes bans)."""
         self.sweep(now)
         address = _unmapped(address)
         value = int(address)
-        for shift, by_value in self._index[action][address.version].items():
+        for shift, by_value in self._index[kind][address.version].items():
             ids = by_value.get(value >> shift)
             if ids:
                 return self._rules[next(iter(ids))][0]
@@ -355,6 +406,10 @@ class DynamicRules:
         """Whether any allow rule is active, which makes the dynamic whitelist apply."""
         self.sweep(now)
         return self._allow_count > 0
+
+    def bans(self, now: float) -> builtins.list[IpRule]:
+        """The automatic bans in force, soonest expiry first."""
+        return [rule for rule in self.rules(now) if is_ban(rule)]
 
     def rules(self, now: float) -> builtins.list[IpRule]:
         """The active rules, soonest expiry first, permanent rules last."""
@@ -426,11 +481,15 @@ class MemoryIpRuleStore:
 
 @dataclass(frozen=True, slots=True)
 class IpVerdict:
-    """The IP decision for one request; `reason` is a short code, `rule_id` the dynamic rule that decided."""
+    """The IP decision for one request; `reason` is a short code, `rule_id` the dynamic rule that decided.
+
+    `expires_at` is when the deciding ban ends (reason `banned` only).
+    """
 
     allowed: bool
     reason: str
     rule_id: str | None = None
+    expires_at: float | None = None
 
 
 _NO_RULES: Final = IpVerdict(True, "no_whitelist")
@@ -449,10 +508,12 @@ def decide(
     now: float,
     dynamic_allow: bool = True,
 ) -> IpVerdict:
-    """Whether a client address may pass: deny rules first, then the whitelist if there is one.
+    """Whether a client address may pass: deny rules first, then the whitelist if there is one, then bans.
 
     With `dynamic_allow` false, dynamic allow rules are ignored (dynamic denies still apply):
-    for a plane whose whitelist they must not widen, such as the admin API's.
+    for a plane whose whitelist they must not widen, such as the admin API's. A ban is the
+    reason only when nothing else refuses the address, so a `banned` verdict means that the
+    address passes once the ban is lifted (which is what the admin plane relies on).
     """
     address = parse_ip(ip) if ip is not None else None
     whitelist_applies = bool(whitelist) or (dynamic_allow and dynamic.has_allow(now))
@@ -463,14 +524,18 @@ def decide(
     denied = dynamic.match(address, "deny", now)
     if denied is not None:
         return IpVerdict(False, "dynamic_deny", denied.id)
-    if not whitelist_applies:
-        return _NO_RULES
-    if whitelist is not None and address in whitelist:
-        return _WHITELISTED
-    allowed = dynamic.match(address, "allow", now) if dynamic_allow else None
-    if allowed is not None:
-        return IpVerdict(True, "dynamic_allow", allowed.id)
-    return _NOT_WHITELISTED
+    verdict = _NO_RULES
+    if whitelist_applies:
+        if whitelist is not None and address in whitelist:
+            verdict = _WHITELISTED
+        elif dynamic_allow and (allowed := dynamic.match(address, "allow", now)) is not None:
+            verdict = IpVerdict(True, "dynamic_allow", allowed.id)
+        else:
+            return _NOT_WHITELISTED
+    banned = dynamic.match(address, "ban", now)
+    if banned is not None:
+        return IpVerdict(False, "banned", banned.id, banned.expires_at)
+    return verdict
 
 
 class IPFilter:
@@ -533,18 +598,38 @@ class IPFilter:
         if verdict.allowed:
             await self.app(scope, receive, send)
             return
-        self.counters.ip_blocked += 1
-        self.counters.violation()
-        if self.audit is not None:
-            details = {"rule": verdict.reason, "rule_id": verdict.rule_id}
-            fields = request_fields(scope)
-            await self.audit.emit(
-                AuditEvent("ip_block", "request", False, scope.get("path", ""), details=details, **fields)
-            )
-        if kind == "websocket":
-            await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})
-            return
-        await json_error(send, 403, "ip_blocked", _BLOCKED_MESSAGE)
+        await refuse(scope, send, verdict, counters=self.counters, audit=self.audit, now=self.clock())
+
+
+async def refuse(
+    scope: Scope,
+    send: Send,
+    verdict: IpVerdict,
+    *,
+    counters: SecurityCounters,
+    audit: AuditTrail | None,
+    now: float,
+    message: str = _BLOCKED_MESSAGE,
+) -> None:
+    """Answer a refused address: 403 `banned` with `Retry-After` for a ban, else 403 `ip_blocked` with `message`."""
+    counters.ip_blocked += 1
+    counters.violation()
+    if audit is not None:
+        details = {"rule": verdict.reason, "rule_id": verdict.rule_id}
+        fields = request_fields(scope)
+        await audit.emit(AuditEvent("ip_block", "request", False, scope.get("path", ""), details=details, **fields))
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})
+        return
+    if verdict.reason != "banned":
+        await json_error(send, 403, "ip_blocked", message)
+        return
+    if verdict.expires_at is None:  # a ban rule written without expiry holds until removed
+        await respond_json(send, 403, {"error": "banned", "message": _BANNED_MESSAGE, "retry_after": None})
+        return
+    wait = max(1, math.ceil(verdict.expires_at - now))
+    body = {"error": "banned", "message": _BANNED_MESSAGE, "retry_after": wait}
+    await respond_json(send, 403, body, [(b"retry-after", str(wait).encode())])
 
 
 def client_ip(scope: Scope) -> str | None:

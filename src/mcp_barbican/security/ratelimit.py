@@ -23,6 +23,7 @@ import orjson
 from mcp_barbican import jsonrpc
 from mcp_barbican.audit.events import AuditEvent, request_fields
 from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.ipfilter import address_key
 from mcp_barbican.security.principal import CLIENT_IP_KEY, principal_id
 from mcp_barbican.server.http import BodyTooLarge, read_body, respond
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
@@ -66,6 +67,7 @@ RETOUCH: Final = 1.0
 _RESOLVED_MAX: Final = 4096
 #: A refused body is read only to echo its JSON-RPC id; past this size the id is left null.
 _PEEK_LIMIT: Final = 256 * 1024
+_IPV6_BITS: Final = 128  # an ipv6_prefix of 128 keys every IPv6 address on its own
 
 Header = tuple[bytes, bytes]
 
@@ -307,10 +309,25 @@ def decide(refs: Sequence[BucketRef], levels: Sequence[float], *, taken: bool) -
 
 
 class RateLimiter:
-    """Every scope's buckets for one `rate_limit` block, in one store."""
+    """Every scope's buckets for one `rate_limit` block, in one store.
 
-    def __init__(self, limits: Limits, *, store: BucketStore | None = None, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+    Per-IP buckets key on the address as resolved upstream, except that an IPv6 address
+    counts as its network of `ipv6_prefix` bits (as bans do): one host usually holds a /64.
+    The masking happens only when a client's buckets are first resolved, never per request.
+    """
+
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        store: BucketStore | None = None,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        ipv6_prefix: int = _IPV6_BITS,
+    ) -> None:
+        if not 0 < ipv6_prefix <= _IPV6_BITS:
+            raise ValueError(f"ipv6_prefix must be 1-128, not {ipv6_prefix}")
         self.limits = limits
+        self.ipv6_prefix = ipv6_prefix
         self.store: BucketStore = store if store is not None else MemoryBucketStore(max_keys=max_keys)
         self._global_refs = tuple(BucketRef(spec, "") for spec in limits.global_)
         #: Per request keys: the store's eviction count, when to refresh their LRU position, their buckets.
@@ -318,9 +335,14 @@ class RateLimiter:
 
     @classmethod
     def from_config(
-        cls, config: RateLimitConfig, *, store: BucketStore | None = None, max_keys: int = DEFAULT_MAX_KEYS
+        cls,
+        config: RateLimitConfig,
+        *,
+        store: BucketStore | None = None,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        ipv6_prefix: int = _IPV6_BITS,
     ) -> RateLimiter:
-        return cls(Limits.from_config(config), store=store, max_keys=max_keys)
+        return cls(Limits.from_config(config), store=store, max_keys=max_keys, ipv6_prefix=ipv6_prefix)
 
     @property
     def enabled(self) -> bool:
@@ -329,13 +351,24 @@ class RateLimiter:
     def refs(self, keys: RequestKeys) -> list[BucketRef]:
         """The buckets that apply to a request."""
         refs = [*self._global_refs]
-        ip = keys.ip if keys.ip is not None else UNKNOWN_CLIENT
-        refs += [BucketRef(spec, ip) for spec in self.limits.per_ip]
+        if self.limits.per_ip:
+            ip = self.ip_key(keys.ip)
+            refs += [BucketRef(spec, ip) for spec in self.limits.per_ip]
         if keys.principal is not None:
             refs += [BucketRef(spec, keys.principal) for spec in self.limits.per_principal]
         if keys.mcp is not None:
             refs += [BucketRef(spec, keys.mcp) for spec in self.limits.per_mcp]
         return refs
+
+    def ip_key(self, ip: str | None) -> str:
+        """The per-IP bucket key of a client address: IPv6 masked to `ipv6_prefix` bits, the rest as given."""
+        if ip is None:
+            return UNKNOWN_CLIENT
+        if ":" in ip and self.ipv6_prefix < _IPV6_BITS:
+            network = address_key(ip, self.ipv6_prefix)
+            if network is not None and "/" in network:  # IPv4-mapped text stays as resolved upstream
+                return network
+        return ip
 
     def admits(self, ip: str | None, principal: str | None, mcp: str | None, now: float) -> bool:
         """Take a token from every applicable bucket if each holds one (True); else take none. The hot path.

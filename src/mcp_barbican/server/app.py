@@ -2,8 +2,9 @@
 
 The security layers and their order live in `shields.py`; this module routes:
 `/mcp/{id}[/sse|/messages]` to each MCP's guarded endpoint, `/api/v1/mcp/list`,
-`/.well-known/oauth-protected-resource/mcp/{id}`, `/admin/*` to the admin guard, and the
-health routes, which alone skip the dynamic IP rules.
+`/.well-known/oauth-protected-resource/mcp/{id}`, `/admin/*` to the admin guard (which
+applies the dynamic IP rules and bans its own way), and the health routes, which alone skip
+the dynamic IP rules.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from typing import TYPE_CHECKING
 from mcp_barbican.admin import AdminApp
 from mcp_barbican.audit import AuditTrail, build_sinks
 from mcp_barbican.security.admin import AdminGuard, admin_tokens
-from mcp_barbican.security.auth import AuthFailure, bearer_credential
+from mcp_barbican.security.auth import MISSING_CREDENTIALS, AuthFailure, bearer_credential
 from mcp_barbican.security.client_ip import ClientAddress
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
-from mcp_barbican.security.ipfilter import DynamicRules, IpSet, client_ip, decide
+from mcp_barbican.security.ipfilter import DynamicRules, IpSet, IpVerdict, client_ip, decide
 from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata
-from mcp_barbican.security.principal import Principal
+from mcp_barbican.security.principal import CLIENT_IP_KEY, Principal
 from mcp_barbican.server.endpoint import McpEndpoint
 from mcp_barbican.server.http import get_header, json_error, respond_json
 from mcp_barbican.server.registry import Registry
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 _PREFIX = "/mcp/"
 _PRM_PREFIX = f"{WELL_KNOWN_PATH}/mcp/"
 _NO_RULES = DynamicRules()  # an MCP's static lists alone; the shared dynamic rules guard every route already
+_NO_ADDRESSES = IpSet.build(())
 
 
 class McpRoute:
@@ -63,20 +65,22 @@ class McpRoute:
         )
         self.app, self.authenticator, self.cors = shields.protect(endpoint, mcp)
 
-    async def admits(self, scope: Scope) -> bool:
-        """Whether this request would open this MCP: its address lists, then its credential (for the MCP list)."""
-        if (self._whitelist or self._blacklist) and not decide(
-            client_ip(scope), whitelist=self._whitelist, blacklist=self._blacklist, dynamic=_NO_RULES, now=0.0
-        ).allowed:
-            return False
-        if self.authenticator is None:
+    def addresses_admit(self, scope: Scope) -> bool:
+        """Whether this MCP's own address lists let the request's client through (for the MCP list)."""
+        if not self._whitelist and not self._blacklist:
             return True
+        ip = client_ip(scope)
+        return decide(ip, whitelist=self._whitelist, blacklist=self._blacklist, dynamic=_NO_RULES, now=0.0).allowed
+
+    async def verdict(self, scope: Scope) -> Principal | AuthFailure | None:
+        """What this MCP's authentication makes of the request's credential (None: it has none)."""
+        if self.authenticator is None:
+            return None
         raw = get_header(scope, self.auth.header.lower().encode("latin-1"))
         credential = bearer_credential(raw.decode("latin-1") if raw is not None else None, self.auth.prefix)
         if isinstance(credential, AuthFailure):
-            return False
-        verdict = await self.authenticator.authenticate(credential)
-        return isinstance(verdict, Principal) and verdict.reaches(self.mcp.id)
+            return credential
+        return await self.authenticator.authenticate(credential)
 
 
 class BarbicanApp:
@@ -108,22 +112,24 @@ class BarbicanApp:
         """The admin guard for the current `server.admin` (at start and on reload)."""
         admin = self.config.server.admin
         self.admin_ips = IpSet.build(admin.ip_whitelist)
-        tokens = admin_tokens(admin)
         guard = functools.partial(
-            AdminGuard, tokens=tokens, address_allowed=self._admin_address, counters=self.counters
+            AdminGuard,
+            tokens=admin_tokens(admin),
+            address_verdict=self._admin_address,
+            counters=self.counters,
+            audit=self.shields.recording,
+            on_failure=self.shields.record_failure,
         )
-        self.admin = guard(self.admin_app, audit=self.shields.recording)
+        self.admin = guard(self.admin_app)
         #: /readyz names what is not ready only to an admin credential from an admin address.
-        self.readiness_detail = guard(self._readyz_detail, audit=self.shields.recording)
+        self.readiness_detail = guard(self._readyz_detail)
 
-    def _admin_address(self, ip: str | None) -> bool:
+    def _admin_address(self, ip: str | None) -> IpVerdict:
         """The admin list, and dynamic denies and bans; dynamic allows never widen the admin list."""
-        empty = IpSet.build(())
         dynamic = self.shields.dynamic
-        verdict = decide(
-            ip, whitelist=self.admin_ips, blacklist=empty, dynamic=dynamic, now=time.time(), dynamic_allow=False
+        return decide(
+            ip, whitelist=self.admin_ips, blacklist=_NO_ADDRESSES, dynamic=dynamic, now=time.time(), dynamic_allow=False
         )
-        return verdict.allowed
 
     async def startup(self) -> None:
         self.audit.start()
@@ -169,19 +175,17 @@ class BarbicanApp:
             await respond_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
             await self._readyz(scope, receive, send)
+        elif self._is_admin_path(path) and self._on_admin_listener(scope):
+            await self.admin(scope, receive, send)  # its guard applies the dynamic rules, bans its own way
         else:
             await self.guarded(scope, receive, send)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        admin_port = self.config.server.admin.port
-        if admin_port is not None:
+        if self.config.server.admin.port is not None and self._on_admin_listener(scope) != self._is_admin_path(path):
             # The admin API has its own listener: only it serves /admin, and it serves nothing else.
-            server = scope.get("server")
-            on_admin_port = server is not None and server[1] == admin_port
-            if on_admin_port != self._is_admin_path(path):
-                await json_error(send, 404, "not_found", f"no route for {path} on this listener")
-                return
+            await json_error(send, 404, "not_found", f"no route for {path} on this listener")
+            return
         if path.startswith(_PREFIX):
             mcp_id, _, rest = path[len(_PREFIX) :].partition("/")
             route = self.routes.get(mcp_id)
@@ -190,8 +194,6 @@ class BarbicanApp:
                 return
             scope["mcp_barbican.subpath"] = f"/{rest}" if rest else ""
             await route.app(scope, receive, send)
-        elif self._is_admin_path(path):
-            await self.admin(scope, receive, send)
         elif path == "/metrics":  # server.metrics.public: the admin API's handler, without its guard
             await self.admin_app(scope, receive, send)
         elif path == "/api/v1/mcp/list":
@@ -200,6 +202,14 @@ class BarbicanApp:
             await self._resource_metadata(scope, send, path[len(_PRM_PREFIX) :])
         else:
             await json_error(send, 404, "not_found", f"no route for {path}")
+
+    def _on_admin_listener(self, scope: Scope) -> bool:
+        """Whether the request came to the listener that serves /admin (the only one without admin.port)."""
+        admin_port = self.config.server.admin.port
+        if admin_port is None:
+            return True
+        server = scope.get("server")
+        return server is not None and server[1] == admin_port
 
     def _is_admin_path(self, path: str) -> bool:
         """The admin API, and /metrics unless server.metrics.public opens it."""
@@ -221,9 +231,24 @@ class BarbicanApp:
         await self._mcp_list(scope, send)
 
     async def _mcp_list(self, scope: Scope, send: Send) -> None:
-        """The MCPs the presented credential reaches (MCPs without auth reach everyone)."""
-        reached = [route for route in self.routes.values() if await route.admits(scope)]
-        if not reached:
+        """The MCPs the presented credential reaches (MCPs without auth reach everyone).
+
+        A credential that no MCP accepts is an authentication failure (it counts toward the
+        ban), also when MCPs without auth still make the answer a 200: else this route would
+        be a free oracle for guessing tokens.
+        """
+        verdicts = [(route, await route.verdict(scope)) for route in self.routes.values()]
+        reached = [
+            r
+            for r, v in verdicts
+            if (v is None or (isinstance(v, Principal) and v.reaches(r.mcp.id))) and r.addresses_admit(scope)
+        ]
+        refused = [v for _, v in verdicts if isinstance(v, AuthFailure)]
+        authenticated = any(isinstance(v, Principal) for _, v in verdicts)
+        presented = any(v.reason != MISSING_CREDENTIALS for v in refused)
+        if refused and not authenticated and (presented or not reached):
+            self.shields.record_failure(scope.get(CLIENT_IP_KEY))
+        if not reached and not authenticated:  # a valid credential whose MCPs all refuse this address: empty list
             self.counters.authentication_failures += 1
             self.counters.violation()
             challenge = b'Bearer realm="mcp-barbican", error="invalid_token"'

@@ -3,23 +3,29 @@
 One place decides the order of the layers, because the order is a security decision:
 
     (outer, every route)  security headers (an MCP's own set on its routes) -> client address -> Host/Origin guard
-    (every route but health)  dynamic IP rules and bans
+    (every route but health)  dynamic IP rules and bans (the admin guard applies them itself: a valid
+                              admin token passes an automatic ban there, never an operator's deny rule)
     (per MCP)  static IP lists -> CORS (preflights answered before auth)
                -> authentication (failures feed the bans) -> rate limits -> endpoint,
                behind one McpGuard that admits the common request in a single call
 
 Rate limiting sits after authentication so it can key on the principal, and so refused
 requests never spend a token; the IP filter sits before everything that costs work.
+Authentication failures on every route feed one ban list: an MCP's with its own
+`auth_failure_ban` block, the MCP list's and the admin API's with `server.security`'s.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from mcp_barbican.audit import AuditEvent, AuditTrail
 from mcp_barbican.exceptions import ConfigError
-from mcp_barbican.security.auth import Authenticate, Authenticator, AuthFailure, StaticTokens
+from mcp_barbican.security.auth import MISSING_CREDENTIALS, Authenticate, Authenticator, AuthFailure, StaticTokens
 from mcp_barbican.security.bans import AuthFailureTracker
 from mcp_barbican.security.client_ip import TrustedProxies
 from mcp_barbican.security.cors import CORS, OriginPolicy
@@ -34,9 +40,14 @@ from mcp_barbican.server.http import get_header
 from mcp_barbican.types import ASGIApp, Scope
 
 if TYPE_CHECKING:
-    from mcp_barbican.config import AuthConfig, BanConfig, McpConfig, ProxyConfig, RateLimitConfig, SecurityConfig
+    from mcp_barbican.config import AuthConfig, BanConfig, McpConfig, ProxyConfig, SecurityConfig
 
 __all__ = ["Shields"]
+
+logger = logging.getLogger(__name__)
+
+#: Bans named one per line in the start-up log; beyond that only their number.
+_BANS_LOGGED: Final = 20
 
 
 class Shields:
@@ -57,11 +68,12 @@ class Shields:
         #: Client tokens issued through the admin API; every token-auth MCP accepts them (within their scope).
         self.issued = IssuedTokens()
         self._bans: dict[BanConfig, AuthFailureTracker] = {}
-        self._limiters: dict[int, RateLimiter] = {}
+        self._limiters: dict[tuple[int, int], RateLimiter] = {}
         self._unfollow: Callable[[], None] | None = None
 
     async def start(self) -> None:
         self._unfollow = await self.dynamic.follow(self.rule_store)
+        self.log_bans()
         for verifier in self.verifiers:
             await verifier.start()
 
@@ -98,6 +110,10 @@ class Shields:
         )
 
     def bans(self, config: BanConfig) -> AuthFailureTracker | None:
+        """The failure counter of one `auth_failure_ban` block; every one of them bans into the one rule list.
+
+        Its `ignore` list and the trusted proxies are exempt: banning the proxy in front would ban everyone.
+        """
         if not config.enabled:
             return None
         if config not in self._bans:
@@ -106,22 +122,52 @@ class Shields:
                 rules=self.dynamic,
                 counters=self.counters,
                 store=self.rule_store,
-                exempt=self.trusted.networks,
+                exempt=self.config.server.trusted_proxies,
                 on_ban=self._audit_ban,
             )
         return self._bans[config]
+
+    def record_failure(self, ip: str | None) -> None:
+        """Count an authentication failure on a route of no one MCP (the admin API, the MCP list)."""
+        tracker = self.bans(self.config.server.security.auth_failure_ban)
+        if tracker is not None:
+            tracker.record_failure(ip)
+
+    def log_bans(self) -> None:
+        """Say which automatic bans are in force (at start-up: they survive restarts) and how to lift one."""
+        now = time.time()
+        bans = self.dynamic.bans(now)
+        if not bans:
+            return
+        logger.warning("%d automatic ban(s) in force; lift one with DELETE /admin/security/ip-rules/{id}", len(bans))
+        for rule in bans[:_BANS_LOGGED]:
+            if rule.expires_at is None:
+                until = "removed"
+            else:
+                until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rule.expires_at))
+                until += f" ({math.ceil(rule.expires_at - now)}s from now)"
+            logger.warning("ban in force: %s until %s, id %s", rule.cidr, until, rule.id)
+        if len(bans) > _BANS_LOGGED:
+            logger.warning(
+                "... and %d more bans (GET /admin/security/ip-rules lists them all)", len(bans) - _BANS_LOGGED
+            )
 
     def _audit_ban(self, rule: IpRule) -> None:
         details = {"rule_id": rule.id, "expires_at": rule.expires_at, "reason": rule.reason}
         self.audit.emit_soon(AuditEvent("ban", "ban", True, rule.cidr, remote_addr=rule.cidr, details=details))
 
-    def limiter(self, config: RateLimitConfig | None) -> RateLimiter | None:
-        """One limiter per rate_limit block: MCPs sharing the server default share its global buckets."""
+    def limiter(self, security: SecurityConfig) -> RateLimiter | None:
+        """One limiter per rate_limit block: MCPs sharing the server default share its global buckets.
+
+        Per-IP buckets group IPv6 clients by the same block's `auth_failure_ban.ipv6_prefix`.
+        """
+        config = security.rate_limit
         if config is None:
             return None
-        key = id(config)
+        prefix = security.auth_failure_ban.ipv6_prefix
+        key = (id(config), prefix)
         if key not in self._limiters:
-            self._limiters[key] = RateLimiter.from_config(config)
+            self._limiters[key] = RateLimiter.from_config(config, ipv6_prefix=prefix)
         limiter = self._limiters[key]
         return limiter if limiter.enabled else None
 
@@ -140,7 +186,7 @@ class Shields:
         auth = config.effective_auth(mcp)
         security = config.effective_security(mcp)
         app: ASGIApp = endpoint
-        limiter = self.limiter(security.rate_limit)
+        limiter = self.limiter(security)
         rate_limit: RateLimit | None = None
         if limiter is not None:
             app = rate_limit = RateLimit(
@@ -190,7 +236,7 @@ def challenge_for(auth: AuthConfig, mcp_id: str) -> Callable[[AuthFailure, Scope
     oauth2 = auth.oauth2
 
     def challenge(failure: AuthFailure, scope: Scope) -> str:
-        error = None if failure.reason == "missing credentials" else failure.error
+        error = None if failure.reason == MISSING_CREDENTIALS else failure.error
         metadata = None
         if oauth2 is not None:
             metadata = metadata_url(oauth2.resource or resource_url(scope, mcp_id))
