@@ -26,7 +26,7 @@ from mcp_barbican.cli import curl_example, main, python_example
 from mcp_barbican.config import ProxyConfig
 from mcp_barbican.exceptions import ConfigError
 
-from .test_config import CONFIGS, FULL_ENV
+from .test_config import CONFIGS, FULL_ENV, write_full_files
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -175,7 +175,7 @@ def test_config_check_prints_bind_warnings(tmp_path: Path, capsys: pytest.Captur
     assert "warning: binding 0.0.0.0 (not loopback) with NO authentication on: a" in capsys.readouterr().err
 
 
-def run_module(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_module(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mcp_barbican", *args],
         capture_output=True,
@@ -183,11 +183,13 @@ def run_module(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
         timeout=60,
         env={**os.environ, **env},
         check=False,
+        cwd=cwd,
     )
 
 
-def test_config_check_subprocess_matches_golden() -> None:
-    result = run_module("config", "check", "-c", str(CONFIGS / "full.yaml"), env=FULL_ENV)
+def test_config_check_subprocess_matches_golden(tmp_path: Path) -> None:
+    write_full_files(tmp_path)
+    result = run_module("config", "check", "-c", str(CONFIGS / "full.yaml"), env=FULL_ENV, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout) == yaml.safe_load((CONFIGS / "full.masked.yaml").read_text())
     for secret in FULL_ENV.values():
@@ -453,13 +455,24 @@ def test_banner_python_example_lists_tools(guarded_server: tuple[str, str], from
     assert result.stdout.strip() == "['echo']"
 
 
-def test_banner_curl_example_initializes(guarded_server: tuple[str, str]) -> None:
+def test_banner_curl_example_initializes_and_continues_the_session(guarded_server: tuple[str, str]) -> None:
     url, token = guarded_server
-    result = subprocess.run(
-        ["bash", "-c", curl_example(url, token)], capture_output=True, text=True, timeout=60, check=False
-    )
+    first, rest = curl_example(url, token).split("\n# continue that session", 1)
+    result = subprocess.run(["bash", "-c", first], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert '"serverInfo":{"name":"banner-check"' in result.stdout
+    session_id = re.search(r"^mcp-session-id: (\S+)", result.stdout, re.IGNORECASE | re.MULTILINE)
+    assert session_id is not None, result.stdout
+    result = subprocess.run(
+        ["bash", "-c", rest.split("\n", 1)[1]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SESSION_ID": session_id.group(1)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"name":"echo"' in result.stdout
 
 
 def free_port() -> int:

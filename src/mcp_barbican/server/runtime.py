@@ -50,9 +50,9 @@ class CapacityError(Exception):
     """No more sessions can be opened for this MCP right now."""
 
 
-def _proxy_init_params(capabilities: dict[str, Any]) -> dict[str, Any]:
+def _proxy_init_params(capabilities: dict[str, Any], version: str | None = None) -> dict[str, Any]:
     return {
-        "protocolVersion": LATEST_LEGACY_VERSION,
+        "protocolVersion": version or LATEST_LEGACY_VERSION,
         "capabilities": capabilities,
         "clientInfo": {"name": "mcp-barbican", "version": __version__},
     }
@@ -161,7 +161,7 @@ class McpRuntime:
         try:
             await link.connect()
             capabilities = PROXY_CLIENT_CAPABILITIES if shared else {}
-            result = await link.handshake(_proxy_init_params(capabilities))
+            result = await link.handshake(_proxy_init_params(capabilities, self.mcp.proto))
             self.server_info = result.get("serverInfo")
             if "tools" in result.get("capabilities", {}):
                 self.tool_count = len(await _tools(link, self.mcp.request_timeout, self.mcp.tool_filter))
@@ -235,7 +235,7 @@ class McpRuntime:
                 link = self._new_link(shared=False)
                 try:
                     await link.connect()
-                    await link.handshake(_proxy_init_params({}))
+                    await link.handshake(_proxy_init_params({}, self.mcp.proto))
                 except BaseException:
                     await link.aclose()
                     raise
