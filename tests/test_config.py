@@ -1019,3 +1019,133 @@ def test_insecure_skip_verify_is_warned_about(tmp_path: Path) -> None:
     text = AUTH + "mcps: [{id: a, url: 'https://h', tls: {insecure_skip_verify: true}}]"
     warnings = check_bind(load(tmp_path, text), allow_unauthenticated=False)
     assert warnings == ["mcps[0] (a): tls.insecure_skip_verify is true; the upstream certificate is not verified"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files the config names are read at load
+
+
+README_SAMPLE_MCP = "{id: remote, url: 'https://mcp.example.com/mcp', tls: {ca_file: ca.pem}}"
+
+
+def test_a_missing_ca_file_is_an_error_naming_its_key_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    error = load_error(tmp_path, AUTH + f"mcps: [{{id: a, command: x}}, {README_SAMPLE_MCP}]")
+    assert str(error) == "mcps[1].tls.ca_file: cannot read ca.pem: No such file or directory"
+
+
+def test_every_unreadable_file_is_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    error = load_error(tmp_path, (CONFIGS / "seed-tls.yaml").read_text(), {"MCP_AUTH_TOKEN": "t"})
+    assert error.lines() == [
+        f"mcps[0].tls.{key}: cannot read /path/to/{name}.pem: No such file or directory"
+        for key, name in (("ca_file", "ca"), ("cert_file", "cert"), ("key_file", "key"))
+    ]
+
+
+def test_a_file_that_is_not_pem_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    error = load_error(tmp_path, AUTH + f"mcps: [{README_SAMPLE_MCP}]")
+    assert error.path == "mcps[0].tls.ca_file" and "ca.pem holds no PEM certificate" in str(error)
+
+
+def test_relative_files_are_read_from_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_full_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    config = load(tmp_path / "sub", AUTH + f"mcps: [{README_SAMPLE_MCP}]")
+    assert config.mcps[0].tls is not None and config.mcps[0].tls.ca_file == "ca.pem"
+
+
+def test_jwt_public_key_file_and_server_tls_files_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = (
+        "server: {auth: {type: jwt, jwt: {public_key_file: k.pem, algorithms: [RS256]}},"
+        " tls: {cert_file: c.pem, key_file: k2.pem}}\nmcps: []\n"
+    )
+    assert load_error(tmp_path, text).lines() == [
+        "server.tls.cert_file: cannot read c.pem: No such file or directory",
+        "server.tls.key_file: cannot read k2.pem: No such file or directory",
+        "server.auth.jwt.public_key_file: cannot read k.pem: No such file or directory",
+    ]
+
+
+def test_an_audit_file_in_an_unwritable_place_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    error = load_error(tmp_path, server("audit: {sinks: [{type: file, path: a-file/audit.jsonl}]}"))
+    assert error.path == "server.audit.sinks[0].path" and "not a writable directory" in str(error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compozy's own MCP fields
+
+
+def test_compozy_fields_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    text = AUTH + "mcps: [{id: fs, resource: filesystem, proto: 2025-03-26, max_sessions: 0, command: 'npx -y srv'}]"
+    with caplog.at_level(logging.WARNING):
+        config = load(tmp_path, text, name="compozy.yaml")
+    (fs,) = config.mcps
+    assert (fs.resource, fs.proto, fs.max_sessions) == ("filesystem", "2025-03-26", 100)
+    assert (fs.command, fs.args, fs.transport) == ("npx", ("-y", "srv"), "stdio")
+    assert "max_sessions: 0" in caplog.text and "'fs'" in caplog.text
+    dumped = masked_dump(config)["mcps"][0]
+    assert dumped["resource"] == "filesystem" and dumped["proto"] == "2025-03-26"
+
+
+@pytest.mark.parametrize(
+    ("fields", "command", "args"),
+    [
+        pytest.param("command: 'npx -y \"my server\"'", "npx", ("-y", "my server"), id="split-like-a-shell"),
+        pytest.param("command: 'npx -y', args: [srv]", "npx -y", ("srv",), id="with-args-one-executable"),
+        pytest.param("command: '/usr/bin/srv'", "/usr/bin/srv", (), id="one-word"),
+    ],
+)
+def test_one_string_command(tmp_path: Path, fields: str, command: str, args: tuple[str, ...]) -> None:
+    (mcp_config,) = load(tmp_path, mcp(fields)).mcps
+    assert (mcp_config.command, mcp_config.args) == (command, args)
+
+
+def test_unbalanced_quotes_in_command_name_the_key(tmp_path: Path) -> None:
+    error = load_error(tmp_path, mcp("command: 'npx \"srv'"))
+    assert error.path == "mcps[0].command" and "cannot split" in str(error)
+
+
+def test_an_unknown_proto_is_an_error(tmp_path: Path) -> None:
+    error = load_error(tmp_path, mcp("command: x, proto: 2024-01-01"))
+    assert error.path == "mcps[0].proto" and "unsupported protocol version '2024-01-01'" in str(error)
+
+
+# ---------------------------------------------------------------------------------------------
+# .env beside the config file, durations, schema docs
+
+
+def test_dotenv_beside_the_config_file_is_read_after_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cwd, config_dir = tmp_path / "cwd", tmp_path / "conf"
+    cwd.mkdir()
+    config_dir.mkdir()
+    (cwd / ".env").write_text("BOTH=cwd\n")
+    (config_dir / ".env").write_text("BOTH=config\nONLY_CONFIG=config\nSET=config\n")
+    monkeypatch.setenv("SET", "process")
+    for name in ("BOTH", "ONLY_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    environ = load_environ(cwd, config_dir)
+    assert (environ["BOTH"], environ["ONLY_CONFIG"], environ["SET"]) == ("cwd", "config", "process")
+
+
+def test_masked_dump_shows_durations_as_written(tmp_path: Path) -> None:
+    dumped = masked_dump(load(tmp_path, mcp("command: x, start_timeout: 10m")))
+    assert dumped["mcps"][0]["start_timeout"] == "600s"
+    assert dumped["server"]["security"]["auth_failure_ban"]["ban_time"] == "600s"
+
+
+def test_checked_in_configuration_docs_are_current() -> None:
+    from mcp_barbican.config import config_schema
+    from mcp_barbican.schema_docs import render_markdown
+
+    docs = Path(__file__).parent.parent / "docs" / "configuration.md"
+    assert docs.read_text() == render_markdown(config_schema()), (
+        "docs/configuration.md is stale: python -m mcp_barbican config schema --format markdown > docs/configuration.md"
+    )
