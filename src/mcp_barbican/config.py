@@ -2,8 +2,9 @@
 
 `load_config()` reads one YAML or JSON file, expands `{{ .env.NAME }}` / `${NAME}` templates in
 every string value, accepts Compozy's `mcps:` list and Claude-style `mcpServers`, and returns a
-validated `ProxyConfig`. Every problem surfaces as one `ConfigError` whose path is the key
-path the user wrote (`mcps[0].security.rate_limit.burst_size`), never a pydantic dump.
+validated `ProxyConfig`, after reading every file it names. Problems surface as one `ConfigError`
+listing each of them with the key path the user wrote (`mcps[0].security.rate_limit.burst_size`),
+never a pydantic dump.
 """
 
 from __future__ import annotations

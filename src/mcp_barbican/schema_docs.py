@@ -30,9 +30,10 @@ prints it normalized with secrets masked, listing every error with its key path;
   the environment, then a `.env` file in the working directory, then a `.env` file beside the config
   file; the first that sets a name wins. An unset variable without a default is an error.
 - Every file the config names (`ca_file`, `cert_file`, `key_file`, `public_key_file`) is read when
-  the config is loaded, and an audit `file` sink must be writable: `config check` and `serve` stop
-  on the first file that fails, naming its key path. Relative paths are relative to the working
-  directory `serve` runs in (not to the config file), like `storage.path` and audit paths.
+  the config is loaded (TLS files must also load as PEM), and an audit `file` sink must be writable:
+  `config check` and `serve` stop and name the key path of every file that fails. Relative paths
+  are relative to the working directory `serve` runs in (not to the config file), like
+  `storage.path` and audit paths.
 - Claude-style files (`{"mcpServers": {"name": {command, args, env} | {url, type}}}`) are accepted
   too: each entry becomes an MCP whose id is its name.
 - Compozy's MCP fields load as they are: `resource` (kept and shown), `proto` (the protocol version
