@@ -1149,3 +1149,10 @@ def test_checked_in_configuration_docs_are_current() -> None:
     assert docs.read_text() == render_markdown(config_schema()), (
         "docs/configuration.md is stale: python -m mcp_barbican config schema --format markdown > docs/configuration.md"
     )
+
+
+def test_a_jwt_public_key_file_must_hold_a_usable_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "k.pem").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    error = load_error(tmp_path, jwt("public_key_file: k.pem, algorithms: [RS256]"))
+    assert error.path == "mcps[0].auth.jwt.public_key_file" and "it holds a private key" in str(error)

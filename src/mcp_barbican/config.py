@@ -1185,6 +1185,8 @@ def _file_problems(model: BaseModel, loc: Loc = ()) -> list[tuple[Loc, str]]:
             problems.append(((*loc, name), problem))
     if isinstance(model, ServerTLSConfig | UpstreamTLSConfig) and model.enabled and not problems:
         problems += [((*loc, name), problem) for name, problem in _tls_problems(model)]
+    if isinstance(model, JwtConfig) and model.public_key_file is not None and not problems:
+        problems += [((*loc, "public_key_file"), problem) for problem in _jwt_key_problems(model)]
     if isinstance(model, FileSink) and (problem := _unwritable(model.path)) is not None:
         problems.append(((*loc, "path"), problem))
     for name in type(model).model_fields:
@@ -1233,6 +1235,17 @@ def _tls_problems(tls: ServerTLSConfig | UpstreamTLSConfig) -> Iterator[tuple[st
             context.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_password)
         except ssl.SSLError as exc:
             yield "cert_file", f"cannot load {tls.cert_file} with key {tls.key_file}: {exc}"
+
+
+def _jwt_key_problems(jwt: JwtConfig) -> list[str]:
+    # Imported here: the verifier's key loading needs cryptography, which loading a config does not.
+    from mcp_barbican.security.jwt import check_key_file
+
+    try:
+        check_key_file(jwt)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
 
 
 def _refuse_password() -> str:
