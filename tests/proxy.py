@@ -132,11 +132,11 @@ def _process(
         yield process, log
     except BaseException as exc:
         _stop(process)
-        if traceback := _traceback_in(log):
+        if traceback := traceback_in(log):
             exc.add_note(traceback)
         raise
     _stop(process)
-    traceback = _traceback_in(log)
+    traceback = traceback_in(log)
     assert traceback is None, traceback
 
 
@@ -151,7 +151,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(5)
 
 
-def _traceback_in(log: Path) -> str | None:
+def traceback_in(log: Path) -> str | None:
     """A complaint naming `log` when the process wrote a Python traceback there: none may reach a log."""
     text = log.read_text(errors="replace")
     start = text.find(TRACEBACK)

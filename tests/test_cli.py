@@ -26,6 +26,7 @@ from mcp_barbican.cli import curl_example, main, python_example
 from mcp_barbican.config import REDIS_UNAVAILABLE, ProxyConfig
 from mcp_barbican.exceptions import ConfigError
 
+from .proxy import traceback_in
 from .test_config import CONFIGS, FULL_ENV, write_full_files
 
 Scope = MutableMapping[str, Any]
@@ -520,6 +521,7 @@ def test_embedded_default_end_to_end(tmp_path: Path) -> None:
         process.wait(timeout=30)
     assert result.returncode == 0, result.stderr
     assert "'echo'" in result.stdout
+    assert traceback_in(log) is None, traceback_in(log)
     # The embedded default keeps its state and its audit trail in SQLite, beside the tokens.
     state = tmp_path / ".mcp-barbican"
     assert (state / "state.db").exists()
