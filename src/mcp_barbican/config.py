@@ -1160,98 +1160,6 @@ def _config_error(problems: list[tuple[Loc, str]]) -> ConfigError:
     return ConfigError(message, path=format_path(loc), also=[ConfigError(m, path=format_path(lc)) for lc, m in others])
 
 
-# ---------------------------------------------------------------------------------------------
-# Files the config names
-
-
-def check_files(model: BaseModel, *, prefix: Loc = ()) -> None:
-    """Read every file `model` names (see `_file_problems`); ConfigError naming each one that fails."""
-    problems = _file_problems(model, prefix)
-    if problems:
-        raise _config_error(problems)
-
-
-def _file_problems(model: BaseModel, loc: Loc = ()) -> list[tuple[Loc, str]]:
-    """Every named file that cannot be read (or, for an audit file, written), with its key path.
-
-    Relative paths are relative to the working directory, as everywhere else. TLS files must
-    also load: PEM trust roots, and a certificate with its unencrypted key.
-    """
-    problems: list[tuple[Loc, str]] = []
-    names: tuple[str, ...] = getattr(model, "FILES", ())
-    for name in names:
-        path = getattr(model, name)
-        if path is not None and (problem := _unreadable(path)) is not None:
-            problems.append(((*loc, name), problem))
-    if isinstance(model, ServerTLSConfig | UpstreamTLSConfig) and model.enabled and not problems:
-        problems += [((*loc, name), problem) for name, problem in _tls_problems(model)]
-    if isinstance(model, JwtConfig) and model.public_key_file is not None and not problems:
-        problems += [((*loc, "public_key_file"), problem) for problem in _jwt_key_problems(model)]
-    if isinstance(model, FileSink) and (problem := _unwritable(model.path)) is not None:
-        problems.append(((*loc, "path"), problem))
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            problems += _file_problems(value, (*loc, name))
-        elif isinstance(value, tuple):
-            for index, item in enumerate(value):
-                if isinstance(item, BaseModel):
-                    problems += _file_problems(item, (*loc, name, index))
-    return problems
-
-
-def _unreadable(path: str) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            handle.read(1)
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror or exc}"
-    return None
-
-
-def _unwritable(path: str) -> str | None:
-    target = Path(path)
-    if target.exists():
-        if target.is_dir():
-            return f"cannot write {path}: Is a directory"
-        return None if os.access(target, os.W_OK) else f"cannot write {path}: Permission denied"
-    parent = target.absolute().parent
-    while not parent.exists():
-        parent = parent.parent  # the sink creates missing directories
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot create {path}: {parent} is not a writable directory"
-    return None
-
-
-def _tls_problems(tls: ServerTLSConfig | UpstreamTLSConfig) -> Iterator[tuple[str, str]]:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if tls.ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=tls.ca_file)
-        except ssl.SSLError as exc:
-            yield "ca_file", f"{tls.ca_file} holds no PEM certificate: {exc}"
-    if tls.cert_file is not None:
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_password)
-        except ssl.SSLError as exc:
-            yield "cert_file", f"cannot load {tls.cert_file} with key {tls.key_file}: {exc}"
-
-
-def _jwt_key_problems(jwt: JwtConfig) -> list[str]:
-    # Imported here: the verifier's key loading needs cryptography, which loading a config does not.
-    from mcp_barbican.security.jwt import check_key_file
-
-    try:
-        check_key_file(jwt)
-    except ConfigError as exc:
-        return [str(exc)]
-    return []
-
-
-def _refuse_password() -> str:
-    raise ssl.SSLError("encrypted private keys are not supported")
-
-
 def _errors(model: type[BaseModel], exc: ValidationError) -> list[tuple[Loc, str]]:
     """The user's key path and a short message for each error (one per key path)."""
     problems: dict[Loc, str] = {}
@@ -1361,6 +1269,98 @@ def format_path(loc: Loc) -> str:
     for segment in loc:
         text += f"[{segment}]" if isinstance(segment, int) else (f".{segment}" if text else str(segment))
     return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Files the config names
+
+
+def check_files(model: BaseModel, *, prefix: Loc = ()) -> None:
+    """Read every file `model` names (see `_file_problems`); ConfigError naming each one that fails."""
+    problems = _file_problems(model, prefix)
+    if problems:
+        raise _config_error(problems)
+
+
+def _file_problems(model: BaseModel, loc: Loc = ()) -> list[tuple[Loc, str]]:
+    """Every named file that cannot be read (or, for an audit file, written), with its key path.
+
+    Relative paths are relative to the working directory, as everywhere else. TLS files must
+    also load: PEM trust roots, and a certificate with its unencrypted key.
+    """
+    problems: list[tuple[Loc, str]] = []
+    names: tuple[str, ...] = getattr(model, "FILES", ())
+    for name in names:
+        path = getattr(model, name)
+        if path is not None and (problem := _unreadable(path)) is not None:
+            problems.append(((*loc, name), problem))
+    if isinstance(model, ServerTLSConfig | UpstreamTLSConfig) and model.enabled and not problems:
+        problems += [((*loc, name), problem) for name, problem in _tls_problems(model)]
+    if isinstance(model, JwtConfig) and model.public_key_file is not None and not problems:
+        problems += [((*loc, "public_key_file"), problem) for problem in _jwt_key_problems(model)]
+    if isinstance(model, FileSink) and (problem := _unwritable(model.path)) is not None:
+        problems.append(((*loc, "path"), problem))
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            problems += _file_problems(value, (*loc, name))
+        elif isinstance(value, tuple):
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    problems += _file_problems(item, (*loc, name, index))
+    return problems
+
+
+def _unreadable(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
+def _unwritable(path: str) -> str | None:
+    target = Path(path)
+    if target.exists():
+        if target.is_dir():
+            return f"cannot write {path}: Is a directory"
+        return None if os.access(target, os.W_OK) else f"cannot write {path}: Permission denied"
+    parent = target.absolute().parent
+    while not parent.exists():
+        parent = parent.parent  # the sink creates missing directories
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {parent} is not a writable directory"
+    return None
+
+
+def _tls_problems(tls: ServerTLSConfig | UpstreamTLSConfig) -> Iterator[tuple[str, str]]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=tls.ca_file)
+        except ssl.SSLError as exc:
+            yield "ca_file", f"{tls.ca_file} holds no PEM certificate: {exc}"
+    if tls.cert_file is not None:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_password)
+        except ssl.SSLError as exc:
+            yield "cert_file", f"cannot load {tls.cert_file} with key {tls.key_file}: {exc}"
+
+
+def _jwt_key_problems(jwt: JwtConfig) -> list[str]:
+    # Imported here: the verifier's key loading needs cryptography, which loading a config does not.
+    from mcp_barbican.security.jwt import check_key_file
+
+    try:
+        check_key_file(jwt)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
+def _refuse_password() -> str:
+    raise ssl.SSLError("encrypted private keys are not supported")
 
 
 # ---------------------------------------------------------------------------------------------
