@@ -194,10 +194,7 @@ def _run(config: ProxyConfig, reload: tuple[Path, Callable[[], ProxyConfig]] | N
     run: Callable[..., object] = runner.run
     try:
         result = run(config, reload=reload)
-    except ConfigError as exc:
-        _print_errors(exc)
-        return 1
-    except StorageError as exc:
+    except (ConfigError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
