@@ -32,6 +32,7 @@ LOOPBACK_PRELOAD: Final = REPO_ROOT / "tests" / "fixtures" / "listen_loopback.cj
 TOKEN: Final = "test-token-0123456789abcdef"
 AUTH_HEADER: Final = {"Authorization": f"Bearer {TOKEN}"}
 START_TIMEOUT: Final = 30.0
+TRACEBACK: Final = "Traceback (most recent call last)"
 
 
 def free_port() -> int:
@@ -129,15 +130,34 @@ def _process(
     try:
         _wait_port(port, process, log)
         yield process, log
-    finally:
+    except BaseException as exc:
+        _stop(process)
+        if traceback := traceback_in(log):
+            exc.add_note(traceback)
+        raise
+    _stop(process)
+    traceback = traceback_in(log)
+    assert traceback is None, traceback
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+def traceback_in(log: Path) -> str | None:
+    """A complaint naming `log` when the process wrote a Python traceback there: none may reach a log."""
+    text = log.read_text(errors="replace")
+    start = text.find(TRACEBACK)
+    if start < 0:
+        return None
+    return f"{log} holds a traceback (none may reach a user or the log):\n{text[start : start + 4000]}"
 
 
 def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -23,10 +23,11 @@ from mcp.server.mcpserver import MCPServer
 
 from mcp_barbican import __version__
 from mcp_barbican.cli import curl_example, main, python_example
-from mcp_barbican.config import ProxyConfig
+from mcp_barbican.config import REDIS_UNAVAILABLE, ProxyConfig
 from mcp_barbican.exceptions import ConfigError
 
-from .test_config import CONFIGS, FULL_ENV
+from .proxy import traceback_in
+from .test_config import CONFIGS, FULL_ENV, write_full_files
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -175,7 +176,7 @@ def test_config_check_prints_bind_warnings(tmp_path: Path, capsys: pytest.Captur
     assert "warning: binding 0.0.0.0 (not loopback) with NO authentication on: a" in capsys.readouterr().err
 
 
-def run_module(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_module(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mcp_barbican", *args],
         capture_output=True,
@@ -183,11 +184,13 @@ def run_module(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
         timeout=60,
         env={**os.environ, **env},
         check=False,
+        cwd=cwd,
     )
 
 
-def test_config_check_subprocess_matches_golden() -> None:
-    result = run_module("config", "check", "-c", str(CONFIGS / "full.yaml"), env=FULL_ENV)
+def test_config_check_subprocess_matches_golden(tmp_path: Path) -> None:
+    write_full_files(tmp_path)
+    result = run_module("config", "check", "-c", str(CONFIGS / "full.yaml"), env=FULL_ENV, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout) == yaml.safe_load((CONFIGS / "full.masked.yaml").read_text())
     for secret in FULL_ENV.values():
@@ -453,13 +456,24 @@ def test_banner_python_example_lists_tools(guarded_server: tuple[str, str], from
     assert result.stdout.strip() == "['echo']"
 
 
-def test_banner_curl_example_initializes(guarded_server: tuple[str, str]) -> None:
+def test_banner_curl_example_initializes_and_continues_the_session(guarded_server: tuple[str, str]) -> None:
     url, token = guarded_server
-    result = subprocess.run(
-        ["bash", "-c", curl_example(url, token)], capture_output=True, text=True, timeout=60, check=False
-    )
+    first, rest = curl_example(url, token).split("\n# continue that session", 1)
+    result = subprocess.run(["bash", "-c", first], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert '"serverInfo":{"name":"banner-check"' in result.stdout
+    session_id = re.search(r"^mcp-session-id: (\S+)", result.stdout, re.IGNORECASE | re.MULTILINE)
+    assert session_id is not None, result.stdout
+    result = subprocess.run(
+        ["bash", "-c", rest.split("\n", 1)[1]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SESSION_ID": session_id.group(1)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"name":"echo"' in result.stdout
 
 
 def free_port() -> int:
@@ -507,9 +521,76 @@ def test_embedded_default_end_to_end(tmp_path: Path) -> None:
         process.wait(timeout=30)
     assert result.returncode == 0, result.stderr
     assert "'echo'" in result.stdout
+    assert traceback_in(log) is None, traceback_in(log)
     # The embedded default keeps its state and its audit trail in SQLite, beside the tokens.
     state = tmp_path / ".mcp-barbican"
     assert (state / "state.db").exists()
     with sqlite3.connect(state / "audit.db") as db:
         rows = db.execute("SELECT type, success, user FROM audit").fetchall()
     assert ("authentication", 1, "token:token") in rows
+
+
+# ---------------------------------------------------------------------------------------------
+# What a first-time user hit: the README's sample, every error, schema, redis
+
+
+def readme_sample() -> str:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    return readme.split("a minimal file:\n\n```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_config_check_refuses_the_readme_sample_without_its_ca_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("MCP_AUTH_TOKEN", "API_KEY", "UPSTREAM_TOKEN"):
+        monkeypatch.setenv(name, "x")
+    write_config(tmp_path, readme_sample())
+    assert main(["config", "check"]) == 1
+    assert capsys.readouterr().err == "error: mcps[1].tls.ca_file: cannot read ca.pem: No such file or directory\n"
+
+
+def test_config_check_lists_every_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config(tmp_path, "server: {port: 0, auth: {type: none}}\nmcps: [{id: a, command: x, start_timeout: soon}]\n")
+    assert main(["config", "check"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1] for line in lines] == [" server.port", " mcps[0].start_timeout"]
+    assert all(line.startswith("error: ") for line in lines)
+
+
+def test_config_check_and_serve_refuse_redis_alike(
+    tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(tmp_path, "server: {auth: {type: none}, storage: {type: redis, url: 'redis://h'}}\nmcps: []\n")
+    assert main(["config", "check"]) == 1
+    check = capsys.readouterr().err
+    assert main(["serve"]) == 1
+    assert error_line(capsys.readouterr().err) == check.strip()
+    assert check.strip() == f"error: server.storage.type: {REDIS_UNAVAILABLE}"
+    assert runner.configs == []
+
+
+def test_config_check_shows_durations_with_their_unit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config(tmp_path, "server: {auth: {type: none}}\nmcps: [{id: a, command: x}]\n")
+    assert main(["config", "check"]) == 0
+    dumped = yaml.safe_load(capsys.readouterr().out)
+    assert dumped["mcps"][0]["start_timeout"] == "30s"
+    assert dumped["server"]["session_idle_timeout"] == "1800s"
+
+
+def test_config_check_reads_the_dotenv_beside_the_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MCP_BESIDE_TOKEN", raising=False)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / ".env").write_text("MCP_BESIDE_TOKEN=beside-token\n")
+    path = write_config(tmp_path / "conf", "server: {auth: {type: token, token: '${MCP_BESIDE_TOKEN}'}}\nmcps: []\n")
+    assert main(["config", "check", "-c", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_config_schema_prints_the_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["required"] == ["mcps"]
+    mcp_keys = schema["$defs"]["McpConfig"]["properties"]
+    assert {"proto", "resource", "max_sessions", "command"} <= set(mcp_keys)
+    assert schema["$defs"]["McpConfig"]["additionalProperties"] is False

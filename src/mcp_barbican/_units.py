@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["parse_duration", "parse_size"]
+__all__ = ["format_duration", "parse_duration", "parse_size"]
 
 _DURATION_UNITS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -52,6 +52,13 @@ def parse_duration(value: object) -> float:
     if not _DURATION_FULL.fullmatch(text):
         raise ValueError(f"invalid duration {value!r}: {_DURATION_HELP}")
     return sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text))
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a user writes it and `parse_duration` reads it back: 600.0 → "600s", 0.25 → "0.25s"."""
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds:.3f}".rstrip("0") + "s"
 
 
 def _non_negative_seconds(seconds: float, original: object) -> float:

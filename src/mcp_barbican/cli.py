@@ -1,4 +1,4 @@
-"""The `mcp-barbican` command: serve, token generate, config check."""
+"""The `mcp-barbican` command: serve, token generate, config check, config schema."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from mcp_barbican.config import (
     ProxyConfig,
     ServerConfig,
     check_bind,
+    config_schema,
     find_config,
     load_config,
     load_environ,
@@ -28,6 +29,7 @@ from mcp_barbican.config import (
 )
 from mcp_barbican.embedded import DEMO_MCP_ID, EmbeddedInfo, embedded_default
 from mcp_barbican.exceptions import ConfigError, StorageError
+from mcp_barbican.schema_docs import render_markdown
 
 __all__ = ["JsonFormatter", "curl_example", "main", "python_example"]
 
@@ -98,6 +100,11 @@ def _add_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     check = actions.add_parser("check", help="validate and print the normalized config, secrets masked")
     check.add_argument("-c", "--config", type=Path, metavar="FILE")
     check.set_defaults(handler=_config_check)
+    schema = actions.add_parser("schema", help="print the JSON Schema of the config file")
+    schema.add_argument(
+        "--format", choices=("json", "markdown"), default="json", help="markdown: docs/configuration.md"
+    )
+    schema.set_defaults(handler=_config_schema)
 
 
 def _host(text: str) -> str:
@@ -137,7 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
         for warning in check_bind(config, allow_unauthenticated=args.allow_unauthenticated):
             logger.warning("%s", warning)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_errors(exc)
         return 1
     if info is not None:
         _print_banner(_banner(config, info), args.log_format)
@@ -152,7 +159,7 @@ def _reload_source(args: argparse.Namespace, cwd: Path) -> tuple[Path, Callable[
         return None
 
     def load() -> ProxyConfig:
-        config = _override_bind(load_config(path, load_environ(cwd)), args.host, args.port)
+        config = _override_bind(load_config(path, load_environ(cwd, path.parent)), args.host, args.port)
         for warning in check_bind(config, allow_unauthenticated=args.allow_unauthenticated):
             logger.warning("%s", warning)
         return config
@@ -161,13 +168,12 @@ def _reload_source(args: argparse.Namespace, cwd: Path) -> tuple[Path, Callable[
 
 
 def _resolve_config(path: Path | None, cwd: Path) -> tuple[ProxyConfig, EmbeddedInfo | None]:
-    environ = load_environ(cwd)
     path = path or find_config(cwd)
     if path is not None:
         logger.info("loading config %s", path)
-        return load_config(path, environ), None
+        return load_config(path, load_environ(cwd, path.parent)), None
     logger.info("no config file found (looked for %s): serving the embedded default", ", ".join(CONFIG_FILE_NAMES))
-    return embedded_default(cwd / STATE_DIR_NAME, environ)
+    return embedded_default(cwd / STATE_DIR_NAME, load_environ(cwd))
 
 
 def _override_bind(config: ProxyConfig, host: str | None, port: int | None) -> ProxyConfig:
@@ -255,29 +261,34 @@ def _token_expressions(info: EmbeddedInfo) -> tuple[str, str]:
 
 
 def curl_example(url: str, token: str) -> str:
-    """A curl command that sends `initialize` to `url` with a bearer token."""
-    body = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "curl", "version": "1.0"},
-            },
-        },
-        separators=(",", ":"),
-    )
+    """curl commands: `initialize` (`-i` shows its Mcp-Session-Id header), then that session continued."""
+    headers = [
+        f'  -H "Authorization: Bearer {token}" \\',
+        '  -H "Content-Type: application/json" \\',
+        '  -H "Accept: application/json, text/event-stream" \\',
+    ]
+    session = '  -H "Mcp-Session-Id: $SESSION_ID" -H "MCP-Protocol-Version: 2025-06-18" \\'
+    initialize = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "curl", "version": "1.0"}}
     return "\n".join(
         [
+            f"curl -sS -i {url} \\",
+            *headers,
+            f"  -d '{_jsonrpc({'id': 1, 'method': 'initialize', 'params': initialize})}'",
+            "# continue that session: SESSION_ID=<the Mcp-Session-Id header of the answer above>",
             f"curl -sS {url} \\",
-            f'  -H "Authorization: Bearer {token}" \\',
-            '  -H "Content-Type: application/json" \\',
-            '  -H "Accept: application/json, text/event-stream" \\',
-            f"  -d '{body}'",
+            *headers,
+            session,
+            f"  -d '{_jsonrpc({'method': 'notifications/initialized'})}'",
+            f"curl -sS {url} \\",
+            *headers,
+            session,
+            f"  -d '{_jsonrpc({'id': 2, 'method': 'tools/list'})}'",
         ]
     )
+
+
+def _jsonrpc(fields: dict[str, object]) -> str:
+    return json.dumps({"jsonrpc": "2.0", **fields}, separators=(",", ":"))
 
 
 def python_example(url: str, authorization: str) -> str:
@@ -331,15 +342,27 @@ def _config_check(args: argparse.Namespace) -> int:
         print(f"error: {_NO_CONFIG}", file=sys.stderr)
         return 1
     try:
-        config = load_config(path, load_environ(cwd))
+        config = load_config(path, load_environ(cwd, path.parent))
         warnings = check_bind(config, allow_unauthenticated=True)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_errors(exc)
         return 1
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     sys.stdout.write(yaml.safe_dump(masked_dump(config), sort_keys=False, allow_unicode=True))
     return 0
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    schema = config_schema()
+    text = render_markdown(schema) if args.format == "markdown" else json.dumps(schema, indent=2) + "\n"
+    sys.stdout.write(text)
+    return 0
+
+
+def _print_errors(exc: ConfigError) -> None:
+    for line in exc.lines():
+        print(f"error: {line}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------

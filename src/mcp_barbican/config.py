@@ -2,8 +2,9 @@
 
 `load_config()` reads one YAML or JSON file, expands `{{ .env.NAME }}` / `${NAME}` templates in
 every string value, accepts Compozy's `mcps:` list and Claude-style `mcpServers`, and returns a
-validated `ProxyConfig`. Every problem surfaces as one `ConfigError` whose path is the key
-path the user wrote (`mcps[0].security.rate_limit.burst_size`), never a pydantic dump.
+validated `ProxyConfig`, after reading every file it names. Problems surface as one `ConfigError`
+listing each of them with the key path the user wrote (`mcps[0].security.rate_limit.burst_size`),
+never a pydantic dump.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import logging
 import os
 import re
+import shlex
+import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -32,18 +35,20 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from mcp_barbican._templating import expand_tree
-from mcp_barbican._units import parse_duration, parse_size
+from mcp_barbican._units import format_duration, parse_duration, parse_size
 from mcp_barbican.exceptions import ConfigError
 
 __all__ = [
     "CONFIG_FILE_NAMES",
     "JWT_ALGORITHMS",
     "MASK",
+    "REDIS_UNAVAILABLE",
     "TLS12_IANA_TO_OPENSSL",
     "TLS13_SUITES",
     "AdminConfig",
@@ -71,7 +76,10 @@ __all__ = [
     "TokenEntry",
     "ToolFilter",
     "UpstreamTLSConfig",
+    "UPSTREAM_PROTOCOL_VERSIONS",
     "check_bind",
+    "check_files",
+    "config_schema",
     "find_config",
     "format_path",
     "load_config",
@@ -146,6 +154,11 @@ _SYSLOG_FACILITIES = frozenset(
     {"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp"}
     | {f"local{n}" for n in range(8)}
 )
+#: Protocol versions the proxy can offer an upstream in its own `initialize` (`mcps[].proto`).
+UPSTREAM_PROTOCOL_VERSIONS: tuple[str, ...] = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+#: Why `storage.type: redis` is refused, by `config check` and `serve` alike.
+REDIS_UNAVAILABLE = "storage type redis is not available in this build yet; use sqlite (the default) or memory"
+_DEFAULT_MAX_SESSIONS = 100
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
@@ -388,6 +401,19 @@ def _assume_utc(value: datetime | None) -> datetime | None:
     return value
 
 
+def _date_to_text(value: object) -> object:
+    # YAML reads an unquoted 2025-06-18 as a date.
+    return value.isoformat() if isinstance(value, date) and not isinstance(value, datetime) else value
+
+
+def _check_proto(value: str) -> str:
+    if value not in UPSTREAM_PROTOCOL_VERSIONS:
+        raise ValueError(
+            f"unsupported protocol version {value!r} (expected one of {', '.join(UPSTREAM_PROTOCOL_VERSIONS)})"
+        )
+    return value
+
+
 def _check_token_id(value: str) -> str:
     if not _TOKEN_ID.fullmatch(value):
         raise ValueError(f"invalid token id {value!r}: use up to 128 of A-Z, a-z, 0-9, '_', '.', '@', ':', '-'")
@@ -461,9 +487,17 @@ def _check_syslog_address(value: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Reusable field types
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
-Size = Annotated[int, BeforeValidator(parse_size), AfterValidator(_positive)]
+_DURATION_INPUT = BeforeValidator(parse_duration, json_schema_input_type=float | str)
+Duration = Annotated[float, _DURATION_INPUT, Field(json_schema_extra={"format": "duration"})]
+PositiveDuration = Annotated[
+    float, _DURATION_INPUT, AfterValidator(_positive), Field(json_schema_extra={"format": "duration"})
+]
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size, json_schema_input_type=int | str),
+    AfterValidator(_positive),
+    Field(json_schema_extra={"format": "size"}),
+]
 PositiveInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=1)]
 NonNegativeInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]
 Port = Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=65535)]
@@ -488,6 +522,9 @@ class _Model(BaseModel):
 class ServerTLSConfig(_Model):
     """TLS of the proxy's own listener (`server.tls`)."""
 
+    #: Fields naming files read at load (`check_files`).
+    FILES: ClassVar[tuple[str, ...]] = ("cert_file", "key_file", "ca_file")
+
     enabled: bool = True
     cert_file: NonEmptyStr | None = None
     key_file: NonEmptyStr | None = None
@@ -511,6 +548,8 @@ class ServerTLSConfig(_Model):
 
 class UpstreamTLSConfig(_Model):
     """TLS of the connection to one upstream (`mcps[].tls`)."""
+
+    FILES: ClassVar[tuple[str, ...]] = ("ca_file", "cert_file", "key_file")
 
     enabled: bool = True
     ca_file: NonEmptyStr | None = None
@@ -570,6 +609,8 @@ class TokenEntry(_Model):
 
 class JwtConfig(_Model):
     """How a JWT bearer token is verified: one key source, an algorithm allowlist, claims."""
+
+    FILES: ClassVar[tuple[str, ...]] = ("public_key_file",)
 
     secret: Annotated[SecretStr, AfterValidator(_check_non_empty_secret)] | None = None
     public_key_file: NonEmptyStr | None = None
@@ -818,14 +859,10 @@ class StorageConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.type != "redis":
-            if self.url is not None:
-                raise _LocatedError(("url",), "only used with type redis")
-            return self
-        if self.url is None:
-            raise _LocatedError(("url",), "required for type redis (redis://host:6379/0 or rediss://...)")
-        if urlsplit(self.url.get_secret_value()).scheme not in ("redis", "rediss"):
-            raise _LocatedError(("url",), "must start with redis:// or rediss://")
+        if self.type == "redis":
+            raise _LocatedError(("type",), REDIS_UNAVAILABLE)
+        if self.url is not None:
+            raise _LocatedError(("url",), "only used with type redis")
         return self
 
 
@@ -955,6 +992,8 @@ class McpConfig(_Model):
 
     id: McpId
     description: str = ""
+    #: Compozy's resource name for this MCP: kept and shown, not used for routing (the id is).
+    resource: NonEmptyStr | None = None
     transport: Literal["stdio", "sse", "streamable-http"]
     url: HttpUrl | None = None
     command: NonEmptyStr | None = None
@@ -966,7 +1005,9 @@ class McpConfig(_Model):
     )
     start_timeout: PositiveDuration = 30.0
     request_timeout: PositiveDuration = 300.0
-    max_sessions: PositiveInt = 100
+    max_sessions: PositiveInt = _DEFAULT_MAX_SESSIONS
+    #: The protocol version the proxy offers in its own `initialize` upstream (default: the newest it speaks).
+    proto: Annotated[str, BeforeValidator(_date_to_text), AfterValidator(_check_proto)] | None = None
     session_mode: Literal["isolated", "shared"] = "isolated"
     required: bool = True
     tool_filter: ToolFilter | None = None
@@ -980,9 +1021,24 @@ class McpConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _default_transport(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "transport" not in data:
+        if not isinstance(data, dict):
+            return data
+        data = _split_command(data)
+        if "transport" not in data:
             return {**data, "transport": "stdio" if data.get("command") is not None else "streamable-http"}
         return data
+
+    @field_validator("max_sessions", mode="before")
+    @classmethod
+    def _compozy_unlimited(cls, value: object, info: ValidationInfo) -> object:
+        if value == 0 and not isinstance(value, bool):
+            logger.warning(
+                'MCP %r: max_sessions: 0 (Compozy\'s "unlimited") is taken as the default cap of %d',
+                info.data.get("id"),
+                _DEFAULT_MAX_SESSIONS,
+            )
+            return _DEFAULT_MAX_SESSIONS
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -1013,6 +1069,20 @@ class McpConfig(_Model):
             raise _LocatedError(
                 ("tls",), "tls is enabled but url is not https://; use https:// or set tls.enabled: false"
             )
+
+
+def _split_command(data: dict[str, Any]) -> dict[str, Any]:
+    """Compozy's one-string `command: "npx -y server"`, split like a shell when `args` is absent."""
+    command = data.get("command")
+    if "args" in data or not isinstance(command, str) or not any(char in command for char in " \t\n'\""):
+        return data
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        raise _LocatedError(("command",), f"cannot split {command!r} like a shell: {exc}") from None
+    if not words:
+        return data
+    return {**data, "command": words[0], "args": words[1:]}
 
 
 class ProxyConfig(_Model):
@@ -1076,30 +1146,34 @@ class ProxyConfig(_Model):
 
 
 def validate_model(model: type[ModelT], data: object, *, prefix: Loc = ()) -> ModelT:
-    """Validate `data` as `model`; raise ConfigError with a key path (below `prefix`) on failure."""
+    """Validate `data` as `model`; raise ConfigError naming every error's key path (below `prefix`)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        loc, message = _first_error(model, exc)
-    raise ConfigError(message, path=format_path(prefix + loc))
+        problems = _errors(model, exc)
+    raise _config_error([(prefix + loc, message) for loc, message in problems])
 
 
-def _first_error(model: type[BaseModel], exc: ValidationError) -> tuple[Loc, str]:
-    """The user's key path and a short message for the first error, counting the others."""
-    errors = exc.errors()
-    first = errors[0]
-    loc: Loc = tuple(first["loc"])
-    cause = first.get("ctx", {}).get("error")
-    if isinstance(cause, _LocatedError):
-        loc += cause.loc
-    steps = _walk(model, loc)
-    message = _message(first, steps[-1][1] if steps else model)
-    if len(errors) > 1:
-        more = len(errors) - 1
-        message += f" (and {more} more error{'s' if more > 1 else ''})"
-    # A member of a tagged union without its tag: the missing key is the tag itself.
-    missing_tag: Loc = ("type",) if first["type"] == "union_tag_not_found" else ()
-    return tuple(step for step, _ in steps) + missing_tag, message
+def _config_error(problems: list[tuple[Loc, str]]) -> ConfigError:
+    """One ConfigError carrying every problem, the first one's path as its own."""
+    (loc, message), *others = problems
+    return ConfigError(message, path=format_path(loc), also=[ConfigError(m, path=format_path(lc)) for lc, m in others])
+
+
+def _errors(model: type[BaseModel], exc: ValidationError) -> list[tuple[Loc, str]]:
+    """The user's key path and a short message for each error (one per key path)."""
+    problems: dict[Loc, str] = {}
+    for error in exc.errors():
+        loc: Loc = tuple(error["loc"])
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _LocatedError):
+            loc += cause.loc
+        steps = _walk(model, loc)
+        message = _message(error, steps[-1][1] if steps else model)
+        # A member of a tagged union without its tag: the missing key is the tag itself.
+        missing_tag: Loc = ("type",) if error["type"] == "union_tag_not_found" else ()
+        problems.setdefault(tuple(step for step, _ in steps) + missing_tag, message)
+    return list(problems.items())
 
 
 def _walk(root: type[BaseModel], loc: Loc) -> list[tuple[str | int, Any]]:
@@ -1198,6 +1272,98 @@ def format_path(loc: Loc) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Files the config names
+
+
+def check_files(model: BaseModel, *, prefix: Loc = ()) -> None:
+    """Read every file `model` names (see `_file_problems`); ConfigError naming each one that fails."""
+    problems = _file_problems(model, prefix)
+    if problems:
+        raise _config_error(problems)
+
+
+def _file_problems(model: BaseModel, loc: Loc = ()) -> list[tuple[Loc, str]]:
+    """Every named file that cannot be read (or, for an audit file, written), with its key path.
+
+    Relative paths are relative to the working directory, as everywhere else. TLS files must
+    also load: PEM trust roots, and a certificate with its unencrypted key.
+    """
+    problems: list[tuple[Loc, str]] = []
+    names: tuple[str, ...] = getattr(model, "FILES", ())
+    for name in names:
+        path = getattr(model, name)
+        if path is not None and (problem := _unreadable(path)) is not None:
+            problems.append(((*loc, name), problem))
+    if isinstance(model, ServerTLSConfig | UpstreamTLSConfig) and model.enabled and not problems:
+        problems += [((*loc, name), problem) for name, problem in _tls_problems(model)]
+    if isinstance(model, JwtConfig) and model.public_key_file is not None and not problems:
+        problems += [((*loc, "public_key_file"), problem) for problem in _jwt_key_problems(model)]
+    if isinstance(model, FileSink) and (problem := _unwritable(model.path)) is not None:
+        problems.append(((*loc, "path"), problem))
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            problems += _file_problems(value, (*loc, name))
+        elif isinstance(value, tuple):
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    problems += _file_problems(item, (*loc, name, index))
+    return problems
+
+
+def _unreadable(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
+def _unwritable(path: str) -> str | None:
+    target = Path(path)
+    if target.exists():
+        if target.is_dir():
+            return f"cannot write {path}: Is a directory"
+        return None if os.access(target, os.W_OK) else f"cannot write {path}: Permission denied"
+    parent = target.absolute().parent
+    while not parent.exists():
+        parent = parent.parent  # the sink creates missing directories
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {parent} is not a writable directory"
+    return None
+
+
+def _tls_problems(tls: ServerTLSConfig | UpstreamTLSConfig) -> Iterator[tuple[str, str]]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=tls.ca_file)
+        except ssl.SSLError as exc:
+            yield "ca_file", f"{tls.ca_file} holds no PEM certificate: {exc}"
+    if tls.cert_file is not None:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_password)
+        except ssl.SSLError as exc:
+            yield "cert_file", f"cannot load {tls.cert_file} with key {tls.key_file}: {exc}"
+
+
+def _jwt_key_problems(jwt: JwtConfig) -> list[str]:
+    # Imported here: the verifier's key loading needs cryptography, which loading a config does not.
+    from mcp_barbican.security.jwt import check_key_file
+
+    try:
+        check_key_file(jwt)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
+def _refuse_password() -> str:
+    raise ssl.SSLError("encrypted private keys are not supported")
+
+
+# ---------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -1210,27 +1376,43 @@ def find_config(cwd: Path) -> Path | None:
     return None
 
 
-def load_environ(cwd: Path) -> dict[str, str]:
-    """The process environment on top of `cwd/.env`: `.env` never overrides a set variable."""
-    dotenv_path = cwd / ".env"
+def load_environ(cwd: Path, config_dir: Path | None = None) -> dict[str, str]:
+    """The variables templates see: the process environment, then `cwd/.env`, then `config_dir/.env`.
+
+    The first place that sets a variable wins: a `.env` file never overrides a set variable, and
+    the working directory's `.env` wins over the one beside the config file.
+    """
     values: dict[str, str] = {}
-    if dotenv_path.is_file():
-        values = {key: value for key, value in dotenv_values(dotenv_path).items() if value is not None}
+    for directory in dict.fromkeys(path.resolve() for path in (config_dir, cwd) if path is not None):
+        dotenv_path = directory / ".env"
+        if dotenv_path.is_file():
+            values.update((key, value) for key, value in dotenv_values(dotenv_path).items() if value is not None)
     values.update(os.environ)
     return values
 
 
 def load_config(path: Path, environ: Mapping[str, str]) -> ProxyConfig:
-    """Read, template and validate one config file. Raises ConfigError naming the key path."""
+    """Read, template and validate one config file, and read every file it names.
+
+    Raises ConfigError listing every error with its key path.
+    """
     document = expand_tree(_read_document(path), environ)
     data, origins = _assemble(document, path.name)
     try:
-        return ProxyConfig.model_validate(data)
+        config = ProxyConfig.model_validate(data)
     except ValidationError as exc:
-        loc, message = _first_error(ProxyConfig, exc)
+        problems = _errors(ProxyConfig, exc)
+    else:
+        problems = _file_problems(config)
+        if not problems:
+            return config
+    raise _config_error([_relocate(loc, message, origins) for loc, message in problems])
+
+
+def _relocate(loc: Loc, message: str, origins: Mapping[int, _ClaudeOrigin]) -> tuple[Loc, str]:
     if len(loc) >= 2 and loc[0] == "mcps" and isinstance(loc[1], int) and loc[1] in origins:
-        loc, message = origins[loc[1]].relocate(loc[2:], message)
-    raise ConfigError(message, path=format_path(loc))
+        return origins[loc[1]].relocate(loc[2:], message)
+    return loc, message
 
 
 def _read_document(path: Path) -> dict[str, Any]:
@@ -1402,12 +1584,12 @@ def _from_claude(name: str, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def masked_dump(config: ProxyConfig) -> dict[str, Any]:
-    """The normalized config as JSON-able data, with every secret replaced by MASK.
+    """The normalized config as a user reads it, with every secret replaced by MASK.
 
     Masked: static tokens and their hashes, the JWT secret, admin tokens, the storage URL,
-    and every value of an MCP's `env` and `headers`.
+    and every value of an MCP's `env` and `headers`. Durations read as written (`600s`).
     """
-    dumped = _mask(config)
+    dumped = _mask(config, durations=True)
     assert isinstance(dumped, dict)
     return dumped
 
@@ -1419,26 +1601,40 @@ def masked_mcp(mcp: McpConfig) -> dict[str, Any]:
     return dumped
 
 
-def _mask(value: object) -> object:
+def _mask(value: object, *, durations: bool = False) -> object:
     if isinstance(value, BaseModel):
-        return {name: _mask_field(value, name, getattr(value, name)) for name in type(value).model_fields}
+        return {name: _mask_field(value, name, getattr(value, name), durations) for name in type(value).model_fields}
     if isinstance(value, SecretStr):
         return MASK
     if isinstance(value, tuple | list):
-        return [_mask(item) for item in value]
+        return [_mask(item, durations=durations) for item in value]
     if isinstance(value, dict):
-        return {str(key): _mask(item) for key, item in value.items()}
+        return {str(key): _mask(item, durations=durations) for key, item in value.items()}
     if isinstance(value, date):
         return value.isoformat()
     return value
 
 
-def _mask_field(model: BaseModel, name: str, value: object) -> object:
+def _mask_field(model: BaseModel, name: str, value: object, durations: bool) -> object:
     if isinstance(model, McpConfig) and name in McpConfig.SECRET_MAPS and isinstance(value, dict):
         return dict.fromkeys(value, MASK)
     if isinstance(model, TokenEntry) and name == "sha256" and value is not None:
         return MASK
-    return _mask(value)
+    if durations and isinstance(value, float) and _is_duration(type(model).model_fields[name].metadata):
+        return format_duration(value)
+    return _mask(value, durations=durations)
+
+
+def _is_duration(metadata: list[Any]) -> bool:
+    return any(isinstance(item, BeforeValidator) and item.func is parse_duration for item in metadata)
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file (what `ProxyConfig` accepts)."""
+    schema = ProxyConfig.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "mcp-barbican config file"
+    return schema
 
 
 def _is_loopback(host: str) -> bool:

@@ -13,6 +13,8 @@ Security rejections are HTTP responses, not exceptions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ConfigError",
     "ProxyError",
@@ -29,11 +31,21 @@ class ProxyError(Exception):
 
 
 class ConfigError(ProxyError):
-    """The configuration is invalid; the message names the key path."""
+    """The configuration is invalid; the message names the key path.
 
-    def __init__(self, message: str, *, path: str = "") -> None:
+    One error may carry the others found in the same file (`also`): its text is then one line
+    per error, the first one's `path` first.
+    """
+
+    def __init__(self, message: str, *, path: str = "", also: Sequence[ConfigError] = ()) -> None:
         self.path = path
-        super().__init__(f"{path}: {message}" if path else message)
+        self.also = tuple(also)
+        first = f"{path}: {message}" if path else message
+        super().__init__("\n".join([first, *(str(error) for error in self.also)]))
+
+    def lines(self) -> list[str]:
+        """Every error, one line each."""
+        return str(self).splitlines()
 
 
 class StorageError(ProxyError):

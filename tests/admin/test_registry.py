@@ -131,3 +131,11 @@ def test_registrations_survive_a_restart(tmp_path: Path) -> None:
     with run_proxy(tmp_path, [demo_mcp("fixed")], server=SERVER) as second:
         assert call(second, "GET", "/admin/mcps/kept").json()["status"]["source"] == "api"
         assert initialize(second, TOKEN, "kept") == 200
+
+
+def test_a_registration_naming_a_missing_file_is_refused(proxy: RunningProxy) -> None:
+    body = {"id": "remote", "url": "https://mcp.example.com/mcp", "tls": {"ca_file": "missing-ca.pem"}}
+    response = call(proxy, "POST", "/admin/mcps", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["message"] == "tls.ca_file: cannot read missing-ca.pem: No such file or directory"
+    assert call(proxy, "GET", "/admin/mcps/remote").status_code == 404

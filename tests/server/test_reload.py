@@ -108,3 +108,15 @@ def test_sighup_reloads_an_unchanged_looking_file(tmp_path: Path) -> None:
         os.kill(proxy.process.pid, signal.SIGHUP)
         wait_for(lambda: mcp_ids(proxy) == {"a", "z"})
         assert reload_events(proxy)[0]["details"]["trigger"] == "SIGHUP"
+
+
+def test_a_refused_reload_names_every_error_on_one_line(tmp_path: Path) -> None:
+    with run_proxy(tmp_path, [demo_mcp("a")], server=SERVER) as proxy:
+        edit(tmp_path, lambda config: config["mcps"][0].update({"one": 1, "two": 2}))
+        wait_for(lambda: bool(reload_events(proxy)))
+        # The watcher may see the file twice as it is written; each reload is refused alike.
+        for event in reload_events(proxy):
+            assert event["error"].startswith("mcps[0].one: unknown key")
+            assert "; mcps[0].two: unknown key" in event["error"]
+        lines = [line for line in proxy.log_text().splitlines() if "config reload (file change) refused" in line]
+        assert lines and all("mcps[0].one" in line and "mcps[0].two" in line for line in lines)

@@ -55,6 +55,7 @@ __all__ = [
     "PublicKey",
     "TokenHeader",
     "VerificationKey",
+    "check_key_file",
     "claims_problem",
     "compatible_algorithms",
     "describe_key",
@@ -512,6 +513,11 @@ def _static_keys(config: JwtConfig, allowed: frozenset[str]) -> tuple[Verificati
             )
         keys.append(VerificationKey(None, key, algorithms))
     return tuple(keys)
+
+
+def check_key_file(config: JwtConfig) -> None:
+    """Load `public_key_file` as the verifier does (for `config check`); ConfigError says what is wrong."""
+    _static_keys(config, frozenset(config.algorithms))
 
 
 class JwtVerifier:

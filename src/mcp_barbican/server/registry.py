@@ -16,7 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from mcp_barbican.config import McpConfig, ProxyConfig, ServerConfig, validate_model
+from mcp_barbican.config import McpConfig, ProxyConfig, ServerConfig, check_files, validate_model
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.jwt import JwtVerifier
 from mcp_barbican.storage import McpRecord
@@ -65,6 +65,7 @@ class Registry:
         mcp = validate_model(McpConfig, definition)
         others = tuple(m for m in self.core.config.mcps if m.id != mcp.id)
         validate_model(ProxyConfig, {"server": self.core.config.server, "mcps": (*others, mcp)})
+        check_files(mcp)
         return mcp
 
     def _refused_transport(self, mcp: McpConfig) -> tuple[int, str] | None:

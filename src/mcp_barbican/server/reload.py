@@ -71,8 +71,9 @@ class Reloader:
             config = await asyncio.to_thread(self.load)
             changes = await self.core.registry.apply_file(config)
         except ConfigError as exc:
-            logger.error("config reload (%s) refused, the running config stays: %s", trigger, exc)
-            await self._audit(trigger, False, str(exc), [])
+            error = "; ".join(exc.lines())  # every error of the file, on the one log line
+            logger.error("config reload (%s) refused, the running config stays: %s", trigger, error)
+            await self._audit(trigger, False, error, [])
             return False
         logger.info("config reloaded (%s): %s", trigger, ", ".join(changes) or "no MCP changed")
         await self._audit(trigger, True, None, changes)

@@ -47,9 +47,9 @@ ERA_VERDICT_SECONDS: Final = 600.0
 MAX_TOOL_PAGES: Final = 20
 
 
-def _proxy_init_params(capabilities: dict[str, Any]) -> dict[str, Any]:
+def _proxy_init_params(capabilities: dict[str, Any], version: str | None = None) -> dict[str, Any]:
     return {
-        "protocolVersion": LATEST_LEGACY_VERSION,
+        "protocolVersion": version or LATEST_LEGACY_VERSION,
         "capabilities": capabilities,
         "clientInfo": {"name": "mcp-barbican", "version": __version__},
     }
@@ -160,7 +160,7 @@ class McpRuntime:
         try:
             await link.connect()
             capabilities = PROXY_CLIENT_CAPABILITIES if shared else {}
-            result = await link.handshake(_proxy_init_params(capabilities))
+            result = await link.handshake(_proxy_init_params(capabilities, self.mcp.proto))
             self.server_info = result.get("serverInfo")
             if "tools" in result.get("capabilities", {}):
                 self.tool_count = len(await _tools(link, self.mcp.request_timeout, self.mcp.tool_filter))
@@ -175,7 +175,7 @@ class McpRuntime:
         link = self._new_link(shared=True)
         try:
             await link.connect()
-            await link.handshake(_proxy_init_params(PROXY_CLIENT_CAPABILITIES))
+            await link.handshake(_proxy_init_params(PROXY_CLIENT_CAPABILITIES, self.mcp.proto))
         except BaseException:
             await link.aclose()
             raise
@@ -263,7 +263,7 @@ class McpRuntime:
                 link = self._new_link(shared=False)
                 try:
                     await link.connect()
-                    await link.handshake(_proxy_init_params({}))
+                    await link.handshake(_proxy_init_params({}, self.mcp.proto))
                 except BaseException:
                     await link.aclose()
                     raise

@@ -88,6 +88,7 @@ def open_storage(config: StorageConfig) -> Storage:
         return MemoryStorage()
     if config.type == "sqlite":
         return SqliteStorage(Path(config.path))
+    from mcp_barbican.config import REDIS_UNAVAILABLE
     from mcp_barbican.exceptions import ConfigError
 
-    raise ConfigError("storage type redis is not available in this build yet", path="server.storage.type")
+    raise ConfigError(REDIS_UNAVAILABLE, path="server.storage.type")
