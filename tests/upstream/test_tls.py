@@ -224,7 +224,7 @@ async def https_server(ctx: ssl.SSLContext) -> AsyncIterator[str]:
 async def ask(base: str, tls: TLS | None) -> dict[str, Any]:
     """One tools/list through a Streamable HTTP channel using a session built from `tls`."""
     rec = Recorder()
-    http = make_http_session(tls, connect_timeout=5.0)
+    http = make_http_session(client_ssl_context(tls), connect_timeout=5.0)
     try:
         ch = StreamableHttpChannel(
             rec.on_message, rec.on_close, url=f"{base}/mcp", headers={}, http=http, start_timeout=5.0
@@ -305,7 +305,7 @@ async def test_sse_channel_over_tls(pki: PKI) -> None:
     async with https_server(server_context(pki)) as base:
         for options, expect_ok in ((TLS(), False), (TLS(ca_file=pki.ca_file), True)):
             rec = Recorder()
-            http = make_http_session(options, connect_timeout=5.0)
+            http = make_http_session(client_ssl_context(options), connect_timeout=5.0)
             ch = SseChannel(rec.on_message, rec.on_close, url=f"{base}/sse", headers={}, http=http, start_timeout=5)
             try:
                 if not expect_ok:

@@ -26,6 +26,7 @@ from mcp_barbican.server.session import Session
 from mcp_barbican.server.streams import EventStream
 from mcp_barbican.upstream import open_channel
 from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
+from mcp_barbican.upstream.tls import client_ssl_context
 
 if TYPE_CHECKING:
     import aiohttp
@@ -76,6 +77,8 @@ class McpRuntime:
         self._control: Link | None = None
         self._control_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
+        # Read the TLS files now: a ConfigError belongs to start-up (or the registration), never to a request.
+        self._ssl = client_ssl_context(mcp.tls) if mcp.transport != "stdio" else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -112,7 +115,7 @@ class McpRuntime:
         if self._http is None:
             from mcp_barbican.upstream.http import make_http_session
 
-            self._http = make_http_session(self.mcp.tls, connect_timeout=self.mcp.start_timeout)
+            self._http = make_http_session(self._ssl, connect_timeout=self.mcp.start_timeout)
         return self._http
 
     def _new_link(self, *, shared: bool, guess_unrelated: bool = True) -> Link:

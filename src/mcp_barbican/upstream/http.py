@@ -12,13 +12,13 @@
 from __future__ import annotations
 
 import re
+import ssl
 from typing import Final, NamedTuple
 
 import aiohttp
 from yarl import URL
 
 from mcp_barbican import __version__
-from mcp_barbican.upstream.tls import TLSOptions, client_ssl_context
 
 __all__ = [
     "CONNECTION_LIMIT",
@@ -44,14 +44,14 @@ _BOM: Final = b"\xef\xbb\xbf"
 _WHITESPACE = re.compile(r"\s+")
 
 
-def make_http_session(tls: TLSOptions | None, *, connect_timeout: float) -> aiohttp.ClientSession:
+def make_http_session(ssl_context: ssl.SSLContext | None, *, connect_timeout: float) -> aiohttp.ClientSession:
     """The session of one upstream MCP server; every channel of that server shares it.
 
-    Only connecting (TCP and TLS handshake) is bounded by `connect_timeout`: reads are not,
-    because SSE streams stay idle for long stretches (the core times requests out itself).
-    Raises ConfigError when the TLS options are invalid.
+    `ssl_context` is `client_ssl_context()`'s, built when the MCP is set up (its files are read
+    then, never on a request); None means aiohttp's default verifying context. Only connecting
+    (TCP and TLS handshake) is bounded by `connect_timeout`: reads are not, because SSE streams
+    stay idle for long stretches (the core times requests out itself).
     """
-    ssl_context = client_ssl_context(tls)
     connector = aiohttp.TCPConnector(
         limit=CONNECTION_LIMIT,
         ssl=ssl_context if ssl_context is not None else True,
