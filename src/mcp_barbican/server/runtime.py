@@ -21,6 +21,7 @@ from mcp_barbican.jsonrpc import Message
 from mcp_barbican.metrics import RequestStats
 from mcp_barbican.security.tools import tool_allowed
 from mcp_barbican.server.link import PROXY_CLIENT_CAPABILITIES, Link
+from mcp_barbican.server.quota import SessionQuota, TooManySessions, holder_key
 from mcp_barbican.server.session import Session
 from mcp_barbican.server.streams import EventStream
 from mcp_barbican.upstream import open_channel
@@ -61,10 +62,12 @@ def _proxy_init_params(capabilities: dict[str, Any]) -> dict[str, Any]:
 class McpRuntime:
     """Status, links and sessions of one MCP."""
 
-    def __init__(self, mcp: McpConfig, *, idle_timeout: float) -> None:
+    def __init__(self, mcp: McpConfig, *, idle_timeout: float, quota: SessionQuota) -> None:
         self.mcp = mcp
         self.id = mcp.id
         self.idle_timeout = idle_timeout
+        #: Sessions per principal, shared by every MCP of the listener.
+        self.quota = quota
         self.status = "connecting"
         self.last_error: str | None = None
         self.tool_count: int | None = None
@@ -181,16 +184,27 @@ class McpRuntime:
 
     # -- sessions ----------------------------------------------------------------------
 
-    def new_session(self, principal: str | None, *, legacy_sse: bool = False) -> Session:
+    def new_session(self, principal: str | None, *, client_ip: str | None, legacy_sse: bool = False) -> Session:
+        """A session for `principal` (None: no authentication, counted per `client_ip`)."""
         limit = MAX_SHARED_CLIENTS if self.mcp.session_mode == "shared" else self.mcp.max_sessions
+        holder = holder_key(principal, client_ip)
+        if not self.quota.take(holder):
+            who = "this caller" if principal is None else f"principal {principal!r}"
+            raise TooManySessions(
+                f"{who} already holds {self.quota.cap} sessions (server.limits.max_sessions_per_principal): "
+                "end one (DELETE) before opening another"
+            )
         if len(self.sessions) >= limit:
+            self.quota.release(holder)
             raise CapacityError(f"MCP {self.id!r} already has {len(self.sessions)} sessions (max_sessions {limit})")
         session = Session(self.id, principal, legacy_sse=legacy_sse)
+        session.holder = holder
         self.sessions[session.id] = session
         return session
 
     async def initialize(self, session: Session, msg: Message, stream: EventStream) -> None:
         """Connect a new session upstream and relay its initialize request."""
+        session.init_received = True
         session.capabilities = (msg.get("params") or {}).get("capabilities") or {}
         if session.link is not None:
             await session.link.forward_request(session, msg, stream)
@@ -272,6 +286,8 @@ class McpRuntime:
             return
         session.closed = True
         self.sessions.pop(session.id, None)
+        if session.holder is not None:
+            self.quota.release(session.holder)
         session.end_streams()
         link = session.link
         if link is None:

@@ -31,6 +31,7 @@ from mcp_barbican.security.oauth import metadata_url, www_authenticate
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
 from mcp_barbican.security.tokens import IssuedTokens
 from mcp_barbican.server.http import get_header
+from mcp_barbican.server.quota import SessionQuota
 from mcp_barbican.types import ASGIApp, Scope
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class Shields:
         self.verifiers: list[JwtVerifier] = []
         #: Client tokens issued through the admin API; every token-auth MCP accepts them (within their scope).
         self.issued = IssuedTokens()
+        #: Downstream sessions per principal, across every MCP (server.limits.max_sessions_per_principal).
+        self.sessions = SessionQuota(config.server.limits)
         self._bans: dict[BanConfig, AuthFailureTracker] = {}
         self._limiters: dict[int, RateLimiter] = {}
         self._unfollow: Callable[[], None] | None = None
@@ -127,7 +130,8 @@ class Shields:
 
     def authenticator(self, auth: AuthConfig, mcp: McpConfig) -> Authenticator:
         if auth.type == "token":
-            return StaticTokens.from_config(auth, issued=self.issued)
+            owner = "server" if mcp.auth is None else f"mcp:{mcp.id}"
+            return StaticTokens.from_config(auth, owner=owner, issued=self.issued)
         if auth.type in ("jwt", "oauth2") and auth.jwt is not None:
             verifier = JwtVerifier(auth.jwt)
             self.verifiers.append(verifier)
