@@ -174,3 +174,26 @@ def test_one_credential_header_still_opens_each_route(proxy: RunningProxy) -> No
     assert raw_request(proxy, "POST", "/mcp/k", [*MCP_BASE, ("X-Api-Key", KEY)])[0] == 200
     assert raw_request(proxy, "GET", "/api/v1/mcp/list", [("Authorization", f"Bearer {SINGLE}")])[0] == 200
     assert raw_request(proxy, "GET", "/admin/mcps", [("Authorization", ADMIN["Authorization"])])[0] == 200
+
+
+def test_an_mcp_registered_at_run_time_cannot_take_a_token_id(proxy: RunningProxy) -> None:
+    issued = httpx2.post(f"{proxy.base}/admin/tokens", json={"id": "issued-ci"}, headers=ADMIN)
+    assert issued.status_code == 201, issued.text
+    for token_id, where in (("issued-ci", "issued through the admin API"), ("token", "mcps[0].auth.tokens[0].id")):
+        definition = {**demo_mcp("late"), "auth": {"type": "token", "tokens": [{"id": token_id, "token": "late-0"}]}}
+        response = httpx2.post(f"{proxy.base}/admin/mcps", json=definition, headers=ADMIN)
+        assert response.status_code == 400, response.text
+        assert where in response.json()["message"]
+        assert "auth.tokens[0].id" in response.json()["message"]
+
+
+def test_start_up_refuses_a_file_token_id_that_was_issued(tmp_path: Path) -> None:
+    server = {"admin": {"token": ADMIN["Authorization"].split()[1]}, "storage": {"type": "sqlite", "path": "s.db"}}
+    with run_proxy(tmp_path, [demo_mcp("a")], server=server) as first:
+        assert httpx2.post(f"{first.base}/admin/tokens", json={"id": "ci"}, headers=ADMIN).status_code == 201
+    listed = {**demo_mcp("a"), "auth": {"type": "token", "tokens": [{"id": "ci", "token": "ci-token-0123"}]}}
+    with pytest.raises(RuntimeError) as failed, run_proxy(tmp_path, [listed], server=server):
+        pass
+    log = str(failed.value)
+    assert "mcps[0].auth.tokens[0].id: token id 'ci' is taken by a token issued through the admin API" in log
+    assert "Traceback" not in log

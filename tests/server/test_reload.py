@@ -108,3 +108,15 @@ def test_sighup_reloads_an_unchanged_looking_file(tmp_path: Path) -> None:
         os.kill(proxy.process.pid, signal.SIGHUP)
         wait_for(lambda: mcp_ids(proxy) == {"a", "z"})
         assert reload_events(proxy)[0]["details"]["trigger"] == "SIGHUP"
+
+
+def test_a_reload_cannot_list_an_issued_token_id(tmp_path: Path) -> None:
+    with run_proxy(tmp_path, [demo_mcp("a")], server=SERVER) as proxy:
+        assert call(proxy, "POST", "/admin/tokens", {"id": "ci"}).status_code == 201
+        listed = {"type": "token", "tokens": [{"id": "ci", "token": "ci-token-0123456789"}]}
+        edit(tmp_path, lambda config: config["mcps"][0].update({"auth": listed}))
+        wait_for(lambda: bool(reload_events(proxy)))
+        (event,) = reload_events(proxy)
+        assert event["success"] is False
+        assert "mcps[0].auth.tokens[0].id: token id 'ci' is taken" in event["error"]
+        assert ping(proxy, "a", session(proxy, "a")) == 200, "the running config keeps serving"
