@@ -16,7 +16,7 @@ import httpx2
 import orjson
 import pytest
 
-from tests.proxy import RunningProxy, demo_mcp, run_proxy
+from tests.proxy import RunningProxy, demo_mcp, free_port, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
 CAP = 2
@@ -31,6 +31,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
         "auth": {"type": "token", "tokens": [{"id": name, "token": token} for name, token in TOKENS.items()]},
     }
     mcps = [demo_mcp("x", max_sessions=CAP + 1), demo_mcp("y"), {**demo_mcp("open"), "auth": {"type": "none"}}]
+    mcps.append({"id": "down", "url": f"http://127.0.0.1:{free_port()}/mcp", "required": False})
     with run_proxy(tmp_path_factory.mktemp("quota"), mcps, server=server) as running:
         yield running
 
@@ -59,13 +60,14 @@ class SseStream:
     """A legacy SSE stream held open on a raw socket (from `source`, a loopback address)."""
 
     def __init__(self, proxy: RunningProxy, path: str, token: str | None = None, source: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30, source_address=(source, 0))
+        self.sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=1, source_address=(source, 0))
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
         request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\nAccept: text/event-stream\r\n{auth}"
         self.sock.sendall(f"{request}Connection: close\r\n\r\n".encode())
         self.data = b""
+        deadline = time.monotonic() + 30
         while b"\r\n\r\n" not in self.data:
-            self._read()
+            assert self._read(deadline) != b"", "no answer"
         head, _, self.body = self.data.partition(b"\r\n\r\n")
         self.status = int(head.split(b" ", 2)[1])
         if self.status == 200:
@@ -76,19 +78,25 @@ class SseStream:
         else:
             self.read_to_end()
 
-    def _read(self) -> bytes:
-        chunk = self.sock.recv(65536)
+    def _read(self, deadline: float) -> bytes | None:
+        """The next bytes (b"" at the end of the stream); None if none came in a second."""
+        assert time.monotonic() < deadline, f"nothing more after {self.data[-300:]!r}"
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            return None
         self.data += chunk
         return chunk
 
-    def wait_for(self, marker: bytes) -> None:
+    def wait_for(self, marker: bytes, within: float = 30) -> None:
+        deadline = time.monotonic() + within
         while marker not in self.data:
-            assert self._read(), f"the stream ended before {marker!r}"
+            assert self._read(deadline) != b"", f"the stream ended before {marker!r}"
 
-    def read_to_end(self) -> float:
+    def read_to_end(self, within: float = 30) -> float:
         """Read until the server closes the connection; the seconds that took."""
         started = time.monotonic()
-        while self._read():
+        while self._read(started + within) != b"":
             pass
         self.body = self.data.partition(b"\r\n\r\n")[2]
         return time.monotonic() - started
@@ -173,3 +181,15 @@ def test_callers_without_authentication_count_per_address(proxy: RunningProxy) -
     finally:
         for stream in here:
             stream.close()
+
+
+def test_a_legacy_stream_whose_initialize_failed_still_expires(proxy: RunningProxy) -> None:
+    stream = SseStream(proxy, "/mcp/down/sse", TOKENS["erin"])
+    try:
+        assert stream.status == 200
+        url = proxy.url("down", f"/messages?session_id={stream.session}")
+        assert httpx2.post(url, headers=headers("erin"), json=INIT, timeout=30).status_code == 202
+        stream.wait_for(b'"error"')  # the upstream is down: no session came of it
+        assert stream.read_to_end() < 2 * INIT_TIMEOUT + 15
+    finally:
+        stream.close()

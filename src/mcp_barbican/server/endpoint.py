@@ -363,18 +363,17 @@ class McpEndpoint:
             await self.runtime.close_session(session)
 
     def _init_deadline(self, session: Session) -> None:
-        """Close a legacy stream with no upstream session after init_timeout (later while one is being made)."""
+        """Close a legacy stream after init_timeout unless an upstream session came of it (or is coming)."""
         timeout = self.runtime.quota.init_timeout
 
         def expire() -> None:
-            if session.closed or session.link is not None:
+            link = session.link
+            if session.closed or link is not None and link.init_result is not None:
                 return
-            if session.init_received:  # initialize is on its way upstream: see again later
+            if session.inflight:  # initialize is on its way upstream: look again later
                 asyncio.get_running_loop().call_later(timeout, expire)
                 return
-            logger.info(
-                "legacy SSE stream on %r closed: no initialize within server.limits.init_timeout", self.runtime.id
-            )
+            logger.info("legacy SSE stream on %r closed: not initialized within init_timeout", self.runtime.id)
             assert session.legacy_stream is not None
             session.legacy_stream.close()
 
@@ -394,7 +393,6 @@ class McpEndpoint:
                 try:
                     await self.runtime.initialize(session, msg, stream)
                 except UpstreamError as exc:
-                    session.init_received = False  # no upstream session came of it: the deadline stands
                     stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, str(exc)))
             elif session.link is None:
                 # Answered on the stream, as any legacy reply; the modern era has no HTTP+SSE form.

@@ -204,7 +204,6 @@ class McpRuntime:
 
     async def initialize(self, session: Session, msg: Message, stream: EventStream) -> None:
         """Connect a new session upstream and relay its initialize request."""
-        session.init_received = True
         session.capabilities = (msg.get("params") or {}).get("capabilities") or {}
         if session.link is not None:
             await session.link.forward_request(session, msg, stream)

@@ -40,8 +40,6 @@ class Session:
         self.closed = False
         #: What the session counts against in the per-principal quota (None: not counted).
         self.holder: str | None = None
-        #: The client sent `initialize` (a legacy SSE stream that never does is closed early).
-        self.init_received = False
         self.initialized = False
         self.protocol_version: str | None = None
         self.capabilities: dict[str, Any] = {}
