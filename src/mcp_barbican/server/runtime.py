@@ -189,7 +189,7 @@ class McpRuntime:
         limit = MAX_SHARED_CLIENTS if self.mcp.session_mode == "shared" else self.mcp.max_sessions
         holder = holder_key(principal, client_ip)
         if not self.quota.take(holder):
-            who = "this caller" if principal is None else f"principal {principal!r}"
+            who = "this address" if principal is None else f"principal {principal!r}"
             raise TooManySessions(
                 f"{who} already holds {self.quota.cap} sessions (server.limits.max_sessions_per_principal): "
                 "end one (DELETE) before opening another"

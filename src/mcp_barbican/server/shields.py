@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mcp_barbican.audit import AuditEvent, AuditTrail
+from mcp_barbican.config import SERVER_OWNER
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.auth import Authenticate, Authenticator, AuthFailure, StaticTokens
 from mcp_barbican.security.bans import AuthFailureTracker
@@ -130,7 +131,7 @@ class Shields:
 
     def authenticator(self, auth: AuthConfig, mcp: McpConfig) -> Authenticator:
         if auth.type == "token":
-            owner = "server" if mcp.auth is None else f"mcp:{mcp.id}"
+            owner = SERVER_OWNER if mcp.auth is None else f"mcp:{mcp.id}"
             return StaticTokens.from_config(auth, owner=owner, issued=self.issued)
         if auth.type in ("jwt", "oauth2") and auth.jwt is not None:
             verifier = JwtVerifier(auth.jwt)
