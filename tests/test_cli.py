@@ -527,7 +527,7 @@ def test_embedded_default_end_to_end(tmp_path: Path) -> None:
     assert (state / "state.db").exists()
     with sqlite3.connect(state / "audit.db") as db:
         rows = db.execute("SELECT type, success, user FROM audit").fetchall()
-    assert ("authentication", 1, "token:token") in rows
+    assert ("authentication", 1, "token:server") in rows
 
 
 # ---------------------------------------------------------------------------------------------

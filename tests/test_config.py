@@ -24,6 +24,7 @@ from mcp_barbican.config import (
     SqliteSink,
     check_bind,
     find_config,
+    format_path,
     load_config,
     load_environ,
     masked_dump,
@@ -419,6 +420,33 @@ MISTAKES = [
         "mcps[0].auth.tokens[0]",
         "same token value as 'token'",
         id="duplicate-token-value",
+    ),
+    # Principal ids: token:{id} names one credential across the file
+    pytest.param(
+        "server: {auth: {type: token, tokens: [{id: ci, token: x1}]}}\n"
+        "mcps: [{id: a, command: x}, {id: b, command: x, auth: {type: token, tokens: [{id: ci, token: x2}]}}]",
+        "mcps[1].auth.tokens[0].id",
+        "token id 'ci' is also server.auth.tokens[0].id, with another token",
+        id="token-id-in-server-and-mcp",
+    ),
+    pytest.param(
+        "mcps: [{id: a, command: x, auth: {type: token, tokens: [{id: ci, token: x1}]}},"
+        " {id: b, command: x, auth: {type: token, tokens: [{id: t, token: x3}, {id: ci, token: x2}]}}]",
+        "mcps[1].auth.tokens[1].id",
+        "token id 'ci' is also mcps[0].auth.tokens[0].id, with another token",
+        id="token-id-in-two-mcps",
+    ),
+    pytest.param(
+        auth("type: token, tokens: [{id: 'mcp:b', token: x1}]"),
+        "mcps[0].auth.tokens[0].id",
+        "invalid token id 'mcp:b'",
+        id="colon-in-token-id",
+    ),
+    pytest.param(
+        auth("type: token, tokens: [{id: server, token: x1}]"),
+        "mcps[0].auth.tokens[0].id",
+        "'server' is reserved",
+        id="token-id-server",
     ),
     pytest.param(
         "server: {auth: {type: token, token: same}, admin: {token: same}}\nmcps: []",
@@ -874,6 +902,21 @@ def test_token_sha256_is_lowercased_and_digest_matches_plaintext(tmp_path: Path)
     assert config.server.auth is not None
     assert config.server.auth.tokens[0].digest() == digest
     assert config.server.auth.tokens[1].digest() == hashlib.sha256(b"t2").hexdigest()
+
+
+def test_one_credential_may_be_listed_under_its_id_in_several_blocks(tmp_path: Path) -> None:
+    """The same id with the same token is one credential (one principal), so not a collision."""
+    digest = hashlib.sha256(b"t1").hexdigest()
+    text = (
+        "server: {auth: {type: token, tokens: [{id: ci, token: t1}]}}\n"
+        "mcps: [{id: a, command: x},"
+        f" {{id: b, command: x, auth: {{type: token, tokens: [{{id: ci, sha256: '{digest}'}}]}}}}]"
+    )
+    config = load(tmp_path, text)
+    assert [(format_path(loc), entry.id) for loc, entry in config.listed_tokens()] == [
+        ("server.auth.tokens[0].id", "ci"),
+        ("mcps[1].auth.tokens[0].id", "ci"),
+    ]
 
 
 def test_effective_auth_and_security(tmp_path: Path) -> None:

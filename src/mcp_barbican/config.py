@@ -138,7 +138,9 @@ _HMAC_MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 _MCP_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _MCP_ID_RULE = "use 1-64 characters from a-z, 0-9, '_' and '-', starting with a letter or digit"
-_TOKEN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}")
+_TOKEN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
+#: Owner of server.auth.token (principal `token:server`): reserved, no listed or issued id may take it.
+SERVER_OWNER = "server"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HOST_LABELS = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?")
@@ -415,8 +417,11 @@ def _check_proto(value: str) -> str:
 
 
 def _check_token_id(value: str) -> str:
+    # Principal ids are `token:{id}`; without ':' in an id, none can pose as `token:mcp:{mcp id}`.
     if not _TOKEN_ID.fullmatch(value):
-        raise ValueError(f"invalid token id {value!r}: use up to 128 of A-Z, a-z, 0-9, '_', '.', '@', ':', '-'")
+        raise ValueError(f"invalid token id {value!r}: use up to 128 of A-Z, a-z, 0-9, '_', '.', '@', '-'")
+    if value == SERVER_OWNER:
+        raise ValueError(f"token id {value!r} is reserved: token:server is the principal of server.auth.token")
     return value
 
 
@@ -1101,6 +1106,7 @@ class ProxyConfig(_Model):
                     f"no auth configured: set mcps[{index}].auth or server.auth (type: none must be explicit)",
                 )
         self._check_admin_tokens_distinct()
+        self._check_token_ids()
         return self
 
     def _check_unique_ids(self) -> None:
@@ -1119,6 +1125,26 @@ class ProxyConfig(_Model):
         for loc, token in candidates:
             if _sha256_hex(token) in client:
                 raise _LocatedError(("server", "admin", *loc), "must differ from every client token")
+
+    def listed_tokens(self) -> Iterator[tuple[Loc, TokenEntry]]:
+        """Every `auth.tokens` entry of the file, with its key path (server.auth's first)."""
+        blocks: list[tuple[Loc, AuthConfig | None]] = [(("server", "auth"), self.server.auth)]
+        blocks += [(("mcps", index, "auth"), mcp.auth) for index, mcp in enumerate(self.mcps)]
+        for loc, auth in blocks:
+            for index, entry in enumerate(auth.tokens if auth is not None else ()):
+                yield (*loc, "tokens", index, "id"), entry
+
+    def _check_token_ids(self) -> None:
+        """One id names one credential across the file: principals `token:{id}` never collide."""
+        seen: dict[str, tuple[Loc, str]] = {}
+        for loc, entry in self.listed_tokens():
+            first = seen.setdefault(entry.id, (loc, entry.digest()))
+            if first[1] != entry.digest():
+                raise _LocatedError(
+                    loc,
+                    f"token id {entry.id!r} is also {format_path(first[0])}, with another token: an id names one "
+                    f"credential across the file (its principal is token:{entry.id})",
+                )
 
     def effective_auth(self, mcp: McpConfig) -> AuthConfig:
         """The client authentication of `mcp`: its own `auth`, else `server.auth`."""

@@ -70,7 +70,7 @@ async def test_ten_thousand_mixed_requests_make_exactly_one_event_each(tmp_path:
             await asyncio.sleep(0.05)
         (tool_event,) = listed.json()["events"]
         assert tool_event["tool"] == "echo"
-        assert tool_event["user"] == "token:token"
+        assert tool_event["user"] == "token:server"
         assert set(tool_event["details"]["arguments"]) == {"sha256"}
         assert tool_event["latency_ms"] > 0
         assert call(proxy, "GET", "/admin/audit?type=nonsense").status_code == 400
@@ -114,7 +114,7 @@ def test_admin_actions_and_token_events_are_audited(tmp_path: Path) -> None:
     assert ("token", "POST /admin/tokens", True) in actions
     assert ("token", "DELETE /admin/tokens/{id}", True) in actions
     assert ("admin", "POST /admin/security/ip-rules", True) in actions
-    assert all(e["user"] == "token:admin-0" for e in events if e["type"] in ("admin", "token"))
+    assert all(e["user"] == "admin:0" for e in events if e["type"] in ("admin", "token"))
     assert issued["token"] not in (tmp_path / "audit.jsonl").read_text()
     assert ADMIN["Authorization"].split()[1] not in (tmp_path / "audit.jsonl").read_text()
 

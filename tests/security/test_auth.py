@@ -130,3 +130,42 @@ async def test_a_token_scoped_to_other_mcps_gets_403() -> None:
     assert sent.status == 403
     assert sent.json()["error"] == "insufficient_scope"
     assert 'error="insufficient_scope"' in sent.headers["www-authenticate"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param([("Authorization", "Bearer new-token"), ("Authorization", "Bearer nope")], id="valid-first"),
+        pytest.param([("Authorization", "Bearer nope"), ("Authorization", "Bearer new-token")], id="valid-last"),
+        pytest.param([("Authorization", "Bearer new-token")] * 2, id="same-twice"),
+        pytest.param([("Authorization", "")] * 2, id="empty-twice"),
+    ],
+)
+async def test_a_repeated_credential_header_is_a_400_never_a_guess(headers: list[tuple[str, str]]) -> None:
+    counters, failures = SecurityCounters(), list[str | None]()
+    scope = make_scope("POST", headers=headers)
+    scope[CLIENT_IP_KEY] = "10.0.0.9"
+    sent = await call(_layer(counters, failures), scope)
+    assert sent.status == 400
+    assert sent.json() == {"error": "invalid_request", "message": "more than one Authorization header"}
+    assert sent.headers["www-authenticate"] == 'Bearer realm="a", error="invalid_request"'
+    assert failures == ["10.0.0.9"], "it counts as a failed authentication (toward the ban)"
+
+
+@pytest.mark.anyio
+async def test_a_repeated_custom_credential_header_is_a_400() -> None:
+    layer = Authenticate(
+        _seen,
+        authenticator=TOKENS,
+        header="X-Api-Key",
+        prefix="",
+        mcp_id="a",
+        counters=SecurityCounters(),
+        challenge=lambda f, _scope: "Bearer",
+    )
+    once = await call(layer, make_scope("POST", headers=[("X-Api-Key", "new-token")]))
+    assert once.status == 200
+    twice = await call(layer, make_scope("POST", headers=[("x-api-key", "new-token"), ("X-API-KEY", "old-token")]))
+    assert twice.status == 400
+    assert twice.json()["message"] == "more than one X-Api-Key header"

@@ -58,8 +58,12 @@ CONFIG: dict[str, Any] = {
     ],
 }
 IPS = ["127.0.0.1", "10.0.0.2", "10.0.0.3", "10.9.1.1", "2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:2::1"]
-CREDENTIALS = [None, "Bearer " + TOKENS["good"], "Bearer " + TOKENS["other"], "Bearer " + TOKENS["expired"]]
-CREDENTIALS += ["Bearer " + TOKENS["issued"], "Bearer nope", "Basic x", "Bearer"]
+Credential = str | tuple[str, ...] | None
+CREDENTIALS: list[Credential] = [None, "Bearer " + TOKENS["good"], "Bearer " + TOKENS["other"]]
+CREDENTIALS += ["Bearer " + TOKENS["expired"], "Bearer " + TOKENS["issued"], "Bearer nope", "Basic x", "Bearer"]
+# Repeated Authorization headers (a tuple: sent in this order) are ambiguous, refused even once the first is known.
+CREDENTIALS += [("Bearer " + TOKENS["good"], "Bearer nope"), ("Bearer " + TOKENS["good"],) * 2]
+CREDENTIALS += [("Bearer nope", "Bearer " + TOKENS["good"])]
 ORIGINS = [None, "https://app.example.com", "https://evil.example.net"]
 
 
@@ -96,10 +100,11 @@ class Stack:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    async def request(self, ip: str, credential: str | None, origin: str | None, method: str = "POST") -> Any:
+    async def request(self, ip: str, credential: Credential, origin: str | None, method: str = "POST") -> Any:
         headers = [("host", "127.0.0.1:6001"), ("content-type", "application/json")]
         if credential is not None:
-            headers.append(("authorization", credential))
+            values = (credential,) if isinstance(credential, str) else credential
+            headers += [("authorization", value) for value in values]
         if origin is not None:
             headers.append(("origin", origin))
         scope = make_scope(method, "/mcp/m", headers, client=(ip, 40000))
@@ -158,7 +163,7 @@ async def run_both(plan: list[Step | str]) -> tuple[Stack, Stack]:
     return guard, layers
 
 
-GOOD, LOOPBACK, DENIED, EVIL = 1, 0, 3, 2
+GOOD, LOOPBACK, DENIED, EVIL, REPEATED = 1, 0, 3, 2, 8
 
 
 @pytest.mark.anyio
@@ -168,8 +173,18 @@ GOOD, LOOPBACK, DENIED, EVIL = 1, 0, 3, 2
 @example(plan=[(LOOPBACK, GOOD, 0), (LOOPBACK, GOOD, EVIL), (LOOPBACK, GOOD, 1)]).via("browser requests")
 @example(plan=[(LOOPBACK, GOOD, 0)] * 6).via("the per-IP burst spent on the fast path")
 @example(plan=[(LOOPBACK, GOOD, 0), (1, GOOD, 0), (LOOPBACK, 2, 0), (LOOPBACK, 3, 0)]).via("scope and expiry")
+@example(plan=[(LOOPBACK, GOOD, 0), (LOOPBACK, REPEATED, 0)]).via("a known credential sent twice with another")
 async def test_the_guard_decides_every_request_as_the_layers_do(plan: list[Step]) -> None:
     await run_both(list(plan))
+
+
+@pytest.mark.anyio
+async def test_a_repeated_credential_header_is_refused_on_both_paths() -> None:
+    guard, _ = await run_both([(LOOPBACK, GOOD, 0), (LOOPBACK, REPEATED, 0)])
+    status, _, body = await guard.request("127.0.0.1", CREDENTIALS[REPEATED], None)
+    assert CREDENTIALS[REPEATED] == ("Bearer " + TOKENS["good"], "Bearer nope")
+    assert status == 400, "the fast path must not admit the first value it remembers"
+    assert b"more than one Authorization header" in body
 
 
 @pytest.mark.anyio

@@ -120,3 +120,15 @@ def test_a_refused_reload_names_every_error_on_one_line(tmp_path: Path) -> None:
             assert "; mcps[0].two: unknown key" in event["error"]
         lines = [line for line in proxy.log_text().splitlines() if "config reload (file change) refused" in line]
         assert lines and all("mcps[0].one" in line and "mcps[0].two" in line for line in lines)
+
+
+def test_a_reload_cannot_list_an_issued_token_id(tmp_path: Path) -> None:
+    with run_proxy(tmp_path, [demo_mcp("a")], server=SERVER) as proxy:
+        assert call(proxy, "POST", "/admin/tokens", {"id": "ci"}).status_code == 201
+        listed = {"type": "token", "tokens": [{"id": "ci", "token": "ci-token-0123456789"}]}
+        edit(tmp_path, lambda config: config["mcps"][0].update({"auth": listed}))
+        wait_for(lambda: bool(reload_events(proxy)))
+        (event,) = reload_events(proxy)
+        assert event["success"] is False
+        assert "mcps[0].auth.tokens[0].id: token id 'ci' is taken" in event["error"]
+        assert ping(proxy, "a", session(proxy, "a")) == 200, "the running config keeps serving"

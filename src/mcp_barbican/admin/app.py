@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from mcp_barbican.admin.models import MAX_SECONDS, IpRuleRequest, RotateRequest, TokenRequest, ToolCallRequest
 from mcp_barbican.admin.openapi import openapi_document
 from mcp_barbican.audit import EVENT_TYPES, AuditEvent, request_fields
-from mcp_barbican.config import McpConfig, masked_mcp, validate_model
+from mcp_barbican.config import SERVER_OWNER, McpConfig, format_path, masked_mcp, validate_model
 from mcp_barbican.exceptions import ConfigError, UpstreamError
 from mcp_barbican.metrics import CONTENT_TYPE, exposition
 from mcp_barbican.security.ipfilter import IpRule, RuleTableFull
@@ -434,8 +434,9 @@ class AdminApp:
         if expires_at is not None and not now < expires_at <= now + MAX_SECONDS:
             return error(400, "invalid_request", "expires_at: must be in the future, and within ten years")
         token_id = body.id or f"tok-{new_token()[1][:12]}"
-        if self.core.shields.issued.get(token_id) is not None:
-            return error(409, "conflict", f"a token with id {token_id!r} exists")
+        taken = self._id_taken(token_id)
+        if taken is not None:
+            return error(409, "conflict", taken)
         plaintext, digest = new_token()
         record = TokenRecord(token_id, digest, body.roles, body.mcps, expires_at, now, None, body.description)
         await self._save_token(record)
@@ -460,6 +461,9 @@ class AdminApp:
             return error(409, "conflict", f"token {old.id!r} is revoked or expired: issue a new one")
         plaintext, digest = new_token()
         successor_id = f"{old.id.partition('.')[0]}.{digest[:6]}"
+        while self._id_taken(successor_id) is not None:
+            plaintext, digest = new_token()
+            successor_id = f"{old.id.partition('.')[0]}.{digest[:6]}"
         successor = TokenRecord(successor_id, digest, old.roles, old.mcps, old.expires_at, now, None, old.description)
         ends = now + body.overlap
         previous = dataclasses.replace(old, expires_at=ends if old.expires_at is None else min(old.expires_at, ends))
@@ -467,6 +471,17 @@ class AdminApp:
         await self._save_token(previous)
         self.core.counters.tokens_generated += 1
         return 201, {"token": plaintext, **token_json(successor, now), "previous": token_json(previous, now)}
+
+    def _id_taken(self, token_id: str) -> str | None:
+        """Why `token_id` cannot be issued: principals are `token:{id}`, one id per credential."""
+        if self.core.shields.issued.get(token_id) is not None:
+            return f"a token with id {token_id!r} exists"
+        if token_id == SERVER_OWNER:
+            return f"token id {token_id!r} is reserved: token:server is the principal of server.auth.token"
+        listed = next((loc for loc, entry in self.core.config.listed_tokens() if entry.id == token_id), None)
+        if listed is not None:
+            return f"token id {token_id!r} is configured at {format_path(listed)}"
+        return None
 
     async def _save_token(self, record: TokenRecord) -> None:
         await self.core.storage.put_token(record)

@@ -32,7 +32,9 @@ ADMIN_REALM = "mcp-barbican-admin"
 
 def admin_tokens(admin: AdminConfig) -> StaticTokens:
     secrets = ([admin.token] if admin.token is not None else []) + list(admin.tokens)
-    return StaticTokens(StaticToken(f"admin-{i}", digest(s.get_secret_value())) for i, s in enumerate(secrets))
+    # Principals admin:0 (server.admin.token), admin:1 ... in order: never a client's token:{id}.
+    tokens = (StaticToken(str(i), digest(s.get_secret_value())) for i, s in enumerate(secrets))
+    return StaticTokens(tokens, kind="admin")
 
 
 class AdminGuard:

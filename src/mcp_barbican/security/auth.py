@@ -58,6 +58,7 @@ class AuthFailure:
 
     reason: str
     error: str = "invalid_token"
+    status: int = 401
 
 
 class Authenticator(Protocol):
@@ -96,6 +97,7 @@ class StaticTokens:
         *,
         issued: IssuedTokens | None = None,
         now: Callable[[], datetime] | None = None,
+        kind: str = "token",
     ) -> None:
         self.tokens = tuple(tokens)
         #: Tokens issued through the admin API, accepted besides the configured ones.
@@ -104,16 +106,20 @@ class StaticTokens:
         self._revoked: set[bytes] = set()
         # Built once: a frozen dataclass costs microseconds to make, per request.
         self._principals = {
-            token.sha256: Principal(id=f"token:{token.id}", kind="token", roles=token.roles, mcps=token.mcps)
+            token.sha256: Principal(id=f"{kind}:{token.id}", kind=kind, roles=token.roles, mcps=token.mcps)
             for token in self.tokens
         }
         self._now = now or (lambda: datetime.now(UTC))
 
     @classmethod
-    def from_config(cls, auth: AuthConfig, *, issued: IssuedTokens | None = None) -> StaticTokens:
+    def from_config(cls, auth: AuthConfig, *, owner: str, issued: IssuedTokens | None = None) -> StaticTokens:
+        """`owner` names the single `token`'s principal: `server` (server.auth) or `mcp:{id}` (an MCP's own).
+
+        Listed ids cannot hold ':' nor be `server`, so no listed or issued token shares its principal.
+        """
         tokens = []
         if auth.token is not None:
-            tokens.append(StaticToken("token", digest(auth.token.get_secret_value())))
+            tokens.append(StaticToken(owner, digest(auth.token.get_secret_value())))
         for entry in auth.tokens:
             if entry.token is not None:
                 hashed = digest(entry.token.get_secret_value())
@@ -172,6 +178,7 @@ class Authenticate:
         self.audit = audit
         self.authenticator = authenticator
         self.header = header.lower().encode("latin-1")
+        self._repeated = AuthFailure(f"more than one {header} header", "invalid_request", 400)
         self.prefix = prefix
         self.mcp_id = mcp_id
         self.counters = counters
@@ -212,7 +219,15 @@ class Authenticate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = self.header
         headers = scope["headers"]
-        raw: bytes | None = next((value for key, value in headers if key == name), None)
+        raw: bytes | None = None
+        for key, value in headers:
+            if key == name:
+                if raw is not None:
+                    # Ambiguous: another hop may read the other value. RFC 6750 section 3.1: a 400.
+                    self.counters.authentication_attempts += 1
+                    await self._refuse(scope, send, self._repeated)
+                    return
+                raw = value
         credential = bearer_credential(raw.decode("latin-1") if raw is not None else None, self.prefix)
         until = 0.0
         if isinstance(credential, AuthFailure):
@@ -267,4 +282,4 @@ class Authenticate:
         if self.audit is not None:
             await self._audit(scope, "authentication", False, None, failure.reason)
         headers = [(b"www-authenticate", self.challenge(failure, scope).encode("latin-1"))]
-        await json_error(send, 401, failure.error, failure.reason, headers)
+        await json_error(send, failure.status, failure.error, failure.reason, headers)

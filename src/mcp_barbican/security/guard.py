@@ -6,10 +6,10 @@ costs two or three, because the extra code pushes the rest of the request out of
 caches. Most requests are alike: an address the lists already admitted, no `Origin` (or no
 CORS), a credential accepted before and still valid, and tokens in every bucket. This layer
 decides those in one pass over the headers and hands them straight to the endpoint; every
-other request (any refusal, a preflight or browser request, a credential seen for the first
-time or changed since) goes through the layers, which decide in full. The fast path only
-ever admits what the layers would admit, with the same effects: tests send the same requests
-through both and compare answers, counters and audit events.
+other request (any refusal, a preflight or browser request, a repeated credential header, a
+credential seen for the first time or changed since) goes through the layers, which decide in
+full. The fast path only ever admits what the layers would admit, with the same effects: tests
+send the same requests through both and compare answers, counters and audit events.
 """
 
 from __future__ import annotations
@@ -67,20 +67,21 @@ class McpGuard:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         raw: bytes | None = None
         origin: bytes | None = None
+        repeated = False
         if name is not None:
             kept = []
             for header in headers:
                 key = header[0]
                 if key == name:
-                    if raw is None:
-                        raw = header[1]
+                    repeated = raw is not None
+                    raw = header[1]
                     continue
                 if key == _ORIGIN:
                     origin = header[1]
                 kept.append(header)
         elif self.cors is not None:
             origin = next((value for key, value in headers if key == _ORIGIN), None)
-        if origin is not None and self.cors is not None:
+        if repeated or origin is not None and self.cors is not None:
             await self.layers(scope, receive, send)
             return
         auth = self.auth

@@ -12,12 +12,17 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+from mcp_barbican.config import format_path
+from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.storage.base import TokenRecord
 
-__all__ = ["TOKEN_BYTES", "IssuedTokens", "new_token"]
+if TYPE_CHECKING:
+    from mcp_barbican.config import ProxyConfig
+
+__all__ = ["TOKEN_BYTES", "IssuedTokens", "check_listed_ids", "new_token"]
 
 #: 32 random bytes from the OS CSPRNG, URL-safe base64 (the seed's generator).
 TOKEN_BYTES: Final = 32
@@ -69,3 +74,16 @@ class IssuedTokens:
         if record.expires_at is not None and now >= record.expires_at:
             return "token expired", 0.0
         return principal, math.inf if record.expires_at is None else record.expires_at
+
+
+def check_listed_ids(config: ProxyConfig, issued: IssuedTokens) -> None:
+    """Refuse a config whose listed token id an issued token already has (both would be `token:{id}`).
+
+    An issued id stays taken once issued, revoked or not: audit events name it.
+    """
+    for loc, entry in config.listed_tokens():
+        if issued.get(entry.id) is not None:
+            raise ConfigError(
+                f"token id {entry.id!r} is taken by a token issued through the admin API: choose another id",
+                path=format_path(loc),
+            )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from mcp_barbican.admin import AdminApp
 from mcp_barbican.audit import AuditTrail, build_sinks
+from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.admin import AdminGuard, admin_tokens
 from mcp_barbican.security.auth import MISSING_CREDENTIALS, AuthFailure, bearer_credential
 from mcp_barbican.security.client_ip import ClientAddress
@@ -26,8 +27,9 @@ from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
 from mcp_barbican.security.ipfilter import DynamicRules, IpSet, IpVerdict, client_ip, decide
 from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata
 from mcp_barbican.security.principal import CLIENT_IP_KEY, Principal
+from mcp_barbican.security.tokens import check_listed_ids
 from mcp_barbican.server.endpoint import McpEndpoint
-from mcp_barbican.server.http import get_header, json_error, respond_json
+from mcp_barbican.server.http import get_header, json_error, repeated_header, respond_json
 from mcp_barbican.server.registry import Registry
 from mcp_barbican.server.runtime import McpRuntime
 from mcp_barbican.server.shields import Shields, resource_url
@@ -52,7 +54,7 @@ class McpRoute:
 
     def __init__(self, mcp: McpConfig, config: ProxyConfig, shields: Shields) -> None:
         self.mcp = mcp
-        self.runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout)
+        self.runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout, quota=shields.sessions)
         self.auth = config.effective_auth(mcp)
         security = config.effective_security(mcp)
         self._whitelist = IpSet.build(security.ip_whitelist) if security.ip_whitelist else None
@@ -135,6 +137,7 @@ class BarbicanApp:
         self.audit.start()
         for record in await self.storage.tokens():
             self.shields.issued.put(record)
+        check_listed_ids(self.config, self.shields.issued)
         await self.shields.start()
         for runtime in self.runtimes.values():
             runtime.start()
@@ -237,6 +240,10 @@ class BarbicanApp:
         ban), also when MCPs without auth still make the answer a 200: else this route would
         be a free oracle for guessing tokens.
         """
+        for name in sorted({r.auth.header for r in self.routes.values() if r.authenticator is not None}):
+            if repeated_header(scope, name.lower().encode("latin-1")):
+                await json_error(send, 400, "invalid_request", f"more than one {name} header")
+                return
         verdicts = [(route, await route.verdict(scope)) for route in self.routes.values()]
         reached = [
             r
@@ -293,6 +300,10 @@ class BarbicanApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
+                except ConfigError as exc:
+                    logger.error("start-up failed: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 except Exception as exc:
                     logger.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})

@@ -19,8 +19,9 @@ from mcp_barbican.audit.events import AuditEvent, arguments_for_audit, request_f
 from mcp_barbican.exceptions import UpstreamError
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.security.limits import header_bytes, json_violation
-from mcp_barbican.security.principal import principal_id
-from mcp_barbican.server.http import BodyTooLarge, get_header, query_param, read_body, respond, rpc_error
+from mcp_barbican.security.principal import CLIENT_IP_KEY, principal_id
+from mcp_barbican.server.http import BodyTooLarge, get_header, json_error, query_param, read_body, respond, rpc_error
+from mcp_barbican.server.quota import TooManySessions
 from mcp_barbican.server.runtime import CapacityError, McpRuntime
 from mcp_barbican.server.session import Session
 from mcp_barbican.server.streams import EventStream, priming_event
@@ -190,7 +191,10 @@ class McpEndpoint:
 
     async def _initialize(self, scope: Scope, receive: Receive, send: Send, msg: Message) -> None:
         try:
-            session = self.runtime.new_session(principal_id(scope))
+            session = self.runtime.new_session(principal_id(scope), client_ip=scope.get(CLIENT_IP_KEY))
+        except TooManySessions as exc:
+            await json_error(send, 429, "too_many_sessions", str(exc))
+            return
         except CapacityError as exc:
             await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), msg["id"], [(b"retry-after", b"5")])
             return
@@ -333,7 +337,10 @@ class McpEndpoint:
 
     async def legacy_connect(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            session = self.runtime.new_session(principal_id(scope), legacy_sse=True)
+            session = self.runtime.new_session(principal_id(scope), client_ip=scope.get(CLIENT_IP_KEY), legacy_sse=True)
+        except TooManySessions as exc:
+            await json_error(send, 429, "too_many_sessions", str(exc))
+            return
         except CapacityError as exc:
             await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), None, [(b"retry-after", b"5")])
             return
@@ -346,11 +353,31 @@ class McpEndpoint:
                 "more_body": True,
             }
         )
-        assert session.legacy_stream is not None
+        stream = session.legacy_stream
+        assert stream is not None
+        # A stream whose client never initializes only holds a slot: it ends after init_timeout.
+        self._init_deadline(session)
         try:
-            await self._pump(send, receive, session.legacy_stream, 1)
+            await self._pump(send, receive, stream, 1)
         finally:
             await self.runtime.close_session(session)
+
+    def _init_deadline(self, session: Session) -> None:
+        """Close a legacy stream after init_timeout unless an upstream session came of it (or is coming)."""
+        timeout = self.runtime.quota.init_timeout
+
+        def expire() -> None:
+            link = session.link
+            if session.closed or link is not None and link.init_result is not None:
+                return
+            if session.inflight:  # initialize is on its way upstream: look again later
+                asyncio.get_running_loop().call_later(timeout, expire)
+                return
+            logger.info("legacy SSE stream on %r closed: not initialized within init_timeout", self.runtime.id)
+            assert session.legacy_stream is not None
+            session.legacy_stream.close()
+
+        asyncio.get_running_loop().call_later(timeout, expire)
 
     async def legacy_post(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = await self._session(scope, send, query_param(scope, "session_id") or query_param(scope, "sessionId"))

@@ -17,6 +17,7 @@ __all__ = [
     "json_error",
     "query_param",
     "read_body",
+    "repeated_header",
     "respond",
     "respond_json",
     "rpc_error",
@@ -36,6 +37,17 @@ def get_header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value  # type: ignore[no-any-return]
     return None
+
+
+def repeated_header(scope: Scope, name: bytes) -> bool:
+    """Whether a header (`name` lowercase) is sent more than once (ambiguous where it matters)."""
+    seen = False
+    for key, _value in scope["headers"]:
+        if key == name:
+            if seen:
+                return True
+            seen = True
+    return False
 
 
 def query_param(scope: Scope, name: str) -> str | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from mcp_barbican.config import McpConfig, ProxyConfig, ServerConfig, check_files, validate_model
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.jwt import JwtVerifier
+from mcp_barbican.security.tokens import check_listed_ids
 from mcp_barbican.storage import McpRecord
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ class Registry:
         """An MCP definition checked as the config file would check it, against the current config."""
         mcp = validate_model(McpConfig, definition)
         others = tuple(m for m in self.core.config.mcps if m.id != mcp.id)
-        validate_model(ProxyConfig, {"server": self.core.config.server, "mcps": (*others, mcp)})
+        merged = validate_model(ProxyConfig, {"server": self.core.config.server, "mcps": (*others, mcp)})
+        check_listed_ids(merged, self.core.shields.issued)
         check_files(mcp)
         return mcp
 
@@ -170,9 +172,11 @@ class Registry:
         async with self._lock:
             registered = tuple(m for m in old.mcps if self.sources.get(m.id) == "api")
             merged = validate_model(ProxyConfig, {"server": new.server, "mcps": (*new.mcps, *registered)})
+            check_listed_ids(merged, self.core.shields.issued)
             before = {m.id: _effective(old, m) for m in old.mcps}
             self._set_config(merged.mcps, merged.server)
             self.core.rebuild_admin()
+            self.core.shields.sessions.configure(merged.server.limits)
             changes: list[str] = []
             for mcp_id in [i for i, source in self.sources.items() if source == "config" and merged.mcp(i) is None]:
                 await self._drop(mcp_id)

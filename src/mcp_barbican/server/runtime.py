@@ -22,6 +22,7 @@ from mcp_barbican.metrics import RequestStats
 from mcp_barbican.security.tools import tool_allowed
 from mcp_barbican.server.link import PROXY_CLIENT_CAPABILITIES, Link
 from mcp_barbican.server.pool import CapacityError, SharedLinks
+from mcp_barbican.server.quota import SessionQuota, TooManySessions, holder_key
 from mcp_barbican.server.session import Session
 from mcp_barbican.server.streams import EventStream
 from mcp_barbican.upstream import open_channel
@@ -59,10 +60,12 @@ def _proxy_init_params(capabilities: dict[str, Any], version: str | None = None)
 class McpRuntime:
     """Status, links and sessions of one MCP."""
 
-    def __init__(self, mcp: McpConfig, *, idle_timeout: float) -> None:
+    def __init__(self, mcp: McpConfig, *, idle_timeout: float, quota: SessionQuota) -> None:
         self.mcp = mcp
         self.id = mcp.id
         self.idle_timeout = idle_timeout
+        #: Sessions per principal, shared by every MCP of the listener.
+        self.quota = quota
         self.status = "connecting"
         self.last_error: str | None = None
         self.tool_count: int | None = None
@@ -192,17 +195,28 @@ class McpRuntime:
 
     # -- sessions ----------------------------------------------------------------------
 
-    def new_session(self, principal: str | None, *, legacy_sse: bool = False) -> Session:
+    def new_session(self, principal: str | None, *, client_ip: str | None, legacy_sse: bool = False) -> Session:
+        """A session for `principal` (None: no authentication, counted per `client_ip`)."""
         shared = self.mcp.session_mode == "shared"
         limit = MAX_SHARED_CLIENTS if shared else self.mcp.max_sessions
+        holder = holder_key(principal, client_ip)
+        if not self.quota.take(holder):
+            who = "this address" if principal is None else f"principal {principal!r}"
+            raise TooManySessions(
+                f"{who} already holds {self.quota.cap} sessions (server.limits.max_sessions_per_principal): "
+                "end one (DELETE) before opening another"
+            )
         if len(self.sessions) >= limit:
+            self.quota.release(holder)
             raise CapacityError(f"MCP {self.id!r} already has {len(self.sessions)} sessions (max_sessions {limit})")
         if shared and not self.shared.has_room(principal):
+            self.quota.release(holder)
             raise CapacityError(
                 f"MCP {self.id!r} already has {self.mcp.max_sessions} upstream sessions in use, one per principal "
                 "(max_sessions)"
             )
         session = Session(self.id, principal, legacy_sse=legacy_sse)
+        session.holder = holder
         self.sessions[session.id] = session
         return session
 
@@ -303,6 +317,8 @@ class McpRuntime:
             return
         session.closed = True
         self.sessions.pop(session.id, None)
+        if session.holder is not None:
+            self.quota.release(session.holder)
         session.end_streams()
         link = session.link
         if link is None:

@@ -38,6 +38,8 @@ class Session:
         self.link: Link | None = None
         self.created = self.last_seen = time.monotonic()
         self.closed = False
+        #: What the session counts against in the per-principal quota (None: not counted).
+        self.holder: str | None = None
         self.initialized = False
         self.protocol_version: str | None = None
         self.capabilities: dict[str, Any] = {}

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from mcp_barbican.audit import AuditEvent, AuditTrail
+from mcp_barbican.config import SERVER_OWNER
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.auth import MISSING_CREDENTIALS, Authenticate, Authenticator, AuthFailure, StaticTokens
 from mcp_barbican.security.bans import AuthFailureTracker
@@ -37,6 +38,7 @@ from mcp_barbican.security.oauth import metadata_url, www_authenticate
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
 from mcp_barbican.security.tokens import IssuedTokens
 from mcp_barbican.server.http import get_header
+from mcp_barbican.server.quota import SessionQuota
 from mcp_barbican.types import ASGIApp, Scope
 
 if TYPE_CHECKING:
@@ -67,6 +69,8 @@ class Shields:
         self.verifiers: list[JwtVerifier] = []
         #: Client tokens issued through the admin API; every token-auth MCP accepts them (within their scope).
         self.issued = IssuedTokens()
+        #: Downstream sessions per principal, across every MCP (server.limits.max_sessions_per_principal).
+        self.sessions = SessionQuota(config.server.limits)
         self._bans: dict[BanConfig, AuthFailureTracker] = {}
         self._limiters: dict[tuple[int, int], RateLimiter] = {}
         self._unfollow: Callable[[], None] | None = None
@@ -173,7 +177,8 @@ class Shields:
 
     def authenticator(self, auth: AuthConfig, mcp: McpConfig) -> Authenticator:
         if auth.type == "token":
-            return StaticTokens.from_config(auth, issued=self.issued)
+            owner = SERVER_OWNER if mcp.auth is None else f"mcp:{mcp.id}"
+            return StaticTokens.from_config(auth, owner=owner, issued=self.issued)
         if auth.type in ("jwt", "oauth2") and auth.jwt is not None:
             verifier = JwtVerifier(auth.jwt)
             self.verifiers.append(verifier)

@@ -1,0 +1,89 @@
+"""Principal ids are unique per credential (DESIGN section 2): what each kind of token stands for."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from mcp_barbican.config import ProxyConfig, validate_model
+from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.security.admin import admin_tokens
+from mcp_barbican.security.principal import Principal
+from mcp_barbican.security.tokens import IssuedTokens, check_listed_ids
+from mcp_barbican.server.shields import Shields
+from mcp_barbican.storage.base import TokenRecord
+
+# Before the fix every single `token` was `token:token`, and a token listed or issued as `token` was too.
+CONFIG: dict[str, Any] = {
+    "server": {
+        "storage": {"type": "memory"},
+        "auth": {"type": "token", "token": "server-token", "tokens": [{"id": "token", "token": "listed-token"}]},
+        "admin": {"token": "admin-token", "tokens": ["admin-token-2"]},
+    },
+    "mcps": [
+        {"id": "a", "command": "x", "auth": {"type": "token", "token": "a-token"}},
+        {
+            "id": "b",
+            "command": "x",
+            "auth": {"type": "token", "token": "b-token", "tokens": [{"id": "ci", "token": "ci"}]},
+        },
+        {"id": "c", "command": "x"},
+    ],
+}
+
+
+def issued(token_id: str, token: str) -> TokenRecord:
+    return TokenRecord(token_id, hashlib.sha256(token.encode()).hexdigest())
+
+
+@pytest.fixture
+def shields() -> Shields:
+    shields = Shields(validate_model(ProxyConfig, CONFIG))
+    shields.issued.put(issued("issued", "issued-token"))
+    return shields
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("mcp", "credential", "principal"),
+    [
+        ("a", "a-token", "token:mcp:a"),
+        ("b", "b-token", "token:mcp:b"),
+        ("b", "ci", "token:ci"),
+        ("c", "server-token", "token:server"),
+        ("c", "listed-token", "token:token"),
+        ("a", "issued-token", "token:issued"),
+        ("c", "issued-token", "token:issued"),
+    ],
+)
+async def test_each_credential_has_its_own_principal(
+    shields: Shields, mcp: str, credential: str, principal: str
+) -> None:
+    config = shields.config
+    found = config.mcp(mcp)
+    assert found is not None
+    verdict = await shields.authenticator(config.effective_auth(found), found).authenticate(credential)
+    assert isinstance(verdict, Principal)
+    assert verdict.id == principal
+
+
+@pytest.mark.anyio
+async def test_admin_tokens_are_admin_principals() -> None:
+    tokens = admin_tokens(validate_model(ProxyConfig, CONFIG).server.admin)
+    first, second = [await tokens.authenticate(t) for t in ("admin-token", "admin-token-2")]
+    assert isinstance(first, Principal) and isinstance(second, Principal)
+    assert (first.id, second.id) == ("admin:0", "admin:1"), "never a client's token:{id}"
+
+
+def test_a_listed_id_that_an_issued_token_has_is_refused_with_its_key_path() -> None:
+    config = validate_model(ProxyConfig, CONFIG)
+    book = IssuedTokens()
+    book.put(issued("other", "x"))
+    check_listed_ids(config, book)
+    book.put(issued("ci", "y"))
+    with pytest.raises(ConfigError) as caught:
+        check_listed_ids(config, book)
+    assert caught.value.path == "mcps[1].auth.tokens[0].id"
+    assert "issued through the admin API" in str(caught.value)
