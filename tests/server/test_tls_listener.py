@@ -585,7 +585,7 @@ def test_the_runners_listener_gives_the_app_the_client_certificate(
     server_config, _core = uvicorn_config(config)
     assert issubclass(server_config.http, BarbicanHttpProtocol)  # type: ignore[arg-type]
     seen: list[dict[str, Any]] = []
-    proxy_app = server_config.app
+    proxy_app: Any = server_config.app
 
     async def recording(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -323,20 +323,47 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
 
     def _head_overdue(self) -> None:
         self._head_open = False
-        if self._head_bytes or self._head_uncounted:  # the client is mid-request: tell it why
-            reason = f"the request head took longer than server.limits.header_timeout ({self.header_timeout:g}s)"
-            self._refuse(refusal(408, "request_timeout", reason))
-        else:
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if busy or not (self._head_bytes or self._head_uncounted):
+            # A response still being written is cut (the client stopped mid-request meanwhile); nothing
+            # is answered to a connection that asked nothing.
             self.transport.close()
+            return
+        reason = f"the request head took longer than server.limits.header_timeout ({self.header_timeout:g}s)"
+        self._answer_and_close(refusal(408, "request_timeout", reason))
 
     def _refuse(self, answer: bytes) -> None:
-        """Answer (unless a response is already under way on this connection) and close."""
+        """Refuse the head being read: nothing more is parsed; answered once earlier responses are done."""
         self._head_open = False
-        if self.cycle is None or self.cycle.response_complete:
+        self.parser = cast("httptools.HttpRequestParser", _DISCARD)
+        last = self.cycle
+        if last is None or (last.response_complete and not self.pipeline):
+            self._answer_and_close(answer)
+            return
+        # Pipelined requests before this one are answered first, in order; the last one ends with ours.
+        self.flow.pause_reading()
+        then = last.on_response
+
+        def answer_after_last_response() -> None:
+            then()
+            self._answer_and_close(answer)
+
+        last.on_response = answer_after_last_response
+
+    def _answer_and_close(self, answer: bytes) -> None:
+        if not self.transport.is_closing():
             self.transport.write(answer)
-        self.transport.close()
+            self.transport.close()
 
 
+class _Discard:
+    """Stands in for the parser once a head is refused: what follows is never parsed."""
+
+    def feed_data(self, data: bytes) -> None:
+        del data
+
+
+_DISCARD: Final = _Discard()
 _TOO_LARGE: Final = "header_fields_too_large"
 
 
