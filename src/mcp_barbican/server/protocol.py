@@ -183,9 +183,11 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
     - The head (request line and headers) is bounded while it arrives: bytes read while it is
       incomplete are added up per read (one addition), so a head that is still incomplete past
       `max_header_bytes` is refused without buffering the rest, and a head that completes inside
-      a read is measured exactly only when that read could hold more than the limit.
-      `max_headers` is checked once the head is complete (the byte limit bounds it before).
-      Both answer 431 and close.
+      a read is measured exactly only when that read could hold more than the limit. A pipelined
+      head that begins inside the read ending the request before it is counted from the next
+      read (so, incomplete, it can pass the limit by less than one read) and measured exactly
+      when complete. `max_headers` is checked once the head is complete (the byte limit bounds
+      it before). Both answer 431 (after the responses to earlier pipelined requests) and close.
     - `header_timeout` runs from the connection's start, or from the first byte after an idle
       keep-alive connection (idle time is uvicorn's `timeout_keep_alive`), to the end of the head.
     - `body_timeout`: no byte of an unfinished request body for that long while the listener is
@@ -248,7 +250,6 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
             if not self._head_since:
                 # The first byte after an idle keep-alive: a new head starts with this read.
                 self._head_since = self.loop.time()
-                self._head_uncounted = False
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -275,13 +276,16 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
             extensions["tls"] = dict(self.tls_extension)
         self.scope["extensions"] = extensions
         if not self._head_since:
+            # Begun inside a read that ended the previous request (pipelined): that read was not counted.
             self._head_since = self.loop.time()
+            self._head_uncounted = True
 
     def on_headers_complete(self) -> None:
-        if (self._head_bytes > self.max_header_bytes or self._head_uncounted) and len(self.url) + header_bytes(
-            self.headers
-        ) > self.max_header_bytes:
-            raise _Refused(_too_large(self.max_header_bytes))
+        if self._head_bytes > self.max_header_bytes or self._head_uncounted:
+            # The reads counted may hold more than this head (a body, the next request): measure it.
+            self._head_uncounted = False
+            if len(self.url) + header_bytes(self.headers) > self.max_header_bytes:
+                raise _Refused(_too_large(self.max_header_bytes))
         if len(self.headers) > self.max_headers:
             limit = self.max_headers
             raise _Refused(refusal(431, _TOO_LARGE, f"more headers than server.limits.max_headers ({limit})"))
@@ -298,7 +302,6 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
         self._head_open = True
         self._head_bytes = 0
         self._head_since = 0.0
-        self._head_uncounted = True
 
     def check_deadlines(self, now: float) -> None:
         """Close the connection if its head or its body is overdue (called by the guard's sweeper)."""
