@@ -156,6 +156,14 @@ def test_a_head_within_the_limits_is_served(proxy: RunningProxy, extra: bytes) -
         assert response is not None and response[0] == 200
 
 
+def test_a_small_head_with_a_big_body_in_the_same_read_is_served(proxy: RunningProxy) -> None:
+    with connect(proxy.port) as sock:
+        body = b"x" * 60_000  # the read holds more than max_header_bytes; the head itself is small
+        sock.sendall(head(proxy, method="POST", extra=b"Content-Length: %d\r\n" % len(body)) + b"\r\n" + body)
+        response = read_response(sock)
+        assert response is not None and response[0] == 200
+
+
 def test_the_next_head_on_a_keep_alive_connection_is_bounded_too(proxy: RunningProxy) -> None:
     with connect(proxy.port) as sock:
         sock.sendall(head(proxy) + b"\r\n")

@@ -89,3 +89,20 @@ def test_a_refusal_is_a_whole_json_answer_that_closes() -> None:
     assert head_bytes.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
     assert b"\r\nconnection: close" in head_bytes and b"content-length: %d" % len(body) in head_bytes
     assert json.loads(body) == {"error": "header_fields_too_large", "message": "too big"}
+
+
+class Failing(Connection):
+    def check_deadlines(self, now: float) -> None:
+        raise RuntimeError("broken")
+
+
+@pytest.mark.anyio
+async def test_one_failing_check_does_not_stop_the_sweeper(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    guard = ListenerGuard(ListenerLimits(header_timeout=0.2))
+    healthy = Connection()
+    assert guard.admit(Failing(), 6001, loop) and guard.admit(healthy, 6001, loop)
+    await asyncio.sleep(0.3)
+    assert len(healthy.checked) >= 2
+    assert "checking a connection's deadlines failed: broken" in caplog.text
+    assert "Traceback" not in caplog.text

@@ -73,12 +73,15 @@ class ListenerGuard:
         return [connection for open_here in self.listeners.values() for connection in open_here]
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
         connections = self.open_connections()
-        for connection in connections:
-            connection.check_deadlines(now)
-        # Stop when idle: the next connection starts the sweeper again.
+        # Re-armed first, so one failing check never stops the timeouts; idle, it stops until the next connection.
         self._timer = loop.call_later(self.interval, self._sweep, loop) if connections else None
+        now = loop.time()
+        for connection in connections:
+            try:
+                connection.check_deadlines(now)
+            except Exception as exc:  # one connection's failure must not end the sweep
+                logger.error("listener: checking a connection's deadlines failed: %s", exc)
 
     def _log_refusal(self, port: int) -> None:
         now = time.monotonic()
