@@ -344,3 +344,15 @@ def test_connections_over_max_connections_are_refused_at_once(capped: tuple[Runn
         held.pop().close()
         admitted(proxy).close()  # the freed slot goes to a new connection
     assert "server.limits.max_connections (3) reached" in proxy.log_text()
+
+
+def test_a_refused_head_counts_as_an_input_limit_rejection(capped: tuple[RunningProxy, int]) -> None:
+    proxy, admin_port = capped
+    with connect(proxy.port) as sock:
+        sock.sendall(head(proxy) + b"".join(b"X-%d: v\r\n" % n for n in range(200)) + b"\r\n")
+        assert refusal(read_response(sock))[0] == 431
+    answer = httpx2.get(
+        f"http://127.0.0.1:{admin_port}/admin/security/metrics", headers={"Authorization": f"Bearer {TOKEN}-admin"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["requests_rejected_limits"] == 1

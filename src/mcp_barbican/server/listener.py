@@ -19,6 +19,8 @@ from mcp_barbican.config import ListenerLimits
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from mcp_barbican.security.counters import SecurityCounters
+
 __all__ = ["Guarded", "ListenerGuard", "sweep_interval"]
 
 logger = logging.getLogger(__name__)
@@ -44,8 +46,9 @@ class Guarded(Protocol):
 class ListenerGuard:
     """Open connections per listening port, and the sweeper that enforces the timeouts."""
 
-    def __init__(self, limits: ListenerLimits) -> None:
+    def __init__(self, limits: ListenerLimits, counters: SecurityCounters | None = None) -> None:
         self.limits = limits
+        self.counters = counters
         self.interval = sweep_interval(limits)
         self.listeners: dict[int, set[Guarded]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -63,6 +66,12 @@ class ListenerGuard:
             self._timer_loop = loop
             self._timer = loop.call_later(self.interval, self._sweep, loop)
         return True
+
+    def refused_head(self) -> None:
+        """A head over a limit was refused (431): an input limit, as the per-MCP limits count it."""
+        if self.counters is not None:
+            self.counters.requests_rejected_limits += 1
+            self.counters.violation()
 
     def release(self, connection: Guarded, port: int) -> None:
         open_here = self.listeners.get(port)

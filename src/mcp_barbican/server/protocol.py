@@ -34,6 +34,8 @@ from mcp_barbican.server.tls import tls_scope_extension
 if TYPE_CHECKING:
     from uvicorn._types import ASGISendEvent
 
+    from mcp_barbican.security.counters import SecurityCounters
+
 __all__ = [
     "HEAD_HEADERS_EXTENSION",
     "RESPONSE_HEADERS_KEY",
@@ -342,6 +344,7 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
     def _refuse(self, answer: bytes) -> None:
         """Refuse the head being read: nothing more is parsed; answered once earlier responses are done."""
         self._head_open = False
+        self.guard.refused_head()
         self.parser = cast("httptools.HttpRequestParser", _DISCARD)
         last = self.cycle
         if last is None or (last.response_complete and not self.pipeline):
@@ -378,11 +381,11 @@ def _too_large(limit: int) -> bytes:
     return refusal(431, _TOO_LARGE, f"the request head is over server.limits.max_header_bytes ({limit} bytes)")
 
 
-def listener_protocol(limits: ListenerLimits) -> type[BarbicanHttpProtocol]:
-    """The protocol class serving with these limits (uvicorn instantiates the class itself)."""
+def listener_protocol(limits: ListenerLimits, counters: SecurityCounters | None = None) -> type[BarbicanHttpProtocol]:
+    """The protocol class serving with these limits, counting refused heads in `counters` (uvicorn makes instances)."""
 
     class Configured(BarbicanHttpProtocol):
-        guard = ListenerGuard(limits)
+        guard = ListenerGuard(limits, counters)
         max_header_bytes = limits.max_header_bytes
         max_headers = limits.max_headers
         header_timeout = limits.header_timeout

@@ -41,7 +41,7 @@ def uvicorn_config(
         port=config.server.port,
         loop="uvloop",
         # One protocol class: head headers, the TLS extension and server.limits (server/protocol.py).
-        http=listener_protocol(config.server.limits),
+        http=listener_protocol(config.server.limits, core.counters),
         # No route serves WebSocket; an upgraded connection would leave the listener's limits behind.
         ws="none",
         lifespan="on",
