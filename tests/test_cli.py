@@ -427,6 +427,24 @@ def test_serve_says_which_port_is_taken_and_never_that_it_listens(tmp_path: Path
     assert "Traceback" not in output
 
 
+def test_bind_listens_on_every_address_a_name_resolves_to() -> None:
+    from mcp_barbican.server.runner import bind
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    expected = {info[4][0] for info in socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)}
+    sockets = bind("localhost", port, "server.port")
+    try:
+        assert {sock.getsockname()[0] for sock in sockets} == expected
+        assert {sock.getsockname()[1] for sock in sockets} == {port}
+        with pytest.raises(ConfigError, match=r"^server\.port: port \d+ on localhost is already in use"):
+            bind("localhost", port, "server.port")
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # The banner's examples work against a real MCP server that demands the Authorization header
 
