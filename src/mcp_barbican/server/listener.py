@@ -4,7 +4,7 @@
 listening port (`max_connections` is per listener, so a flood on the data plane cannot lock the
 operator out of a separate admin listener) and one coarse sweeper. Instead of a timer per
 request, the sweeper wakes every `sweep_interval()` and asks each connection whether its head
-or its body is overdue, so the request path only stores a timestamp or bumps a counter.
+or its body is overdue (reading the clock itself), so the request path only counts.
 """
 
 from __future__ import annotations

@@ -195,13 +195,14 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
       when complete. `max_headers` is checked once the head is complete (the byte limit bounds
       it before). Both answer 431 (after the responses to earlier pipelined requests) and close.
     - `header_timeout` runs from the connection's start, or from the first byte after an idle
-      keep-alive connection (idle time is uvicorn's `timeout_keep_alive`), to the end of the head.
+      keep-alive connection (as the next sweep sees it; idle time is uvicorn's
+      `timeout_keep_alive`), to the end of the head.
     - `body_timeout`: no byte of an unfinished request body for that long while the listener is
       ready to take more (not paused by flow control, not waiting to send `100 Continue`).
     - `max_connections` per listening port: a connection over it gets 503 and is closed at once.
 
-    Timeouts are checked by the `ListenerGuard` sweeper, so the request path only stores a clock
-    reading per request. Build the class for a server with `listener_protocol(limits)`: uvicorn
+    Timeouts are checked by the `ListenerGuard` sweeper, which also reads the clock, so the request
+    path only adds and compares integers. Build the class for a server with `listener_protocol(limits)`: uvicorn
     instantiates it itself. This base class enforces the defaults.
     """
 
@@ -221,7 +222,8 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
     #: The head began inside a read whose bytes were not counted (a pipelined request): measure it
     #: exactly when complete.
     _head_uncounted = False
-    #: When the current head's clock started (0: not running, an idle keep-alive connection).
+    #: When the current head's clock started: at the connection's start, else at the first sweep that
+    #: sees bytes of it (0: not running, an idle keep-alive connection).
     _head_since = 0.0
     #: Reads so far, and as the sweeper last saw them (body progress), and since when it saw none.
     _reads = 0
@@ -253,9 +255,6 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         self._reads += 1
         if self._head_open:
-            if not self._head_since:
-                # The first byte after an idle keep-alive: a new head starts with this read.
-                self._head_since = self.loop.time()
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -277,13 +276,12 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        extensions: dict[str, dict[object, object]] = {HEAD_HEADERS_EXTENSION: {}}
-        if self.tls_extension is not None:
-            extensions["tls"] = dict(self.tls_extension)
-        self.scope["extensions"] = extensions
-        if not self._head_since:
-            # Begun inside a read that ended the previous request (pipelined): that read was not counted.
-            self._head_since = self.loop.time()
+        if self.tls_extension is None:
+            self.scope["extensions"] = {HEAD_HEADERS_EXTENSION: {}}
+        else:
+            self.scope["extensions"] = {HEAD_HEADERS_EXTENSION: {}, "tls": dict(self.tls_extension)}
+        if not self._head_bytes:
+            # Begun inside the read that ended the previous request (pipelined): that read was not counted.
             self._head_uncounted = True
 
     def on_headers_complete(self) -> None:
@@ -312,8 +310,12 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
     def check_deadlines(self, now: float) -> None:
         """Close the connection if its head or its body is overdue (called by the guard's sweeper)."""
         if self._head_open:
-            if self._head_since and now - self._head_since > self.header_timeout:
-                self._head_overdue()
+            if self._head_since:
+                if now - self._head_since > self.header_timeout:
+                    self._head_overdue()
+            elif self._head_bytes or self._head_uncounted:
+                # A new head on a keep-alive connection: its clock starts now (within one sweep of its first byte).
+                self._head_since = now
             return
         cycle = self.cycle
         if (
