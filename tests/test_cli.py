@@ -400,6 +400,54 @@ def test_serve_reports_config_errors_from_the_runner(
     assert error_line(capsys.readouterr().err) == "error: server.tls.cert_file: cannot load certificate"
 
 
+@pytest.mark.parametrize(
+    ("key", "fix"),
+    [("server.port", "pick another with --port"), ("server.admin.port", "pick another server.admin.port")],
+)
+def test_serve_says_which_port_is_taken_and_never_that_it_listens(tmp_path: Path, key: str, fix: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            other = probe.getsockname()[1]
+        server: dict[str, Any] = {"host": "127.0.0.1", "port": busy, "auth": {"type": "token", "token": "t" * 32}}
+        if key == "server.admin.port":
+            server.update(port=other, admin={"port": busy, "token": "a" * 32})
+        path = write_config(tmp_path, yaml.safe_dump({"server": server, "mcps": [{"id": "a", "command": "true"}]}))
+        result = subprocess.run(
+            [sys.executable, "-m", "mcp_barbican", "serve", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert error_line(result.stderr) == f"error: {key}: port {busy} on 127.0.0.1 is already in use; {fix}"
+    assert "listening" not in output
+    assert "Traceback" not in output
+
+
+def test_bind_listens_on_every_address_a_name_resolves_to() -> None:
+    from mcp_barbican.server.runner import bind
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    expected = {info[4][0] for info in socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)}
+    sockets = bind("localhost", port, "server.port")
+    try:
+        assert {sock.getsockname()[0] for sock in sockets} == expected
+        assert {sock.getsockname()[1] for sock in sockets} == {port}
+        with pytest.raises(ConfigError, match=r"^server\.port: port \d+ on localhost is already in use"):
+            bind("localhost", port, "server.port")
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # The banner's examples work against a real MCP server that demands the Authorization header
 

@@ -144,13 +144,23 @@ def test_status_line_matches_uvicorn(status: int) -> None:
     assert status_line(status) == STATUS_LINE[status]
 
 
-def test_the_runner_serves_through_it() -> None:
+def test_the_runner_serves_through_it_with_the_configured_limits() -> None:
+    limits = {"max_header_bytes": "8KiB", "max_headers": 50, "header_timeout": "3s", "body_timeout": "4s"}
     config = validate_model(
         ProxyConfig,
-        {"server": {"storage": {"type": "memory"}}, "mcps": [{"id": "a", "command": "true", "auth": {"type": "none"}}]},
+        {
+            "server": {"storage": {"type": "memory"}, "limits": {**limits, "max_connections": 7}},
+            "mcps": [{"id": "a", "command": "true", "auth": {"type": "none"}}],
+        },
     )
     server_config, _core = uvicorn_config(config)
-    assert server_config.http is BarbicanHttpProtocol
+    http = server_config.http
+    assert isinstance(http, type) and issubclass(http, BarbicanHttpProtocol)
+    assert (http.max_header_bytes, http.max_headers, http.header_timeout, http.body_timeout) == (8192, 50, 3.0, 4.0)
+    assert http.guard.limits.max_connections == 7
+    assert server_config.ws == "none"
+    # Each config gets its own class: connection counts are never shared between servers.
+    assert uvicorn_config(config)[0].http is not http
 
 
 @pytest.mark.anyio

@@ -19,12 +19,13 @@ import trustme
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 
-from mcp_barbican.config import ServerTLSConfig
+from mcp_barbican.config import ListenerLimits, ProxyConfig, ServerTLSConfig, validate_model
 from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.server.protocol import HEAD_HEADERS_EXTENSION, BarbicanHttpProtocol, listener_protocol
+from mcp_barbican.server.runner import uvicorn_config
 from mcp_barbican.server.tls import (
     DEFAULT_TLS12_CIPHERS,
     CertReloader,
-    TLSScopeHttpToolsProtocol,
     configure_uvicorn_tls,
     rfc4514_name,
     server_ssl_context,
@@ -84,11 +85,12 @@ async def tls_echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 @contextmanager
 def serving(context: ssl.SSLContext, *, loop: str = "uvloop") -> Iterator[int]:
-    """uvicorn as the runner sets it up (uvloop, httptools), with `context`, on a free port."""
+    """uvicorn with the runner's protocol class, with `context`, on a free port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen()  # connections queue here until uvicorn accepts them: no start-up wait needed
-    config = uvicorn.Config(tls_echo, loop=loop, http="httptools", lifespan="off", log_config=None, access_log=False)
+    http = listener_protocol(ListenerLimits())
+    config = uvicorn.Config(tls_echo, loop=loop, http=http, lifespan="off", log_config=None, access_log=False)
     configure_uvicorn_tls(config, context)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -526,19 +528,13 @@ def test_the_reloader_needs_files_to_watch(pki: Pki) -> None:
 # uvicorn wiring and the scope extension
 
 
-@pytest.mark.parametrize(
-    ("http", "expected"),
-    [
-        pytest.param("httptools", TLSScopeHttpToolsProtocol, id="httptools"),
-        pytest.param("auto", TLSScopeHttpToolsProtocol, id="auto"),
-        pytest.param("h11", "h11", id="h11-left-alone"),
-    ],
-)
-def test_configure_uvicorn_tls(pki: Pki, http: str, expected: object) -> None:
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_configure_uvicorn_tls_sets_the_context_and_leaves_the_protocol_alone(pki: Pki, http: str) -> None:
+    # The `tls` extension is the protocol class's (BarbicanHttpProtocol), never a swapped-in class.
     context = server_ssl_context(pki.config())
     config = uvicorn.Config(tls_echo, http=http, log_config=None)
     configure_uvicorn_tls(config, context)
-    assert config.http == expected
+    assert config.http == http
     config.load()
     assert config.ssl is context
     assert config.is_ssl
@@ -573,3 +569,50 @@ def test_a_plain_connection_has_no_tls_extension() -> None:
 )
 def test_rfc4514_name(subject: Any, name: str) -> None:
     assert rfc4514_name(subject) == name
+
+
+# ---------------------------------------------------------------------------------------------
+# The listener the runner really builds
+
+
+def test_the_runners_listener_gives_the_app_the_client_certificate(
+    pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    tls = {"cert_file": str(pki.cert_file), "key_file": str(pki.key_file), "ca_file": str(pki.ca_file)}
+    settings = {"storage": {"type": "memory"}, "tls": {**tls, "client_auth": "required"}}
+    config = validate_model(ProxyConfig, {"server": settings, "mcps": []})
+    server_config, _core = uvicorn_config(config)
+    assert issubclass(server_config.http, BarbicanHttpProtocol)  # type: ignore[arg-type]
+    seen: list[dict[str, Any]] = []
+    proxy_app: Any = server_config.app
+
+    async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["extensions"])
+        await proxy_app(scope, receive, send)
+
+    server_config.app = recording
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    server = uvicorn.Server(server_config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        client = client_context(pki, cert=pki.ca.issue_cert("agent-9@example.test", common_name="agent-9"))
+        with socket.create_connection(sock.getsockname(), timeout=10) as raw:
+            with client.wrap_socket(raw, server_hostname="localhost") as tls_sock:
+                tls_sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := tls_sock.recv(65536):
+                    data += chunk
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    (extensions,) = seen
+    assert extensions["tls"]["client_cert_name"].startswith("CN=agent-9,")
+    assert extensions["tls"]["client_cert_chain"]
+    assert HEAD_HEADERS_EXTENSION in extensions  # both extensions on one request

@@ -35,6 +35,8 @@ Source = Literal["config", "api"]
 RESTART_ONLY: Final = (
     "host", "port", "tls", "storage", "audit", "trusted_proxies", "allowed_hosts", "session_idle_timeout",
 )  # fmt: skip
+#: server.limits the listener reads once, when it starts (server/protocol.py).
+LISTENER_LIMITS: Final = ("max_header_bytes", "max_headers", "header_timeout", "body_timeout", "max_connections")
 
 
 def _effective(config: ProxyConfig, mcp: McpConfig) -> tuple[McpConfig, object, object]:
@@ -162,6 +164,11 @@ class Registry:
         changed = [f"server.{name}" for name in RESTART_ONLY if getattr(new.server, name) != getattr(old.server, name)]
         if new.server.admin.port != old.server.admin.port:
             changed.append("server.admin.port")
+        changed += [
+            f"server.limits.{name}"
+            for name in LISTENER_LIMITS
+            if getattr(new.server.limits, name) != getattr(old.server.limits, name)
+        ]
         if changed:
             raise ConfigError(f"{', '.join(changed)} changed: restart to apply (nothing was reloaded)")
         clash = sorted(m.id for m in new.mcps if self.sources.get(m.id) == "api")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -10,15 +11,16 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.server.app import BarbicanApp, build_app
-from mcp_barbican.server.protocol import BarbicanHttpProtocol
+from mcp_barbican.server.protocol import listener_protocol
 from mcp_barbican.server.reload import Reloader
 from mcp_barbican.server.tls import CertReloader, configure_uvicorn_tls, server_ssl_context
 
 if TYPE_CHECKING:
     from mcp_barbican.config import ProxyConfig
 
-__all__ = ["run", "uvicorn_config"]
+__all__ = ["bind", "run", "uvicorn_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,10 @@ def uvicorn_config(
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",
-        http=BarbicanHttpProtocol,
+        # One protocol class: head headers, the TLS extension and server.limits (server/protocol.py).
+        http=listener_protocol(config.server.limits, core.counters),
+        # No route serves WebSocket; an upgraded connection would leave the listener's limits behind.
+        ws="none",
         lifespan="on",
         # Client addresses come from the socket; forwarded headers only via trusted_proxies.
         proxy_headers=False,
@@ -57,9 +62,32 @@ def uvicorn_config(
     return server_config, core
 
 
-def listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=2048)
+def bind(host: str, port: int, key: str) -> list[socket.socket]:
+    """Listening sockets on every address `host` names; a ConfigError naming `key` if one cannot be bound.
+
+    Bound before anything says "listening", and handed to uvicorn, so there is no window between
+    checking a port and using it.
+    """
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve {host!r}: {exc.strerror}", path="server.host") from exc
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in dict.fromkeys((info[0], info[4]) for info in found):
+            sockets.append(socket.create_server(address, family=family, backlog=2048))
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ConfigError(_bind_failure(host, port, key, exc), path=key) from exc
+    return sockets
+
+
+def _bind_failure(host: str, port: int, key: str, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        fix = "pick another with --port" if key == "server.port" else f"pick another {key}"
+        return f"port {port} on {host} is already in use; {fix}"
+    return f"cannot listen on {host} port {port}: {exc.strerror or exc}"
 
 
 def run(config: ProxyConfig, *, reload: tuple[Path, Callable[[], ProxyConfig]] | None = None) -> None:
@@ -67,13 +95,13 @@ def run(config: ProxyConfig, *, reload: tuple[Path, Callable[[], ProxyConfig]] |
     server_config, _core = uvicorn_config(config, reload=reload)
     scheme = "https" if server_config.is_ssl else "http"
     host, port, admin_port = config.server.host, config.server.port, config.server.admin.port
-    logger.info("mcp-barbican listening on %s://%s:%s", scheme, host, port)
-    if admin_port is None:
-        uvicorn.Server(server_config).run()
-        return
-    logger.info("admin API listening on %s://%s:%s", scheme, host, admin_port)
-    sockets = [listen(host, port), listen(host, admin_port)]
+    sockets = bind(host, port, "server.port")
     try:
+        if admin_port is not None:
+            sockets += bind(host, admin_port, "server.admin.port")
+        logger.info("mcp-barbican listening on %s://%s:%s", scheme, host, port)
+        if admin_port is not None:
+            logger.info("admin API listening on %s://%s:%s", scheme, host, admin_port)
         uvicorn.Server(server_config).run(sockets=sockets)
     finally:
         for sock in sockets:

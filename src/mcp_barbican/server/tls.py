@@ -19,8 +19,8 @@ same context, so new handshakes present the new certificate without a restart. T
 file is not reloaded: OpenSSL's trust store only grows, so a removed CA would stay trusted.
 
 `configure_uvicorn_tls()` makes uvicorn serve with this context (through uvicorn's
-`ssl_context_factory`) and exposes the client certificate to the app as the ASGI `tls`
-scope extension.
+`ssl_context_factory`); `tls_scope_extension()` is the ASGI `tls` scope extension that the
+listener's protocol (server/protocol.py) gives every request on a TLS connection.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from mcp_barbican.config import TLS12_IANA_TO_OPENSSL, TLS13_SUITES
 from mcp_barbican.exceptions import ConfigError
 
@@ -47,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TLS12_CIPHERS",
     "CertReloader",
-    "TLSScopeHttpToolsProtocol",
     "configure_uvicorn_tls",
     "rfc4514_name",
     "server_ssl_context",
@@ -243,8 +240,8 @@ def configure_uvicorn_tls(config: uvicorn.Config, context: ssl.SSLContext) -> No
     """Make `config` serve TLS with `context` (call before the server starts).
 
     uvicorn (0.54) builds its context in `Config.load()` unless `ssl_context_factory` returns
-    one; ours keeps uvicorn's ALPN list when its protocol declares one. With the httptools
-    protocol (`http="httptools"` or `"auto"`), the ASGI `tls` scope extension is added too.
+    one; ours keeps uvicorn's ALPN list when its protocol declares one. The `tls` scope
+    extension comes from the protocol class (`BarbicanHttpProtocol`), not from here.
     """
     if config.loaded:
         raise RuntimeError("configure_uvicorn_tls() must run before the uvicorn Config is loaded")
@@ -256,8 +253,6 @@ def configure_uvicorn_tls(config: uvicorn.Config, context: ssl.SSLContext) -> No
         return context
 
     config.ssl_context_factory = use_our_context
-    if config.http in ("httptools", "auto"):
-        config.http = TLSScopeHttpToolsProtocol
 
 
 def rfc4514_name(subject: Sequence[Sequence[tuple[str, str]]]) -> str:
@@ -310,19 +305,3 @@ def tls_scope_extension(ssl_object: ssl.SSLObject | None) -> dict[object, object
         "tls_version": _WIRE_VERSIONS.get(version) if version else None,
         "cipher_suite": _cipher_ids().get(cipher[0]) if cipher else None,
     }
-
-
-class TLSScopeHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus the ASGI `tls` scope extension on TLS connections."""
-
-    tls_extension: dict[object, object] | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        # asyncio and uvloop call this after the handshake, so the peer certificate is known.
-        self.tls_extension = tls_scope_extension(transport.get_extra_info("ssl_object"))
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self.tls_extension is not None:
-            self.scope["extensions"] = {"tls": dict(self.tls_extension)}
