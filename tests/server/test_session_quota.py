@@ -7,6 +7,7 @@ own principal (or address), since the count is the listener's.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
@@ -21,7 +22,7 @@ from tests.server.test_endpoint import INIT, MCP_HEADERS
 
 CAP = 2
 INIT_TIMEOUT = 3.0
-TOKENS = {name: f"{name}-token-0123456789" for name in ("alice", "bob", "carol", "dave", "erin")}
+TOKENS = {name: f"{name}-token-0123456789" for name in ("alice", "bob", "carol", "dave", "erin", "frank")}
 
 
 @pytest.fixture(scope="module")
@@ -105,19 +106,60 @@ class SseStream:
         self.sock.close()
 
 
-def test_a_principal_at_its_cap_gets_429_while_others_still_open_sessions(proxy: RunningProxy) -> None:
-    first, second = initialize(proxy, "alice"), initialize(proxy, "alice")
-    assert first.status_code == second.status_code == 200
-    third = initialize(proxy, "alice")
-    assert_too_many(third.status_code, third.content)
-    # x allows CAP + 1 sessions: without the cap alice's third would have taken bob's slot.
-    bob = initialize(proxy, "bob")
-    assert bob.status_code == 200, bob.text
-    delete(proxy, "alice", first.headers["mcp-session-id"])
+def initialized(proxy: RunningProxy, name: str, mcp_id: str = "x") -> str:
+    """A session that finished its handshake (initialize, then notifications/initialized)."""
+    response = initialize(proxy, name, mcp_id)
+    assert response.status_code == 200, response.text
+    session = response.headers["mcp-session-id"]
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    sent = httpx2.post(proxy.url(mcp_id), headers={**headers(name), "Mcp-Session-Id": session}, json=note)
+    assert sent.status_code == 202
+    return session
+
+
+@contextlib.contextmanager
+def listening(proxy: RunningProxy, name: str, session: str, mcp_id: str = "x") -> Iterator[None]:
+    """Hold the session's standalone GET stream open (a busy session)."""
+    get_headers = {**headers(name), "Mcp-Session-Id": session, "Accept": "text/event-stream"}
+    with httpx2.stream("GET", proxy.url(mcp_id), headers=get_headers, timeout=30) as stream:
+        assert stream.status_code == 200
+        yield
+
+
+def ping(proxy: RunningProxy, name: str, session: str, mcp_id: str = "x") -> int:
+    body = {"jsonrpc": "2.0", "id": 5, "method": "ping"}
+    sent = httpx2.post(proxy.url(mcp_id), headers={**headers(name), "Mcp-Session-Id": session}, json=body)
+    return sent.status_code
+
+
+def test_a_principal_whose_sessions_are_all_busy_gets_429_while_others_still_open(proxy: RunningProxy) -> None:
+    first, second = initialized(proxy, "alice"), initialized(proxy, "alice")
+    with listening(proxy, "alice", first), listening(proxy, "alice", second):
+        third = initialize(proxy, "alice")
+        assert_too_many(third.status_code, third.content)
+        # x allows CAP + 1 sessions: without the cap alice's third would have taken bob's slot.
+        bob = initialize(proxy, "bob")
+        assert bob.status_code == 200, bob.text
+    assert ping(proxy, "alice", first) == ping(proxy, "alice", second) == 200, "a refusal closes nothing"
+    delete(proxy, "alice", first)
     again = initialize(proxy, "alice")
     assert again.status_code == 200, "ending a session frees its slot"
-    for name, response in (("alice", second), ("alice", again), ("bob", bob)):
-        delete(proxy, name, response.headers["mcp-session-id"])
+    for name, session in (("alice", second), ("alice", again.headers["mcp-session-id"])):
+        delete(proxy, name, session)
+    delete(proxy, "bob", bob.headers["mcp-session-id"])
+
+
+def test_at_its_cap_a_principal_replaces_its_own_least_recently_used_idle_session(proxy: RunningProxy) -> None:
+    """A client that never sends DELETE does not lock itself out until its sessions expire."""
+    older, newer = initialized(proxy, "frank"), initialized(proxy, "frank", "y")
+    assert ping(proxy, "frank", older) == 200  # now `newer` is the least recently used
+    bystander = initialized(proxy, "bob")
+    third = initialized(proxy, "frank")
+    assert ping(proxy, "frank", newer, "y") == 404, "the least recently used idle session made room"
+    assert ping(proxy, "frank", older) == 200
+    assert ping(proxy, "bob", bystander) == 200, "another principal's session is never touched"
+    for name, session, mcp_id in (("frank", older, "x"), ("frank", third, "x"), ("bob", bystander, "x")):
+        delete(proxy, name, session, mcp_id)
 
 
 def test_legacy_streams_count_across_mcps_and_close_without_initialize(proxy: RunningProxy) -> None:

@@ -22,7 +22,7 @@ from mcp_barbican.metrics import RequestStats
 from mcp_barbican.security.tools import tool_allowed
 from mcp_barbican.server.link import PROXY_CLIENT_CAPABILITIES, Link
 from mcp_barbican.server.pool import CapacityError, SharedLinks
-from mcp_barbican.server.quota import SessionQuota, TooManySessions, holder_key
+from mcp_barbican.server.quota import Held, SessionQuota, TooManySessions, holder_key
 from mcp_barbican.server.session import Session
 from mcp_barbican.server.streams import EventStream
 from mcp_barbican.upstream import open_channel
@@ -199,26 +199,40 @@ class McpRuntime:
         """A session for `principal` (None: no authentication, counted per `client_ip`)."""
         shared = self.mcp.session_mode == "shared"
         limit = MAX_SHARED_CLIENTS if shared else self.mcp.max_sessions
+        session = Session(self.id, principal, legacy_sse=legacy_sse)
         holder = holder_key(principal, client_ip)
-        if not self.quota.take(holder):
+        if not self.quota.take(holder, session, self._reclaim):
             who = "this address" if principal is None else f"principal {principal!r}"
             raise TooManySessions(
-                f"{who} already holds {self.quota.cap} sessions (server.limits.max_sessions_per_principal): "
-                "end one (DELETE) before opening another"
+                f"{who} already holds {self.quota.cap} sessions, each with a request or stream open "
+                "(server.limits.max_sessions_per_principal): end one (DELETE) before opening another"
             )
         if len(self.sessions) >= limit:
-            self.quota.release(holder)
+            self.quota.release(holder, session.id)
             raise CapacityError(f"MCP {self.id!r} already has {len(self.sessions)} sessions (max_sessions {limit})")
         if shared and not self.shared.has_room(principal):
-            self.quota.release(holder)
+            self.quota.release(holder, session.id)
             raise CapacityError(
                 f"MCP {self.id!r} already has {self.mcp.max_sessions} upstream sessions in use, one per principal "
                 "(max_sessions)"
             )
-        session = Session(self.id, principal, legacy_sse=legacy_sse)
         session.holder = holder
         self.sessions[session.id] = session
         return session
+
+    def _reclaim(self, held: Held) -> None:
+        """Close one of a principal's idle sessions at once (its slot is free on return) to make room."""
+        session = self.sessions.get(held.id)
+        if session is None:
+            return
+        logger.info("idle session on %r closed: its principal opened one more than it may hold", self.id)
+        link = self._retire(session)
+        if link is not None:
+            self._spawn(self._release_reclaimed(session, link), f"reclaim-{self.id}")
+
+    async def _release_reclaimed(self, session: Session, link: Link) -> None:
+        with contextlib.suppress(UpstreamError):
+            await self._release_link(session, link)
 
     async def initialize(self, session: Session, msg: Message, stream: EventStream) -> None:
         """Connect a new session upstream and relay its initialize request."""
@@ -313,16 +327,22 @@ class McpRuntime:
         return session
 
     async def close_session(self, session: Session) -> None:
+        link = self._retire(session)
+        if link is not None:
+            await self._release_link(session, link)
+
+    def _retire(self, session: Session) -> Link | None:
+        """End the session here (its slot freed, its streams ended); the link it used, to release."""
         if session.closed:
-            return
+            return None
         session.closed = True
         self.sessions.pop(session.id, None)
         if session.holder is not None:
-            self.quota.release(session.holder)
+            self.quota.release(session.holder, session.id)
         session.end_streams()
-        link = session.link
-        if link is None:
-            return
+        return session.link
+
+    async def _release_link(self, session: Session, link: Link) -> None:
         if link.shared:
             await link.detach(session)  # the link stays for the principal's next client (see expire)
         else:

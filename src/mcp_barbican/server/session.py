@@ -60,6 +60,12 @@ class Session:
     def touch(self) -> None:
         self.last_seen = time.monotonic()
 
+    def reclaimable(self, settle: float) -> bool:
+        """Idle (no request in flight, no stream a client reads) and initialized, or left uninitialized for `settle` s."""
+        if self.inflight or any(s.attached for s in self.streams.values()):
+            return False
+        return self.initialized or time.monotonic() - self.created > settle
+
     def _new_stream(self, *, persistent: bool = False) -> EventStream:
         stream = EventStream(f"{self._next_stream}", persistent=persistent)
         self._next_stream += 1
