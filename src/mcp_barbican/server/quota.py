@@ -4,11 +4,11 @@ One principal may hold at most `max_sessions_per_principal` downstream sessions 
 HTTP sessions and legacy SSE streams alike) over all MCPs at once, so no caller can take every
 `max_sessions` slot of an MCP, nor spread over several MCPs to hold more. At the cap, the
 principal's own least recently used idle session (no request in flight, no stream open, and
-initialized or left uninitialized past `init_timeout`) is closed to make room, as a client that never sends DELETE would otherwise lock itself
-out until its sessions expire; only when every one of them is busy is the new one refused.
-Callers of an MCP without authentication are counted per client address (per /64 for IPv6,
-where one host owns the whole prefix). A legacy SSE stream that has not sent `initialize` within
-`init_timeout` is closed, which frees its slot.
+initialized or left uninitialized past `init_timeout`) is closed to make room, as a client
+that never sends DELETE would otherwise lock itself out until its sessions expire; only when
+every one of them is busy is the new one refused. Callers of an MCP without authentication are
+counted per client address (per /64 for IPv6, where one host owns the whole prefix). A legacy
+SSE stream that has not sent `initialize` within `init_timeout` is closed, which frees its slot.
 """
 
 from __future__ import annotations

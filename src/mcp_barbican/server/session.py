@@ -61,7 +61,7 @@ class Session:
         self.last_seen = time.monotonic()
 
     def reclaimable(self, settle: float) -> bool:
-        """Idle (no request in flight, no stream a client reads) and initialized, or left uninitialized for `settle` s."""
+        """Idle (no request in flight, no stream a client reads); initialized, or uninitialized for `settle` s."""
         if self.inflight or any(s.attached for s in self.streams.values()):
             return False
         return self.initialized or time.monotonic() - self.created > settle
