@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mcp_barbican.admin import AdminApp
 from mcp_barbican.audit import AuditTrail, build_sinks
@@ -134,6 +134,7 @@ class BarbicanApp:
         )
 
     async def startup(self) -> None:
+        asyncio.get_running_loop().set_exception_handler(log_loop_error)
         self.audit.start()
         for record in await self.storage.tokens():
             self.shields.issued.put(record)
@@ -313,6 +314,16 @@ class BarbicanApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def log_loop_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """What the event loop cannot hand to anyone (a transport failing after its peer left), as one line.
+
+    asyncio's default handler logs a traceback; none may reach the log (a failure is one line).
+    """
+    exc = context.get("exception")
+    detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    logger.warning("%s%s", context.get("message", "event loop error"), detail)
 
 
 def build_app(config: ProxyConfig) -> tuple[ASGIApp, BarbicanApp]:
