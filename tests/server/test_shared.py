@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -75,27 +75,31 @@ class Recorder:
         self.logs.append(str(params.data))
 
 
-async def test_concurrent_clients_each_get_only_their_own_answers_and_progress(proxy: RunningProxy) -> None:
+async def check_answers_and_progress_stay_apart(url: str, headers: Callable[[str], dict[str, str] | None]) -> None:
+    """Clients a and b call echo and slow at once: each gets only its own answers and progress."""
     results: dict[str, Any] = {}
     recorders = {"a": Recorder(), "b": Recorder()}
 
     async def run(name: str, steps: int) -> None:
-        async with mcp_client(proxy.url("demo")) as client:
+        async with mcp_client(url, headers=headers(name)) as client:
             echo = await client.call_tool("echo", {"message": f"from {name}"})
             slow = await client.call_tool(
                 "slow", {"seconds": 0.6, "steps": steps}, progress_callback=recorders[name].on_progress
             )
             results[name] = (echo.content[0], slow.content[0])
 
-    with anyio.fail_after(30):
+    with anyio.fail_after(60):
         async with anyio.create_task_group() as group:
             group.start_soon(run, "a", 3)
             group.start_soon(run, "b", 5)
     assert results["a"][0].text == "from a" and results["b"][0].text == "from b"
-    assert results["a"][1].text == "done after 3 steps"
-    assert results["b"][1].text == "done after 5 steps"
+    assert results["a"][1].text == "done after 3 steps" and results["b"][1].text == "done after 5 steps"
     assert recorders["a"].progress == [(float(i), 3.0) for i in range(1, 4)]
     assert recorders["b"].progress == [(float(i), 5.0) for i in range(1, 6)]
+
+
+async def test_concurrent_clients_each_get_only_their_own_answers_and_progress(proxy: RunningProxy) -> None:
+    await check_answers_and_progress_stay_apart(proxy.url("demo"), lambda _name: None)
 
 
 async def test_a_sampling_request_goes_to_the_client_that_caused_it(proxy: RunningProxy) -> None:
@@ -209,25 +213,7 @@ async def test_log_lines_never_reach_another_principal(two: RunningProxy) -> Non
 
 
 async def test_answers_and_progress_stay_with_their_principal(two: RunningProxy) -> None:
-    results: dict[str, Any] = {}
-    recorders = {"a": Recorder(), "b": Recorder()}
-
-    async def run(name: str, steps: int) -> None:
-        async with mcp_client(two.url("demo"), headers=as_principal(name)) as client:
-            echo = await client.call_tool("echo", {"message": f"from {name}"})
-            slow = await client.call_tool(
-                "slow", {"seconds": 0.6, "steps": steps}, progress_callback=recorders[name].on_progress
-            )
-            results[name] = (echo.content[0], slow.content[0])
-
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as group:
-            group.start_soon(run, "a", 3)
-            group.start_soon(run, "b", 5)
-    assert results["a"][0].text == "from a" and results["b"][0].text == "from b"
-    assert results["a"][1].text == "done after 3 steps" and results["b"][1].text == "done after 5 steps"
-    assert recorders["a"].progress == [(float(i), 3.0) for i in range(1, 4)]
-    assert recorders["b"].progress == [(float(i), 5.0) for i in range(1, 6)]
+    await check_answers_and_progress_stay_apart(two.url("demo"), as_principal)
 
 
 async def test_clients_of_one_principal_share_its_upstream_and_principals_do_not(two: RunningProxy) -> None:
