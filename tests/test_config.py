@@ -11,8 +11,6 @@ import pytest
 import trustme
 import yaml
 
-from mcp_barbican._templating import expand_string
-from mcp_barbican._units import parse_duration, parse_size
 from mcp_barbican.config import (
     MASK,
     REDIS_UNAVAILABLE,
@@ -30,6 +28,8 @@ from mcp_barbican.config import (
     masked_dump,
     validate_model,
 )
+from mcp_barbican.config.templating import expand_string
+from mcp_barbican.config.units import parse_duration, parse_size
 from mcp_barbican.exceptions import ConfigError
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -1186,7 +1186,7 @@ def test_masked_dump_shows_durations_as_written(tmp_path: Path) -> None:
 
 def test_checked_in_configuration_docs_are_current() -> None:
     from mcp_barbican.config import config_schema
-    from mcp_barbican.schema_docs import render_markdown
+    from mcp_barbican.config.schema_docs import render_markdown
 
     docs = Path(__file__).parent.parent / "docs" / "configuration.md"
     assert docs.read_text() == render_markdown(config_schema()), (

@@ -27,9 +27,9 @@ from mcp_barbican.config import (
     masked_dump,
     validate_model,
 )
+from mcp_barbican.config.schema_docs import render_markdown
 from mcp_barbican.embedded import DEMO_MCP_ID, EmbeddedInfo, embedded_default
 from mcp_barbican.exceptions import ConfigError, StorageError
-from mcp_barbican.schema_docs import render_markdown
 
 __all__ = ["JsonFormatter", "curl_example", "main", "python_example"]
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from mcp_barbican._units import format_duration
+from mcp_barbican.config.units import format_duration
 
 __all__ = ["render_markdown"]
 

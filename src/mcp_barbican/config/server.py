@@ -1,0 +1,103 @@
+"""The proxy's own listener and the defaults every MCP inherits (`server:`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Self
+
+from pydantic import AfterValidator, model_validator
+
+from mcp_barbican.config.auth import AuthConfig
+from mcp_barbican.config.errors import LocatedError
+from mcp_barbican.config.fields import (
+    IpOrNetwork,
+    Model,
+    Port,
+    PositiveDuration,
+    PositiveInt,
+    Size,
+    TokenSecret,
+    check_hostname,
+    check_port_text,
+    split_host_port,
+)
+from mcp_barbican.config.security import SecurityConfig
+from mcp_barbican.config.storage import AuditConfig, StorageConfig
+from mcp_barbican.config.tls import ServerTLSConfig
+
+__all__ = ["AdminConfig", "ListenerLimits", "MetricsConfig", "ServerConfig"]
+
+
+def _check_allowed_host(value: str) -> str:
+    text = value.strip().lower()
+    if not text or "/" in text or "@" in text:
+        raise ValueError(f"{value!r} is not a host or host:port (no scheme, no path)")
+    host, port = split_host_port(text, value)
+    if port or text.endswith(":"):
+        check_port_text(port, value)
+    bare = host.strip("[]")
+    check_hostname(bare, value)
+    if ":" in bare and not host.startswith("["):
+        host = f"[{bare}]"
+    return f"{host}:{port}" if port else host
+
+
+def _check_bind_host(value: str) -> str:
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text:
+        raise ValueError("must not be empty (use 0.0.0.0 or :: for every interface)")
+    check_hostname(text.lower(), value)
+    return text
+
+
+class AdminConfig(Model):
+    """The admin API's credentials and address allowlist."""
+
+    token: TokenSecret | None = None
+    tokens: tuple[TokenSecret, ...] = ()
+    ip_whitelist: tuple[IpOrNetwork, ...] = ("127.0.0.1", "::1")
+    port: Port | None = None
+    allow_stdio: bool = True
+
+
+class ListenerLimits(Model):
+    """What one client may hold of the listener before it is authenticated (`server.limits`)."""
+
+    max_header_bytes: Size = 16384
+    max_headers: PositiveInt = 100
+    header_timeout: PositiveDuration = 10.0
+    body_timeout: PositiveDuration = 30.0
+    max_connections: PositiveInt = 1000
+    max_sessions_per_principal: PositiveInt = 20
+    init_timeout: PositiveDuration = 10.0
+
+
+class MetricsConfig(Model):
+    """`public: true` serves /metrics without the admin token."""
+
+    public: bool = False
+
+
+class ServerConfig(Model):
+    """The proxy's own listener and the defaults every MCP inherits."""
+
+    host: Annotated[str, AfterValidator(_check_bind_host)] = "127.0.0.1"
+    port: Port = 6001
+    admin: AdminConfig = AdminConfig()
+    trusted_proxies: tuple[IpOrNetwork, ...] = ()
+    tls: ServerTLSConfig | None = None
+    auth: AuthConfig | None = None
+    security: SecurityConfig = SecurityConfig()
+    storage: StorageConfig = StorageConfig()
+    audit: AuditConfig = AuditConfig()
+    allowed_hosts: tuple[Annotated[str, AfterValidator(_check_allowed_host)], ...] = ()
+    session_idle_timeout: PositiveDuration = 1800.0
+    metrics: MetricsConfig = MetricsConfig()
+    limits: ListenerLimits = ListenerLimits()
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.admin.port is not None and self.admin.port == self.port:
+            raise LocatedError(("admin", "port"), f"must differ from server.port ({self.port}), or be left unset")
+        return self
