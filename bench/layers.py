@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mcp_barbican.config import CorsConfig, HeadersConfig, RateLimitConfig
+from mcp_barbican.security.addresses import IpSet
 from mcp_barbican.security.auth import Authenticate, StaticToken, StaticTokens, digest
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.cors import CORS
@@ -25,7 +26,8 @@ from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.guard import McpGuard
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
-from mcp_barbican.security.ipfilter import DynamicRules, IPFilter, IpSet
+from mcp_barbican.security.ipfilter import IPFilter
+from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
 from mcp_barbican.types import ASGIApp, Message, Receive, Scope, Send
 

@@ -10,17 +10,12 @@ import pytest
 
 from mcp_barbican.config import BanConfig, ProxyConfig, validate_model
 from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.security.addresses import IpSet
 from mcp_barbican.security.bans import BAN_REASON, AuthFailureTracker, ban_target, register_failure
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.ipfilter import (
-    DynamicRules,
-    IPFilter,
-    IpRule,
-    IpSet,
-    MemoryIpRuleStore,
-    decide,
-)
+from mcp_barbican.security.ipfilter import IPFilter, decide
+from mcp_barbican.security.iprules import DynamicRules, IpRule, MemoryIpRuleStore
 from mcp_barbican.security.principal import CLIENT_IP_KEY
 from mcp_barbican.server.http import get_header, json_error
 from mcp_barbican.server.shields import Shields

@@ -14,7 +14,7 @@ import pytest
 
 from mcp_barbican.config import StorageConfig
 from mcp_barbican.exceptions import StorageError
-from mcp_barbican.security.ipfilter import IpRule, RuleChange
+from mcp_barbican.security.iprules import IpRule, RuleChange
 from mcp_barbican.storage import McpRecord, Storage, TokenRecord, open_storage
 from mcp_barbican.storage.sqlite import SCHEMA_VERSION, SqliteStorage
 

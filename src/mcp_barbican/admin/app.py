@@ -24,7 +24,7 @@ from mcp_barbican.audit import EVENT_TYPES, AuditEvent, request_fields
 from mcp_barbican.config import SERVER_OWNER, McpConfig, format_path, masked_mcp, validate_model
 from mcp_barbican.exceptions import ConfigError, UpstreamError
 from mcp_barbican.metrics import CONTENT_TYPE, exposition
-from mcp_barbican.security.ipfilter import IpRule, RuleTableFull
+from mcp_barbican.security.iprules import IpRule, RuleTableFull
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.security.tokens import new_token
 from mcp_barbican.security.tools import tool_allowed

@@ -21,25 +21,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
+from mcp_barbican.security.addresses import IpSet, address_key, parse_ip, parse_network
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.ipfilter import (
-    BAN_ID_PREFIX,
-    Clock,
-    DynamicRules,
-    IpRule,
-    IpRuleStore,
-    IpSet,
-    RuleTableFull,
-    address_key,
-    parse_ip,
-    parse_network,
-)
+from mcp_barbican.security.iprules import BAN_ID_PREFIX, Clock, DynamicRules, IpRule, IpRuleStore, RuleTableFull
 
 if TYPE_CHECKING:
     from mcp_barbican.config import BanConfig
 
 __all__ = [
-    "BAN_ID_PREFIX",
     "BAN_REASON",
     "DEFAULT_MAX_TRACKED",
     "AuthFailureTracker",

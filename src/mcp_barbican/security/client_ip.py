@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from mcp_barbican.security.ipfilter import Address, IpSet, parse_ip
+from mcp_barbican.security.addresses import Address, IpSet, parse_ip
 from mcp_barbican.security.principal import CLIENT_IP_KEY
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 

@@ -2,22 +2,18 @@
 
 The decisions are pure functions: `read_header` (shape, `alg` allowlist, `none` refused),
 `claims_problem` (`exp` required, `nbf`, `iss`, `aud`, required claims, all against an
-injected clock), `parse_jwks` (which published keys may verify which algorithms) and
-`principal_from_claims`. `JwtVerifier` ties them to the one key source of an `auth.jwt`
-block: a secret, a PEM file, or a JWKS URL kept by `JwksCache`.
+injected clock) and `principal_from_claims`. `JwtVerifier` ties them to the one key source
+of an `auth.jwt` block: a secret, a PEM file, or a JWKS URL kept by `jwks.JwksCache`.
 
 Every key is bound to the algorithms it may verify, taken from its own type and the
 configured allowlist, so the token's `alg` header can only pick among them: an HMAC secret
-comes only from `secret`, never from a public PEM or a JWKS. The JWKS is fetched with a TTL;
-a `kid` it lacks starts one shared refresh at most once per cooldown; a failed fetch keeps
-the last good key set. Failure reasons go to the client: they never quote the token, and
-attacker-chosen header values are shortened and ASCII-escaped.
+comes only from `secret`, never from a public PEM or a JWKS. Failure reasons go to the
+client: they never quote the token, and attacker-chosen header values are shortened and
+ASCII-escaped.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import re
@@ -29,14 +25,22 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import jwt
-import orjson
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.types import Options
 
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.auth import AuthFailure
+from mcp_barbican.security.jwks import (
+    MIN_RSA_BITS,
+    PUBLIC_KEY_TYPES,
+    JwksCache,
+    PublicKey,
+    VerificationKey,
+    compatible_algorithms,
+    shown,
+)
 from mcp_barbican.security.principal import Principal
 
 if TYPE_CHECKING:
@@ -44,23 +48,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANY_VALUE",
-    "JWKS_FETCH_TIMEOUT",
-    "MAX_JWKS_BYTES",
-    "MAX_JWKS_KEYS",
     "MAX_TOKEN_CHARS",
-    "MIN_RSA_BITS",
     "ClaimRules",
-    "JwksCache",
     "JwtVerifier",
-    "PublicKey",
     "TokenHeader",
-    "VerificationKey",
     "check_key_file",
     "claims_problem",
-    "compatible_algorithms",
     "describe_key",
     "load_public_key",
-    "parse_jwks",
     "principal_from_claims",
     "read_header",
 ]
@@ -69,24 +64,10 @@ logger = logging.getLogger(__name__)
 
 #: Longer tokens are refused unparsed: real access tokens stay far below, and parsing is work.
 MAX_TOKEN_CHARS: Final = 16_384
-#: Keys kept from one JWKS: identity providers publish a handful, and memory stays bounded.
-MAX_JWKS_KEYS: Final = 100
-#: A larger JWKS document is a failed fetch, so a hostile endpoint cannot fill memory.
-MAX_JWKS_BYTES: Final = 512 * 1024
-#: Seconds a JWKS fetch may take before it counts as failed (the last good keys stay).
-JWKS_FETCH_TIMEOUT: Final = 10.0
 #: A `required_claims` value meaning "present, with any value".
 ANY_VALUE: Final = "*"
-#: RSA keys below this size are too weak to trust (NIST SP 800-131A).
-MIN_RSA_BITS: Final = 2048
-#: How much of an attacker-chosen header value (`alg`, `kid`) a reason quotes.
-_SHOWN_CHARS: Final = 40
 
 _JWS_COMPACT: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_HMAC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
-_RSA_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-_EC_ALGORITHM_BY_CURVE: Final = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
-_PUBLIC_KEY_TYPES: Final = (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)
 # Claims are checked by `claims_problem` against the injected clock, so PyJWT checks only the signature.
 _SIGNATURE_ONLY: Final[Options] = {
     "verify_signature": True,
@@ -101,12 +82,6 @@ _SIGNATURE_ONLY: Final[Options] = {
     "enforce_minimum_key_length": True,
 }
 
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
-
-
-def _shown(value: str) -> str:
-    return ascii(value[:_SHOWN_CHARS])
-
 
 def _malformed(detail: str = "") -> AuthFailure:
     return AuthFailure(f"malformed token: {detail}" if detail else "malformed token")
@@ -117,31 +92,7 @@ def _bad_claims(detail: str) -> AuthFailure:
 
 
 # ---------------------------------------------------------------------------------------------
-# Keys
-
-
-@dataclass(frozen=True)
-class VerificationKey:
-    """A key and the algorithms it may verify; `kid` None matches any token `kid`."""
-
-    kid: str | None
-    key: PublicKey | bytes = field(repr=False)
-    algorithms: frozenset[str]
-
-    def verifies(self, alg: str, kid: str | None) -> bool:
-        return alg in self.algorithms and (kid is None or self.kid is None or self.kid == kid)
-
-
-def compatible_algorithms(key: PublicKey | bytes) -> frozenset[str]:
-    """The JWS algorithms a key of this type and size can verify (RFC 8725 §3.1: one family per key)."""
-    if isinstance(key, bytes):
-        return _HMAC_ALGORITHMS
-    if isinstance(key, rsa.RSAPublicKey):
-        return _RSA_ALGORITHMS if key.key_size >= MIN_RSA_BITS else frozenset()
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        alg = _EC_ALGORITHM_BY_CURVE.get(key.curve.name)
-        return frozenset({alg}) if alg else frozenset()
-    return frozenset({"EdDSA"})
+# PEM keys
 
 
 def describe_key(key: PublicKey | bytes) -> str:
@@ -163,50 +114,9 @@ def load_public_key(path: Path) -> PublicKey:
         key: object = x509.load_pem_x509_certificate(data).public_key()
     else:
         key = load_pem_public_key(data)
-    if not isinstance(key, _PUBLIC_KEY_TYPES):
+    if not isinstance(key, PUBLIC_KEY_TYPES):
         raise ValueError(f"unsupported key type {type(key).__name__}")
     return key
-
-
-def _jwks_key(raw: object, allowed: frozenset[str]) -> VerificationKey | None:
-    if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
-        return None
-    ops = raw.get("key_ops")
-    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
-        return None
-    kid, alg = raw.get("kid"), raw.get("alg")
-    if (kid is not None and not isinstance(kid, str)) or (alg is not None and not isinstance(alg, str)):
-        return None
-    try:
-        key = jwt.PyJWK(raw).key
-    except Exception:  # one bad key in a published set must not spoil the others
-        logger.debug("JWKS: skipping a key that does not parse (kid %s)", _shown(str(kid)))
-        return None
-    # Public keys only: a published symmetric key is no secret, and a published private key is a leak.
-    if not isinstance(key, _PUBLIC_KEY_TYPES):
-        return None
-    algorithms = compatible_algorithms(key) & allowed
-    if alg is not None:
-        algorithms &= {alg}
-    return VerificationKey(kid, key, algorithms) if algorithms else None
-
-
-def parse_jwks(document: object, allowed: frozenset[str], limit: int = MAX_JWKS_KEYS) -> tuple[VerificationKey, ...]:
-    """The usable signing keys of a JWK Set (at most `limit`); ValueError if it is not one.
-
-    Kept: keys for signatures (`use` absent or `sig`, `key_ops` absent or with `verify`),
-    public, of a type that verifies an allowed algorithm (the key's own `alg` if it names one).
-    """
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError("not a JWK Set (no 'keys' list)")
-    keys: list[VerificationKey] = []
-    for raw in document["keys"]:
-        key = _jwks_key(raw, allowed)
-        if key is not None:
-            keys.append(key)
-            if len(keys) == limit:
-                break
-    return tuple(keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +145,7 @@ def read_header(token: str, allowed: frozenset[str]) -> TokenHeader | AuthFailur
     if alg.strip().lower() == "none":
         return AuthFailure("algorithm 'none' is not allowed")
     if alg not in allowed:
-        return AuthFailure(f"algorithm {_shown(alg)} is not allowed")
+        return AuthFailure(f"algorithm {shown(alg)} is not allowed")
     if kid is not None and not isinstance(kid, str):
         return _malformed("'kid' is not a string")
     return TokenHeader(alg, kid)
@@ -324,9 +234,9 @@ def claims_problem(claims: Mapping[str, Any], rules: ClaimRules, now: float) -> 
     for name, expected in rules.required.items():
         actual = claims.get(name)
         if actual is None:
-            return _bad_claims(f"{_shown(name)} is required")
+            return _bad_claims(f"{shown(name)} is required")
         if expected != ANY_VALUE and not _same_value(actual, expected):
-            return _bad_claims(f"{_shown(name)} does not have the required value")
+            return _bad_claims(f"{shown(name)} does not have the required value")
     return None
 
 
@@ -364,131 +274,10 @@ def _signed_claims(token: str, alg: str, keys: Sequence[VerificationKey]) -> dic
         except jwt.InvalidSignatureError:
             continue
         except jwt.InvalidKeyError:  # e.g. PyJWT refusing a PEM-shaped HMAC secret
-            failure = AuthFailure(f"no usable key for algorithm {_shown(alg)}")
+            failure = AuthFailure(f"no usable key for algorithm {shown(alg)}")
         except jwt.PyJWTError:
             return _malformed()
     return failure
-
-
-# ---------------------------------------------------------------------------------------------
-# JWKS
-
-
-class JwksCache:
-    """The signing keys published at one JWKS URL.
-
-    Fetched by `start()` and again once `ttl` has passed (in the background: the current
-    keys verify meanwhile). A token whose `kid` no key has waits for a refresh; concurrent
-    ones share it, and fetches happen at most once per `cooldown` whatever asks for them.
-    A failed fetch (network, status, size, JSON, no usable key) keeps the last good set.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        allowed: frozenset[str],
-        ttl: float,
-        cooldown: float,
-        http: Callable[[], aiohttp.ClientSession] | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.url = url
-        self.allowed = allowed
-        self.ttl = ttl
-        self.cooldown = cooldown
-        self.keys: tuple[VerificationKey, ...] = ()
-        self.fetches_ok = 0
-        self.fetches_failed = 0
-        self._http = http
-        self._clock = clock
-        self._own_session: aiohttp.ClientSession | None = None
-        self._fetched_at: float | None = None
-        self._last_attempt: float | None = None
-        self._inflight: asyncio.Task[None] | None = None
-
-    def matching(self, alg: str, kid: str | None) -> list[VerificationKey]:
-        return [key for key in self.keys if key.verifies(alg, kid)]
-
-    async def keys_for(self, alg: str, kid: str | None) -> list[VerificationKey]:
-        found = self.matching(alg, kid)
-        if not found:
-            task = self._refresh()
-            if task is not None:
-                await asyncio.shield(task)  # a caller that gives up must not cancel the shared fetch
-                found = self.matching(alg, kid)
-        elif self._fetched_at is None or self._clock() - self._fetched_at >= self.ttl:
-            self._refresh()
-        return found
-
-    async def start(self) -> None:
-        """Fetch now (logging the outcome); never raises, a failure is retried lazily."""
-        logger.info("JWKS %s: fetching signing keys", self.url)
-        task = self._refresh()
-        if task is not None:
-            await task
-
-    async def aclose(self) -> None:
-        if self._inflight is not None and not self._inflight.done():
-            self._inflight.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._inflight
-        if self._own_session is not None:
-            await self._own_session.close()
-            self._own_session = None
-
-    def _refresh(self) -> asyncio.Task[None] | None:
-        if self._inflight is not None and not self._inflight.done():
-            return self._inflight
-        now = self._clock()
-        if self._last_attempt is not None and now - self._last_attempt < self.cooldown:
-            return None
-        self._last_attempt = now
-        self._inflight = asyncio.get_running_loop().create_task(self._fetch(), name=f"JWKS fetch {self.url}")
-        return self._inflight
-
-    async def _fetch(self) -> None:
-        try:
-            keys = parse_jwks(await self._download(), self.allowed)
-            if not keys:
-                raise ValueError("no usable signing key in the set")
-        except Exception as exc:  # whatever went wrong, the last good keys stay in use
-            self.fetches_failed += 1
-            kept = f"keeping the {len(self.keys)} keys of the last good fetch" if self.keys else "no keys yet"
-            logger.warning(
-                "JWKS %s: fetch failed (%s); %s; next try in %gs at the earliest",
-                self.url,
-                str(exc) or type(exc).__name__,
-                kept,
-                self.cooldown,
-            )
-            return
-        self.keys = keys
-        self._fetched_at = self._clock()
-        self.fetches_ok += 1
-        logger.info("JWKS %s: %d signing keys (%s)", self.url, len(keys), ", ".join(_shown(str(k.kid)) for k in keys))
-
-    async def _download(self) -> object:
-        timeout = aiohttp.ClientTimeout(total=JWKS_FETCH_TIMEOUT)
-        # No redirects: the configured URL is the trusted source, not wherever it points.
-        async with self._session().get(
-            self.url, timeout=timeout, allow_redirects=False, headers={"Accept": "application/json"}
-        ) as response:
-            if response.status != 200:
-                raise ValueError(f"HTTP status {response.status}")
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                body += chunk
-                if len(body) > MAX_JWKS_BYTES:
-                    raise ValueError(f"larger than {MAX_JWKS_BYTES} bytes")
-        return orjson.loads(body)
-
-    def _session(self) -> aiohttp.ClientSession:
-        if self._http is not None:
-            return self._http()
-        if self._own_session is None or self._own_session.closed:
-            self._own_session = aiohttp.ClientSession()
-        return self._own_session
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +287,8 @@ class JwksCache:
 def _static_keys(config: JwtConfig, allowed: frozenset[str]) -> tuple[VerificationKey, ...]:
     keys: list[VerificationKey] = []
     if config.secret is not None:
-        keys.append(VerificationKey(None, config.secret.get_secret_value().encode(), allowed & _HMAC_ALGORITHMS))
+        secret = config.secret.get_secret_value().encode()
+        keys.append(VerificationKey(None, secret, allowed & compatible_algorithms(secret)))
     if config.public_key_file is not None:
         path = Path(config.public_key_file)
         try:
@@ -566,8 +356,8 @@ class JwtVerifier:
             keys = await self.jwks.keys_for(header.alg, header.kid)
         if not keys:
             if header.kid is not None and self.jwks is not None:
-                return AuthFailure(f"no key for kid {_shown(header.kid)}")
-            return AuthFailure(f"no key for algorithm {_shown(header.alg)}")
+                return AuthFailure(f"no key for kid {shown(header.kid)}")
+            return AuthFailure(f"no key for algorithm {shown(header.alg)}")
         claims = _signed_claims(token, header.alg, keys)
         if isinstance(claims, AuthFailure):
             return claims

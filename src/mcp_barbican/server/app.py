@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 from mcp_barbican.admin import AdminApp
 from mcp_barbican.audit import AuditTrail, build_sinks
 from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.security.addresses import IpSet, client_ip
 from mcp_barbican.security.admin import AdminGuard, admin_tokens
 from mcp_barbican.security.auth import MISSING_CREDENTIALS, AuthFailure, bearer_credential
 from mcp_barbican.security.client_ip import ClientAddress
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
-from mcp_barbican.security.ipfilter import DynamicRules, IpSet, IpVerdict, client_ip, decide
+from mcp_barbican.security.ipfilter import IpVerdict, decide
+from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata
 from mcp_barbican.security.principal import CLIENT_IP_KEY, Principal
 from mcp_barbican.security.tokens import check_listed_ids

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
-from mcp_barbican.security.ipfilter import address_key
+from mcp_barbican.security.addresses import address_key
 
 if TYPE_CHECKING:
     from mcp_barbican.config import ListenerLimits

@@ -26,13 +26,15 @@ from typing import TYPE_CHECKING, Final
 from mcp_barbican.audit import AuditEvent, AuditTrail
 from mcp_barbican.config import SERVER_OWNER
 from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.security.addresses import IpSet
 from mcp_barbican.security.auth import MISSING_CREDENTIALS, Authenticate, Authenticator, AuthFailure, StaticTokens
 from mcp_barbican.security.bans import AuthFailureTracker
 from mcp_barbican.security.client_ip import TrustedProxies
 from mcp_barbican.security.cors import CORS, OriginPolicy
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.guard import McpGuard
-from mcp_barbican.security.ipfilter import DynamicRules, IPFilter, IpRule, IpRuleStore, IpSet, MemoryIpRuleStore
+from mcp_barbican.security.ipfilter import IPFilter
+from mcp_barbican.security.iprules import DynamicRules, IpRule, IpRuleStore, MemoryIpRuleStore
 from mcp_barbican.security.jwt import JwtVerifier
 from mcp_barbican.security.oauth import metadata_url, www_authenticate
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter

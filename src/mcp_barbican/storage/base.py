@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from mcp_barbican.config import StorageConfig
-    from mcp_barbican.security.ipfilter import IpRuleStore
+    from mcp_barbican.security.iprules import IpRuleStore
 
 __all__ = ["McpRecord", "Storage", "TokenRecord", "open_storage"]
 

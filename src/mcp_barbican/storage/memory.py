@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 
-from mcp_barbican.security.ipfilter import MemoryIpRuleStore
+from mcp_barbican.security.iprules import MemoryIpRuleStore
 from mcp_barbican.storage.base import McpRecord, TokenRecord
 
 __all__ = ["MemoryStorage"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mcp_barbican.exceptions import StorageError
-from mcp_barbican.security.ipfilter import IpRule, RuleChange, RuleSubscribers
+from mcp_barbican.security.iprules import IpRule, RuleChange, RuleSubscribers
 from mcp_barbican.storage.base import McpRecord, TokenRecord
 from mcp_barbican.storage.connection import SqliteThread, connect_private
 
