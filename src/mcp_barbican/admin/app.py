@@ -9,10 +9,7 @@ route is described in `/admin/openapi.json`, built from the same table that disp
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -20,6 +17,8 @@ from pydantic import BaseModel
 
 from mcp_barbican.admin.models import MAX_SECONDS, IpRuleRequest, RotateRequest, TokenRequest, ToolCallRequest
 from mcp_barbican.admin.openapi import openapi_document
+from mcp_barbican.admin.present import compozy_names, instant, iso, rule_json, token_json
+from mcp_barbican.admin.routing import ERROR_CODES, Params, Raw, Reply, Route, error
 from mcp_barbican.audit import EVENT_TYPES, AuditEvent, request_fields
 from mcp_barbican.config import SERVER_OWNER, McpConfig, format_path, masked_mcp, validate_model
 from mcp_barbican.exceptions import ConfigError, UpstreamError
@@ -36,92 +35,11 @@ from mcp_barbican.types import Receive, Scope, Send
 if TYPE_CHECKING:
     from mcp_barbican.server.app import BarbicanApp
 
-__all__ = ["ADMIN_BODY_LIMIT", "AdminApp", "Raw", "Reply", "Route"]
+__all__ = ["ADMIN_BODY_LIMIT", "AdminApp"]
 
 #: Admin bodies are small JSON documents.
 ADMIN_BODY_LIMIT: Final = 1024 * 1024
 MAX_AUDIT_LIMIT: Final = 1000
-
-_ERROR_CODES: Final = {403: "forbidden", 404: "not_found", 409: "conflict"}
-
-Params = dict[str, str]
-Reply = tuple[int, Any]
-Handler = Callable[[Params, Any], Awaitable[Reply]]
-
-
-@dataclass(frozen=True)
-class Route:
-    """One admin route: what dispatches it and what the OpenAPI document says about it."""
-
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    body: type[BaseModel] | None = None
-    status: int = 200
-    errors: tuple[int, ...] = ()
-    #: False: the handler gets the JSON object as sent and validates it itself (`body` documents it).
-    validate: bool = True
-    #: Query parameters (documented; the handler reads them from `params`).
-    query: tuple[str, ...] = ()
-
-    def match(self, path: str) -> Params | None:
-        want = self.path.split("/")
-        got = path.split("/")
-        if len(want) != len(got):
-            return None
-        params: Params = {}
-        for pattern, part in zip(want, got, strict=True):
-            if pattern.startswith("{"):
-                if not part:
-                    return None
-                params[pattern[1:-1]] = part
-            elif pattern != part:
-                return None
-        return params
-
-
-@dataclass(frozen=True)
-class Raw:
-    """A reply body sent as is."""
-
-    body: bytes
-    content_type: bytes = b"application/json"
-
-
-def error(status: int, code: str, message: str) -> Reply:
-    return status, {"error": code, "message": message}
-
-
-def iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def rule_json(rule: IpRule) -> dict[str, Any]:
-    return {
-        "id": rule.id,
-        "cidr": rule.cidr,
-        "action": rule.action,
-        "reason": rule.reason,
-        "created_at": iso(rule.created_at),
-        "expires_at": iso(rule.expires_at),
-    }
-
-
-def token_json(record: TokenRecord, now: float) -> dict[str, Any]:
-    """A token's metadata: never the token, never its digest."""
-    return {
-        "id": record.id,
-        "roles": list(record.roles),
-        "mcps": None if record.mcps is None else list(record.mcps),
-        "description": record.description,
-        "created_at": iso(record.created_at),
-        "expires_at": iso(record.expires_at),
-        "revoked_at": iso(record.revoked_at),
-        "active": record.active(now),
-    }
 
 
 class AdminApp:
@@ -322,17 +240,17 @@ class AdminApp:
         return 200, self._describe(params["id"])
 
     async def create_mcp(self, params: Params, body: dict[str, Any]) -> Reply:
-        definition = _compozy_names(body)
+        definition = compozy_names(body)
         try:
             status, mcp_id = await self.core.registry.create(definition)
         except ConfigError as exc:
             return error(400, "invalid_request", str(exc))
         if status != 201:
-            return error(status, _ERROR_CODES[status], mcp_id)
+            return error(status, ERROR_CODES[status], mcp_id)
         return 201, {"message": "MCP definition added successfully", "name": mcp_id}
 
     async def replace_mcp(self, params: Params, body: dict[str, Any]) -> Reply:
-        definition = _compozy_names(body)
+        definition = compozy_names(body)
         if definition.get("id", params["id"]) != params["id"]:
             return error(400, "invalid_request", "id: must match the id in the path")
         try:
@@ -340,13 +258,13 @@ class AdminApp:
         except ConfigError as exc:
             return error(400, "invalid_request", str(exc))
         if status != 200:
-            return error(status, _ERROR_CODES[status], message)
+            return error(status, ERROR_CODES[status], message)
         return 200, {"message": "MCP definition updated successfully", "name": params["id"]}
 
     async def delete_mcp(self, params: Params, body: None) -> Reply:
         status, message = await self.core.registry.delete(params["id"])
         if status != 204:
-            return error(status, _ERROR_CODES[status], message)
+            return error(status, ERROR_CODES[status], message)
         return 204, None
 
     # -- tools -------------------------------------------------------------------------
@@ -498,8 +416,8 @@ class AdminApp:
             return error(400, "invalid_request", f"type: expected one of {', '.join(EVENT_TYPES)}")
         try:
             limit = int(params.get("limit", "100"))
-            since = _instant(params.get("since"))
-            until = _instant(params.get("until"))
+            since = instant(params.get("since"))
+            until = instant(params.get("until"))
         except ValueError as exc:
             return error(400, "invalid_request", str(exc))
         if not 1 <= limit <= MAX_AUDIT_LIMIT:
@@ -540,28 +458,3 @@ class AdminApp:
             "audit_events_failed": dict(self.core.audit.failed),
             "timestamp": iso(time.time()),
         }
-
-
-def _compozy_names(body: dict[str, Any]) -> dict[str, Any]:
-    """Compozy's definitions name the MCP `name`; ours call it `id`."""
-    if "name" in body and "id" not in body:
-        return {"id": body["name"], **{k: v for k, v in body.items() if k != "name"}}
-    return body
-
-
-def _instant(text: str | None) -> str | None:
-    """An RFC 3339 time (or Unix seconds) as the audit store writes it: UTC, microseconds, Z."""
-    if text is None:
-        return None
-    try:
-        moment = dt.datetime.fromtimestamp(float(text), dt.UTC)
-    except ValueError:
-        try:
-            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"not a time: {text!r} (use RFC 3339 or Unix seconds)") from None
-    except (OverflowError, OSError):
-        raise ValueError(f"not a time: {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

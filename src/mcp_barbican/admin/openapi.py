@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from mcp_barbican import __version__
 
 if TYPE_CHECKING:
-    from mcp_barbican.admin.app import Route
+    from mcp_barbican.admin.routing import Route
 
 __all__ = ["openapi_document"]
 
