@@ -3,7 +3,8 @@
 A legacy-era (initialize handshake) stdio server speaking newline-delimited JSON-RPC 2.0 on
 stdin/stdout and logging to stderr. A client spawns one per session, so it imports nothing beyond
 the standard library. Every request runs in its own asyncio task: a slow tool never blocks a ping,
-and `notifications/cancelled` cancels exactly the task it names.
+and `notifications/cancelled` cancels exactly the task it names. Tools live in `tools.py`, the
+transport in `channel.py`.
 """
 
 from __future__ import annotations
@@ -12,402 +13,47 @@ import asyncio
 import itertools
 import json
 import logging
-import math
-import os
-import queue
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
 from mcp_barbican import __version__
+from mcp_barbican.demo.base import (
+    CLIENT_REQUEST_TIMEOUT,
+    DEFAULT_LOG_LEVEL,
+    INSTRUCTIONS,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    LATEST_VERSION,
+    LOG_LEVELS,
+    MAX_LINE_BYTES,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    SERVER_NAME,
+    SHUTDOWN_GRACE,
+    SUPPORTED_VERSIONS,
+    Json,
+    RequestId,
+    RpcError,
+    ToolError,
+    log,
+)
+from mcp_barbican.demo.channel import Line, Oversized, StdioChannel
+from mcp_barbican.demo.tools import (
+    TOOL_HANDLERS,
+    TOOLS,
+    TOOLS_BY_NAME,
+    ToolCall,
+    at_least,
+    check_arguments,
+    error_result,
+    with_defaults,
+)
 
 __all__ = ["SUPPORTED_VERSIONS", "DemoServer", "StdioChannel", "main"]
 
-Json = dict[str, Any]
-RequestId = str | int
-
-SERVER_NAME: Final = "mcp-barbican-demo"
-SUPPORTED_VERSIONS: Final = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-LATEST_VERSION: Final = SUPPORTED_VERSIONS[-1]
-INSTRUCTIONS: Final = (
-    "A demo server bundled with mcp-barbican: try echo, add, slow (progress and cancellation), "
-    "sample and elicit (requests back to the client) and whoami (the environment it was given)."
-)
-LOG_LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-DEFAULT_LOG_LEVEL: Final = "info"
-
-PARSE_ERROR: Final = -32700
-INVALID_REQUEST: Final = -32600
-METHOD_NOT_FOUND: Final = -32601
-INVALID_PARAMS: Final = -32602
-INTERNAL_ERROR: Final = -32603
-
-# Sampling and elicitation wait on a human, so this is generous; the spec still wants a bound.
-CLIENT_REQUEST_TIMEOUT: Final = 300.0
-# After stdin closes, quick requests still get their answers; longer ones are cancelled.
-SHUTDOWN_GRACE: Final = 0.5
-MAX_LINE_BYTES: Final = 16 * 1024 * 1024
-_READ_CHUNK: Final = 64 * 1024
-
 _NO_ANSWER: Final = "the client closed its input, so it cannot answer"
-
-log = logging.getLogger(SERVER_NAME)
-
-
-class RpcError(Exception):
-    """A JSON-RPC error response for the current request."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class ToolError(Exception):
-    """A tool failure reported to the model as a result with `isError: true`."""
-
-
-class _Oversized:
-    """Stands for an input line longer than MAX_LINE_BYTES, which was dropped unread."""
-
-
-Line = bytes | _Oversized | None
-
-
-# ---------------------------------------------------------------------------------------------
-# stdio transport
-
-
-class StdioChannel:
-    """Moves newline-delimited messages between the event loop and two file descriptors.
-
-    Raw fds on daemon threads rather than asyncio pipe transports: those set O_NONBLOCK on the
-    shared file description (which breaks a terminal the demo was started from), and a daemon
-    thread blocked inside a buffered `sys.stdin` lock aborts interpreter shutdown.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, in_fd: int = 0, out_fd: int = 1) -> None:
-        self.lines: asyncio.Queue[Line] = asyncio.Queue()
-        self._loop = loop
-        self._in_fd = in_fd
-        self._out_fd = out_fd
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._reader = threading.Thread(target=self._read_lines, name="demo-stdin", daemon=True)
-        self._writer = threading.Thread(target=self._write_lines, name="demo-stdout", daemon=True)
-
-    def start(self) -> None:
-        self._reader.start()
-        self._writer.start()
-
-    def send(self, data: bytes) -> None:
-        self._outbox.put(data)
-
-    def close(self, timeout: float) -> None:
-        """Flush what was sent so far, then stop the writer."""
-        self._outbox.put(None)
-        self._writer.join(timeout)
-
-    def _read_chunk(self) -> bytes:
-        try:
-            return os.read(self._in_fd, _READ_CHUNK)
-        except OSError:
-            return b""
-
-    def _read_lines(self) -> None:
-        parts: list[bytes] = []
-        size = 0
-        for chunk in iter(self._read_chunk, b""):
-            *complete, tail = chunk.split(b"\n")
-            for piece in complete:
-                self._post(_Oversized() if size + len(piece) > MAX_LINE_BYTES else b"".join([*parts, piece]))
-                parts, size = [], 0
-            parts.append(tail)
-            size += len(tail)
-            if size > MAX_LINE_BYTES:
-                parts = []  # keep counting `size` so the line is reported once its newline arrives
-        if size:
-            self._post(_Oversized() if size > MAX_LINE_BYTES else b"".join(parts))
-        self._post(None)
-
-    def _post(self, line: Line) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self.lines.put_nowait, line)
-        except RuntimeError:
-            pass  # the loop is already closed: nobody is listening any more
-
-    def _write_lines(self) -> None:
-        while (data := self._outbox.get()) is not None:
-            view = memoryview(data)
-            try:
-                while view:
-                    view = view[os.write(self._out_fd, view) :]
-            except OSError:
-                return  # the client stopped reading; its closed stdin ends the session
-
-
-# ---------------------------------------------------------------------------------------------
-# argument checking for the small JSON Schema subset the tools use
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
-
-
-def _is_integer(value: object) -> bool:
-    return _is_number(value) and (isinstance(value, int) or value.is_integer())
-
-
-_TYPE_CHECKS: Final[dict[str, Callable[[object], bool]]] = {
-    "string": lambda value: isinstance(value, str),
-    "number": _is_number,
-    "integer": _is_integer,
-}
-
-
-def _check_value(schema: Json, value: object) -> str | None:
-    kind = schema["type"]
-    if not _TYPE_CHECKS[kind](value):
-        return f"expected {kind}, got {json.dumps(value)[:80]}"
-    if _is_number(value) and value < schema.get("minimum", -math.inf):
-        return f"must be at least {schema['minimum']}"
-    if _is_number(value) and value > schema.get("maximum", math.inf):
-        return f"must be at most {schema['maximum']}"
-    return None
-
-
-def check_arguments(schema: Json, args: Json) -> str | None:
-    """Why `args` does not satisfy the tool's input schema, or None when it does."""
-    properties: Json = schema.get("properties", {})
-    missing = [name for name in schema.get("required", []) if name not in args]
-    if missing:
-        return f"missing required argument(s): {', '.join(missing)}"
-    unknown = sorted(set(args) - set(properties))
-    if unknown:
-        return f"unexpected argument(s): {', '.join(unknown)}"
-    for name, value in args.items():
-        if problem := _check_value(properties[name], value):
-            return f"{name}: {problem}"
-    return None
-
-
-def _with_defaults(schema: Json, args: Json) -> Json:
-    defaults = {name: prop["default"] for name, prop in schema.get("properties", {}).items() if "default" in prop}
-    return defaults | args
-
-
-# ---------------------------------------------------------------------------------------------
-# tools
-
-
-def _at_least(version: str, since: str) -> bool:
-    return version >= since  # protocol versions are ISO dates, so they sort as strings
-
-
-def _object_schema(properties: Json, required: list[str]) -> Json:
-    schema: Json = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        schema["required"] = required  # older JSON Schema drafts reject an empty list
-    return schema
-
-
-def _text_result(text: str) -> Json:
-    return {"content": [{"type": "text", "text": text}], "isError": False}
-
-
-def _error_result(text: str) -> Json:
-    return {"content": [{"type": "text", "text": text}], "isError": True}
-
-
-@dataclass(frozen=True, slots=True)
-class ToolSpec:
-    name: str
-    title: str
-    description: str
-    input_schema: Json
-    annotations: Json
-    output_schema: Json | None = None
-
-    def listing(self, version: str) -> Json:
-        """The tools/list entry, without fields the negotiated protocol version does not define."""
-        entry: Json = {"name": self.name, "description": self.description, "inputSchema": self.input_schema}
-        if _at_least(version, "2025-03-26"):
-            entry["annotations"] = self.annotations
-        if _at_least(version, "2025-06-18"):
-            entry["title"] = self.title
-            if self.output_schema is not None:
-                entry["outputSchema"] = self.output_schema
-        return entry
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    args: Json
-    progress_token: RequestId | None
-
-
-_READ_ONLY: Final[Json] = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
-_ASKS_CLIENT: Final[Json] = {"readOnlyHint": True, "idempotentHint": False, "openWorldHint": False}
-
-TOOLS: Final = (
-    ToolSpec(
-        name="echo",
-        title="Echo",
-        description="Returns the message unchanged.",
-        input_schema=_object_schema({"message": {"type": "string", "description": "Text to send back."}}, ["message"]),
-        annotations=_READ_ONLY,
-    ),
-    ToolSpec(
-        name="add",
-        title="Add two numbers",
-        description="Adds a and b; the sum is also returned as structured content.",
-        input_schema=_object_schema({"a": {"type": "number"}, "b": {"type": "number"}}, ["a", "b"]),
-        annotations=_READ_ONLY,
-        output_schema=_object_schema({"sum": {"type": "number"}}, ["sum"]),
-    ),
-    ToolSpec(
-        name="slow",
-        title="Slow task",
-        description=(
-            "Waits `seconds` in `steps` equal steps, reporting progress (when the request carries a "
-            "progressToken) and an info log after each step. Cancellable."
-        ),
-        input_schema=_object_schema(
-            {
-                "seconds": {"type": "number", "minimum": 0, "maximum": 30, "default": 2},
-                "steps": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
-            },
-            [],
-        ),
-        annotations=_READ_ONLY,
-    ),
-    ToolSpec(
-        name="sample",
-        title="Ask the client's model",
-        description="Sends the prompt to the client's model with sampling/createMessage and returns its answer.",
-        input_schema=_object_schema({"prompt": {"type": "string", "description": "What to ask."}}, ["prompt"]),
-        annotations=_ASKS_CLIENT,
-    ),
-    ToolSpec(
-        name="elicit",
-        title="Ask the user",
-        description="Asks the user a question through elicitation/create (form mode) and returns the action taken.",
-        input_schema=_object_schema({"question": {"type": "string", "description": "What to ask."}}, ["question"]),
-        annotations=_ASKS_CLIENT,
-    ),
-    ToolSpec(
-        name="whoami",
-        title="Environment variable names",
-        description="Lists the names (never the values) of the environment variables this server process sees.",
-        input_schema=_object_schema({}, []),
-        annotations=_READ_ONLY,
-    ),
-)
-TOOLS_BY_NAME: Final = {tool.name: tool for tool in TOOLS}
-
-ToolHandler = Callable[["DemoServer", ToolCall], Awaitable[Json]]
-
-
-async def _echo(server: DemoServer, call: ToolCall) -> Json:
-    return _text_result(call.args["message"])
-
-
-async def _add(server: DemoServer, call: ToolCall) -> Json:
-    try:
-        total = call.args["a"] + call.args["b"]
-    except OverflowError:  # a huge integer plus a float
-        total = math.inf
-    if isinstance(total, float) and not math.isfinite(total):
-        raise ToolError("the sum does not fit in a double; use smaller numbers")
-    result = _text_result(json.dumps(total))
-    if _at_least(server.protocol_version, "2025-06-18"):
-        result["structuredContent"] = {"sum": total}
-    return result
-
-
-async def _slow(server: DemoServer, call: ToolCall) -> Json:
-    steps = int(call.args["steps"])
-    pause = call.args["seconds"] / steps
-    done = 0
-    try:
-        for done in range(1, steps + 1):
-            await asyncio.sleep(pause)
-            server.progress(call.progress_token, done, steps, f"step {done} of {steps}")
-            server.log("info", f"slow: step {done} of {steps}")
-    except asyncio.CancelledError:
-        server.log("notice", f"slow: cancelled after {done - 1} of {steps} steps")
-        raise
-    return _text_result(f"done after {steps} steps")
-
-
-def _block_text(block: object) -> str | None:
-    if isinstance(block, dict) and block.get("type") == "text" and isinstance(text := block.get("text"), str):
-        return text
-    return None
-
-
-def _sampled_text(result: Json) -> str:
-    content = result.get("content")
-    blocks = content if isinstance(content, list) else [content]
-    texts = [text for block in blocks if (text := _block_text(block)) is not None]
-    if not texts:
-        raise ToolError("the client's model answered without any text content")
-    return "".join(texts)
-
-
-async def _sample(server: DemoServer, call: ToolCall) -> Json:
-    if "sampling" not in server.client_capabilities:
-        raise ToolError("the client did not declare the sampling capability in initialize, so it cannot be asked")
-    params = {
-        "messages": [{"role": "user", "content": {"type": "text", "text": call.args["prompt"]}}],
-        "maxTokens": 256,
-    }
-    result = await server.request_client("sampling/createMessage", params)
-    return _text_result(f"the client's model said: {_sampled_text(result)}")
-
-
-def _supports_form_elicitation(capability: object) -> bool:
-    # An empty elicitation object predates modes and means form support.
-    return isinstance(capability, dict) and (not capability or "form" in capability)
-
-
-async def _elicit(server: DemoServer, call: ToolCall) -> Json:
-    if not _supports_form_elicitation(server.client_capabilities.get("elicitation")):
-        raise ToolError("the client did not declare form-mode elicitation in initialize, so the user cannot be asked")
-    answer = {"type": "string", "title": "Answer", "description": "Your answer."}
-    schema = {"type": "object", "properties": {"answer": answer}, "required": ["answer"]}
-    params: Json = {"message": call.args["question"], "requestedSchema": schema}
-    if _at_least(server.protocol_version, "2025-11-25"):
-        params["mode"] = "form"
-    result = await server.request_client("elicitation/create", params)
-    action = result.get("action")
-    if action not in ("accept", "decline", "cancel"):
-        raise ToolError(f"the client answered elicitation/create with an unknown action {action!r}")
-    outcome: Json = {"action": action}
-    if action == "accept":
-        outcome["content"] = result.get("content", {})
-    return _text_result(json.dumps(outcome, ensure_ascii=False))
-
-
-async def _whoami(server: DemoServer, call: ToolCall) -> Json:
-    names = sorted(os.environ)
-    return _text_result("\n".join(names) if names else "(no environment variables)")
-
-
-TOOL_HANDLERS: Final[dict[str, ToolHandler]] = {
-    "echo": _echo,
-    "add": _add,
-    "slow": _slow,
-    "sample": _sample,
-    "elicit": _elicit,
-    "whoami": _whoami,
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# JSON-RPC session
 
 
 def _is_request_id(value: object) -> TypeGuard[RequestId]:
@@ -515,7 +161,7 @@ class DemoServer:
         if token is None:
             return
         params: Json = {"progressToken": token, "progress": progress, "total": total}
-        if _at_least(self.protocol_version, "2025-03-26"):
+        if at_least(self.protocol_version, "2025-03-26"):
             params["message"] = message
         self.notify("notifications/progress", params)
 
@@ -540,9 +186,9 @@ class DemoServer:
 
     # -- incoming ------------------------------------------------------------------------------
 
-    def receive(self, line: bytes | _Oversized) -> None:
+    def receive(self, line: bytes | Oversized) -> None:
         """Handle one input line; nothing a client sends can raise out of here."""
-        if isinstance(line, _Oversized):
+        if isinstance(line, Oversized):
             self._send_error(None, PARSE_ERROR, f"Parse error: line longer than {MAX_LINE_BYTES} bytes")
             return
         if not line.strip():
@@ -691,15 +337,15 @@ class DemoServer:
             raise RpcError(INVALID_PARAMS, "Invalid params: tools/call arguments must be an object")
         # Since 2025-11-25 bad arguments are a tool execution error, so the model can correct itself.
         if problem := check_arguments(tool.input_schema, args):
-            return _error_result(f"invalid arguments for {name}: {problem}")
-        call = ToolCall(_with_defaults(tool.input_schema, args), _progress_token(params))
+            return error_result(f"invalid arguments for {name}: {problem}")
+        call = ToolCall(with_defaults(tool.input_schema, args), _progress_token(params))
         try:
             return await TOOL_HANDLERS[name](self, call)
         except ToolError as exc:
-            return _error_result(f"{name} failed: {exc}")
+            return error_result(f"{name} failed: {exc}")
         except Exception as exc:
             log.exception("tool %s crashed", name)
-            return _error_result(f"{name} failed unexpectedly: {type(exc).__name__}: {exc}")
+            return error_result(f"{name} failed unexpectedly: {type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------------------------------------
