@@ -9,15 +9,9 @@ from typing import Any
 import pytest
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
+from mcp_barbican.asgi import HEAD_HEADERS_EXTENSION, RESPONSE_HEADERS_KEY, HeadHeaders
 from mcp_barbican.config import ProxyConfig, validate_model
-from mcp_barbican.server.protocol import (
-    HEAD_HEADERS_EXTENSION,
-    RESPONSE_HEADERS_KEY,
-    BarbicanHttpProtocol,
-    FastHeadCycle,
-    HeadHeaders,
-    status_line,
-)
+from mcp_barbican.server.protocol import BarbicanHttpProtocol, FastHeadCycle, status_line
 from mcp_barbican.server.runner import uvicorn_config
 
 Headers = list[tuple[bytes, bytes]]

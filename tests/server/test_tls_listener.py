@@ -19,9 +19,10 @@ import trustme
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 
+from mcp_barbican.asgi import HEAD_HEADERS_EXTENSION
 from mcp_barbican.config import ListenerLimits, ProxyConfig, ServerTLSConfig, validate_model
 from mcp_barbican.exceptions import ConfigError
-from mcp_barbican.server.protocol import HEAD_HEADERS_EXTENSION, BarbicanHttpProtocol, listener_protocol
+from mcp_barbican.server.protocol import BarbicanHttpProtocol, listener_protocol
 from mcp_barbican.server.runner import uvicorn_config
 from mcp_barbican.server.tls import (
     DEFAULT_TLS12_CIPHERS,

@@ -19,6 +19,7 @@ from mcp_barbican.admin.models import MAX_SECONDS, IpRuleRequest, RotateRequest,
 from mcp_barbican.admin.openapi import openapi_document
 from mcp_barbican.admin.present import compozy_names, instant, iso, rule_json, token_json
 from mcp_barbican.admin.routing import ERROR_CODES, Params, Raw, Reply, Route, error
+from mcp_barbican.asgi import BodyTooLarge, json_error, query_param, read_body, respond, respond_json
 from mcp_barbican.audit import EVENT_TYPES, AuditEvent, request_fields
 from mcp_barbican.config import SERVER_OWNER, McpConfig, format_path, masked_mcp, validate_model
 from mcp_barbican.exceptions import ConfigError, UpstreamError
@@ -27,7 +28,6 @@ from mcp_barbican.security.iprules import IpRule, RuleTableFull
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.security.tokens import new_token
 from mcp_barbican.security.tools import tool_allowed
-from mcp_barbican.server.http import BodyTooLarge, json_error, query_param, read_body, respond, respond_json
 from mcp_barbican.server.runtime import list_upstream_tools
 from mcp_barbican.storage import TokenRecord
 from mcp_barbican.types import Receive, Scope, Send

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NamedTuple
 
-from mcp_barbican.server.http import get_header, json_error
+from mcp_barbican.asgi import get_header, json_error
 from mcp_barbican.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:

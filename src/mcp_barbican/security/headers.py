@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from mcp_barbican.server.protocol import HEAD_HEADERS_EXTENSION, RESPONSE_HEADERS_KEY, HeadHeaders
+from mcp_barbican.asgi import HEAD_HEADERS_EXTENSION, RESPONSE_HEADERS_KEY, HeadHeaders
 from mcp_barbican.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from mcp_barbican.asgi import json_error
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.server.http import json_error
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["LOOPBACK_NAMES", "AllowedHosts", "HostOriginGuard", "check_host_origin", "split_host"]

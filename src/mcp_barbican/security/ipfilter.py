@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from mcp_barbican.asgi import json_error, respond_json
 from mcp_barbican.audit.events import AuditEvent, request_fields
 from mcp_barbican.security.addresses import IpSet, client_ip, parse_ip
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.iprules import Clock, DynamicRules
-from mcp_barbican.server.http import json_error, respond_json
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mcp_barbican.admin import AdminApp
+from mcp_barbican.asgi import get_header, json_error, repeated_header, respond_json
 from mcp_barbican.audit import AuditTrail, build_sinks
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.addresses import IpSet, client_ip
@@ -31,7 +32,6 @@ from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_meta
 from mcp_barbican.security.principal import CLIENT_IP_KEY, Principal
 from mcp_barbican.security.tokens import check_listed_ids
 from mcp_barbican.server.endpoint import McpEndpoint
-from mcp_barbican.server.http import get_header, json_error, repeated_header, respond_json
 from mcp_barbican.server.registry import Registry
 from mcp_barbican.server.runtime import McpRuntime
 from mcp_barbican.server.shields import Shields, resource_url

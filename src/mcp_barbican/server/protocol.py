@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import http
-import re
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from mcp_barbican.asgi import (
+    BAD_NAME,
+    BAD_VALUE,
+    FRAMING_HEADERS,
+    HEAD_HEADERS_EXTENSION,
+    RESPONSE_HEADERS_KEY,
+    HeadHeaders,
+)
 from mcp_barbican.config import ListenerLimits
 from mcp_barbican.security.limits import header_bytes
 from mcp_barbican.server.listener import ListenerGuard
@@ -37,60 +43,14 @@ if TYPE_CHECKING:
     from mcp_barbican.security.counters import SecurityCounters
 
 __all__ = [
-    "HEAD_HEADERS_EXTENSION",
-    "RESPONSE_HEADERS_KEY",
     "BarbicanHttpProtocol",
     "FastHeadCycle",
-    "HeadHeaders",
     "listener_protocol",
     "refusal",
     "status_line",
 ]
 
-#: The ASGI extension this server advertises in `scope["extensions"]`: it adds the HeadHeaders
-#: an app puts under RESPONSE_HEADERS_KEY in the scope to the response head (those the response
-#: does not set itself), so a layer can add headers without wrapping every `send`.
-HEAD_HEADERS_EXTENSION: Final = "mcp_barbican.head_headers"
-RESPONSE_HEADERS_KEY: Final = "mcp_barbican.response_headers"
-
-# RFC 9110 section 5.6.2: a field name is a token; a value holds no control character but HTAB.
-_BAD_NAME: Final = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
-_BAD_VALUE: Final = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
-_SPECIAL: Final = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _NO_BODY_STATUSES: Final = frozenset((204, 304))
-#: Kept variants of one HeadHeaders without the names responses set themselves.
-_VARIANTS_MAX: Final = 64
-
-
-class HeadHeaders:
-    """Response headers checked and serialised once; `data` is what joins a head that lacks them all."""
-
-    __slots__ = ("_without", "data", "headers", "names")
-
-    def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        self.headers = [(name.lower(), value) for name, value in headers]
-        self.names = frozenset(name for name, _ in self.headers)
-        if _BAD_NAME.search(b"".join(self.names)) or _BAD_VALUE.search(b"".join(v for _, v in self.headers)):
-            raise ValueError("a response header name is no token, or a value holds a control character")
-        if not _SPECIAL.isdisjoint(self.names):
-            raise ValueError("framing and connection headers are the response's own")
-        self.data = b"".join(b"%s: %s\r\n" % header for header in self.headers)
-        #: The set without the names a response set itself, per such group of names (few recur).
-        self._without: dict[frozenset[bytes], HeadHeaders] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.headers)
-
-    def without(self, present: frozenset[bytes]) -> HeadHeaders:
-        """These headers less those named in `present` (the response's own win)."""
-        if not present:
-            return self
-        rest = self._without.get(present)
-        if rest is None:
-            rest = HeadHeaders(header for header in self.headers if header[0] not in present)
-            if len(self._without) < _VARIANTS_MAX:
-                self._without[present] = rest
-        return rest
 
 
 def status_line(status: int) -> bytes:
@@ -125,12 +85,12 @@ class FastHeadCycle(RequestResponseCycle):
         self.response_started = True
         self.waiting_for_100_continue = False
         status: int = message["status"]
-        if _BAD_NAME.search(b"".join(names)):
+        if BAD_NAME.search(b"".join(names)):
             raise RuntimeError("Invalid HTTP header name.")
-        if _BAD_VALUE.search(b"".join([value for _, value in headers])):
+        if BAD_VALUE.search(b"".join([value for _, value in headers])):
             raise RuntimeError("Invalid HTTP header value.")
         closing = False
-        if not _SPECIAL.isdisjoint(names):
+        if not FRAMING_HEADERS.isdisjoint(names):
             closing = self._special_headers(names, headers)
         head = [_STATUS_LINES.get(status) or status_line(status)]
         head += [b"%s: %s\r\n" % (name, value) for name, (_, value) in zip(names, headers, strict=True)]

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from mcp_barbican.asgi import get_header
 from mcp_barbican.audit import AuditEvent, AuditTrail
 from mcp_barbican.config import SERVER_OWNER
 from mcp_barbican.exceptions import ConfigError
@@ -39,7 +40,6 @@ from mcp_barbican.security.jwt import JwtVerifier
 from mcp_barbican.security.oauth import metadata_url, www_authenticate
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
 from mcp_barbican.security.tokens import IssuedTokens
-from mcp_barbican.server.http import get_header
 from mcp_barbican.server.quota import SessionQuota
 from mcp_barbican.types import ASGIApp, Scope
 

@@ -1,9 +1,11 @@
-"""Small raw-ASGI helpers for the data plane: headers, bodies and JSON answers."""
+"""The ASGI vocabulary below every layer: request headers and bodies, JSON answers, and the
+response-head extension the listener offers the app. Imports nothing above the leaves."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -11,6 +13,12 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.types import Receive, Scope, Send
 
 __all__ = [
+    "BAD_NAME",
+    "BAD_VALUE",
+    "FRAMING_HEADERS",
+    "HEAD_HEADERS_EXTENSION",
+    "RESPONSE_HEADERS_KEY",
+    "HeadHeaders",
     "BodyTooLarge",
     "Headers",
     "get_header",
@@ -100,3 +108,51 @@ async def rpc_error(
 ) -> None:
     """A rejection of an MCP request: an HTTP status with a JSON-RPC error body."""
     await respond(send, status, jsonrpc.error_body(request_id, code, message), [JSON_CONTENT, *(headers or ())])
+
+
+# ---------------------------------------------------------------------------------------------
+# The response-head extension (server/protocol.py writes what layers put in the scope)
+
+#: The ASGI extension this server advertises in `scope["extensions"]`: it adds the HeadHeaders
+#: an app puts under RESPONSE_HEADERS_KEY in the scope to the response head (those the response
+#: does not set itself), so a layer can add headers without wrapping every `send`.
+HEAD_HEADERS_EXTENSION: Final = "mcp_barbican.head_headers"
+RESPONSE_HEADERS_KEY: Final = "mcp_barbican.response_headers"
+
+# RFC 9110 section 5.6.2: a field name is a token; a value holds no control character but HTAB.
+BAD_NAME: Final = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
+BAD_VALUE: Final = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+FRAMING_HEADERS: Final = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+#: Kept variants of one HeadHeaders without the names responses set themselves.
+_VARIANTS_MAX: Final = 64
+
+
+class HeadHeaders:
+    """Response headers checked and serialised once; `data` is what joins a head that lacks them all."""
+
+    __slots__ = ("_without", "data", "headers", "names")
+
+    def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self.headers = [(name.lower(), value) for name, value in headers]
+        self.names = frozenset(name for name, _ in self.headers)
+        if BAD_NAME.search(b"".join(self.names)) or BAD_VALUE.search(b"".join(v for _, v in self.headers)):
+            raise ValueError("a response header name is no token, or a value holds a control character")
+        if not FRAMING_HEADERS.isdisjoint(self.names):
+            raise ValueError("framing and connection headers are the response's own")
+        self.data = b"".join(b"%s: %s\r\n" % header for header in self.headers)
+        #: The set without the names a response set itself, per such group of names (few recur).
+        self._without: dict[frozenset[bytes], HeadHeaders] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.headers)
+
+    def without(self, present: frozenset[bytes]) -> HeadHeaders:
+        """These headers less those named in `present` (the response's own win)."""
+        if not present:
+            return self
+        rest = self._without.get(present)
+        if rest is None:
+            rest = HeadHeaders(header for header in self.headers if header[0] not in present)
+            if len(self._without) < _VARIANTS_MAX:
+                self._without[present] = rest
+        return rest
