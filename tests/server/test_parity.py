@@ -20,7 +20,7 @@ from mcp import Client, StdioServerParameters
 
 from tests.proxy import EVERYTHING, NODE, everything_stdio, mcp_client, run_everything_http, run_proxy
 
-pytestmark = [pytest.mark.anyio, pytest.mark.npm]
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio, pytest.mark.npm]
 
 
 async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:

@@ -20,6 +20,8 @@ import pytest
 from tests.proxy import RunningProxy, demo_mcp, free_port, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
+pytestmark = pytest.mark.e2e
+
 CAP = 2
 INIT_TIMEOUT = 3.0
 TOKENS = {name: f"{name}-token-0123456789" for name in ("alice", "bob", "carol", "dave", "erin", "frank")}

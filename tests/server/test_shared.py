@@ -19,7 +19,7 @@ import pytest
 
 from tests.proxy import RunningProxy, demo_mcp, mcp_client, run_proxy
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from tests.proxy import AUTH_HEADER, demo_mcp, run_proxy
 from tests.server.test_auth_e2e import RecordingUpstream
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
