@@ -74,6 +74,8 @@ class RecordingUpstream:
             asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
+            loop.close()
+            thread.join(10)
 
 
 @pytest.fixture(scope="module")

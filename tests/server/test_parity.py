@@ -95,6 +95,8 @@ async def direct_client(target: Any, transport: str) -> AsyncIterator[Client]:
             yield client
 
 
+# The SDK deprecates resources/subscribe (SEP-2577) but servers still offer it and the proxy relays it.
+@pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed:mcp.shared.exceptions.MCPDeprecationWarning")
 @pytest.mark.parametrize("upstream", ["stdio", "sse", "streamable-http"])
 async def test_the_proxy_shows_the_same_server_as_a_direct_connection(tmp_path: Path, upstream: str) -> None:
     with upstream_entry(upstream) as (entry, target):

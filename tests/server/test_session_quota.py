@@ -80,6 +80,7 @@ class SseStream:
             self.session = found.group(1).decode()
         else:
             self.read_to_end()
+            self.close()  # a refusal ends the connection: nothing to hold open
 
     def _read(self, deadline: float) -> bytes | None:
         """The next bytes (b"" at the end of the stream); None if none came in a second."""
