@@ -74,7 +74,7 @@ def test_a_client_without_a_certificate_is_refused(tls_proxy: str, files: dict[s
 
 
 # The client offers TLS 1.0 and 1.1 on purpose, to see the proxy refuse them; Python deprecates the names.
-@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1 is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1(_1)? is deprecated:DeprecationWarning")
 def test_tls_1_1_is_refused_when_the_minimum_is_1_2(tls_proxy: str, files: dict[str, Path]) -> None:
     context = client_context(files, with_cert=True, max_version=ssl.TLSVersion.TLSv1_1)
     with httpx2.Client(verify=context) as client, pytest.raises(httpx2.TransportError):
