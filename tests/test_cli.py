@@ -188,6 +188,7 @@ def run_module(*args: str, env: dict[str, str], cwd: Path | None = None) -> subp
     )
 
 
+@pytest.mark.e2e
 def test_config_check_subprocess_matches_golden(tmp_path: Path) -> None:
     write_full_files(tmp_path)
     result = run_module("config", "check", "-c", str(CONFIGS / "full.yaml"), env=FULL_ENV, cwd=tmp_path)
@@ -197,6 +198,7 @@ def test_config_check_subprocess_matches_golden(tmp_path: Path) -> None:
         assert secret not in result.stdout
 
 
+@pytest.mark.e2e
 def test_config_check_subprocess_exit_code_on_error(tmp_path: Path) -> None:
     path = write_config(tmp_path, "mcps: [{id: a, command: x}]\n")
     result = run_module("config", "check", "-c", str(path), env={})
@@ -400,6 +402,7 @@ def test_serve_reports_config_errors_from_the_runner(
     assert error_line(capsys.readouterr().err) == "error: server.tls.cert_file: cannot load certificate"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("key", "fix"),
     [("server.port", "pick another with --port"), ("server.admin.port", "pick another server.admin.port")],
@@ -486,6 +489,7 @@ def guarded_server() -> Iterator[tuple[str, str]]:
     thread.join(timeout=30)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("from_env", [False, True], ids=["literal-token", "token-from-env"])
 def test_banner_python_example_lists_tools(guarded_server: tuple[str, str], from_env: bool) -> None:
     url, token = guarded_server
@@ -504,6 +508,7 @@ def test_banner_python_example_lists_tools(guarded_server: tuple[str, str], from
     assert result.stdout.strip() == "['echo']"
 
 
+@pytest.mark.e2e
 def test_banner_curl_example_initializes_and_continues_the_session(guarded_server: tuple[str, str]) -> None:
     url, token = guarded_server
     first, rest = curl_example(url, token).split("\n# continue that session", 1)
@@ -543,6 +548,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
     raise AssertionError(f"nothing listens on port {port}")
 
 
+@pytest.mark.e2e
 def test_embedded_default_end_to_end(tmp_path: Path) -> None:
     """`mcp-barbican serve` with no config, then the banner's own Python example, verbatim."""
     port = free_port()

@@ -29,6 +29,8 @@ from tests.conformance import (
     start_fixture,
 )
 
+pytestmark = pytest.mark.e2e
+
 FIXTURE_TOOLS = {
     "test_simple_text",
     "test_image_content",

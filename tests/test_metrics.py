@@ -45,6 +45,7 @@ def scrape(proxy: RunningProxy, headers: dict[str, str] | None = None) -> httpx2
     return httpx2.get(f"{proxy.base}/metrics", headers=headers or {})
 
 
+@pytest.mark.e2e
 @pytest.mark.anyio
 async def test_metrics_are_admin_guarded_and_move_with_traffic(tmp_path: Path) -> None:
     with run_proxy(tmp_path, [demo_mcp("demo")], server=SERVER) as proxy:
@@ -70,6 +71,7 @@ async def test_metrics_are_admin_guarded_and_move_with_traffic(tmp_path: Path) -
     assert after[("mcp_barbican_audit_events_failed_total", (("sink", "sqlite:.mcp-barbican/audit.db"),))] == 0
 
 
+@pytest.mark.e2e
 def test_public_metrics_need_no_token(tmp_path: Path) -> None:
     with run_proxy(tmp_path, [demo_mcp("demo")], server={**SERVER, "metrics": {"public": True}}) as proxy:
         reply = scrape(proxy)

@@ -13,6 +13,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 #: Import names whose distribution is called differently.
 DISTRIBUTION_OF = {
@@ -54,6 +56,7 @@ def _modules() -> list[str]:
     )
 
 
+@pytest.mark.e2e
 def test_every_module_imports_on_its_own() -> None:
     """No import cycle hides behind the order in which the app happens to import modules."""
     script = "import importlib, sys; importlib.import_module(sys.argv[1])"

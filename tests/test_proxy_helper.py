@@ -9,6 +9,8 @@ import pytest
 
 from .proxy import TRACEBACK, _process, free_port
 
+pytestmark = pytest.mark.e2e
+
 # Listens on the port, writes a traceback to stderr, and waits to be stopped.
 SCRIPT = f"""
 import socket, sys, time

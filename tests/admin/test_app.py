@@ -15,6 +15,8 @@ import pytest
 from tests.proxy import AUTH_HEADER, TOKEN, RunningProxy, demo_mcp, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
+pytestmark = pytest.mark.e2e
+
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 ADMIN_IPS = ["127.0.0.1", "10.20.0.0/16"]

@@ -13,6 +13,8 @@ from tests.admin.test_app import ADMIN_IPS, ADMIN_TOKEN, SECRET, SERVER, call, i
 from tests.proxy import AUTH_HEADER, TOKEN, RunningProxy, demo_mcp, mcp_client, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:

@@ -12,6 +12,8 @@ import pytest
 from tests.admin.test_app import ADMIN_IPS, ADMIN_TOKEN
 from tests.proxy import demo_mcp, run_proxy
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.mark.timeout(600)
 def test_no_generated_request_gets_a_server_error(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from tests.admin.test_app import ADMIN, ADMIN_IPS, ADMIN_TOKEN, call
 from tests.proxy import AUTH_HEADER, TOKEN, demo_mcp, mcp_client, run_proxy
 from tests.server.test_endpoint import MCP_HEADERS
 
+pytestmark = pytest.mark.e2e
+
 REQUESTS = 10_000
 WRONG = "wrong-token-never-in-the-audit"
 

@@ -25,7 +25,7 @@ from mcp import types as mcp_types
 from mcp.client.session import ClientRequestContext
 from mcp.client.stdio import get_default_environment
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 ROOT = Path(__file__).resolve().parents[2]
 # The checkout's src, not an installed copy; PYTHONCOERCECLOCALE=0 stops Python from adding

@@ -19,6 +19,8 @@ from aiohttp import web
 from tests.proxy import AUTH_HEADER, TOKEN, RunningProxy, demo_mcp, free_port, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
+pytestmark = pytest.mark.e2e
+
 ROTATED = [{"id": "old", "token": "old-token-0123456789"}, {"id": "new", "token": "new-token-0123456789"}]
 EXPIRED = [{"id": "expired", "token": "expired-token-0123456789", "expires_at": "2020-01-01T00:00:00Z"}]
 
@@ -71,6 +73,8 @@ class RecordingUpstream:
         finally:
             asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
             loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
             thread.join(10)
 
 

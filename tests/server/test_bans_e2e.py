@@ -19,6 +19,8 @@ import pytest
 from tests.proxy import AUTH_HEADER, RunningProxy, demo_mcp, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
+pytestmark = pytest.mark.e2e
+
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 WRONG = {"Authorization": "Bearer wrong-token-0123456789"}

@@ -11,7 +11,7 @@ import pytest
 
 from tests.proxy import mcp_client, run_proxy, write_config
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 # A stdio MCP server that writes the protocolVersion of each initialize it gets to argv[1].
 RECORDER = """

@@ -27,7 +27,7 @@ from tests.conformance import (
 )
 from tests.proxy import run_proxy
 
-pytestmark = pytest.mark.conformance
+pytestmark = [pytest.mark.e2e, pytest.mark.conformance]
 
 
 def _require_node() -> None:

@@ -12,6 +12,8 @@ import pytest
 
 from tests.proxy import AUTH_HEADER, RunningProxy, demo_mcp, run_proxy
 
+pytestmark = pytest.mark.e2e
+
 MCP_HEADERS = {
     **AUTH_HEADER,
     "Accept": "application/json, text/event-stream",

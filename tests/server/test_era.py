@@ -18,7 +18,7 @@ from mcp import Client, StdioServerParameters
 from tests.conformance import fixture_command, start_fixture
 from tests.proxy import demo_mcp, mcp_client, run_proxy
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.proxy import AUTH_HEADER, demo_mcp, mcp_client, run_proxy
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 def children_of(pid: int) -> list[int]:

@@ -22,6 +22,8 @@ import pytest
 from tests.proxy import AUTH_HEADER, TOKEN, RunningProxy, demo_mcp, free_port, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
+pytestmark = pytest.mark.e2e
+
 TIMEOUT: Final = 2.0
 CLOSE_WAIT: Final = 15.0
 

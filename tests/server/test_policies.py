@@ -12,6 +12,8 @@ from mcp.shared.exceptions import MCPError
 from tests.proxy import RunningProxy, demo_mcp, mcp_client, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS, initialize
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:

@@ -19,6 +19,8 @@ import pytest
 from tests.proxy import RunningProxy, demo_mcp, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS, sse_messages
 
+pytestmark = pytest.mark.e2e
+
 SINGLE = "single-token-0123456789"  # mcps[a].auth.token
 LISTED = "listed-token-0123456789"  # mcps[a].auth.tokens: id `token`
 B1, B2 = "b1-token-0123456789", "b2-token-0123456789"  # the single tokens of MCPs b1 and b2

@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 import yaml
 
 from tests.admin.test_app import ADMIN_TOKEN, call
 from tests.proxy import AUTH_HEADER, RunningProxy, demo_mcp, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS
+
+pytestmark = pytest.mark.e2e
 
 SERVER = {"admin": {"token": ADMIN_TOKEN}, "audit": {"sinks": [{"type": "sqlite"}]}}
 PING = {"jsonrpc": "2.0", "id": 7, "method": "ping"}

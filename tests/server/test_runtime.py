@@ -1,4 +1,4 @@
-"""McpRuntime set-up: what it reads from disk, it reads before any request."""
+"""McpRuntime: what it reads from disk, it reads before any request; over a mock upstream, it restarts."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import trustme
 
 from mcp_barbican.config import ListenerLimits, McpConfig, ProxyConfig
 from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.server import link as link_module
 from mcp_barbican.server.app import build_app, log_loop_error
 from mcp_barbican.server.quota import SessionQuota
 from mcp_barbican.server.runtime import McpRuntime
+from mcp_barbican.upstream.mock import MockUpstream
+from tests.server.test_link import INIT_PARAMS, answered, messages, server, tool_call
 
 
 def test_an_upstream_ca_file_gone_after_load_fails_the_set_up_not_a_request(tmp_path: Path) -> None:
@@ -54,3 +57,34 @@ async def test_the_app_installs_it_at_start_up() -> None:
     finally:
         await core.shutdown()
         loop.set_exception_handler(previous)
+
+
+@pytest.mark.anyio
+async def test_a_shared_runtime_whose_upstream_dies_is_failed_then_ready_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(link_module, "RESTART_BACKOFF", (0.01, 2.0, 0.1))
+    upstream = MockUpstream(server)
+    mcp = McpConfig.model_validate({"id": "mock", "command": "unused", "session_mode": "shared"})
+    runtime = McpRuntime(mcp, idle_timeout=60, quota=SessionQuota(ListenerLimits()))
+    monkeypatch.setattr(runtime, "_channel", upstream)  # the runtime's one way to open a channel
+    runtime.start()
+    try:
+        assert runtime._probe_task is not None
+        await asyncio.wait_for(runtime._probe_task, 1.0)
+        assert runtime.status == "ready"
+        session = runtime.new_session("alice", client_ip=None)
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT_PARAMS}
+        await runtime.initialize(session, init, session.open_stream())
+        link = session.link
+        assert link is not None and link.channel is upstream.channel
+
+        upstream.channel.fail(BrokenPipeError("the child exited"))
+        assert (runtime.status, runtime.last_error) == ("failed", "the child exited")
+        await asyncio.wait_for(link.wait_ready(), 1.0)
+        assert runtime.status == "ready" and link.channel is upstream.channel
+
+        stream = session.open_stream()
+        await link.forward_request(session, tool_call(1, {"after": "restart"}), stream)
+        await answered(stream)
+        assert messages(stream) == [{"jsonrpc": "2.0", "id": 1, "result": {"echo": {"after": "restart"}}}]
+    finally:
+        await runtime.aclose()

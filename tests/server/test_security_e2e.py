@@ -23,6 +23,8 @@ import pytest
 from tests.proxy import AUTH_HEADER, RunningProxy, demo_mcp, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
+pytestmark = pytest.mark.e2e
+
 HS_SECRET = "s" * 48
 TRUSTED = {"trusted_proxies": ["127.0.0.1"]}
 

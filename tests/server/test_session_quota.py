@@ -20,6 +20,8 @@ import pytest
 from tests.proxy import RunningProxy, demo_mcp, free_port, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
+pytestmark = pytest.mark.e2e
+
 CAP = 2
 INIT_TIMEOUT = 3.0
 TOKENS = {name: f"{name}-token-0123456789" for name in ("alice", "bob", "carol", "dave", "erin", "frank")}
@@ -78,6 +80,7 @@ class SseStream:
             self.session = found.group(1).decode()
         else:
             self.read_to_end()
+            self.close()  # a refusal ends the connection: nothing to hold open
 
     def _read(self, deadline: float) -> bytes | None:
         """The next bytes (b"" at the end of the stream); None if none came in a second."""

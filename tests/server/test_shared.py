@@ -19,7 +19,7 @@ import pytest
 
 from tests.proxy import RunningProxy, demo_mcp, mcp_client, run_proxy
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +131,8 @@ async def test_a_client_without_sampling_gets_an_error_not_another_clients_model
     assert result.is_error
 
 
+# The SDK deprecates the logging capability (SEP-2577) but servers still offer it and the proxy relays it.
+@pytest.mark.filterwarnings("ignore:The logging capability is deprecated:mcp.shared.exceptions.MCPDeprecationWarning")
 async def test_log_levels_are_kept_per_client(proxy: RunningProxy) -> None:
     quiet, chatty = Recorder(), Recorder()
     async with (

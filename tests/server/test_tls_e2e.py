@@ -14,6 +14,8 @@ from tests.proxy import AUTH_HEADER, demo_mcp, run_proxy
 from tests.server.test_auth_e2e import RecordingUpstream
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
@@ -71,6 +73,8 @@ def test_a_client_without_a_certificate_is_refused(tls_proxy: str, files: dict[s
         client.post(f"{tls_proxy}/mcp/demo", headers=MCP_HEADERS, json=INIT)
 
 
+# The client offers TLS 1.0 and 1.1 on purpose, to see the proxy refuse them; Python deprecates the names.
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1(_1)? is deprecated:DeprecationWarning")
 def test_tls_1_1_is_refused_when_the_minimum_is_1_2(tls_proxy: str, files: dict[str, Path]) -> None:
     context = client_context(files, with_cert=True, max_version=ssl.TLSVersion.TLSv1_1)
     with httpx2.Client(verify=context) as client, pytest.raises(httpx2.TransportError):

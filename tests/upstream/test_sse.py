@@ -21,6 +21,8 @@ from mcp_barbican.upstream.http import SseError, SseEvent, SseParser
 from mcp_barbican.upstream.sse import SseChannel
 from tests.upstream.upstream_support import Recorder, initialize, notification, request, tool_text
 
+pytestmark = pytest.mark.e2e
+
 # -- the parser ---------------------------------------------------------------------------------
 
 

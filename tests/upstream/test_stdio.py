@@ -11,7 +11,7 @@ from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message, RequestId
 from mcp_barbican.upstream.stdio import StdioChannel, child_environment
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from mcp_barbican.jsonrpc import Message
 from mcp_barbican.upstream.streamable import StreamableHttpChannel
 from tests.upstream.upstream_support import Recorder, initialize, notification, request, tool_text
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 
 @contextlib.asynccontextmanager

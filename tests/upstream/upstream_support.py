@@ -81,6 +81,8 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 @contextlib.contextmanager
