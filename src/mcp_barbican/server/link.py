@@ -17,9 +17,7 @@ Apart from the stateless link (requests outside any session, for which nothing i
 no client capability declared), a link serves one principal's sessions: shared mode keeps one link per principal
 (server/pool.py), so all the routing above stays within one principal.
 
-In shared mode the link keeps log levels and resource subscriptions per client: the
-upstream runs at the most verbose level any client asked for and is subscribed to the
-union of the clients' subscriptions, and each client receives only what it asked for.
+In shared mode the link keeps log levels and resource subscriptions per client (`shared.py`).
 """
 
 from __future__ import annotations
@@ -36,20 +34,19 @@ from mcp_barbican.exceptions import UpstreamClosed, UpstreamError, UpstreamTimeo
 from mcp_barbican.jsonrpc import Message, RequestId
 from mcp_barbican.security.tools import tool_allowed
 from mcp_barbican.server.session import Session
+from mcp_barbican.server.shared import LOCAL_IN_SHARED, UpstreamSettings, deliver_log
 from mcp_barbican.server.streams import EventStream
 from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
 
 if TYPE_CHECKING:
     from mcp_barbican.config import ToolFilter
 
-__all__ = ["LOG_LEVELS", "PROXY_CLIENT_CAPABILITIES", "ChannelFactory", "Link", "Pending"]
+__all__ = ["PROXY_CLIENT_CAPABILITIES", "ChannelFactory", "Link", "Pending"]
 
 logger = logging.getLogger(__name__)
 
 ChannelFactory = Callable[[MessageHandler, CloseHandler], UpstreamChannel]
 
-LOG_LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-_LEVEL_RANK: Final = {name: rank for rank, name in enumerate(LOG_LEVELS)}
 #: What a shared upstream session declares: the proxy can route each of these to a client
 #: that declared it, and answers an error for a client that did not.
 PROXY_CLIENT_CAPABILITIES: Final[dict[str, Any]] = {
@@ -105,7 +102,7 @@ class Link:
         self._guess_unrelated = guess_unrelated
         self._factory = factory
         self._start_timeout = start_timeout
-        self._request_timeout = request_timeout
+        self.request_timeout = request_timeout
         self._on_state = on_state
         self._tool_filter = tool_filter
         self.channel: UpstreamChannel | None = None
@@ -120,8 +117,8 @@ class Link:
         self._ready = asyncio.Event()
         self._closing = False
         self._restarter: asyncio.Task[None] | None = None
-        self._upstream_level: str | None = None
-        self._upstream_subscriptions: set[str] = set()
+        #: The log level and subscriptions the upstream session holds on its clients' behalf.
+        self.settings = UpstreamSettings(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -202,11 +199,7 @@ class Link:
 
     async def _restore(self) -> None:
         """Give a restarted upstream session the log level and subscriptions its clients set."""
-        self._upstream_level = None
-        self._upstream_subscriptions = set()
-        await self._sync_level()
-        for uri in self._wanted_subscriptions():
-            await self._subscribe_upstream(uri)
+        await self.settings.restore()
 
     def mark_ready(self) -> None:
         """For a link that serves requests without a handshake (stateless relay)."""
@@ -243,9 +236,7 @@ class Link:
         session.inflight.clear()
         if self.shared and self.ready:
             with contextlib.suppress(UpstreamError):
-                await self._sync_level()
-                for uri in self._upstream_subscriptions - self._wanted_subscriptions():
-                    await self._unsubscribe_upstream(uri)
+                await self.settings.trim()
 
     # -- client -> upstream ------------------------------------------------------------
 
@@ -256,8 +247,8 @@ class Link:
     async def forward_request(self, session: Session, msg: Message, stream: EventStream) -> None:
         """Send a client request upstream; its answer will arrive on `stream`."""
         method = msg["method"]
-        if self.shared and method in _LOCAL_IN_SHARED:
-            await _LOCAL_IN_SHARED[method](self, session, msg, stream)
+        if self.shared and method in LOCAL_IN_SHARED:
+            await LOCAL_IN_SHARED[method](self, session, msg, stream)
             return
         if method == "initialize":
             self.init_params = msg.get("params") or {}
@@ -280,7 +271,7 @@ class Link:
         pending = Pending(session, msg["id"], upstream_id, stream, method, token)
         self._pending[upstream_id] = pending
         session.inflight[msg["id"]] = pending
-        pending.timer = asyncio.get_running_loop().call_later(self._request_timeout, self._timed_out, pending)
+        pending.timer = asyncio.get_running_loop().call_later(self.request_timeout, self._timed_out, pending)
         msg["id"] = upstream_id
         try:
             await self._send(msg)
@@ -409,7 +400,7 @@ class Link:
     def _timed_out(self, pending: Pending) -> None:
         if self._pending.get(pending.upstream_id) is not pending:
             return
-        message = f"upstream {self.name!r} did not answer within {self._request_timeout:g}s"
+        message = f"upstream {self.name!r} did not answer within {self.request_timeout:g}s"
         self._finish(pending, jsonrpc.error_response(None, jsonrpc.UPSTREAM_ERROR, message))
         if self.channel is not None and not self.channel.closed:
             cancel = {"requestId": pending.upstream_id, "reason": "timed out at the proxy"}
@@ -492,7 +483,7 @@ class Link:
             self._on_server_cancel(msg, params)
             return
         if method == "notifications/message" and self.shared:
-            self._on_shared_log(msg, params, related)
+            deliver_log(msg, params.get("level", "info"), self._target(related), self.sessions.values())
             return
         _session, stream = self._target(related)
         if stream is not None:
@@ -508,19 +499,6 @@ class Link:
                     session.fallback_stream().push(jsonrpc.dumps(msg))
                     return
 
-    def _on_shared_log(self, msg: Message, params: dict[str, Any], related: RequestId | None) -> None:
-        level = params.get("level", "info")
-        session, stream = self._target(related)
-        if session is not None and stream is not None:
-            if _admits(session.log_level, level):
-                stream.push(jsonrpc.dumps(msg))
-            return
-        # Unrelated log lines go only to clients that asked for logs at that level.
-        data = jsonrpc.dumps(msg)
-        for client in self.sessions.values():
-            if client.log_level is not None and _admits(client.log_level, level):
-                client.get_stream.push(data)
-
     def _sessions_subscribed(self, uri: Any) -> Iterator[Session]:
         if not self.shared:
             yield from self.sessions.values()
@@ -528,110 +506,3 @@ class Link:
         for session in self.sessions.values():
             if uri in session.subscriptions:
                 yield session
-
-    # -- shared-mode local handling ----------------------------------------------------
-
-    def _wanted_subscriptions(self) -> set[str]:
-        wanted: set[str] = set()
-        for session in self.sessions.values():
-            wanted |= session.subscriptions
-        return wanted
-
-    async def _sync_level(self) -> None:
-        levels = [s.log_level for s in self.sessions.values() if s.log_level in _LEVEL_RANK]
-        if not levels:
-            return
-        wanted = min(levels, key=lambda name: _LEVEL_RANK[name or "info"])
-        if wanted != self._upstream_level:
-            await self.call("logging/setLevel", {"level": wanted}, timeout=self._request_timeout)
-            self._upstream_level = wanted
-
-    async def _subscribe_upstream(self, uri: str) -> Message:
-        response = await self.call("resources/subscribe", {"uri": uri}, timeout=self._request_timeout)
-        if "result" in response:
-            self._upstream_subscriptions.add(uri)
-        return response
-
-    async def _unsubscribe_upstream(self, uri: str) -> Message:
-        self._upstream_subscriptions.discard(uri)
-        return await self.call("resources/unsubscribe", {"uri": uri}, timeout=self._request_timeout)
-
-
-def _admits(threshold: str | None, level: Any) -> bool:
-    if threshold is None:
-        return True
-    return _LEVEL_RANK.get(str(level), 0) >= _LEVEL_RANK.get(threshold, 0)
-
-
-def _answer(stream: EventStream, request_id: RequestId, result: dict[str, Any]) -> None:
-    answer = {"jsonrpc": "2.0", "id": request_id, "result": result}
-    stream.push(jsonrpc.dumps(answer), final=True, message=answer)
-
-
-def _relay_result(stream: EventStream, request_id: RequestId, response: Message) -> None:
-    response = dict(response)
-    response["id"] = request_id
-    stream.push(jsonrpc.dumps(response), final=True, message=response)
-
-
-async def _shared_initialize(link: Link, session: Session, msg: Message, stream: EventStream) -> None:
-    await link.wait_ready()
-    assert link.init_result is not None
-    session.protocol_version = link.init_result.get("protocolVersion")
-    _answer(stream, msg["id"], link.init_result)
-
-
-async def _shared_set_level(link: Link, session: Session, msg: Message, stream: EventStream) -> None:
-    level = (msg.get("params") or {}).get("level")
-    if level not in _LEVEL_RANK:
-        stream.push(jsonrpc.error_body(msg["id"], jsonrpc.INVALID_PARAMS, f"unknown log level {level!r}"), final=True)
-        return
-    session.log_level = level
-    await link.wait_ready()
-    try:
-        await link._sync_level()
-    except UpstreamError as exc:
-        stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
-        return
-    _answer(stream, msg["id"], {})
-
-
-async def _shared_subscribe(link: Link, session: Session, msg: Message, stream: EventStream) -> None:
-    uri = (msg.get("params") or {}).get("uri")
-    if not isinstance(uri, str):
-        stream.push(jsonrpc.error_body(msg["id"], jsonrpc.INVALID_PARAMS, "params.uri must be a string"), final=True)
-        return
-    await link.wait_ready()
-    if uri in link._upstream_subscriptions:
-        session.subscriptions.add(uri)
-        _answer(stream, msg["id"], {})
-        return
-    try:
-        response = await link._subscribe_upstream(uri)
-    except UpstreamError as exc:
-        stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
-        return
-    if "result" in response:
-        session.subscriptions.add(uri)
-    _relay_result(stream, msg["id"], response)
-
-
-async def _shared_unsubscribe(link: Link, session: Session, msg: Message, stream: EventStream) -> None:
-    uri = (msg.get("params") or {}).get("uri")
-    session.subscriptions.discard(uri)
-    if isinstance(uri, str) and uri in link._upstream_subscriptions and uri not in link._wanted_subscriptions():
-        await link.wait_ready()
-        try:
-            await link._unsubscribe_upstream(uri)
-        except UpstreamError as exc:
-            stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
-            return
-    _answer(stream, msg["id"], {})
-
-
-_LOCAL_IN_SHARED: Final = {
-    "initialize": _shared_initialize,
-    "logging/setLevel": _shared_set_level,
-    "resources/subscribe": _shared_subscribe,
-    "resources/unsubscribe": _shared_unsubscribe,
-}
