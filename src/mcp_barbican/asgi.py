@@ -13,6 +13,8 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.types import Receive, Scope, Send
 
 __all__ = [
+    "CLIENT_IP_KEY",
+    "PRINCIPAL_KEY",
     "BAD_NAME",
     "BAD_VALUE",
     "FRAMING_HEADERS",
@@ -30,6 +32,11 @@ __all__ = [
     "respond_json",
     "rpc_error",
 ]
+
+#: The resolved client address (str), set by the client-address layer for every request.
+CLIENT_IP_KEY: Final = "mcp_barbican.client_ip"
+#: The authenticated Principal, set by the authentication layer.
+PRINCIPAL_KEY: Final = "mcp_barbican.principal"
 
 Headers = list[tuple[bytes, bytes]]
 JSON_CONTENT = (b"content-type", b"application/json")

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mcp_barbican.asgi import CLIENT_IP_KEY, PRINCIPAL_KEY
 from mcp_barbican.security.auth import (
     Authenticate,
     AuthFailure,
@@ -15,7 +16,7 @@ from mcp_barbican.security.auth import (
     digest,
 )
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
+from mcp_barbican.security.principal import Principal
 from mcp_barbican.types import Receive, Scope, Send
 from tests.security.asgi import call, make_scope
 

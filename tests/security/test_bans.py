@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from mcp_barbican.asgi import get_header, json_error
+from mcp_barbican.asgi import CLIENT_IP_KEY, get_header, json_error
 from mcp_barbican.config import BanConfig, ProxyConfig, validate_model
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.addresses import IpSet
@@ -17,7 +17,6 @@ from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.ipfilter import IPFilter, decide
 from mcp_barbican.security.iprules import DynamicRules, IpRule, MemoryIpRuleStore
-from mcp_barbican.security.principal import CLIENT_IP_KEY
 from mcp_barbican.server.shields import Shields
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 from tests.security.asgi import call, make_scope

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from mcp_barbican.asgi import CLIENT_IP_KEY
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies, parse_hop, resolve_client_ip
-from mcp_barbican.security.principal import CLIENT_IP_KEY
 from mcp_barbican.types import Receive, Scope, Send
 from tests.security.asgi import call, make_scope
 

@@ -17,13 +17,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from mcp_barbican.asgi import CLIENT_IP_KEY, PRINCIPAL_KEY
 from mcp_barbican.audit import AuditTrail
 from mcp_barbican.audit.sinks import Record
 from mcp_barbican.config import ProxyConfig, validate_model
 from mcp_barbican.security.auth import Authenticate, StaticToken, StaticTokens, digest
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.guard import McpGuard
-from mcp_barbican.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
+from mcp_barbican.security.principal import Principal
 from mcp_barbican.server.shields import Shields
 from mcp_barbican.storage.base import TokenRecord
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send

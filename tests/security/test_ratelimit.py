@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mcp_barbican.asgi import CLIENT_IP_KEY, PRINCIPAL_KEY
 from mcp_barbican.config import RateLimitConfig
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
+from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.ratelimit import (
     DEFAULT_MAX_KEYS,
     RPC_RATE_LIMITED,

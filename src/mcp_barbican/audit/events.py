@@ -10,6 +10,8 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from mcp_barbican.asgi import CLIENT_IP_KEY
+
 __all__ = ["EVENT_TYPES", "AuditEvent", "EventType", "arguments_for_audit", "request_fields", "rfc3339"]
 
 EventType = Literal[
@@ -88,8 +90,6 @@ def request_fields(scope: MutableMapping[str, Any]) -> dict[str, Any]:
     cached: dict[str, Any] | None = scope.get(_FIELDS_KEY)
     if cached is not None:
         return cached
-    from mcp_barbican.security.principal import CLIENT_IP_KEY
-
     fields: dict[str, Any] = {"remote_addr": scope.get(CLIENT_IP_KEY)}
     for name, value in scope.get("headers", ()):
         if name == b"user-agent":

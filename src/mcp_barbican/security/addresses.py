@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from mcp_barbican.security.principal import CLIENT_IP_KEY
+from mcp_barbican.asgi import CLIENT_IP_KEY
 from mcp_barbican.types import Scope
 
 __all__ = [

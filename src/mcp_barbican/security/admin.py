@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mcp_barbican.asgi import get_header, json_error
+from mcp_barbican.asgi import CLIENT_IP_KEY, get_header, json_error
 from mcp_barbican.security.auth import Authenticate, StaticToken, StaticTokens, bearer_credential, digest
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.ipfilter import IpVerdict, refuse
-from mcp_barbican.security.principal import CLIENT_IP_KEY, Principal
+from mcp_barbican.security.principal import Principal
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol
 
-from mcp_barbican.asgi import json_error
+from mcp_barbican.asgi import CLIENT_IP_KEY, PRINCIPAL_KEY, json_error
 from mcp_barbican.audit.events import AuditEvent, EventType, request_fields
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.principal import CLIENT_IP_KEY, PRINCIPAL_KEY, Principal
+from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.tokens import IssuedTokens
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from mcp_barbican.asgi import CLIENT_IP_KEY
 from mcp_barbican.security.addresses import Address, IpSet, parse_ip
-from mcp_barbican.security.principal import CLIENT_IP_KEY
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["ClientAddress", "TrustedProxies", "is_forwarding_header", "parse_hop", "resolve_client_ip"]

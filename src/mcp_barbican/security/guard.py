@@ -17,7 +17,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from mcp_barbican.security.principal import CLIENT_IP_KEY, Principal
+from mcp_barbican.asgi import CLIENT_IP_KEY
+from mcp_barbican.security.principal import Principal
 
 if TYPE_CHECKING:
     from mcp_barbican.security.auth import Authenticate

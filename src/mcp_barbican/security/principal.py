@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
-__all__ = ["CLIENT_IP_KEY", "PRINCIPAL_KEY", "Principal", "principal_id"]
+from mcp_barbican.asgi import PRINCIPAL_KEY
 
-#: The resolved client address (str), set by the client-address layer for every request.
-CLIENT_IP_KEY: Final = "mcp_barbican.client_ip"
-#: The authenticated Principal, set by the authentication layer.
-PRINCIPAL_KEY: Final = "mcp_barbican.principal"
+__all__ = ["Principal", "principal_id"]
 
 
 @dataclass(frozen=True)

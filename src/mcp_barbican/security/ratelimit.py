@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 import orjson
 
 from mcp_barbican import jsonrpc
-from mcp_barbican.asgi import BodyTooLarge, read_body, respond
+from mcp_barbican.asgi import CLIENT_IP_KEY, BodyTooLarge, read_body, respond
 from mcp_barbican.audit.events import AuditEvent, request_fields
 from mcp_barbican.security.addresses import address_key
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.principal import CLIENT_IP_KEY, principal_id
+from mcp_barbican.security.principal import principal_id
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mcp_barbican.admin import AdminApp
-from mcp_barbican.asgi import get_header, json_error, repeated_header, respond_json
+from mcp_barbican.asgi import CLIENT_IP_KEY, get_header, json_error, repeated_header, respond_json
 from mcp_barbican.audit import AuditTrail, build_sinks
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.addresses import IpSet, client_ip
@@ -29,7 +29,7 @@ from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
 from mcp_barbican.security.ipfilter import IpVerdict, decide
 from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata
-from mcp_barbican.security.principal import CLIENT_IP_KEY, Principal
+from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.tokens import check_listed_ids
 from mcp_barbican.server.endpoint import McpEndpoint
 from mcp_barbican.server.registry import Registry

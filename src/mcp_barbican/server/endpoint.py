@@ -15,12 +15,21 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from mcp_barbican import jsonrpc
-from mcp_barbican.asgi import BodyTooLarge, get_header, json_error, query_param, read_body, respond, rpc_error
+from mcp_barbican.asgi import (
+    CLIENT_IP_KEY,
+    BodyTooLarge,
+    get_header,
+    json_error,
+    query_param,
+    read_body,
+    respond,
+    rpc_error,
+)
 from mcp_barbican.audit.events import AuditEvent, arguments_for_audit, request_fields
 from mcp_barbican.exceptions import UpstreamError
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.security.limits import header_bytes, json_violation
-from mcp_barbican.security.principal import CLIENT_IP_KEY, principal_id
+from mcp_barbican.security.principal import principal_id
 from mcp_barbican.server.quota import TooManySessions
 from mcp_barbican.server.runtime import CapacityError, McpRuntime
 from mcp_barbican.server.session import Session
