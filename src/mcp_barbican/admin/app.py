@@ -18,12 +18,12 @@ from pydantic import BaseModel
 from mcp_barbican.admin.models import MAX_SECONDS, IpRuleRequest, RotateRequest, TokenRequest, ToolCallRequest
 from mcp_barbican.admin.openapi import openapi_document
 from mcp_barbican.admin.present import compozy_names, instant, iso, rule_json, token_json
+from mcp_barbican.admin.prometheus import CONTENT_TYPE, exposition
 from mcp_barbican.admin.routing import ERROR_CODES, Params, Raw, Reply, Route, error
 from mcp_barbican.asgi import BodyTooLarge, json_error, query_param, read_body, respond, respond_json
 from mcp_barbican.audit import EVENT_TYPES, AuditEvent, request_fields
 from mcp_barbican.config import SERVER_OWNER, McpConfig, format_path, masked_mcp, validate_model
 from mcp_barbican.exceptions import ConfigError, UpstreamError
-from mcp_barbican.metrics import CONTENT_TYPE, exposition
 from mcp_barbican.security.iprules import IpRule, RuleTableFull
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.security.tokens import new_token
