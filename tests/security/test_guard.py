@@ -91,7 +91,7 @@ class Stack:
         self.audit = AuditTrail([self.sink])
         self.shields = Shields(validate_model(ProxyConfig, CONFIG), audit=self.audit)
         self.reached: list[tuple[list[tuple[bytes, bytes]], Principal | None]] = []
-        guarded, _, _ = self.shields.protect(self.endpoint, self.shields.config.mcps[0])
+        guarded = self.shields.protect(self.endpoint, self.shields.config.mcps[0]).app
         assert isinstance(guarded, McpGuard)
         self.guard = guarded
         self.app: ASGIApp = guarded.layers if layers_only else guarded
@@ -257,7 +257,7 @@ async def test_a_remembered_credential_is_forgotten_when_it_expires() -> None:
 def test_the_guard_stands_only_where_its_fast_path_can_admit(auth: dict[str, Any], guarded: bool) -> None:
     mcp = {**CONFIG["mcps"][0], "auth": auth}
     shields = Shields(validate_model(ProxyConfig, {**CONFIG, "mcps": [mcp]}))
-    app, _, _ = shields.protect(ok_app, shields.config.mcps[0])
+    app = shields.protect(ok_app, shields.config.mcps[0]).app
     assert isinstance(app, McpGuard) is guarded, "JWTs are verified every time, so a guard would only add a try"
 
 

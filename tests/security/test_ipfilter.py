@@ -307,6 +307,14 @@ def filter_layer(
     return layer, counters
 
 
+@pytest.mark.parametrize("ip", ["10.0.0.1", "10.0.0.50", "192.0.2.1", "::ffff:10.0.0.1", None])
+def test_admits_answers_as_the_layer_decides_and_counts_nothing(ip: str | None) -> None:
+    layer, counters = filter_layer(whitelist=WHITE, blacklist=BLACK)
+    expected = decide(ip, whitelist=WHITE, blacklist=BLACK, dynamic=DynamicRules(), now=NOW).allowed
+    assert layer.admits(ip) is expected
+    assert (counters.ip_blocked, counters.security_violations) == (0, 0)
+
+
 @pytest.mark.anyio
 async def test_layer_refuses_with_403_json_and_counts() -> None:
     layer, counters = filter_layer(whitelist=WHITE, blacklist=BLACK)

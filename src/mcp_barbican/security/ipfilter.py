@@ -133,6 +133,18 @@ class IPFilter:
         verdict = self._static.get(ip)
         return verdict is not None and verdict.allowed
 
+    def admits(self, ip: str | None) -> bool:
+        """Whether these lists would let `ip` through now (nothing counted, audited or kept)."""
+        verdict = decide(
+            ip,
+            whitelist=self.whitelist,
+            blacklist=self.blacklist,
+            dynamic=self.dynamic,
+            now=self.clock(),
+            dynamic_allow=self.dynamic_allow,
+        )
+        return verdict.allowed
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):

@@ -27,7 +27,6 @@ from mcp_barbican.security.client_ip import ClientAddress
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
 from mcp_barbican.security.ipfilter import IpVerdict, decide
-from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.tokens import check_listed_ids
@@ -47,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 _PREFIX = "/mcp/"
 _PRM_PREFIX = f"{WELL_KNOWN_PATH}/mcp/"
-_NO_RULES = DynamicRules()  # an MCP's static lists alone; the shared dynamic rules guard every route already
 _NO_ADDRESSES = IpSet.build(())
 
 
@@ -58,23 +56,17 @@ class McpRoute:
         self.mcp = mcp
         self.runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout, quota=shields.sessions)
         self.auth = config.effective_auth(mcp)
-        security = config.effective_security(mcp)
-        self._whitelist = IpSet.build(security.ip_whitelist) if security.ip_whitelist else None
-        self._blacklist = IpSet.build(security.ip_blacklist)
         endpoint = McpEndpoint(
             self.runtime,
             limits=config.effective_security(mcp).limits,
             messages_path=f"{_PREFIX}{mcp.id}/messages",
             audit=shields.recording,
         )
-        self.app, self.authenticator, self.cors = shields.protect(endpoint, mcp)
+        self.app, self.authenticator, self.cors, self._addresses = shields.protect(endpoint, mcp)
 
     def addresses_admit(self, scope: Scope) -> bool:
         """Whether this MCP's own address lists let the request's client through (for the MCP list)."""
-        if not self._whitelist and not self._blacklist:
-            return True
-        ip = client_ip(scope)
-        return decide(ip, whitelist=self._whitelist, blacklist=self._blacklist, dynamic=_NO_RULES, now=0.0).allowed
+        return self._addresses is None or self._addresses.admits(client_ip(scope))
 
     async def verdict(self, scope: Scope) -> Principal | AuthFailure | None:
         """What this MCP's authentication makes of the request's credential (None: it has none)."""

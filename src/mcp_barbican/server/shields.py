@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from mcp_barbican.asgi import get_header
 from mcp_barbican.audit import AuditEvent, AuditTrail
@@ -46,12 +46,22 @@ from mcp_barbican.types import ASGIApp, Scope
 if TYPE_CHECKING:
     from mcp_barbican.config import AuthConfig, BanConfig, McpConfig, ProxyConfig, SecurityConfig
 
-__all__ = ["Shields"]
+__all__ = ["Protected", "Shields"]
 
 logger = logging.getLogger(__name__)
 
 #: Bans named one per line in the start-up log; beyond that only their number.
 _BANS_LOGGED: Final = 20
+
+
+class Protected(NamedTuple):
+    """One MCP's guarded app, and the parts of it that others consult."""
+
+    app: ASGIApp
+    authenticator: Authenticator | None
+    cors: OriginPolicy | None
+    #: The MCP's static address lists (None: it has none).
+    addresses: IPFilter | None
 
 
 class Shields:
@@ -187,8 +197,8 @@ class Shields:
             return verifier
         raise ConfigError(f"auth type {auth.type!r} needs its settings", path=f"mcps.{mcp.id}.auth")
 
-    def protect(self, endpoint: ASGIApp, mcp: McpConfig) -> tuple[ASGIApp, Authenticator | None, OriginPolicy | None]:
-        """The guarded app of one MCP, its authenticator (for the MCP list) and its CORS policy."""
+    def protect(self, endpoint: ASGIApp, mcp: McpConfig) -> Protected:
+        """The guarded app of one MCP, and the parts of it the MCP list and the Origin guard consult."""
         config = self.config
         auth = config.effective_auth(mcp)
         security = config.effective_security(mcp)
@@ -219,17 +229,18 @@ class Shields:
         if security.cors is not None and security.cors.enabled:
             app = cors = CORS(app, config=security.cors, counters=self.counters)
         app = self.static_filter(app, security)
+        addresses = app if isinstance(app, IPFilter) else None
         # Without a credential it can remember, the guard would only add a failed try to every request.
         if app is not endpoint and (authenticate is None or authenticate.remembers):
             app = McpGuard(
                 app,
                 endpoint,
-                ip_filter=app if isinstance(app, IPFilter) else None,
+                ip_filter=addresses,
                 cors=cors,
                 auth=authenticate,
                 rate_limit=rate_limit,
             )
-        return app, authenticator, cors.policy if cors is not None else None
+        return Protected(app, authenticator, cors.policy if cors is not None else None, addresses)
 
 
 def resource_url(scope: Scope, mcp_id: str) -> str:
