@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from mcp_barbican.audit.events import AuditEvent
 from mcp_barbican.audit.sinks import FileSink, Sink, SqliteSink, StdoutSink, SyslogSink
+from mcp_barbican.logs import log_unexpected
 
 if TYPE_CHECKING:
     from mcp_barbican.config import AuditConfig, StorageConfig
@@ -126,7 +127,7 @@ class AuditTrail:
             try:
                 await sink.aclose()
             except Exception:
-                logger.exception("audit sink %s did not close cleanly", sink.name)
+                log_unexpected(logger, "audit sink %s did not close cleanly", sink.name)
 
     async def _write_forever(self) -> None:
         buffer = self._buffer

@@ -50,6 +50,7 @@ from mcp_barbican.demo.tools import (
     error_result,
     with_defaults,
 )
+from mcp_barbican.logs import log_unexpected
 
 __all__ = ["SUPPORTED_VERSIONS", "DemoServer", "StdioChannel", "main"]
 
@@ -243,7 +244,7 @@ class DemoServer:
         except RpcError as exc:
             self._send_error(request_id, exc.code, exc.message)
         except Exception:
-            log.exception("request %r (%s) failed", request_id, method)
+            log_unexpected(log, "request %r (%s) failed", request_id, method)
             self._send_error(request_id, INTERNAL_ERROR, "Internal error")
         else:
             self._send({"jsonrpc": "2.0", "id": request_id, "result": result})
@@ -344,7 +345,7 @@ class DemoServer:
         except ToolError as exc:
             return error_result(f"{name} failed: {exc}")
         except Exception as exc:
-            log.exception("tool %s crashed", name)
+            log_unexpected(log, "tool %s crashed", name)
             return error_result(f"{name} failed unexpectedly: {type(exc).__name__}: {exc}")
 
 

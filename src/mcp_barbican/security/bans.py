@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
+from mcp_barbican.logs import log_unexpected
 from mcp_barbican.security.addresses import IpSet, address_key, parse_ip, parse_network
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.iprules import BAN_ID_PREFIX, Clock, DynamicRules, IpRule, IpRuleStore, RuleTableFull
@@ -168,4 +169,4 @@ class AuthFailureTracker:
         try:
             await store.add(rule)
         except Exception:
-            logger.exception("could not store the ban of %s; it holds in this process only", rule.cidr)
+            log_unexpected(logger, "could not store the ban of %s; it holds in this process only", rule.cidr)

@@ -20,6 +20,7 @@ from mcp_barbican.admin import AdminApp
 from mcp_barbican.asgi import CLIENT_IP_KEY, get_header, json_error, repeated_header, respond_json
 from mcp_barbican.audit import AuditTrail, build_sinks
 from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.logs import log_unexpected
 from mcp_barbican.security.addresses import IpSet, client_ip
 from mcp_barbican.security.admin import AdminGuard, admin_tokens
 from mcp_barbican.security.auth import MISSING_CREDENTIALS, AuthFailure, bearer_credential
@@ -300,7 +301,7 @@ class BarbicanApp:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 except Exception as exc:
-                    logger.exception("start-up failed")
+                    log_unexpected(logger, "start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

@@ -25,6 +25,7 @@ from yarl import URL
 from mcp_barbican import jsonrpc
 from mcp_barbican.exceptions import UpstreamClosed, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message
+from mcp_barbican.logs import log_unexpected
 from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
 from mcp_barbican.upstream.http import (
     MAX_EVENT_BYTES,
@@ -167,7 +168,7 @@ class SseChannel(UpstreamChannel):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never let the task die with an unretrieved exception
-            logger.exception("SSE reader for %s failed", safe_url(self._url))
+            log_unexpected(logger, "SSE reader for %s failed", safe_url(self._url))
             error = UpstreamClosed(f"SSE reader failed: {exc}")
         ready = self._ready
         if ready is not None and not ready.done():
@@ -184,7 +185,7 @@ class SseChannel(UpstreamChannel):
         try:
             self.on_close(error)
         except Exception:
-            logger.exception("on_close handler failed")
+            log_unexpected(logger, "on_close handler failed")
 
     async def _read_stream(self) -> UpstreamError:
         """Run the GET stream; return the error that ended it."""
@@ -257,7 +258,7 @@ class SseChannel(UpstreamChannel):
         try:
             self.on_message(message, None)
         except Exception:
-            logger.exception("on_message handler failed")
+            log_unexpected(logger, "on_message handler failed")
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:

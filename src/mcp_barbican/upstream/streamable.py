@@ -39,6 +39,7 @@ from yarl import URL
 from mcp_barbican import jsonrpc
 from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message, RequestId
+from mcp_barbican.logs import log_unexpected
 from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
 from mcp_barbican.upstream.http import MAX_EVENT_BYTES, SseError, SseParser, body_excerpt, read_limited, safe_url
 
@@ -225,7 +226,7 @@ class StreamableHttpChannel(UpstreamChannel):
                 if await self._resume(request_id, parser.last_event_id, parser.retry):
                     return
             except Exception as exc:
-                logger.exception("resuming a response stream failed")
+                log_unexpected(logger, "resuming a response stream failed")
                 failure += f"; resuming it failed: {_describe(exc)}"
             else:
                 failure += "; resuming it failed"
@@ -282,7 +283,7 @@ class StreamableHttpChannel(UpstreamChannel):
         try:
             self.on_message(message, related)
         except Exception:
-            logger.exception("on_message handler failed")
+            log_unexpected(logger, "on_message handler failed")
 
     async def _open_get(self, last_event_id: str | None) -> aiohttp.ClientResponse:
         headers = self._session_headers("text/event-stream")
@@ -412,7 +413,7 @@ class StreamableHttpChannel(UpstreamChannel):
         try:
             self.on_close(UpstreamClosed("session expired"))
         except Exception:
-            logger.exception("on_close handler failed")
+            log_unexpected(logger, "on_close handler failed")
 
     async def aclose(self) -> None:
         if self._closing:
@@ -443,7 +444,7 @@ async def _guard(func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> 
     except asyncio.CancelledError:
         raise
     except Exception:
-        logger.exception("an upstream stream task failed")
+        log_unexpected(logger, "an upstream stream task failed")
 
 
 _NAMED_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}

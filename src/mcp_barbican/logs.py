@@ -1,0 +1,20 @@
+"""Logging what nobody expected, without a traceback in the log.
+
+A failure is one line naming what and where; the traceback goes to DEBUG, for a developer
+who asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+__all__ = ["log_unexpected"]
+
+
+def log_unexpected(logger: logging.Logger, message: str, *args: object) -> None:
+    """Call inside `except`: `message` (%-formatted with `args`) and the exception, as one ERROR line."""
+    exc = sys.exc_info()[1]
+    detail = f"{type(exc).__name__}: {exc}" if exc is not None else "no exception"
+    logger.error(f"{message}: %s", *args, detail)
+    logger.debug("traceback of the above", exc_info=True)
