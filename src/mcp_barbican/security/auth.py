@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from mcp_barbican.asgi import CLIENT_IP_KEY, PRINCIPAL_KEY, json_error
 from mcp_barbican.audit.events import AuditEvent, EventType, request_fields
 from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.pipeline import Head, Policy
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.tokens import IssuedTokens
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
@@ -157,8 +158,10 @@ class StaticTokens:
         return self._principals[found.sha256], until
 
 
-class Authenticate:
+class Authenticate(Policy):
     """401 without a valid credential, 403 when it does not reach this MCP; else the principal."""
+
+    slot = "authentication"
 
     def __init__(
         self,
@@ -178,6 +181,7 @@ class Authenticate:
         self.audit = audit
         self.authenticator = authenticator
         self.header = header.lower().encode("latin-1")
+        self.fast_headers = self.consumes = (self.header,)
         self._repeated = AuthFailure(f"more than one {header} header", "invalid_request", 400)
         self.prefix = prefix
         self.mcp_id = mcp_id
@@ -192,6 +196,23 @@ class Authenticate:
     def remembers(self) -> bool:
         """Whether accepted credentials are remembered (static tokens; JWTs are verified each time)."""
         return self._tokens is not None
+
+    @property
+    def decides_fast(self) -> bool:
+        return self.remembers
+
+    def fast(self, scope: Scope, head: Head) -> bool:
+        principal = self.remembered(head.values.get(self.header), time.time())
+        if principal is None:
+            return False
+        head.principal = principal
+        return True
+
+    def settle(self, scope: Scope, head: Head) -> Awaitable[None] | None:
+        principal = head.principal
+        assert principal is not None
+        self.admit(scope, principal, head.kept)
+        return self.record_success(scope, principal) if self.audit is not None else None
 
     def remembered(self, raw: bytes | None, now: float) -> Principal | None:
         """The principal of a header value accepted before and still valid at `now` (epoch), else None.

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from mcp_barbican.asgi import get_header, json_error
+from mcp_barbican.security.pipeline import Head, Policy
 from mcp_barbican.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ ALWAYS_EXPOSED: Final = "Mcp-Session-Id"
 #: Browsers leave these ports out of `Origin`, so an explicit one names the same origin.
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 #: A serialized origin (RFC 6454 §6.2): no path, no userinfo, IPv6 in brackets.
+_ORIGIN_HEADER: Final = b"origin"
 _ORIGIN: Final = re.compile(r"([a-z][a-z0-9+.-]*)://(\[[0-9a-f:.]+\]|[^:/\[\]]+)(?::(\d{1,5}))?")
 #: One DNS label (RFC 1123, plus "_" as real names use it); lowercase input.
 _LABEL: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -220,8 +222,11 @@ def _with_cors(headers: Iterable[Header], cors: list[Header]) -> list[Header]:
     return kept
 
 
-class CORS:
+class CORS(Policy):
     """Answers CORS preflights and adds CORS headers for admitted origins (see the module doc)."""
+
+    slot = "cors"
+    fast_headers = (_ORIGIN_HEADER,)
 
     def __init__(self, app: ASGIApp, *, config: CorsConfig, counters: SecurityCounters) -> None:
         self.app = app
@@ -247,12 +252,16 @@ class CORS:
             _PREFLIGHT_VARY,
         ]
 
+    def fast(self, scope: Scope, head: Head) -> bool:
+        """Requests without an Origin pass untouched; browsers' requests are decided in full."""
+        return not self.enabled or _ORIGIN_HEADER not in head.values
+
     def allow_origin(self, origin: bytes) -> Header:
         # The browser compares this value byte for byte with its own Origin, so echo it.
         return (b"access-control-allow-origin", b"*" if self.answer_any else origin)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        origin = get_header(scope, b"origin") if scope["type"] == "http" and self.enabled else None
+        origin = get_header(scope, _ORIGIN_HEADER) if scope["type"] == "http" and self.enabled else None
         if origin is None:
             await self.app(scope, receive, send)
             return

@@ -20,6 +20,7 @@ from mcp_barbican.audit.events import AuditEvent, request_fields
 from mcp_barbican.security.addresses import IpSet, client_ip, parse_ip
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.iprules import Clock, DynamicRules
+from mcp_barbican.security.pipeline import Head, Policy
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -100,8 +101,10 @@ def decide(
     return verdict
 
 
-class IPFilter:
+class IPFilter(Policy):
     """Refuses with 403 every request whose client address the lists do not let through."""
+
+    slot = "addresses"
 
     def __init__(
         self,
@@ -132,6 +135,9 @@ class IPFilter:
             return False
         verdict = self._static.get(ip)
         return verdict is not None and verdict.allowed
+
+    def fast(self, scope: Scope, head: Head) -> bool:
+        return self.known_allowed(head.ip)
 
     def admits(self, ip: str | None) -> bool:
         """Whether these lists would let `ip` through now (nothing counted, audited or kept)."""

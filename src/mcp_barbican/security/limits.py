@@ -1,15 +1,48 @@
 """Input limits beyond body size: header bytes, JSON nesting depth, string lengths.
 
-Each check is a pure function returning None (fine) or a reason; the endpoint answers a
-reason with a clear JSON error before anything reaches the upstream.
+Each check is a pure function returning None (fine) or a reason. The pipeline's InputLimits
+layer refuses heads over the header limit; the endpoint, which reads and parses the body,
+answers a body or JSON violation with a clear JSON-RPC error before anything reaches the
+upstream.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["header_bytes", "json_violation"]
+from mcp_barbican import jsonrpc
+from mcp_barbican.asgi import rpc_error
+from mcp_barbican.security.pipeline import Head, Policy
+
+if TYPE_CHECKING:
+    from mcp_barbican.config import LimitsConfig
+    from mcp_barbican.security.counters import SecurityCounters
+    from mcp_barbican.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["InputLimits", "header_bytes", "json_violation"]
+
+
+class InputLimits(Policy):
+    """431 for request headers over `max_header_size` (counted as they reach the upstream: no credential)."""
+
+    slot = "input_limits"
+
+    def __init__(self, app: ASGIApp, *, limits: LimitsConfig, counters: SecurityCounters) -> None:
+        self.app = app
+        self.max_header_size = limits.max_header_size
+        self.counters = counters
+
+    def fast(self, scope: Scope, head: Head) -> bool:
+        return header_bytes(head.kept) <= self.max_header_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or header_bytes(scope["headers"]) <= self.max_header_size:
+            await self.app(scope, receive, send)
+            return
+        self.counters.requests_rejected_limits += 1
+        reason = f"request headers are over the limit of {self.max_header_size} bytes"
+        await rpc_error(send, 431, jsonrpc.INVALID_REQUEST, reason)
 
 
 def header_bytes(headers: Iterable[tuple[bytes, bytes]]) -> int:

@@ -25,6 +25,7 @@ from mcp_barbican.asgi import CLIENT_IP_KEY, BodyTooLarge, read_body, respond
 from mcp_barbican.audit.events import AuditEvent, request_fields
 from mcp_barbican.security.addresses import address_key
 from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.pipeline import Head, Policy
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
@@ -448,13 +449,16 @@ async def _refused_body(scope: Scope, receive: Receive) -> bytes | None:
         return None
 
 
-class RateLimit:
+class RateLimit(Policy):
     """Admits or refuses each request by the limiter; refusals carry the RateLimit headers.
 
     It counts only what reaches it: place it after CORS preflights, IP rules and
     authentication, so refused-earlier requests and preflights never spend a token. An
     admitted request's body is never read here; a refused POST's is, to echo its JSON-RPC id.
     """
+
+    slot = "rate_limit"
+    fast_takes = True
 
     def __init__(
         self,
@@ -473,6 +477,11 @@ class RateLimit:
         self.mcp_id = mcp_id
         self.counters = counters
         self.clock = clock
+
+    def fast(self, scope: Scope, head: Head) -> bool:
+        """Takes a token from each bucket when all have one; else takes none (the layer then refuses)."""
+        principal = head.principal
+        return self.limiter.admits(head.ip, principal.id if principal is not None else None, self.mcp_id, self.clock())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.limiter.enabled:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import (
     CLIENT_IP_KEY,
+    MESSAGE_CHECKS_KEY,
     BodyTooLarge,
     get_header,
     json_error,
@@ -28,7 +29,7 @@ from mcp_barbican.asgi import (
 from mcp_barbican.audit.events import AuditEvent, arguments_for_audit, request_fields
 from mcp_barbican.exceptions import UpstreamError
 from mcp_barbican.jsonrpc import Message
-from mcp_barbican.security.limits import header_bytes, json_violation
+from mcp_barbican.security.limits import json_violation
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.server.quota import TooManySessions
 from mcp_barbican.server.runtime import CapacityError, McpRuntime
@@ -91,10 +92,6 @@ class McpEndpoint:
         self.messages_path = messages_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if header_bytes(scope["headers"]) > self.limits.max_header_size:
-            reason = f"request headers are over the limit of {self.limits.max_header_size} bytes"
-            await rpc_error(send, 431, jsonrpc.INVALID_REQUEST, reason)
-            return
         method = scope["method"]
         sub = scope.get("mcp_barbican.subpath", "")
         if sub == "":
@@ -143,6 +140,11 @@ class McpEndpoint:
         if violation is not None:
             await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, violation, msg.get("id"))
             return None
+        for check in scope.get(MESSAGE_CHECKS_KEY, ()):
+            refusal = check(scope, msg)
+            if refusal is not None:
+                await rpc_error(send, refusal.status, refusal.code, refusal.message, msg.get("id"))
+                return None
         return msg
 
     async def _session(self, scope: Scope, send: Send, session_id: str | None) -> Session | None:

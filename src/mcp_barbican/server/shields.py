@@ -1,13 +1,14 @@
 """The security services shared by every route, and the per-MCP stack built from them.
 
-One place decides the order of the layers, because the order is a security decision:
+Two places decide the order of the layers, because the order is a security decision: the
+outer layers are stacked in server/app.py's `build_app`, the per-MCP ones by the pipeline.
 
     (outer, every route)  security headers (an MCP's own set on its routes) -> client address -> Host/Origin guard
     (every route but health)  dynamic IP rules and bans (the admin guard applies them itself: a valid
                               admin token passes an automatic ban there, never an operator's deny rule)
-    (per MCP)  static IP lists -> CORS (preflights answered before auth)
-               -> authentication (failures feed the bans) -> rate limits -> endpoint,
-               behind one McpGuard that admits the common request in a single call
+    (per MCP)  the security pipeline (security/pipeline.py, which owns that order): static IP
+               lists -> CORS -> authentication -> rate limits -> input limits -> endpoint,
+               with one fast path over the same policies for the common request
 
 Rate limiting sits after authentication so it can key on the principal, and so refused
 requests never spend a token; the IP filter sits before everything that costs work.
@@ -17,6 +18,7 @@ Authentication failures on every route feed one ban list: an MCP's with its own
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -33,11 +35,12 @@ from mcp_barbican.security.bans import AuthFailureTracker
 from mcp_barbican.security.client_ip import TrustedProxies
 from mcp_barbican.security.cors import CORS, OriginPolicy
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.guard import McpGuard
 from mcp_barbican.security.ipfilter import IPFilter
 from mcp_barbican.security.iprules import DynamicRules, IpRule, IpRuleStore, MemoryIpRuleStore
 from mcp_barbican.security.jwt import JwtVerifier
+from mcp_barbican.security.limits import InputLimits
 from mcp_barbican.security.oauth import metadata_url, www_authenticate
+from mcp_barbican.security.pipeline import Pipeline, PolicyFactory
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
 from mcp_barbican.security.tokens import IssuedTokens
 from mcp_barbican.server.quota import SessionQuota
@@ -112,18 +115,22 @@ class Shields:
             audit=self.recording,
         )
 
-    def static_filter(self, app: ASGIApp, security: SecurityConfig) -> ASGIApp | IPFilter:
+    def address_policy(self, security: SecurityConfig) -> PolicyFactory | None:
+        """The static address lists of `security` as a pipeline policy (None: it has none)."""
         if not security.ip_whitelist and not security.ip_blacklist:
-            return app
-        whitelist = IpSet.build(security.ip_whitelist) if security.ip_whitelist else None
-        return IPFilter(
-            app,
-            whitelist=whitelist,
+            return None
+        return functools.partial(
+            IPFilter,
+            whitelist=IpSet.build(security.ip_whitelist) if security.ip_whitelist else None,
             blacklist=IpSet.build(security.ip_blacklist),
             dynamic=DynamicRules(),  # the shared rules were checked already, for every route
             counters=self.counters,
             audit=self.recording,
         )
+
+    def static_filter(self, app: ASGIApp, security: SecurityConfig) -> ASGIApp:
+        make = self.address_policy(security)
+        return app if make is None else make(app)
 
     def bans(self, config: BanConfig) -> AuthFailureTracker | None:
         """The failure counter of one `auth_failure_ban` block; every one of them bans into the one rule list.
@@ -198,49 +205,66 @@ class Shields:
         raise ConfigError(f"auth type {auth.type!r} needs its settings", path=f"mcps.{mcp.id}.auth")
 
     def protect(self, endpoint: ASGIApp, mcp: McpConfig) -> Protected:
-        """The guarded app of one MCP, and the parts of it the MCP list and the Origin guard consult."""
-        config = self.config
-        auth = config.effective_auth(mcp)
-        security = config.effective_security(mcp)
-        app: ASGIApp = endpoint
+        """The guarded app of one MCP, and the parts of it the MCP list and the Origin guard consult.
+
+        The pipeline orders its policies by their slots (security/pipeline.py ORDER); `policies`
+        says which apply. A new policy is one more line there.
+        """
+        auth = self.config.effective_auth(mcp)
+        authenticator = self.authenticator(auth, mcp) if auth.type != "none" else None
+        pipeline = Pipeline(endpoint, self.policies(mcp, authenticator))
+        cors = pipeline.policy("cors")
+        addresses = pipeline.policy("addresses")
+        return Protected(
+            pipeline,
+            authenticator,
+            cors.policy if isinstance(cors, CORS) else None,
+            addresses if isinstance(addresses, IPFilter) else None,
+        )
+
+    def policies(self, mcp: McpConfig, authenticator: Authenticator | None) -> list[PolicyFactory]:
+        """The policies that apply to `mcp`, in any order (the pipeline orders them by slot)."""
+        auth = self.config.effective_auth(mcp)
+        security = self.config.effective_security(mcp)
+        policies = (
+            self.address_policy(security),
+            self.cors_policy(security),
+            self.auth_policy(auth, authenticator, security, mcp.id),
+            self.rate_policy(security, mcp.id),
+            functools.partial(InputLimits, limits=security.limits, counters=self.counters),
+        )
+        return [policy for policy in policies if policy is not None]
+
+    def cors_policy(self, security: SecurityConfig) -> PolicyFactory | None:
+        if security.cors is None or not security.cors.enabled:
+            return None
+        return functools.partial(CORS, config=security.cors, counters=self.counters)
+
+    def auth_policy(
+        self, auth: AuthConfig, authenticator: Authenticator | None, security: SecurityConfig, mcp_id: str
+    ) -> PolicyFactory | None:
+        if authenticator is None:
+            return None
+        tracker = self.bans(security.auth_failure_ban)
+        return functools.partial(
+            Authenticate,
+            authenticator=authenticator,
+            header=auth.header,
+            prefix=auth.prefix,
+            mcp_id=mcp_id,
+            counters=self.counters,
+            challenge=challenge_for(auth, mcp_id),
+            on_failure=tracker.record_failure if tracker is not None else None,
+            audit=self.recording,
+        )
+
+    def rate_policy(self, security: SecurityConfig, mcp_id: str) -> PolicyFactory | None:
         limiter = self.limiter(security)
-        rate_limit: RateLimit | None = None
-        if limiter is not None:
-            app = rate_limit = RateLimit(
-                app, limiter=limiter, mcp_id=mcp.id, counters=self.counters, audit=self.recording
-            )
-        authenticate: Authenticate | None = None
-        authenticator: Authenticator | None = None
-        if auth.type != "none":
-            authenticator = self.authenticator(auth, mcp)
-            tracker = self.bans(security.auth_failure_ban)
-            app = authenticate = Authenticate(
-                app,
-                authenticator=authenticator,
-                header=auth.header,
-                prefix=auth.prefix,
-                mcp_id=mcp.id,
-                counters=self.counters,
-                challenge=challenge_for(auth, mcp.id),
-                on_failure=tracker.record_failure if tracker is not None else None,
-                audit=self.recording,
-            )
-        cors: CORS | None = None
-        if security.cors is not None and security.cors.enabled:
-            app = cors = CORS(app, config=security.cors, counters=self.counters)
-        app = self.static_filter(app, security)
-        addresses = app if isinstance(app, IPFilter) else None
-        # Without a credential it can remember, the guard would only add a failed try to every request.
-        if app is not endpoint and (authenticate is None or authenticate.remembers):
-            app = McpGuard(
-                app,
-                endpoint,
-                ip_filter=addresses,
-                cors=cors,
-                auth=authenticate,
-                rate_limit=rate_limit,
-            )
-        return Protected(app, authenticator, cors.policy if cors is not None else None, addresses)
+        if limiter is None:
+            return None
+        return functools.partial(
+            RateLimit, limiter=limiter, mcp_id=mcp_id, counters=self.counters, audit=self.recording
+        )
 
 
 def resource_url(scope: Scope, mcp_id: str) -> str:

@@ -1,9 +1,9 @@
-"""McpGuard admits on its fast path only what the layers admit, with the same effects.
+"""The pipeline admits on its fast path only what its layers admit, with the same effects.
 
-Two stacks are built from one config: the guard as served, and the guard's layers alone
-(what every request went through before the guard). The same request sequences go to both;
-answers, what reached the endpoint, the security counters and the audit events must match,
-and the fast path must really be taken for repeated, admitted requests.
+Two stacks are built from one config: the pipeline as served, and its layers alone. The
+same request sequences go to both; answers, what reached the endpoint, the security
+counters and the audit events must match, and the fast path must really be taken for
+repeated, admitted requests.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mcp_barbican.audit.sinks import Record
 from mcp_barbican.config import ProxyConfig, validate_model
 from mcp_barbican.security.auth import Authenticate, StaticToken, StaticTokens, digest
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.guard import McpGuard
+from mcp_barbican.security.pipeline import Pipeline
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.server.shields import Shields
 from mcp_barbican.storage.base import TokenRecord
@@ -92,7 +92,7 @@ class Stack:
         self.shields = Shields(validate_model(ProxyConfig, CONFIG), audit=self.audit)
         self.reached: list[tuple[list[tuple[bytes, bytes]], Principal | None]] = []
         guarded = self.shields.protect(self.endpoint, self.shields.config.mcps[0]).app
-        assert isinstance(guarded, McpGuard)
+        assert isinstance(guarded, Pipeline)
         self.guard = guarded
         self.app: ASGIApp = guarded.layers if layers_only else guarded
 
@@ -175,7 +175,7 @@ GOOD, LOOPBACK, DENIED, EVIL, REPEATED = 1, 0, 3, 2, 8
 @example(plan=[(LOOPBACK, GOOD, 0)] * 6).via("the per-IP burst spent on the fast path")
 @example(plan=[(LOOPBACK, GOOD, 0), (1, GOOD, 0), (LOOPBACK, 2, 0), (LOOPBACK, 3, 0)]).via("scope and expiry")
 @example(plan=[(LOOPBACK, GOOD, 0), (LOOPBACK, REPEATED, 0)]).via("a known credential sent twice with another")
-async def test_the_guard_decides_every_request_as_the_layers_do(plan: list[Step]) -> None:
+async def test_the_fast_path_decides_every_request_as_the_layers_do(plan: list[Step]) -> None:
     await run_both(list(plan))
 
 
@@ -254,11 +254,12 @@ async def test_a_remembered_credential_is_forgotten_when_it_expires() -> None:
     ],
     ids=["static-token", "no-auth", "jwt"],
 )
-def test_the_guard_stands_only_where_its_fast_path_can_admit(auth: dict[str, Any], guarded: bool) -> None:
+def test_the_fast_path_stands_only_where_it_can_admit(auth: dict[str, Any], guarded: bool) -> None:
     mcp = {**CONFIG["mcps"][0], "auth": auth}
     shields = Shields(validate_model(ProxyConfig, {**CONFIG, "mcps": [mcp]}))
     app = shields.protect(ok_app, shields.config.mcps[0]).app
-    assert isinstance(app, McpGuard) is guarded, "JWTs are verified every time, so a guard would only add a try"
+    assert isinstance(app, Pipeline)
+    assert app.fast_path is guarded, "JWTs are verified every time, so a fast path would only add a try"
 
 
 @pytest.mark.anyio

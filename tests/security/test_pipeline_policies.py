@@ -1,0 +1,180 @@
+"""How the pipeline is built: every policy in its slot, none the fast path can skip, none it cannot run."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+
+from mcp_barbican import jsonrpc
+from mcp_barbican.asgi import CLIENT_IP_KEY, json_error
+from mcp_barbican.config import ProxyConfig, validate_model
+from mcp_barbican.jsonrpc import Message
+from mcp_barbican.security.pipeline import ORDER, Head, MessageRefusal, Pipeline, Policy, PolicyFactory
+from mcp_barbican.server.endpoint import McpEndpoint
+from mcp_barbican.server.runtime import McpRuntime
+from mcp_barbican.server.shields import Shields
+from mcp_barbican.types import ASGIApp, Receive, Scope, Send
+from tests.security.asgi import call, make_scope, ok_app
+from tests.security.test_pipeline import CONFIG, TOKENS
+
+GOOD = "Bearer " + TOKENS["good"]
+
+
+class Tally(Policy):
+    """A policy added to the empty `authorization` slot: refuses one address, counts both paths."""
+
+    slot = "authorization"
+
+    def __init__(self, app: ASGIApp, *, refused: str, seen: dict[str, int]) -> None:
+        self.app = app
+        self.refused = refused
+        self.seen = seen
+
+    def fast(self, scope: Scope, head: Head) -> bool:
+        self.seen["fast"] += 1
+        return head.ip != self.refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.seen["layer"] += 1
+        if scope[CLIENT_IP_KEY] == self.refused:
+            await json_error(send, 403, "forbidden", "refused by the added policy")
+            return
+        await self.app(scope, receive, send)
+
+
+def shields_for(config: dict[str, Any] = CONFIG) -> tuple[Shields, list[PolicyFactory]]:
+    shields = Shields(validate_model(ProxyConfig, config))
+    mcp = shields.config.mcps[0]
+    authenticator = shields.authenticator(shields.config.effective_auth(mcp), mcp)
+    return shields, shields.policies(mcp, authenticator)
+
+
+async def request(app: ASGIApp, ip: str, credential: str | None = GOOD, body: bytes = b"{}") -> tuple[int, bytes]:
+    headers = [("host", "127.0.0.1:6001"), ("content-type", "application/json")]
+    headers += [("accept", "application/json, text/event-stream"), ("mcp-session-id", "nope")]
+    if credential is not None:
+        headers.append(("authorization", credential))
+    scope = make_scope("POST", "/mcp/m", headers, client=(ip, 40000))
+    scope[CLIENT_IP_KEY] = ip
+    sent = await call(app, scope, body)
+    return sent.status, sent.body
+
+
+@pytest.mark.anyio
+async def test_a_policy_added_to_the_pipeline_runs_on_the_fast_path() -> None:
+    _, policies = shields_for()
+    seen = {"fast": 0, "layer": 0}
+    pipeline = Pipeline(ok_app, [*policies, functools.partial(Tally, refused="10.0.0.2", seen=seen)])
+    assert [policy.slot for policy in pipeline.policies] == [s for s in ORDER if s != "integrity"]
+    assert pipeline.fast_path
+
+    assert (await request(pipeline, "127.0.0.1"))[0] == 200
+    assert seen == {"fast": 0, "layer": 1}, "a credential seen for the first time goes through the layers"
+    assert [(await request(pipeline, "127.0.0.1"))[0] for _ in range(2)] == [200, 200]
+    assert seen == {"fast": 2, "layer": 1}, "a remembered credential takes the fast path, which runs the policy"
+
+    # The added policy refuses on the fast path too: the request goes to the layers, which answer.
+    # The rate limit (burst 4 per address) sits before it: each refused request spends one token
+    # in the layers, and none on the fast path, which runs the one policy that takes last.
+    statuses = [(await request(pipeline, "10.0.0.2"))[0] for _ in range(5)]
+    assert statuses == [403, 403, 403, 403, 429]
+    assert seen == {"fast": 6, "layer": 5}
+
+
+class NoFastCheck(Policy):
+    slot = "authorization"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+class Taker(Tally):
+    slot = "integrity"
+    fast_takes = True
+
+
+class Nowhere(Tally):
+    slot = "somewhere"
+
+
+def plain_layer(app: ASGIApp) -> ASGIApp:
+    return app
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        pytest.param([plain_layer], "builds no pipeline Policy", id="a-plain-asgi-layer"),
+        pytest.param([NoFastCheck], "abstract", id="a-policy-without-a-fast-check"),
+        pytest.param([functools.partial(Nowhere, refused="", seen={})], "slot in ORDER", id="an-unknown-slot"),
+        pytest.param([functools.partial(Tally, refused="", seen={})] * 2, "one pipeline slot", id="one-slot-twice"),
+        pytest.param([functools.partial(Taker, refused="", seen={})], "more than one policy takes", id="two-takers"),
+    ],
+)
+def test_a_policy_the_fast_path_cannot_run_makes_construction_fail(extra: list[Any], error: str) -> None:
+    _, policies = shields_for()
+    with pytest.raises(TypeError, match=error):
+        Pipeline(ok_app, [*policies, *extra])
+
+
+def test_the_slots_decide_the_order_whatever_order_the_policies_come_in() -> None:
+    _, policies = shields_for()
+    forward = Pipeline(ok_app, policies)
+    backward = Pipeline(ok_app, list(reversed(policies)))
+    expected = ["addresses", "cors", "authentication", "rate_limit", "input_limits"]
+    assert [p.slot for p in forward.policies] == [p.slot for p in backward.policies] == expected
+    layer: Any = backward.layers
+    for policy in backward.policies:
+        assert layer is policy, "each layer wraps the next one in order"
+        layer = policy.app
+    assert layer is ok_app
+
+
+class DenyTool(Policy):
+    """A per-message policy (as authorization will be): refuses calls of one tool on either path."""
+
+    slot = "authorization"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.check_message = self.refuse_forbidden
+
+    def refuse_forbidden(self, scope: Scope, message: Message) -> MessageRefusal | None:
+        if message.get("method") == "tools/call" and message.get("params", {}).get("name") == "forbidden":
+            return MessageRefusal(403, jsonrpc.INVALID_REQUEST, "tool forbidden")
+        return None
+
+    def fast(self, scope: Scope, head: Head) -> bool:
+        return True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.anyio
+async def test_per_message_checks_reach_the_endpoint_on_both_paths() -> None:
+    shields, policies = shields_for()
+    mcp = shields.config.mcps[0]
+    runtime = McpRuntime(mcp, idle_timeout=60.0, quota=shields.sessions)  # never started: no message gets there
+    endpoint = McpEndpoint(runtime, limits=shields.config.effective_security(mcp).limits, messages_path="/m")
+    pipeline = Pipeline(endpoint, [*policies, DenyTool])
+
+    def body(tool: str) -> bytes:
+        call_message = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool}}
+        return jsonrpc.dumps(call_message)
+
+    answers = [await request(pipeline, "127.0.0.1", body=body("forbidden")) for _ in range(2)]
+    for status, text in answers:  # the first through the layers, the second on the fast path
+        assert status == 403
+        assert jsonrpc.loads(text) == {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "error": {"code": jsonrpc.INVALID_REQUEST, "message": "tool forbidden"},
+        }
+    status, text = await request(pipeline, "127.0.0.1", body=body("echo"))
+    assert (status, jsonrpc.loads(text)["error"]["message"]) == (404, "Session not found"), "other tools pass"
