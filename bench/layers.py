@@ -3,8 +3,9 @@
 Each layer wraps a no-op app and handles the same representative MCP POST (a Bearer token,
 an Origin, a JSON-RPC body) many times on one event loop; the table is the seed guide's
 "Security Performance Impact" card, measured instead of guessed. The last rows compare the
-per-MCP layers (IP list, CORS, authentication, rate limit) one after another with the same
-layers behind `McpGuard`, for an agent's request (no Origin) with a credential seen before. Run:
+per-MCP policies (IP list, CORS, authentication, rate limit, input limits) one after another
+with the same policies through the pipeline's fast path, for an agent's request (no Origin)
+with a credential seen before. Run:
 
     python bench/layers.py [--requests 20000]
 """
@@ -13,21 +14,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
 
-from mcp_barbican.config import CorsConfig, HeadersConfig, RateLimitConfig
+from mcp_barbican.config import CorsConfig, HeadersConfig, LimitsConfig, RateLimitConfig
 from mcp_barbican.security.addresses import IpSet
 from mcp_barbican.security.auth import Authenticate, StaticToken, StaticTokens, digest
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.cors import CORS
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.guard import McpGuard
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
 from mcp_barbican.security.ipfilter import IPFilter
 from mcp_barbican.security.iprules import DynamicRules
+from mcp_barbican.security.limits import InputLimits
+from mcp_barbican.security.pipeline import Pipeline
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
 from mcp_barbican.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,15 +68,15 @@ def layers(counters: SecurityCounters) -> dict[str, Callable[[ASGIApp], ASGIApp]
         "host/origin guard": lambda app: HostOriginGuard(
             app, allowed=AllowedHosts.build("127.0.0.1", ()), origin_allowed=lambda scope, origin: True
         ),
-        "IP filter (1000 entries)": lambda app: IPFilter(
-            app, whitelist=None, blacklist=blacklist, dynamic=DynamicRules(), counters=counters
+        "IP filter (1000 entries)": functools.partial(
+            IPFilter, whitelist=None, blacklist=blacklist, dynamic=DynamicRules(), counters=counters
         ),
         "security headers": lambda app: SecurityHeaders(app, config=HeadersConfig()),
-        "CORS": lambda app: CORS(
-            app, config=CorsConfig(allowed_origins=("https://app.example.com",)), counters=counters
+        "CORS": functools.partial(
+            CORS, config=CorsConfig(allowed_origins=("https://app.example.com",)), counters=counters
         ),
-        "auth (static token)": lambda app: Authenticate(
-            app,
+        "auth (static token)": functools.partial(
+            Authenticate,
             authenticator=tokens,
             header="Authorization",
             prefix="Bearer",
@@ -81,11 +84,18 @@ def layers(counters: SecurityCounters) -> dict[str, Callable[[ASGIApp], ASGIApp]
             counters=counters,
             challenge=lambda failure, scope: "Bearer",
         ),
-        "rate limit (non-binding)": lambda app: RateLimit(app, limiter=limiter, mcp_id="bench", counters=counters),
+        "rate limit (non-binding)": functools.partial(RateLimit, limiter=limiter, mcp_id="bench", counters=counters),
+        "input limits (header bytes)": functools.partial(InputLimits, limits=LimitsConfig(), counters=counters),
     }
 
 
-PER_MCP = ("IP filter (1000 entries)", "CORS", "auth (static token)", "rate limit (non-binding)")
+PER_MCP = (
+    "IP filter (1000 entries)",
+    "CORS",
+    "auth (static token)",
+    "rate limit (non-binding)",
+    "input limits (header bytes)",
+)
 
 
 async def per_request_us(app: ASGIApp, requests: int, *, origin: bool = True) -> float:
@@ -130,35 +140,24 @@ async def main(requests: int) -> None:
     for name, added in rows:
         print(f"| {name} | {added:.1f} |")
     print(f"| **all layers together** | **{total:.1f}** |")
-    chained, guarded = await per_mcp(counters, requests)
-    print(f"| per-MCP layers one after another, agent request (no Origin) | {chained:.1f} |")
-    print(f"| the same layers behind McpGuard | {guarded:.1f} |")
+    chained, fast = await per_mcp(counters, requests)
+    print(f"| per-MCP policies one after another, agent request (no Origin) | {chained:.1f} |")
+    print(f"| the same policies through the pipeline's fast path | {fast:.1f} |")
 
 
 async def per_mcp(counters: SecurityCounters, requests: int) -> tuple[float, float]:
-    """What the per-MCP layers add chained, and behind McpGuard, to a request without Origin.
+    """What the per-MCP policies add chained, and through the pipeline's fast path, to a request without Origin.
 
-    Both sit behind the client-address layer (the guard reads the address it resolves), whose
-    own cost is taken off.
+    Both sit behind the client-address layer (the fast path reads the address it resolves),
+    whose own cost is taken off.
     """
     trusted = TrustedProxies.build(())
     factories = layers(counters)
-    built: dict[str, Any] = {}
-    app: ASGIApp = noop
-    for name in reversed(PER_MCP):
-        app = built[name] = factories[name](app)
-    guard = McpGuard(
-        app,
-        noop,
-        ip_filter=built[PER_MCP[0]],
-        cors=built[PER_MCP[1]],
-        auth=built[PER_MCP[2]],
-        rate_limit=built[PER_MCP[3]],
-    )
+    pipeline = Pipeline(noop, [factories[name] for name in PER_MCP])
     base = await per_request_us(ClientAddress(noop, trusted=trusted), requests, origin=False)
-    chained = await per_request_us(ClientAddress(app, trusted=trusted), requests, origin=False)
-    guarded = await per_request_us(ClientAddress(guard, trusted=trusted), requests, origin=False)
-    return chained - base, guarded - base
+    chained = await per_request_us(ClientAddress(pipeline.layers, trusted=trusted), requests, origin=False)
+    fast = await per_request_us(ClientAddress(pipeline, trusted=trusted), requests, origin=False)
+    return chained - base, fast - base
 
 
 if __name__ == "__main__":
