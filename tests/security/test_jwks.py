@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from mcp_barbican.config import JwtConfig
+from mcp_barbican.keys import compatible_algorithms
 from mcp_barbican.security.auth import AuthFailure
-from mcp_barbican.security.jwks import MAX_JWKS_BYTES, MAX_JWKS_KEYS, compatible_algorithms, parse_jwks
+from mcp_barbican.security.jwks import MAX_JWKS_BYTES, MAX_JWKS_KEYS, parse_jwks
 from mcp_barbican.security.jwt import JwtVerifier
 from mcp_barbican.security.principal import Principal
 from tests.security.test_jwt import AUDIENCE, EC_KEY, ED_KEY, ISSUER, NOW, RSA_KEY, b64, claims, sign

@@ -22,16 +22,15 @@ from pydantic import SecretStr
 
 from mcp_barbican.config import JwtConfig
 from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.keys import compatible_algorithms, load_public_key
 from mcp_barbican.security.auth import Authenticate, AuthFailure
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.jwks import compatible_algorithms
 from mcp_barbican.security.jwt import (
     MAX_TOKEN_CHARS,
     ClaimRules,
     JwtVerifier,
     TokenHeader,
     claims_problem,
-    load_public_key,
     principal_from_claims,
     read_header,
 )

@@ -96,12 +96,14 @@ def _tls_problems(tls: ServerTLSConfig | UpstreamTLSConfig) -> Iterator[tuple[st
 
 
 def _jwt_key_problems(jwt: JwtConfig) -> list[str]:
-    # Imported here: the verifier's key loading needs cryptography, which loading a config does not.
-    from mcp_barbican.security.jwt import check_key_file
+    if jwt.public_key_file is None:
+        return []
+    # Imported here: key loading needs cryptography, which loading a config does not.
+    from mcp_barbican.keys import load_key_file
 
     try:
-        check_key_file(jwt)
-    except ConfigError as exc:
+        load_key_file(Path(jwt.public_key_file), frozenset(jwt.algorithms))
+    except ValueError as exc:
         return [str(exc)]
     return []
 

@@ -21,18 +21,15 @@ from typing import Final
 import aiohttp
 import jwt
 import orjson
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from mcp_barbican.keys import PUBLIC_KEY_TYPES, PublicKey, compatible_algorithms
 
 __all__ = [
     "JWKS_FETCH_TIMEOUT",
     "MAX_JWKS_BYTES",
     "MAX_JWKS_KEYS",
-    "MIN_RSA_BITS",
-    "PUBLIC_KEY_TYPES",
     "JwksCache",
-    "PublicKey",
     "VerificationKey",
-    "compatible_algorithms",
     "parse_jwks",
     "shown",
 ]
@@ -45,17 +42,8 @@ MAX_JWKS_KEYS: Final = 100
 MAX_JWKS_BYTES: Final = 512 * 1024
 #: Seconds a JWKS fetch may take before it counts as failed (the last good keys stay).
 JWKS_FETCH_TIMEOUT: Final = 10.0
-#: RSA keys below this size are too weak to trust (NIST SP 800-131A).
-MIN_RSA_BITS: Final = 2048
 #: How much of an attacker-chosen header value (`alg`, `kid`) a reason quotes.
 _SHOWN_CHARS: Final = 40
-
-_HMAC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
-_RSA_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-_EC_ALGORITHM_BY_CURVE: Final = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
-PUBLIC_KEY_TYPES: Final = (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)
-
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
 
 
 def shown(value: str) -> str:
@@ -77,18 +65,6 @@ class VerificationKey:
 
     def verifies(self, alg: str, kid: str | None) -> bool:
         return alg in self.algorithms and (kid is None or self.kid is None or self.kid == kid)
-
-
-def compatible_algorithms(key: PublicKey | bytes) -> frozenset[str]:
-    """The JWS algorithms a key of this type and size can verify (RFC 8725 §3.1: one family per key)."""
-    if isinstance(key, bytes):
-        return _HMAC_ALGORITHMS
-    if isinstance(key, rsa.RSAPublicKey):
-        return _RSA_ALGORITHMS if key.key_size >= MIN_RSA_BITS else frozenset()
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        alg = _EC_ALGORITHM_BY_CURVE.get(key.curve.name)
-        return frozenset({alg}) if alg else frozenset()
-    return frozenset({"EdDSA"})
 
 
 def _jwks_key(raw: object, allowed: frozenset[str]) -> VerificationKey | None:

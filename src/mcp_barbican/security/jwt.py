@@ -25,22 +25,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.types import Options
 
 from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.keys import compatible_algorithms, load_key_file
 from mcp_barbican.security.auth import AuthFailure
-from mcp_barbican.security.jwks import (
-    MIN_RSA_BITS,
-    PUBLIC_KEY_TYPES,
-    JwksCache,
-    PublicKey,
-    VerificationKey,
-    compatible_algorithms,
-    shown,
-)
+from mcp_barbican.security.jwks import JwksCache, VerificationKey, shown
 from mcp_barbican.security.principal import Principal
 
 if TYPE_CHECKING:
@@ -52,10 +42,7 @@ __all__ = [
     "ClaimRules",
     "JwtVerifier",
     "TokenHeader",
-    "check_key_file",
     "claims_problem",
-    "describe_key",
-    "load_public_key",
     "principal_from_claims",
     "read_header",
 ]
@@ -93,30 +80,6 @@ def _bad_claims(detail: str) -> AuthFailure:
 
 # ---------------------------------------------------------------------------------------------
 # PEM keys
-
-
-def describe_key(key: PublicKey | bytes) -> str:
-    if isinstance(key, bytes):
-        return "HMAC secret"
-    if isinstance(key, rsa.RSAPublicKey):
-        return f"{key.key_size}-bit RSA key"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return f"EC {key.curve.name} key"
-    return "Ed25519 key" if isinstance(key, ed25519.Ed25519PublicKey) else "Ed448 key"
-
-
-def load_public_key(path: Path) -> PublicKey:
-    """The public key in a PEM file (a public key or a certificate); ValueError says what is wrong."""
-    data = path.read_bytes()
-    if b"PRIVATE KEY-----" in data:
-        raise ValueError("it holds a private key; give the public key (openssl pkey -pubout)")
-    if b"-----BEGIN CERTIFICATE-----" in data:
-        key: object = x509.load_pem_x509_certificate(data).public_key()
-    else:
-        key = load_pem_public_key(data)
-    if not isinstance(key, PUBLIC_KEY_TYPES):
-        raise ValueError(f"unsupported key type {type(key).__name__}")
-    return key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,24 +253,12 @@ def _static_keys(config: JwtConfig, allowed: frozenset[str]) -> tuple[Verificati
         secret = config.secret.get_secret_value().encode()
         keys.append(VerificationKey(None, secret, allowed & compatible_algorithms(secret)))
     if config.public_key_file is not None:
-        path = Path(config.public_key_file)
         try:
-            key = load_public_key(path)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot use public_key_file {str(path)!r}: {exc}") from None
-        algorithms = compatible_algorithms(key) & allowed
-        if not algorithms:
-            raise ConfigError(
-                f"public_key_file {str(path)!r} ({describe_key(key)}) verifies none of "
-                f"{', '.join(sorted(allowed))} (RSA keys need {MIN_RSA_BITS} bits or more)"
-            )
+            key, algorithms = load_key_file(Path(config.public_key_file), allowed)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         keys.append(VerificationKey(None, key, algorithms))
     return tuple(keys)
-
-
-def check_key_file(config: JwtConfig) -> None:
-    """Load `public_key_file` as the verifier does (for `config check`); ConfigError says what is wrong."""
-    _static_keys(config, frozenset(config.algorithms))
 
 
 class JwtVerifier:
