@@ -10,7 +10,7 @@ from typing import Final
 
 from mcp_barbican.demo.base import MAX_LINE_BYTES
 
-__all__ = ["Line", "Oversized", "StdioChannel"]
+__all__ = ["Line", "Oversized", "StdioLines"]
 
 _READ_CHUNK: Final = 64 * 1024
 
@@ -26,7 +26,7 @@ Line = bytes | Oversized | None
 # stdio transport
 
 
-class StdioChannel:
+class StdioLines:
     """Moves newline-delimited messages between the event loop and two file descriptors.
 
     Raw fds on daemon threads rather than asyncio pipe transports: those set O_NONBLOCK on the

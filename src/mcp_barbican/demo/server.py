@@ -39,7 +39,7 @@ from mcp_barbican.demo.base import (
     ToolError,
     log,
 )
-from mcp_barbican.demo.channel import Line, Oversized, StdioChannel
+from mcp_barbican.demo.channel import Line, Oversized, StdioLines
 from mcp_barbican.demo.tools import (
     TOOL_HANDLERS,
     TOOLS,
@@ -52,7 +52,7 @@ from mcp_barbican.demo.tools import (
 )
 from mcp_barbican.logs import log_unexpected
 
-__all__ = ["SUPPORTED_VERSIONS", "DemoServer", "StdioChannel", "main"]
+__all__ = ["SUPPORTED_VERSIONS", "DemoServer", "StdioLines", "main"]
 
 _NO_ANSWER: Final = "the client closed its input, so it cannot answer"
 
@@ -354,7 +354,7 @@ class DemoServer:
 
 
 async def _run() -> None:
-    channel = StdioChannel(asyncio.get_running_loop())
+    channel = StdioLines(asyncio.get_running_loop())
     server = DemoServer(channel.send)
     channel.start()
     try:
