@@ -93,7 +93,7 @@ class Stack:
         self.reached: list[tuple[list[tuple[bytes, bytes]], Principal | None]] = []
         guarded = self.shields.protect(self.endpoint, self.shields.config.mcps[0]).app
         assert isinstance(guarded, Pipeline)
-        self.guard = guarded
+        self.pipeline = guarded
         self.app: ASGIApp = guarded.layers if layers_only else guarded
 
     async def endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,24 +144,24 @@ steps = st.lists(
 
 
 async def run_both(plan: list[Step | str]) -> tuple[Stack, Stack]:
-    """The same plan through the guard and through the layers alone; asserts every answer matches."""
-    guard, layers = Stack(layers_only=False), Stack(layers_only=True)
-    for stack in (guard, layers):
+    """The same plan through the pipeline and through the layers alone; asserts every answer matches."""
+    served, layers = Stack(layers_only=False), Stack(layers_only=True)
+    for stack in (served, layers):
         stack.audit.start()
     for step in plan:
         if step == "issue" or step == "revoke":
-            issue(guard, revoked=step == "revoke")
+            issue(served, revoked=step == "revoke")
             issue(layers, revoked=step == "revoke")
             continue
         assert not isinstance(step, str)
         ip, credential, origin = IPS[step[0]], CREDENTIALS[step[1]], ORIGINS[step[2]]
-        assert await guard.request(ip, credential, origin) == await layers.request(ip, credential, origin), step
-    for stack in (guard, layers):
+        assert await served.request(ip, credential, origin) == await layers.request(ip, credential, origin), step
+    for stack in (served, layers):
         await stack.audit.aclose()
-    assert guard.reached == layers.reached
-    assert counted(guard) == counted(layers)
-    assert events(guard) == events(layers)
-    return guard, layers
+    assert served.reached == layers.reached
+    assert counted(served) == counted(layers)
+    assert events(served) == events(layers)
+    return served, layers
 
 
 GOOD, LOOPBACK, DENIED, EVIL, REPEATED = 1, 0, 3, 2, 8
@@ -181,8 +181,8 @@ async def test_the_fast_path_decides_every_request_as_the_layers_do(plan: list[S
 
 @pytest.mark.anyio
 async def test_a_repeated_credential_header_is_refused_on_both_paths() -> None:
-    guard, _ = await run_both([(LOOPBACK, GOOD, 0), (LOOPBACK, REPEATED, 0)])
-    status, _, body = await guard.request("127.0.0.1", CREDENTIALS[REPEATED], None)
+    served, _ = await run_both([(LOOPBACK, GOOD, 0), (LOOPBACK, REPEATED, 0)])
+    status, _, body = await served.request("127.0.0.1", CREDENTIALS[REPEATED], None)
     assert CREDENTIALS[REPEATED] == ("Bearer " + TOKENS["good"], "Bearer nope")
     assert status == 400, "the fast path must not admit the first value it remembers"
     assert b"more than one Authorization header" in body
@@ -191,8 +191,8 @@ async def test_a_repeated_credential_header_is_refused_on_both_paths() -> None:
 @pytest.mark.anyio
 async def test_issued_tokens_and_their_revocation_count_from_the_next_request() -> None:
     issued = (0, CREDENTIALS.index("Bearer " + TOKENS["issued"]), 0)
-    guard, _ = await run_both([issued, "issue", issued, issued, "revoke", issued])
-    statuses = [status for status, _, _ in [await guard.request("127.0.0.1", CREDENTIALS[issued[1]], None)]]
+    served, _ = await run_both([issued, "issue", issued, issued, "revoke", issued])
+    statuses = [status for status, _, _ in [await served.request("127.0.0.1", CREDENTIALS[issued[1]], None)]]
     assert statuses == [401], "a revoked token is refused, though it was accepted (and remembered) before"
 
 
@@ -200,13 +200,13 @@ async def test_issued_tokens_and_their_revocation_count_from_the_next_request() 
 async def test_repeated_admitted_requests_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     stack = Stack(layers_only=False)
     through_layers: list[Scope] = []
-    layers = stack.guard.layers
+    layers = stack.pipeline.layers
 
     async def counting(scope: Scope, receive: Receive, send: Send) -> None:
         through_layers.append(scope)
         await layers(scope, receive, send)
 
-    monkeypatch.setattr(stack.guard, "layers", counting)
+    monkeypatch.setattr(stack.pipeline, "layers", counting)
     good = CREDENTIALS[1]
     answers = [await stack.request("127.0.0.1", good, None) for _ in range(4)]
     assert [status for status, _, _ in answers] == [200, 200, 200, 200]
@@ -263,7 +263,7 @@ def test_the_fast_path_stands_only_where_it_can_admit(auth: dict[str, Any], guar
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("layers_only", [False, True], ids=["guard", "layers"])
+@pytest.mark.parametrize("layers_only", [False, True], ids=["pipeline", "layers"])
 async def test_one_slash_64_shares_one_per_ip_bucket(layers_only: bool) -> None:
     stack = Stack(layers_only=layers_only)
     good = CREDENTIALS[1]
