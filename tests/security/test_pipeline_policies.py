@@ -11,6 +11,7 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import CLIENT_IP_KEY, json_error
 from mcp_barbican.config import ProxyConfig, validate_model
 from mcp_barbican.jsonrpc import Message
+from mcp_barbican.security.limits import header_bytes
 from mcp_barbican.security.pipeline import ORDER, Head, MessageRefusal, Pipeline, Policy, PolicyFactory
 from mcp_barbican.server.endpoint import McpEndpoint
 from mcp_barbican.server.runtime import McpRuntime
@@ -178,3 +179,37 @@ async def test_per_message_checks_reach_the_endpoint_on_both_paths() -> None:
         }
     status, text = await request(pipeline, "127.0.0.1", body=body("echo"))
     assert (status, jsonrpc.loads(text)["error"]["message"]) == (404, "Session not found"), "other tools pass"
+
+
+@pytest.mark.anyio
+async def test_input_limits_decide_alike_on_both_paths_and_count_what_the_upstream_gets() -> None:
+    limit = 400
+    security = {**CONFIG["mcps"][0]["security"], "limits": {"max_header_size": limit}, "rate_limit": None}
+    config = {**CONFIG, "mcps": [{**CONFIG["mcps"][0], "security": security}]}
+    _, policies = shields_for(config)
+    reached: list[int] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(header_bytes(scope["headers"]))
+        await ok_app(scope, receive, send)
+
+    pipeline = Pipeline(endpoint, policies)
+    seen = {"fast": 0, "layer": 0}
+    counting = Pipeline(endpoint, [*policies, functools.partial(Tally, refused="", seen=seen)])
+
+    async def sized(app: ASGIApp, total: int) -> int:
+        headers = [("host", "127.0.0.1:6001"), ("authorization", GOOD), ("x-pad", "")]
+        scope = make_scope("POST", "/mcp/m", headers, client=("127.0.0.1", 40000))
+        scope[CLIENT_IP_KEY] = "127.0.0.1"
+        without_credential = header_bytes([h for h in scope["headers"] if h[0] != b"authorization"])
+        scope["headers"] = [
+            (k, b"p" * (total - without_credential) if k == b"x-pad" else v) for k, v in scope["headers"]
+        ]
+        return (await call(app, scope, b"{}")).status
+
+    # The credential is not counted: it never reaches the upstream. Twice each: the layers, then the fast path.
+    assert [await sized(pipeline, limit) for _ in range(2)] == [200, 200]
+    assert reached == [limit, limit]
+    assert [await sized(pipeline, limit + 1) for _ in range(2)] == [431, 431]
+    assert [await sized(counting, limit) for _ in range(2)] == [200, 200]
+    assert seen == {"fast": 1, "layer": 1}, "the second request at the limit took the fast path"
