@@ -32,6 +32,15 @@ from mcp_barbican.jsonrpc import Message
 from mcp_barbican.security.limits import json_violation
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.server.quota import TooManySessions
+from mcp_barbican.server.requests import (
+    HEADER_MISMATCH,
+    SUPPORTED_VERSIONS,
+    accepts,
+    header_mismatch,
+    parse_event_id,
+    sessionless,
+    well_formed,
+)
 from mcp_barbican.server.runtime import CapacityError, McpRuntime
 from mcp_barbican.server.session import Session
 from mcp_barbican.server.streams import EventStream, priming_event
@@ -60,11 +69,10 @@ METRIC_METHODS: Final = frozenset(
     }
 )
 
-__all__ = ["SUPPORTED_VERSIONS", "McpEndpoint"]
+__all__ = ["McpEndpoint"]
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_VERSIONS: Final = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"})
 #: Seconds between SSE comment lines on an otherwise quiet stream, so proxies keep it open.
 KEEPALIVE_SECONDS: Final = 15.0
 _SSE_HEADERS: Final = [
@@ -73,9 +81,6 @@ _SSE_HEADERS: Final = [
     (b"x-accel-buffering", b"no"),
 ]
 _SESSION_HEADER: Final = b"mcp-session-id"
-MODERN_VERSION_KEY: Final = "io.modelcontextprotocol/protocolVersion"
-#: 2026-07-28 error code for headers that contradict the body.
-HEADER_MISMATCH: Final = -32020
 
 
 class McpEndpoint:
@@ -133,7 +138,7 @@ class McpEndpoint:
         if isinstance(msg, list):
             await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "JSON-RPC batches are not supported")
             return None
-        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or not _well_formed(msg):
+        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or not well_formed(msg):
             await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "not a JSON-RPC 2.0 request, notification or response")
             return None
         violation = json_violation(msg, max_depth=self.limits.max_json_depth, max_string=self.limits.max_string_length)
@@ -167,7 +172,7 @@ class McpEndpoint:
     # -- Streamable HTTP ---------------------------------------------------------------
 
     async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _accepts(scope, b"application/json") or not _accepts(scope, b"text/event-stream"):
+        if not accepts(scope, b"application/json") or not accepts(scope, b"text/event-stream"):
             message = "Not Acceptable: Accept must list application/json and text/event-stream"
             await rpc_error(send, 406, jsonrpc.INVALID_REQUEST, message)
             return
@@ -178,8 +183,8 @@ class McpEndpoint:
         if header is None and "id" in msg and msg.get("method") == "initialize":
             await self._initialize(scope, receive, send, msg)
             return
-        if header is None and "id" in msg and _sessionless(msg):
-            mismatch = _header_mismatch(scope, msg)
+        if header is None and "id" in msg and sessionless(msg):
+            mismatch = header_mismatch(scope, msg)
             if mismatch is not None:
                 await rpc_error(send, 400, HEADER_MISMATCH, mismatch, msg["id"])
                 return
@@ -311,7 +316,7 @@ class McpEndpoint:
         await respond(send, 202)
 
     async def get(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _accepts(scope, b"text/event-stream"):
+        if not accepts(scope, b"text/event-stream"):
             await rpc_error(send, 406, jsonrpc.INVALID_REQUEST, "Not Acceptable: Accept must list text/event-stream")
             return
         if not await self._version_ok(scope, send):
@@ -323,7 +328,7 @@ class McpEndpoint:
         headers = [(_SESSION_HEADER, session.id.encode())]
         last_event = get_header(scope, b"last-event-id")
         if last_event is not None:
-            resumed = _parse_event_id(last_event.decode("latin-1"))
+            resumed = parse_event_id(last_event.decode("latin-1"))
             stream = session.streams.get(resumed[0]) if resumed else None
             if resumed is None or stream is None or stream.attached:
                 await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "unknown or busy Last-Event-ID stream")
@@ -482,48 +487,3 @@ class McpEndpoint:
 async def _wait_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-def _accepts(scope: Scope, media: bytes) -> bool:
-    accept = get_header(scope, b"accept")
-    if accept is None:
-        return False
-    return media in accept or b"*/*" in accept
-
-
-def _well_formed(msg: Message) -> bool:
-    if "method" in msg:
-        if not isinstance(msg["method"], str):
-            return False
-        if "id" in msg:
-            return isinstance(msg["id"], (str, int)) and not isinstance(msg["id"], bool)
-        return True
-    return "id" in msg and ("result" in msg or "error" in msg)
-
-
-def _sessionless(msg: Message) -> bool:
-    """A request of the stateless 2026-07-28 era: discovery, or one carrying per-request _meta."""
-    if msg.get("method") == "server/discover":
-        return True
-    params = msg.get("params")
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    return isinstance(meta, dict) and MODERN_VERSION_KEY in meta
-
-
-def _header_mismatch(scope: Scope, msg: Message) -> str | None:
-    """2026-07-28: mirrored headers must say what the body says (we relay what the body says)."""
-    method = get_header(scope, b"mcp-method")
-    if method is not None and method.decode("latin-1") != msg.get("method"):
-        return "HeaderMismatch: Mcp-Method does not match the request body"
-    meta = (msg.get("params") or {}).get("_meta") or {}
-    version = get_header(scope, b"mcp-protocol-version")
-    if version is not None and MODERN_VERSION_KEY in meta and version.decode("latin-1") != meta[MODERN_VERSION_KEY]:
-        return "HeaderMismatch: MCP-Protocol-Version does not match the request body"
-    return None
-
-
-def _parse_event_id(value: str) -> tuple[str, int] | None:
-    stream_id, _, seq = value.rpartition("-")
-    if not stream_id or not seq.isdigit():
-        return None
-    return stream_id, int(seq)
