@@ -318,19 +318,19 @@ class AdminApp:
     # -- IP rules ----------------------------------------------------------------------
 
     async def list_ip_rules(self, params: Params, body: None) -> Reply:
-        rules = await self.core.storage.rules.list()
+        rules = await self.core.shields.rule_store.list()
         return 200, {"rules": [rule_json(rule) for rule in rules], "count": len(rules)}
 
     async def add_ip_rule(self, params: Params, body: IpRuleRequest) -> Reply:
         rule = new_rule(body.cidr, body.action, now=time.time(), duration=body.duration, reason=body.reason)
         try:
-            await self.core.storage.rules.put(rule)
+            await self.core.shields.rule_store.put(rule)
         except RuleTableFull as exc:
             return error(409, "rule_table_full", str(exc) or "the rule table is full of permanent rules")
         return 201, {"rule": rule_json(rule)}
 
     async def delete_ip_rule(self, params: Params, body: None) -> Reply:
-        if not await self.core.storage.rules.delete(params["id"]):
+        if not await self.core.shields.rule_store.delete(params["id"]):
             return error(404, "not_found", f"no IP rule {params['id']!r}")
         return 204, None
 

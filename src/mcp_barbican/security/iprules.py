@@ -20,9 +20,8 @@ from typing import Final, Literal
 from mcp_barbican.security.addresses import Address, NetworkKey, network_keys, parse_network, unmapped
 from mcp_barbican.storage.base import Table
 from mcp_barbican.storage.expiry import ExpiryQueue
-from mcp_barbican.storage.memory import DEFAULT_MAX_RULES
 from mcp_barbican.storage.notices import Unsubscribe, follow
-from mcp_barbican.storage.records import Action, Change, IpRule, RuleTableFull
+from mcp_barbican.storage.records import DEFAULT_MAX_RULES, Action, Change, IpRule, RuleTableFull
 
 __all__ = [
     "BAN_ID_PREFIX",

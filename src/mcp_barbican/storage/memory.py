@@ -6,17 +6,23 @@ import builtins
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Final, Generic
+from typing import Generic
 
 from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, LocalBuckets, MemoryBucketStore
 from mcp_barbican.storage.expiry import ExpiryQueue
 from mcp_barbican.storage.notices import Listener, Subscribers, Unsubscribe
-from mcp_barbican.storage.records import Change, IpRule, McpRecord, R, RuleTableFull, TableName, TokenRecord
+from mcp_barbican.storage.records import (
+    DEFAULT_MAX_RULES,
+    Change,
+    IpRule,
+    McpRecord,
+    R,
+    RuleTableFull,
+    TableName,
+    TokenRecord,
+)
 
-__all__ = ["DEFAULT_MAX_RULES", "MemoryRuleTable", "MemoryStorage", "MemoryTable"]
-
-#: Dynamic rules kept at most; bans from a flood of distinct addresses must not grow memory forever.
-DEFAULT_MAX_RULES: Final = 100_000
+__all__ = ["MemoryRuleTable", "MemoryStorage", "MemoryTable"]
 
 
 def _order(record: R) -> tuple[float, str]:

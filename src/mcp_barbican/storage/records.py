@@ -10,9 +10,10 @@ config models).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 
 __all__ = [
+    "DEFAULT_MAX_RULES",
     "Action",
     "Change",
     "IpRule",
@@ -88,6 +89,10 @@ class IpRule:
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
+
+
+#: Dynamic rules kept at most; bans from a flood of distinct addresses must not grow memory forever.
+DEFAULT_MAX_RULES: Final = 100_000
 
 
 class RuleTableFull(Exception):

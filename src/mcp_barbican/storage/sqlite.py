@@ -26,9 +26,17 @@ from typing import Any, Final, Generic
 from mcp_barbican.exceptions import StorageError
 from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, LocalBuckets, MemoryBucketStore
 from mcp_barbican.storage.connection import SqliteThread, connect_private
-from mcp_barbican.storage.memory import DEFAULT_MAX_RULES
 from mcp_barbican.storage.notices import Listener, Subscribers, Unsubscribe
-from mcp_barbican.storage.records import Change, IpRule, McpRecord, R, RuleTableFull, TableName, TokenRecord
+from mcp_barbican.storage.records import (
+    DEFAULT_MAX_RULES,
+    Change,
+    IpRule,
+    McpRecord,
+    R,
+    RuleTableFull,
+    TableName,
+    TokenRecord,
+)
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage", "SqliteTable"]
 
