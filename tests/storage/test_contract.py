@@ -205,6 +205,7 @@ async def test_rules_are_live_until_they_expire(backend: Opened) -> None:
     assert told == [Change("rules", r.id, r) for r in (brief, lasting, stale)]
     assert await store.rules.get("stale") is None
     backend.clock.now = NOW + 10
+    assert not await store.rules.replace(brief), "an expired rule is a missing one"
     assert await store.rules.list() == [lasting]
     assert await store.rules.get("brief") is None
     assert await store.rules.create(dataclasses.replace(brief, expires_at=NOW + 20)), "an expired id is free again"

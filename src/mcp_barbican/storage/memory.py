@@ -56,7 +56,7 @@ class MemoryTable(Generic[R]):
         return True
 
     async def replace(self, record: R) -> bool:
-        old = self._records.get(record.id)
+        old = await self.get(record.id)
         if old is None:
             return False
         self._store(dataclasses.replace(record, created_at=old.created_at))  # type: ignore[type-var]

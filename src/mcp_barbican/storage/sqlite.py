@@ -202,6 +202,11 @@ class SqliteRuleTable(SqliteTable[IpRule]):
         rule = await super().get(record_id)
         return None if rule is None or rule.expired(self.clock()) else rule
 
+    async def replace(self, record: IpRule) -> bool:
+        now = self.clock()
+        await self.run(lambda db: db.execute(self._purge, (now,)))  # an expired rule is a missing one
+        return await super().replace(record)
+
     async def put(self, record: IpRule) -> None:
         await self._write(record, create=False)
 
