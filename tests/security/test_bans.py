@@ -16,8 +16,10 @@ from mcp_barbican.security.bans import BAN_REASON, AuthFailureTracker, ban_targe
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.ipfilter import IPFilter, decide
-from mcp_barbican.security.iprules import DynamicRules, IpRule, MemoryIpRuleStore
+from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.server.shields import Shields
+from mcp_barbican.storage import IpRule
+from mcp_barbican.storage.memory import MemoryRuleTable
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 from tests.security.asgi import call, make_scope
 
@@ -335,7 +337,7 @@ def test_a_full_rule_table_refuses_the_ban_without_counting_it(caplog: pytest.Lo
 @pytest.mark.anyio
 async def test_bans_reach_the_store_and_an_index_following_it() -> None:
     clock = Clock()
-    store = MemoryIpRuleStore(clock=clock)
+    store = MemoryRuleTable(clock=clock)
     rules = DynamicRules(clock=clock)
     await rules.follow(store)
     other_replica = DynamicRules(clock=clock)
@@ -349,8 +351,8 @@ async def test_bans_reach_the_store_and_an_index_following_it() -> None:
     assert not allowed(other_replica, "1.1.1.1", NOW)
 
 
-class FailingStore(MemoryIpRuleStore):
-    async def add(self, rule: IpRule) -> None:
+class FailingStore(MemoryRuleTable):
+    async def put(self, record: IpRule) -> None:
         raise ConnectionError("store down")
 
 

@@ -14,7 +14,8 @@ from mcp_barbican.security.addresses import IpSet, parse_ip
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.ipfilter import IPFilter, IpVerdict, decide
-from mcp_barbican.security.iprules import DynamicRules, IpRule
+from mcp_barbican.security.iprules import DynamicRules
+from mcp_barbican.storage import IpRule
 from mcp_barbican.types import Message, Scope
 from tests.security.asgi import call, make_scope, ok_app
 from tests.security.test_iprules import NOW, Clock, ban, rules

@@ -26,7 +26,7 @@ from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.pipeline import Pipeline
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.server.shields import Shields
-from mcp_barbican.storage.base import TokenRecord
+from mcp_barbican.storage import TokenRecord
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 from tests.security.asgi import call, make_scope, ok_app
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +15,9 @@ from mcp_barbican.security.admin import admin_tokens
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.tokens import IssuedTokens, check_listed_ids
 from mcp_barbican.server.shields import Shields
-from mcp_barbican.storage.base import TokenRecord
+from mcp_barbican.storage import TokenRecord
+from mcp_barbican.storage.memory import MemoryStorage
+from mcp_barbican.storage.sqlite import SqliteStorage
 
 # Before the fix every single `token` was `token:token`, and a token listed or issued as `token` was too.
 CONFIG: dict[str, Any] = {
@@ -87,3 +91,31 @@ def test_a_listed_id_that_an_issued_token_has_is_refused_with_its_key_path() -> 
         check_listed_ids(config, book)
     assert caught.value.path == "mcps[1].auth.tokens[0].id"
     assert "issued through the admin API" in str(caught.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_tokens_written_to_the_store_reach_every_follower_at_once(backend: str, tmp_path: Path) -> None:
+    """The admin API writes a token only to the store; each Shields' book follows the store's notices."""
+    store = MemoryStorage() if backend == "memory" else SqliteStorage(tmp_path / "state.db")
+    config = validate_model(ProxyConfig, CONFIG)
+    replicas = [Shields(config, store=store), Shields(config, store=store)]
+    for replica in replicas:
+        await replica.start()
+    mcp = config.mcp("a")
+    assert mcp is not None
+    authenticators = [replica.authenticator(config.effective_auth(mcp), mcp) for replica in replicas]
+    record = issued("issued", "issued-token")
+    try:
+        await store.tokens.put(record)
+        for authenticator in authenticators:
+            verdict = await authenticator.authenticate("issued-token")
+            assert isinstance(verdict, Principal) and verdict.id == "token:issued"
+        await store.tokens.put(dataclasses.replace(record, revoked_at=1.0))
+        for authenticator in authenticators:
+            refused = await authenticator.authenticate("issued-token")
+            assert not isinstance(refused, Principal) and refused is not None and refused.reason == "token revoked"
+    finally:
+        for replica in replicas:
+            await replica.stop()
+        await store.aclose()

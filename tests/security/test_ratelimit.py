@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -14,14 +15,10 @@ from mcp_barbican.config import RateLimitConfig
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.ratelimit import (
-    DEFAULT_MAX_KEYS,
     RPC_RATE_LIMITED,
     UNKNOWN_CLIENT,
-    Bucket,
-    BucketSpec,
     Decision,
     Limits,
-    MemoryBucketStore,
     RateLimit,
     RateLimiter,
     RequestKeys,
@@ -29,6 +26,7 @@ from mcp_barbican.security.ratelimit import (
     rate_limit_headers,
     refusal,
 )
+from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, Bucket, BucketRef, BucketSpec, MemoryBucketStore
 from mcp_barbican.types import Message, Receive, Scope, Send
 from tests.security.asgi import Sent, call, make_scope, ok_app
 
@@ -37,13 +35,25 @@ def limiter(**config: Any) -> RateLimiter:
     return RateLimiter.from_config(RateLimitConfig(**config))
 
 
+def check(rl: RateLimiter, request: RequestKeys, now: float) -> Decision:
+    """`rl.check` run to its end at once: a store in this process never suspends a take."""
+    coroutine = rl.check(request, now)
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        decision: Decision = done.value
+        return decision
+    coroutine.close()
+    raise AssertionError("the bucket store suspended")
+
+
 def keys(ip: str | None = "10.0.0.1", principal: str | None = None, mcp: str | None = None) -> RequestKeys:
     return RequestKeys(ip=ip, principal=principal, mcp=mcp)
 
 
 def admitted(rl: RateLimiter, count: int, now: float, request: RequestKeys | None = None) -> int:
     request = request or keys()
-    return sum(rl.check(request, now).allowed for _ in range(count))
+    return sum(check(rl, request, now).allowed for _ in range(count))
 
 
 def minute_spec(rate: int, burst: int | None = None) -> BucketSpec:
@@ -121,7 +131,7 @@ def test_a_burst_of_30_against_60_per_minute_burst_10_admits_exactly_10(
     config: dict[str, int], request_keys: RequestKeys
 ) -> None:
     rl = limiter(**config)
-    verdicts = [rl.check(request_keys, 100.0).allowed for _ in range(30)]
+    verdicts = [check(rl, request_keys, 100.0).allowed for _ in range(30)]
     assert verdicts == [True] * 10 + [False] * 20
 
 
@@ -140,15 +150,15 @@ def test_fractional_refill_accumulates_across_frequent_polls() -> None:
     rl = limiter(requests_per_minute=60, burst_size=10)
     assert admitted(rl, 30, 0.0) == 10
     polls = [step * 0.3 for step in range(1, 101)]
-    assert sum(rl.check(keys(), t).allowed for t in polls) == 30
+    assert sum(check(rl, keys(), t).allowed for t in polls) == 30
 
 
 def test_refused_requests_do_not_delay_recovery() -> None:
     rl = limiter(requests_per_minute=60, burst_size=1, per_ip_requests_per_minute=60, per_ip_burst_size=1)
     assert admitted(rl, 1, 0.0) == 1
     for step in range(1000):
-        assert not rl.check(keys(), step * 0.000999).allowed
-    assert rl.check(keys(), 1.0).allowed
+        assert not check(rl, keys(), step * 0.000999).allowed
+    assert check(rl, keys(), 1.0).allowed
 
 
 def test_a_refused_request_takes_nothing_from_the_buckets_that_had_tokens() -> None:
@@ -157,7 +167,7 @@ def test_a_refused_request_takes_nothing_from_the_buckets_that_had_tokens() -> N
     assert admitted(rl, 50, 0.0, keys(ip="a")) == 0
     assert admitted(rl, 200, 0.0, keys(ip="b")) == 1
     # "a" spent one, "b" one: the global bucket still holds 98 of 100.
-    assert sum(rl.check(keys(ip=f"c{i}"), 0.0).allowed for i in range(200)) == 98
+    assert sum(check(rl, keys(ip=f"c{i}"), 0.0).allowed for i in range(200)) == 98
 
 
 def test_the_hour_bucket_binds_when_the_minute_one_does_not() -> None:
@@ -165,7 +175,7 @@ def test_the_hour_bucket_binds_when_the_minute_one_does_not() -> None:
     assert admitted(rl, 100, 0.0) == 60
     # A minute later the minute bucket is full again; the hour one holds 40 + 60 * 100/3600.
     assert admitted(rl, 100, 60.0) == 41
-    refused = rl.check(keys(), 60.0)
+    refused = check(rl, keys(), 60.0)
     assert not refused.allowed and refused.limit_name == "global-hour"
     assert refused.retry_after == pytest.approx((1 - 2 / 3) * 36)
 
@@ -173,7 +183,7 @@ def test_the_hour_bucket_binds_when_the_minute_one_does_not() -> None:
 def test_the_day_bucket_binds_when_the_minute_one_does_not() -> None:
     rl = limiter(requests_per_minute=60, requests_per_day=50)
     assert admitted(rl, 100, 0.0) == 50
-    refused = rl.check(keys(), 0.0)
+    refused = check(rl, keys(), 0.0)
     assert refused.limit_name == "global-day"
     assert refused.retry_after == pytest.approx(86400 / 50)
     assert admitted(rl, 10, 86400 / 50) == 1
@@ -250,7 +260,7 @@ Request = tuple[float, str | None, str | None, str | None]
 )
 def test_limiter_decisions(config: dict[str, int], requests: list[Request], expected: str) -> None:
     rl = limiter(**config)
-    verdicts = "".join("Y" if rl.check(RequestKeys(ip, p, m), t).allowed else "N" for t, ip, p, m in requests)
+    verdicts = "".join("Y" if check(rl, RequestKeys(ip, p, m), t).allowed else "N" for t, ip, p, m in requests)
     assert verdicts == expected
 
 
@@ -284,7 +294,7 @@ def test_limits_from_config(config: dict[str, int], names_and_shapes: dict[str, 
 
 def test_decision_reports_the_tightest_bucket_when_admitted() -> None:
     rl = limiter(requests_per_minute=100, per_ip_requests_per_minute=60, per_ip_burst_size=3)
-    decision = rl.check(keys(), 0.0)
+    decision = check(rl, keys(), 0.0)
     assert (decision.allowed, decision.retry_after, decision.limit_name, decision.remaining) == (
         True,
         0.0,
@@ -297,8 +307,8 @@ def test_decision_reports_the_tightest_bucket_when_admitted() -> None:
 
 def test_decision_names_the_bucket_with_the_longest_wait_when_refused() -> None:
     rl = limiter(requests_per_minute=60, burst_size=1, per_ip_requests_per_minute=6, per_ip_burst_size=1)
-    assert rl.check(keys(), 0.0).allowed
-    refused = rl.check(keys(), 0.5)
+    assert check(rl, keys(), 0.0).allowed
+    refused = check(rl, keys(), 0.5)
     assert (refused.allowed, refused.limit_name, refused.remaining) == (False, "ip-minute", 0)
     assert refused.retry_after == pytest.approx(9.5) and refused.reset == refused.retry_after
 
@@ -310,7 +320,7 @@ def test_a_flood_of_a_million_distinct_keys_stays_at_the_table_cap() -> None:
     store = MemoryBucketStore()
     rl = RateLimiter.from_config(RateLimitConfig(per_ip_requests_per_minute=1), store=store)
     for i in range(1_000_000):
-        assert rl.check(RequestKeys(ip=str(i), principal=None, mcp=None), 0.0).allowed
+        assert check(rl, RequestKeys(ip=str(i), principal=None, mcp=None), 0.0).allowed
     assert {name: len(table) for name, table in store.tables.items()} == {"ip-minute": DEFAULT_MAX_KEYS}
     ips = store.tables["ip-minute"]
     assert "999999" in ips and str(1_000_000 - DEFAULT_MAX_KEYS) in ips
@@ -321,13 +331,13 @@ def test_lru_keeps_recently_seen_keys_and_forgets_the_oldest() -> None:
     store = MemoryBucketStore(max_keys=3)
     rl = RateLimiter.from_config(RateLimitConfig(per_ip_requests_per_minute=1), store=store)
     for ip in ("a", "b", "c"):
-        assert rl.check(keys(ip=ip), 0.0).allowed
-    assert not rl.check(keys(ip="a"), 0.0).allowed  # "a" is now the most recent
-    assert rl.check(keys(ip="d"), 0.0).allowed  # evicts "b", the least recent
+        assert check(rl, keys(ip=ip), 0.0).allowed
+    assert not check(rl, keys(ip="a"), 0.0).allowed  # "a" is now the most recent
+    assert check(rl, keys(ip="d"), 0.0).allowed  # evicts "b", the least recent
     assert list(store.tables["ip-minute"]) == ["c", "a", "d"]
-    assert not rl.check(keys(ip="a"), 0.0).allowed
+    assert not check(rl, keys(ip="a"), 0.0).allowed
     # The documented trade-off: an evicted key starts full again.
-    assert rl.check(keys(ip="b"), 0.0).allowed
+    assert check(rl, keys(ip="b"), 0.0).allowed
 
 
 def test_max_keys_must_be_positive() -> None:
@@ -365,7 +375,7 @@ def test_admissions_in_any_window_are_at_most_burst_plus_refill(
     times: list[float] = []
     for advance, attempts in plan:
         now += advance
-        times += [now for _ in range(attempts) if rl.check(keys(), now).allowed]
+        times += [now for _ in range(attempts) if check(rl, keys(), now).allowed]
     for first in range(len(times)):
         for last in range(first, len(times)):
             window = times[last] - times[first]
@@ -402,7 +412,7 @@ def test_a_refused_request_changes_no_bucket(
     for advance, ip, principal in plan:
         now += advance
         before = {(name, key): b.level(now) for name, t in store.tables.items() for key, b in t.items()}
-        if not rl.check(RequestKeys(ip, principal, "m"), now).allowed:
+        if not check(rl, RequestKeys(ip, principal, "m"), now).allowed:
             after = {(name, key): b.level(now) for name, t in store.tables.items() for key, b in t.items()}
             assert {k: v for k, v in after.items() if k in before} == before
             assert all(after[k] == pytest.approx(b.spec.capacity) for k, b in _new(store, before))
@@ -694,8 +704,20 @@ async def call_chunked(app: RateLimit, scope: Scope, chunks: list[bytes]) -> Sen
     return sent
 
 
-class UncachedStore(MemoryBucketStore):
-    """The same store, seen through the generic BucketStore path (no resolved-bucket cache)."""
+class SharedStore:
+    """A bucket store outside this process, as the limiter sees one: no `local` table, every take awaited."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBucketStore()
+        self.takes = 0
+
+    @property
+    def local(self) -> MemoryBucketStore | None:
+        return None
+
+    async def take(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
+        self.takes += 1
+        return self.inner.take_all(refs, now)
 
 
 LIMITS = {
@@ -718,18 +740,33 @@ LIMITS = {
         max_size=60,
     )
 )
-def test_the_resolved_bucket_cache_decides_exactly_as_the_store(steps: list[tuple[int, str | None, float]]) -> None:
+def test_the_fast_path_decides_exactly_as_a_store_outside_the_process(
+    steps: list[tuple[int, str | None, float]],
+) -> None:
     config = RateLimitConfig(**LIMITS)
     cached = RateLimiter.from_config(config)
-    plain = RateLimiter.from_config(config, store=UncachedStore())
+    shared = RateLimiter.from_config(config, store=SharedStore())
     now = 1000.0
     for ip, principal, dt in steps:
         now += dt
         request = keys(f"10.0.0.{ip}", principal, "demo")
         admitted = cached.admits(*request, now)
-        assert admitted == plain.admits(*request, now)
+        assert not shared.admits(*request, now), "a store outside the process is never taken from synchronously"
+        decision = check(shared, request, now)  # what the RateLimit layer then asks
+        assert decision.allowed == admitted
         if not admitted:  # a refusal takes nothing, so asking again tells the same levels
-            assert cached.check(request, now) == plain.check(request, now)
+            assert check(cached, request, now) == decision
+
+
+@pytest.mark.anyio
+async def test_the_layer_admits_through_a_store_outside_the_process() -> None:
+    """admits() is False for such a store: the layer awaits the store's take and passes what it admits."""
+    store = SharedStore()
+    limiter = RateLimiter.from_config(RateLimitConfig(per_ip_requests_per_minute=60, per_ip_burst_size=2), store=store)
+    app = RateLimit(ok_app, limiter=limiter, mcp_id="m", counters=SecurityCounters(), clock=lambda: 100.0)
+    statuses = [(await call(app, scope_from(), b"{}")).status for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert store.takes == 3
 
 
 def test_a_forgotten_bucket_is_never_used_from_the_cache() -> None:
@@ -763,7 +800,7 @@ def test_per_ip_buckets_group_ipv6_by_prefix(prefix: int, requests: list[str | N
     rl = RateLimiter.from_config(RateLimitConfig(per_ip_requests_per_minute=1, per_ip_burst_size=2), ipv6_prefix=prefix)
     fast = "".join("Y" if rl.admits(ip, None, None, 0.0) else "N" for ip in requests)
     rl = RateLimiter.from_config(RateLimitConfig(per_ip_requests_per_minute=1, per_ip_burst_size=2), ipv6_prefix=prefix)
-    full = "".join("Y" if rl.check(keys(ip), 0.0).allowed else "N" for ip in requests)
+    full = "".join("Y" if check(rl, keys(ip), 0.0).allowed else "N" for ip in requests)
     assert fast == full == expected
 
 

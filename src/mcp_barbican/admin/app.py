@@ -24,12 +24,12 @@ from mcp_barbican.asgi import BodyTooLarge, json_error, query_param, read_body, 
 from mcp_barbican.audit import EVENT_TYPES, AuditEvent, request_fields
 from mcp_barbican.config import SERVER_OWNER, McpConfig, format_path, masked_mcp, validate_model
 from mcp_barbican.exceptions import ConfigError, UpstreamError
-from mcp_barbican.security.iprules import IpRule, RuleTableFull
+from mcp_barbican.security.iprules import new_rule
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.security.tokens import new_token
 from mcp_barbican.security.tools import tool_allowed
 from mcp_barbican.server.runtime import list_upstream_tools
-from mcp_barbican.storage import TokenRecord
+from mcp_barbican.storage import RuleTableFull, TokenRecord
 from mcp_barbican.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -322,15 +322,15 @@ class AdminApp:
         return 200, {"rules": [rule_json(rule) for rule in rules], "count": len(rules)}
 
     async def add_ip_rule(self, params: Params, body: IpRuleRequest) -> Reply:
-        rule = IpRule.new(body.cidr, body.action, now=time.time(), duration=body.duration, reason=body.reason)
+        rule = new_rule(body.cidr, body.action, now=time.time(), duration=body.duration, reason=body.reason)
         try:
-            await self.core.shields.rule_store.add(rule)
+            await self.core.shields.rule_store.put(rule)
         except RuleTableFull as exc:
             return error(409, "rule_table_full", str(exc) or "the rule table is full of permanent rules")
         return 201, {"rule": rule_json(rule)}
 
     async def delete_ip_rule(self, params: Params, body: None) -> Reply:
-        if not await self.core.shields.rule_store.remove(params["id"]):
+        if not await self.core.shields.rule_store.delete(params["id"]):
             return error(404, "not_found", f"no IP rule {params['id']!r}")
         return 204, None
 
@@ -402,8 +402,7 @@ class AdminApp:
         return None
 
     async def _save_token(self, record: TokenRecord) -> None:
-        await self.core.storage.put_token(record)
-        self.core.shields.issued.put(record)
+        await self.core.storage.tokens.put(record)  # the issued-token book follows the store
 
     # -- audit -------------------------------------------------------------------------
 

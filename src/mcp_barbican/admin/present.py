@@ -6,8 +6,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mcp_barbican.security.iprules import IpRule
-    from mcp_barbican.storage import TokenRecord
+    from mcp_barbican.storage import IpRule, TokenRecord
 
 __all__ = ["compozy_names", "instant", "iso", "rule_json", "token_json"]
 

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Final
 from mcp_barbican.logs import log_unexpected
 from mcp_barbican.security.addresses import IpSet, address_key, parse_ip, parse_network
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.iprules import BAN_ID_PREFIX, Clock, DynamicRules, IpRule, IpRuleStore, RuleTableFull
+from mcp_barbican.security.iprules import BAN_ID_PREFIX, Clock, DynamicRules
+from mcp_barbican.storage.base import Table
+from mcp_barbican.storage.records import IpRule, RuleTableFull
 
 if TYPE_CHECKING:
     from mcp_barbican.config import BanConfig
@@ -90,7 +92,7 @@ class AuthFailureTracker:
         rules: DynamicRules,
         counters: SecurityCounters,
         clock: Clock = time.time,
-        store: IpRuleStore | None = None,
+        store: Table[IpRule] | None = None,
         exempt: Iterable[str] = (),
         max_tracked: int = DEFAULT_MAX_TRACKED,
         on_ban: Callable[[IpRule], None] | None = None,
@@ -165,8 +167,8 @@ class AuthFailureTracker:
         if self.on_ban is not None:
             self.on_ban(rule)
 
-    async def _store(self, store: IpRuleStore, rule: IpRule) -> None:
+    async def _store(self, store: Table[IpRule], rule: IpRule) -> None:
         try:
-            await store.add(rule)
+            await store.put(rule)
         except Exception:
             log_unexpected(logger, "could not store the ban of %s; it holds in this process only", rule.cidr)

@@ -1,7 +1,8 @@
-"""Dynamic IP rules and automatic bans: rules with expiry, where they are stored, and their index.
+"""Dynamic IP rules and automatic bans: building rules, and the in-process index of them.
 
-Dynamic rules (the seed guide's IPManager) live in an `IpRuleStore`; `DynamicRules` is the
-in-process index of them that the request path reads synchronously. Like `addresses.IpSet`,
+Dynamic rules (the seed guide's IPManager) live in the state store's `rules` table (records
+in `storage/records.py`); `DynamicRules` is the in-process index of them that the request
+path reads synchronously, following the table's change notices. Like `addresses.IpSet`,
 the index keeps masked integers per prefix length, so a lookup never scans the rules.
 Automatic bans are deny rules whose id starts with `ban:`; they are indexed apart so that
 the admin plane can let a valid admin credential past a ban (never past an operator's own
@@ -11,68 +12,44 @@ deny rule).
 from __future__ import annotations
 
 import builtins
-import heapq
-import itertools
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Literal
 
 from mcp_barbican.security.addresses import Address, NetworkKey, network_keys, parse_network, unmapped
+from mcp_barbican.storage.base import Table
+from mcp_barbican.storage.expiry import ExpiryQueue
+from mcp_barbican.storage.notices import Unsubscribe, follow
+from mcp_barbican.storage.records import DEFAULT_MAX_RULES, Action, Change, IpRule, RuleTableFull
 
 __all__ = [
     "BAN_ID_PREFIX",
-    "DEFAULT_MAX_RULES",
-    "Action",
     "Clock",
     "DynamicRules",
-    "IpRule",
-    "IpRuleStore",
-    "MemoryIpRuleStore",
-    "RuleChange",
     "RuleKind",
-    "RuleSubscribers",
-    "RuleTableFull",
     "is_ban",
+    "new_rule",
 ]
 
-Action = Literal["allow", "deny"]
 #: How the index files a rule: its action, except that automatic bans are deny rules of their own kind.
 RuleKind = Literal["allow", "deny", "ban"]
 Clock = Callable[[], float]
 
-#: Dynamic rules kept at most; bans from a flood of distinct addresses must not grow memory forever.
-DEFAULT_MAX_RULES: Final = 100_000
 #: Automatic bans are named after what they cover, so a new ban of the same network replaces the old one.
 BAN_ID_PREFIX: Final = "ban:"
 _ACTIONS: Final = ("allow", "deny")  # checked at run time too: rules may come from a shared store
 _KINDS: Final[tuple[RuleKind, ...]] = ("allow", "deny", "ban")
 
 
-@dataclass(frozen=True, slots=True)
-class IpRule:
-    """A dynamic allow or deny entry; active while `now < expires_at` (None: until removed).
-
-    Times are Unix seconds (wall clock): rules outlive the process and are shared by replicas.
-    """
-
-    id: str
-    cidr: str
-    action: Action
-    expires_at: float | None = None
-    reason: str = ""
-    created_at: float = 0.0
-
-    @classmethod
-    def new(cls, cidr: str, action: Action, *, now: float, duration: float | None = None, reason: str = "") -> IpRule:
-        """A rule with a fresh random id; `duration` seconds from `now`, or permanent."""
-        network = parse_network(cidr)
-        expires_at = None if duration is None else now + duration
-        return cls(secrets.token_hex(8), str(network), action, expires_at, reason, now)
-
-    def expired(self, now: float) -> bool:
-        return self.expires_at is not None and now >= self.expires_at
+def new_rule(cidr: str, action: Action, *, now: float, duration: float | None = None, reason: str = "") -> IpRule:
+    """A rule with a fresh random id for an address or CIDR (ValueError if neither, normalized to its
+    network); `duration` seconds from `now`, or permanent."""
+    if action not in _ACTIONS:
+        raise ValueError(f"rule action must be allow or deny, not {action!r}")
+    network = parse_network(cidr)
+    expires_at = None if duration is None else now + duration
+    return IpRule(secrets.token_hex(8), str(network), action, expires_at, reason, now)
 
 
 def is_ban(rule: IpRule) -> bool:
@@ -82,38 +59,6 @@ def is_ban(rule: IpRule) -> bool:
 
 def _kind(rule: IpRule) -> RuleKind:
     return "ban" if is_ban(rule) else rule.action
-
-
-@dataclass(frozen=True, slots=True)
-class RuleChange:
-    """One change a store pushes to its subscribers: `rule` added or replaced, or (None) removed."""
-
-    rule_id: str
-    rule: IpRule | None
-
-
-class IpRuleStore(Protocol):
-    """Where dynamic rules live (memory now; SQLite and Redis later).
-
-    - `add` stores a rule, replacing one with the same id; `remove` deletes by id and says
-      whether it existed; `list` returns the rules not yet expired.
-    - `subscribe` registers a listener called with every change made through this store
-      (and, for shared stores, by other replicas) and returns the function that unsubscribes.
-      Listeners run on the event loop and must not block; a store that cannot push changes
-      documents it, and its users call `DynamicRules.refresh` on a timer instead.
-    """
-
-    async def add(self, rule: IpRule) -> None: ...
-
-    async def remove(self, rule_id: str) -> bool: ...
-
-    async def list(self) -> builtins.list[IpRule]: ...
-
-    def subscribe(self, listener: Callable[[RuleChange], None]) -> Callable[[], None]: ...
-
-
-class RuleTableFull(Exception):
-    """The rule table is at its size limit and holds no expiring rule to make room."""
 
 
 class DynamicRules:
@@ -131,9 +76,7 @@ class DynamicRules:
         self._rules: dict[str, tuple[IpRule, list[NetworkKey]]] = {}
         self._index: dict[RuleKind, dict[int, dict[int, dict[int, set[str]]]]] = {k: {4: {}, 6: {}} for k in _KINDS}
         self._allow_count = 0
-        self._expiries: list[tuple[float, int, str]] = []
-        self._heap_entry: dict[str, int] = {}
-        self._sequence = itertools.count()
+        self._expiry = ExpiryQueue()
 
     def __len__(self) -> int:
         return len(self._rules)
@@ -155,9 +98,7 @@ class DynamicRules:
         if rule.action == "allow":
             self._allow_count += 1
         if rule.expires_at is not None:
-            sequence = next(self._sequence)
-            self._heap_entry[rule.id] = sequence
-            heapq.heappush(self._expiries, (rule.expires_at, sequence, rule.id))
+            self._expiry.push(rule.id, rule.expires_at)
 
     def remove(self, rule_id: str) -> bool:
         """Drop a rule by id; False if there was none."""
@@ -176,8 +117,7 @@ class DynamicRules:
                     del self._index[kind][version][shift]
         if rule.action == "allow":
             self._allow_count -= 1
-        if self._heap_entry.pop(rule_id, None) is not None and len(self._expiries) > 2 * len(self._heap_entry) + 64:
-            self._compact_heap()
+        self._expiry.discard(rule_id)
         return True
 
     def replace(self, rules: Iterable[IpRule]) -> None:
@@ -187,50 +127,29 @@ class DynamicRules:
         for rule in rules:
             self.add(rule)
 
-    def apply(self, change: RuleChange) -> None:
-        if change.rule is None:
-            self.remove(change.rule_id)
+    def apply(self, change: Change[IpRule]) -> None:
+        if change.record is None:
+            self.remove(change.id)
         else:
-            self.add(change.rule)
+            self.add(change.record)
 
-    async def refresh(self, store: IpRuleStore) -> None:
-        """Reload every rule from `store` (for stores that cannot push their changes)."""
-        self.replace(await store.list())
+    async def refresh(self, table: Table[IpRule]) -> None:
+        """Reload every rule from `table` (for a store that cannot tell its changes)."""
+        self.replace(await table.list())
 
-    async def follow(self, store: IpRuleStore) -> Callable[[], None]:
-        """Load `store`'s rules and apply each change it pushes from now on; returns the unsubscribe.
-
-        Changes pushed while the initial list is loading are replayed after it, so none is lost.
-        """
-        backlog: builtins.list[RuleChange] = []
-        loading = True
-
-        def on_change(change: RuleChange) -> None:
-            if loading:
-                backlog.append(change)
-            else:
-                self.apply(change)
-
-        unsubscribe = store.subscribe(on_change)
-        try:
-            await self.refresh(store)
-        except BaseException:
-            unsubscribe()
-            raise
-        for change in backlog:
-            self.apply(change)
-        loading = False
-        return unsubscribe
+    async def follow(self, table: Table[IpRule]) -> Unsubscribe:
+        """Load `table`'s rules and apply each change it tells from now on; returns the unsubscribe."""
+        return await follow(table, self.replace, self.apply)
 
     def sweep(self, now: float) -> int:
         """Drop every rule expired at `now`; how many were dropped."""
-        dropped = 0
-        while self._expiries and self._expiries[0][0] <= now:
-            _, sequence, rule_id = heapq.heappop(self._expiries)
-            if self._heap_entry.get(rule_id) == sequence:
-                self.remove(rule_id)
-                dropped += 1
-        return dropped
+        heap = self._expiry.heap
+        if not heap or heap[0][0] > now:  # the request path: one comparison
+            return 0
+        due = self._expiry.pop_due(now)
+        for rule_id in due:
+            self.remove(rule_id)
+        return len(due)
 
     def match(self, address: Address, kind: RuleKind, now: float) -> IpRule | None:
         """A rule of `kind` covering `address` and active at `now`, or None ("deny" excludes bans)."""
@@ -260,61 +179,11 @@ class DynamicRules:
     def _make_room(self, now: float) -> None:
         if self.sweep(now):
             return
-        while self._expiries:
-            _, sequence, rule_id = heapq.heappop(self._expiries)
-            if self._heap_entry.get(rule_id) == sequence:
-                self.remove(rule_id)
-                return
-        raise RuleTableFull(f"{self.max_rules} permanent dynamic rules already; remove some first")
-
-    def _compact_heap(self) -> None:
-        self._expiries = [entry for entry in self._expiries if self._heap_entry.get(entry[2]) == entry[1]]
-        heapq.heapify(self._expiries)
+        soonest = self._expiry.pop_soonest()
+        if soonest is None:
+            raise RuleTableFull(f"{self.max_rules} permanent dynamic rules already; remove some first")
+        self.remove(soonest)
 
 
 def _expiry_order(rule: IpRule) -> tuple[bool, float, str]:
     return (rule.expires_at is None, rule.expires_at or 0.0, rule.id)
-
-
-class RuleSubscribers:
-    """The listeners of one IpRuleStore: `subscribe` for the protocol, `notify` after each change."""
-
-    def __init__(self) -> None:
-        self._listeners: builtins.list[Callable[[RuleChange], None]] = []
-
-    def subscribe(self, listener: Callable[[RuleChange], None]) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def notify(self, change: RuleChange) -> None:
-        for listener in tuple(self._listeners):
-            listener(change)
-
-
-class MemoryIpRuleStore:
-    """An IpRuleStore in process memory: changes reach subscribers at once; nothing survives a restart."""
-
-    def __init__(self, *, max_rules: int = DEFAULT_MAX_RULES, clock: Clock = time.time) -> None:
-        self._table = DynamicRules(max_rules=max_rules, clock=clock)
-        self._subscribers = RuleSubscribers()
-
-    async def add(self, rule: IpRule) -> None:
-        self._table.add(rule)
-        self._subscribers.notify(RuleChange(rule.id, rule))
-
-    async def remove(self, rule_id: str) -> bool:
-        removed = self._table.remove(rule_id)
-        if removed:
-            self._subscribers.notify(RuleChange(rule_id, None))
-        return removed
-
-    async def list(self) -> builtins.list[IpRule]:
-        return self._table.rules(self._table.clock())
-
-    def subscribe(self, listener: Callable[[RuleChange], None]) -> Callable[[], None]:
-        return self._subscribers.subscribe(listener)

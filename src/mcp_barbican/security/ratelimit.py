@@ -4,19 +4,17 @@ A limit of R per minute with burst B is a bucket of B tokens (B defaults to R) r
 continuously at R/60 per second; hour and day limits are further buckets holding their
 whole quota. A request is admitted only if every applicable bucket holds a token, and then
 takes one from each; a refused request takes none, so hammering an empty bucket does not
-delay its recovery (as nginx's limit_req). Each table is an LRU capped at `max_keys`: under
-a flood of distinct keys the least recently seen buckets are forgotten (a forgotten key
-starts full again, the trade-off nginx and Traefik make) while the global bucket still binds.
+delay its recovery (as nginx's limit_req). The buckets and their store live in
+`storage/buckets.py`; this module decides which buckets apply, asks the store, and answers.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
 
@@ -27,6 +25,16 @@ from mcp_barbican.security.addresses import address_key
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.pipeline import Head, Policy
 from mcp_barbican.security.principal import principal_id
+from mcp_barbican.storage.buckets import (
+    DEFAULT_MAX_KEYS,
+    TOKEN_EPSILON,
+    Bucket,
+    BucketRef,
+    BucketSpec,
+    BucketStore,
+    MemoryBucketStore,
+    whole_tokens,
+)
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -34,17 +42,11 @@ if TYPE_CHECKING:
     from mcp_barbican.config import RateLimitConfig
 
 __all__ = [
-    "DEFAULT_MAX_KEYS",
     "RETOUCH",
     "RPC_RATE_LIMITED",
     "UNKNOWN_CLIENT",
-    "Bucket",
-    "BucketRef",
-    "BucketSpec",
-    "BucketStore",
     "Decision",
     "Limits",
-    "MemoryBucketStore",
     "RateLimit",
     "RateLimiter",
     "RequestKeys",
@@ -54,14 +56,10 @@ __all__ = [
     "refusal",
 ]
 
-#: Keys per table before the least recently seen is forgotten: a full table is ~25 MB (IPv6 keys).
-DEFAULT_MAX_KEYS: Final = 100_000
 #: The shared key of requests without a known client address: they share a bucket, never bypass it.
 UNKNOWN_CLIENT: Final = "unknown"
 #: In JSON-RPC's implementation-defined server-error range (-32000..-32099), mirroring HTTP 429.
 RPC_RATE_LIMITED: Final = -32029
-#: Refill sums of floats may land a hair below a whole token; this much short still counts as one.
-_TOKEN_EPSILON: Final = 1e-9
 #: Seconds a client's resolved buckets are used before their LRU position is refreshed.
 RETOUCH: Final = 1.0
 #: Clients whose resolved buckets are kept (the whole cache is dropped when it is full).
@@ -73,86 +71,9 @@ _IPV6_BITS: Final = 128  # an ipv6_prefix of 128 keys every IPv6 address on its 
 Header = tuple[bytes, bytes]
 
 
-def _whole_tokens(level: float) -> int:
-    return int(level + _TOKEN_EPSILON)
-
-
 def _whole_seconds(seconds: float) -> int:
     """Seconds rounded up, never down: a client told to wait must find a token when it returns."""
-    return max(0, math.ceil(seconds - _TOKEN_EPSILON))
-
-
-@dataclass(frozen=True, slots=True)
-class BucketSpec:
-    """One token bucket's shape; `name` names its policy in the RateLimit headers."""
-
-    name: str
-    capacity: int
-    per_second: float
-    quota: int
-    window: int
-    policy: str = field(init=False)
-    #: Seconds per token.
-    interval: float = field(init=False)
-    #: How far `Bucket.due` lies behind "now" when the bucket is full: (capacity - 1) tokens'
-    #: worth, plus the hair by which a refill summed from floats may fall short of a whole token.
-    lead: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "interval", 1.0 / self.per_second)
-        object.__setattr__(self, "lead", (self.capacity - 1 + _TOKEN_EPSILON) * self.interval)
-        # draft-ietf-httpapi-ratelimit-headers-11 section 3: a String item with q (quota) and w (window);
-        # the burst, when it differs from the quota, as a vendor-prefixed parameter (section 3.1).
-        text = f'"{self.name}";q={self.quota};w={self.window}'
-        if self.capacity != self.quota:
-            text += f";barbican-burst={self.capacity}"
-        object.__setattr__(self, "policy", text)
-
-    def seconds_to_next_token(self, level: float) -> float:
-        """How long until `level` gains its next whole token (0 when the bucket is full)."""
-        if level + _TOKEN_EPSILON >= self.capacity:
-            return 0.0
-        return max(0.0, (_whole_tokens(level) + 1 - level) / self.per_second)
-
-
-class Bucket:
-    """A token bucket kept as one moment, `due`: from then on it holds a whole token.
-
-    A bucket of capacity B refilling at r per second holds L(now) = min(B, 1 + (now - due)·r)
-    tokens, so "holds a token" is `due <= now`, and taking one moves `due` on by 1/r from
-    the later of `due` and the moment the bucket was last full (now - (B-1)/r). This is the
-    token bucket of DESIGN.md section 4, arithmetic and all, in the form ATM's GCRA and
-    redis-cell keep it: one comparison to check and one addition to take. Time before `due`
-    reads as an emptier bucket, never a fuller one, so a clock that steps back refills nothing.
-    """
-
-    __slots__ = ("due", "spec")
-
-    def __init__(self, spec: BucketSpec, now: float) -> None:
-        self.spec = spec
-        self.due = now - spec.lead  # full
-
-    def level(self, now: float) -> float:
-        spec = self.spec
-        level = 1.0 + (now - self.due) * spec.per_second - _TOKEN_EPSILON
-        return min(float(spec.capacity), max(0.0, level))
-
-    def has_token(self, now: float) -> bool:
-        return self.due <= now
-
-    def take(self, now: float) -> None:
-        """Take one token, which the caller has checked is there."""
-        full_at = now - self.spec.lead
-        self.due = max(self.due, full_at) + self.spec.interval
-
-    def try_take(self, now: float) -> bool:
-        if not self.has_token(now):
-            return False
-        self.take(now)
-        return True
-
-    def seconds_until_token(self, now: float) -> float:
-        return max(0.0, self.due - now)
+    return max(0, math.ceil(seconds - TOKEN_EPSILON))
 
 
 def _per_minute(name: str, rate: int | None, burst: int | None) -> tuple[BucketSpec, ...]:
@@ -204,13 +125,6 @@ class RequestKeys(NamedTuple):
     mcp: str | None
 
 
-class BucketRef(NamedTuple):
-    """One bucket of one key; `spec.name` is the table it lives in."""
-
-    spec: BucketSpec
-    key: str
-
-
 @dataclass(frozen=True)
 class Decision:
     """The verdict on one request, and what the RateLimit headers report.
@@ -228,73 +142,6 @@ class Decision:
     policies: list[str]
 
 
-class BucketStore(Protocol):
-    """Where bucket state lives; `take_all` is the one operation and it must be atomic.
-
-    A Redis store does it in one Lua script: KEYS are the buckets (each one number, its
-    `Bucket.due`, all under one hash tag so a cluster keeps them in one slot), ARGV carries
-    each bucket's lead and interval. The script reads "now" from Redis TIME (replicas'
-    clocks skew), returns the levels unchanged if any `due` lies after now, and otherwise
-    moves each `due` on as `Bucket.take` does, with a PEXPIRE at the moment the bucket is
-    full again (an absent key reads as a full bucket, so expiry loses nothing). A networked
-    store makes this call awaitable; `RateLimit.__call__` is its only caller.
-    """
-
-    def take_all(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
-        """If every bucket holds a token, take one from each. Returns whether it did, and the levels after."""
-        ...
-
-
-class MemoryBucketStore:
-    """Bucket state in this process: one LRU table per bucket name, each capped at `max_keys`."""
-
-    def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
-        if max_keys < 1:
-            raise ValueError("max_keys must be at least 1")
-        self.max_keys = max_keys
-        self.tables: dict[str, OrderedDict[str, Bucket]] = {}
-        #: How many buckets were forgotten so far: resolved buckets are stale once it moves.
-        self.evictions = 0
-
-    def take_all(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
-        buckets = self.resolve(refs, now)
-        taken = self.take_buckets(buckets, now)
-        return taken, [bucket.level(now) for bucket in buckets]
-
-    def resolve(self, refs: Sequence[BucketRef], now: float) -> list[Bucket]:
-        """The buckets of `refs`, created full where missing; marks them recently used."""
-        return [self._bucket(ref, now) for ref in refs]
-
-    @staticmethod
-    def take_buckets(buckets: Sequence[Bucket], now: float) -> bool:
-        """`take_all` on buckets resolved before (they stay valid until `evictions` changes)."""
-        # The hot path of every limited request: Bucket.has_token and Bucket.take, inlined.
-        for bucket in buckets:
-            if bucket.due > now:
-                return False
-        for bucket in buckets:
-            spec = bucket.spec
-            full_at = now - spec.lead
-            due = bucket.due
-            bucket.due = (due if due > full_at else full_at) + spec.interval
-        return True
-
-    def _bucket(self, ref: BucketRef, now: float) -> Bucket:
-        table = self.tables.get(ref.spec.name)
-        if table is None:
-            table = self.tables[ref.spec.name] = OrderedDict()
-        bucket = table.get(ref.key)
-        if bucket is not None:
-            if len(table) > 1:  # the global and per-MCP tables hold one key: no order to keep
-                table.move_to_end(ref.key)
-            return bucket
-        bucket = table[ref.key] = Bucket(ref.spec, now)
-        if len(table) > self.max_keys:
-            table.popitem(last=False)
-            self.evictions += 1
-        return bucket
-
-
 def decide(refs: Sequence[BucketRef], levels: Sequence[float], *, taken: bool) -> Decision:
     """The Decision for a store's answer (`levels` in `refs` order)."""
     policies = [ref.spec.policy for ref in refs]
@@ -303,7 +150,7 @@ def decide(refs: Sequence[BucketRef], levels: Sequence[float], *, taken: bool) -
     if taken:
         tightest = min(range(len(levels)), key=levels.__getitem__)
         spec, level = refs[tightest].spec, levels[tightest]
-        return Decision(True, 0.0, spec.name, _whole_tokens(level), spec.seconds_to_next_token(level), policies)
+        return Decision(True, 0.0, spec.name, whole_tokens(level), spec.seconds_to_next_token(level), policies)
     waits = [ref.spec.seconds_to_next_token(level) for ref, level in zip(refs, levels, strict=True)]
     binding = max(range(len(waits)), key=waits.__getitem__)
     return Decision(False, waits[binding], refs[binding].spec.name, 0, waits[binding], policies)
@@ -330,6 +177,7 @@ class RateLimiter:
         self.limits = limits
         self.ipv6_prefix = ipv6_prefix
         self.store: BucketStore = store if store is not None else MemoryBucketStore(max_keys=max_keys)
+        self._local = self.store.local
         self._global_refs = tuple(BucketRef(spec, "") for spec in limits.global_)
         #: Per request keys: the store's eviction count, when to refresh their LRU position, their buckets.
         self._resolved: dict[tuple[str | None, str | None, str | None], tuple[int, float, list[Bucket]]] = {}
@@ -374,28 +222,30 @@ class RateLimiter:
     def admits(self, ip: str | None, principal: str | None, mcp: str | None, now: float) -> bool:
         """Take a token from every applicable bucket if each holds one (True); else take none. The hot path.
 
-        With the in-memory store, a client's buckets are looked up once and reused while the
-        store forgets no bucket; their LRU position is refreshed at most every RETOUCH seconds
-        (so LRU order is approximate to that, the usual trade of a cached lookup).
+        False means "decide in full through `check`": a refusal, or a store that is not in this
+        process (its takes are awaited). With the in-process store, a client's buckets are looked
+        up once and reused while the store forgets no bucket; their LRU position is refreshed at
+        most every RETOUCH seconds (so LRU order is approximate to that, the usual trade of a
+        cached lookup).
         """
-        store = self.store
-        if type(store) is not MemoryBucketStore:
-            return self.check(RequestKeys(ip, principal, mcp), now).allowed
+        local = self._local
+        if local is None:
+            return False
         key = (ip, principal, mcp)
         entry = self._resolved.get(key)
-        if entry is None or now >= entry[1] or entry[0] != store.evictions:
-            buckets = store.resolve(self.refs(RequestKeys(ip, principal, mcp)), now)
+        if entry is None or now >= entry[1] or entry[0] != local.evictions:
+            buckets = local.resolve(self.refs(RequestKeys(ip, principal, mcp)), now)
             if len(self._resolved) >= _RESOLVED_MAX:
                 self._resolved.clear()
-            entry = self._resolved[key] = (store.evictions, now + RETOUCH, buckets)
-        return store.take_buckets(entry[2], now)
+            entry = self._resolved[key] = (local.evictions, now + RETOUCH, buckets)
+        return local.take_buckets(entry[2], now)
 
-    def check(self, keys: RequestKeys, now: float) -> Decision:
+    async def check(self, keys: RequestKeys, now: float) -> Decision:
         """Admit the request (taking a token from every applicable bucket) or refuse it (taking none)."""
         refs = self.refs(keys)
         if not refs:
             return decide(refs, [], taken=True)
-        taken, levels = self.store.take_all(refs, now)
+        taken, levels = await self.store.take(refs, now)
         return decide(refs, levels, taken=taken)
 
 
@@ -489,12 +339,16 @@ class RateLimit(Policy):
             return
         keys = RequestKeys(ip=scope.get(CLIENT_IP_KEY), principal=principal_id(scope), mcp=self.mcp_id)
         now = self.clock()
+        # Admitted answers carry no RateLimit headers: wrapping every response for them
+        # cost more than the whole limiter; refusals carry them all.
         if self.limiter.admits(keys.ip, keys.principal, keys.mcp, now):
-            # Admitted answers carry no RateLimit headers: wrapping every response for them
-            # cost more than the whole limiter; refusals carry them all.
             await self.app(scope, receive, send)
             return
-        decision = self.limiter.check(keys, now)  # refused a moment ago, so it takes nothing now
+        # Refused by the local buckets a moment ago (this takes nothing now), or a shared store decides.
+        decision = await self.limiter.check(keys, now)
+        if decision.allowed:
+            await self.app(scope, receive, send)
+            return
         self.counters.rate_limit_exceeded += 1
         self.counters.violation()
         if self.audit is not None:

@@ -3,8 +3,8 @@
 Each token is kept only as its SHA-256 digest. A presented credential is hashed and looked up
 by digest: an attacker controls the credential, not its digest, so the lookup's timing says
 nothing about any stored token (the same reason password stores may index by hash). The
-book is filled from storage at start and changed by the admin API, so a revocation counts
-from the next request.
+book follows the store's `tokens` table: loaded at start, then changed by each notice of the
+table (the admin API writes only to the store), so a revocation counts from the next request.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from mcp_barbican.config import format_path
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.principal import Principal
-from mcp_barbican.storage.base import TokenRecord
+from mcp_barbican.storage.base import Table
+from mcp_barbican.storage.notices import Unsubscribe, follow
+from mcp_barbican.storage.records import Change, TokenRecord
 
 if TYPE_CHECKING:
     from mcp_barbican.config import ProxyConfig
@@ -55,6 +58,29 @@ class IssuedTokens:
         principal = Principal(id=f"token:{record.id}", kind="token", roles=record.roles, mcps=record.mcps)
         self._by_id[record.id] = record
         self._by_digest[bytes.fromhex(record.sha256)] = (record, principal)
+
+    def remove(self, token_id: str) -> None:
+        self.generation += 1
+        old = self._by_id.pop(token_id, None)
+        if old is not None:
+            del self._by_digest[bytes.fromhex(old.sha256)]
+
+    def replace(self, records: Iterable[TokenRecord]) -> None:
+        """Hold exactly `records`."""
+        for token_id in list(self._by_id):
+            self.remove(token_id)
+        for record in records:
+            self.put(record)
+
+    def apply(self, change: Change[TokenRecord]) -> None:
+        if change.record is None:
+            self.remove(change.id)
+        else:
+            self.put(change.record)
+
+    async def follow(self, table: Table[TokenRecord]) -> Unsubscribe:
+        """Load `table`'s tokens and apply each change it tells from now on; returns the unsubscribe."""
+        return await follow(table, self.replace, self.apply)
 
     def get(self, token_id: str) -> TokenRecord | None:
         return self._by_id.get(token_id)

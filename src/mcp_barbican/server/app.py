@@ -90,7 +90,7 @@ class BarbicanApp:
         self.audit = AuditTrail(
             build_sinks(audit, config.server.storage), queue_size=audit.queue_size, arguments=audit.arguments
         )
-        self.shields = Shields(config, rule_store=self.storage.ip_rules, audit=self.audit)
+        self.shields = Shields(config, store=self.storage, audit=self.audit)
         self.counters = self.shields.counters
         self.routes = {mcp.id: McpRoute(mcp, config, self.shields) for mcp in config.mcps}
         self.runtimes: dict[str, McpRuntime] = {mcp_id: route.runtime for mcp_id, route in self.routes.items()}
@@ -131,10 +131,8 @@ class BarbicanApp:
     async def startup(self) -> None:
         asyncio.get_running_loop().set_exception_handler(log_loop_error)
         self.audit.start()
-        for record in await self.storage.tokens():
-            self.shields.issued.put(record)
+        await self.shields.start()  # loads the issued tokens
         check_listed_ids(self.config, self.shields.issued)
-        await self.shields.start()
         for runtime in self.runtimes.values():
             runtime.start()
         await self.registry.load()

@@ -52,7 +52,7 @@ class Registry:
 
     async def load(self) -> None:
         """Serve the registrations kept in storage (at start-up)."""
-        for record in await self.core.storage.mcps():
+        for record in await self.core.storage.mcps.list():
             if record.id in self.sources:
                 logger.warning("registered MCP %r is not served: the config file defines that id", record.id)
                 continue
@@ -86,7 +86,7 @@ class Registry:
             if mcp.id in self.sources:
                 return 409, f"an MCP with id {mcp.id!r} exists"
             now = time.time()
-            if not await self.core.storage.create_mcp(McpRecord(mcp.id, definition, now, now)):
+            if not await self.core.storage.mcps.create(McpRecord(mcp.id, definition, now, now)):
                 return 409, f"an MCP with id {mcp.id!r} exists"
             await self._serve(mcp)
         return 201, mcp.id
@@ -101,7 +101,7 @@ class Registry:
             if refusal is not None:
                 return refusal
             now = time.time()
-            await self.core.storage.replace_mcp(McpRecord(mcp_id, {**definition, "id": mcp_id}, now, now))
+            await self.core.storage.mcps.replace(McpRecord(mcp_id, {**definition, "id": mcp_id}, now, now))
             await self._swap(mcp)
         return 200, mcp_id
 
@@ -110,7 +110,7 @@ class Registry:
             refusal = self._owned(mcp_id)
             if refusal is not None:
                 return refusal
-            await self.core.storage.delete_mcp(mcp_id)
+            await self.core.storage.mcps.delete(mcp_id)
             self._set_config(tuple(m for m in self.core.config.mcps if m.id != mcp_id))
             await self._drop(mcp_id)
         return 204, mcp_id

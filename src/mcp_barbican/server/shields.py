@@ -36,7 +36,7 @@ from mcp_barbican.security.client_ip import TrustedProxies
 from mcp_barbican.security.cors import CORS, OriginPolicy
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.ipfilter import IPFilter
-from mcp_barbican.security.iprules import DynamicRules, IpRule, IpRuleStore, MemoryIpRuleStore
+from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.jwt import JwtVerifier
 from mcp_barbican.security.limits import InputLimits
 from mcp_barbican.security.oauth import metadata_url, www_authenticate
@@ -44,6 +44,9 @@ from mcp_barbican.security.pipeline import Pipeline, PolicyFactory
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
 from mcp_barbican.security.tokens import IssuedTokens
 from mcp_barbican.server.quota import SessionQuota
+from mcp_barbican.storage import IpRule, Storage, Table
+from mcp_barbican.storage.memory import MemoryStorage
+from mcp_barbican.storage.notices import Unsubscribe
 from mcp_barbican.types import ASGIApp, Scope
 
 if TYPE_CHECKING:
@@ -70,16 +73,16 @@ class Protected(NamedTuple):
 class Shields:
     """Counters, dynamic IP rules, bans, limiters and verifiers: built once, shared by all MCPs."""
 
-    def __init__(
-        self, config: ProxyConfig, *, rule_store: IpRuleStore | None = None, audit: AuditTrail | None = None
-    ) -> None:
+    def __init__(self, config: ProxyConfig, *, store: Storage | None = None, audit: AuditTrail | None = None) -> None:
         self.config = config
         self.audit = audit if audit is not None else AuditTrail([])
         #: What the layers get: the trail when it has a sink, else None (they then skip building events).
         self.recording = self.audit if self.audit.enabled else None
         self.counters = SecurityCounters()
         self.trusted = TrustedProxies.build(config.server.trusted_proxies)
-        self.rule_store: IpRuleStore = rule_store if rule_store is not None else MemoryIpRuleStore()
+        #: The state store; the dynamic rules and the issued tokens below follow its tables.
+        self.store: Storage = store if store is not None else MemoryStorage()
+        self.rule_store: Table[IpRule] = self.store.rules
         self.dynamic = DynamicRules()
         self.verifiers: list[JwtVerifier] = []
         #: Client tokens issued through the admin API; every token-auth MCP accepts them (within their scope).
@@ -88,10 +91,10 @@ class Shields:
         self.sessions = SessionQuota(config.server.limits)
         self._bans: dict[BanConfig, AuthFailureTracker] = {}
         self._limiters: dict[tuple[int, int], RateLimiter] = {}
-        self._unfollow: Callable[[], None] | None = None
+        self._unfollow: list[Unsubscribe] = []
 
     async def start(self) -> None:
-        self._unfollow = await self.dynamic.follow(self.rule_store)
+        self._unfollow = [await self.dynamic.follow(self.store.rules), await self.issued.follow(self.store.tokens)]
         self.log_bans()
         for verifier in self.verifiers:
             await verifier.start()
@@ -101,8 +104,8 @@ class Shields:
             await tracker.flush()
         for verifier in self.verifiers:
             await verifier.aclose()
-        if self._unfollow is not None:
-            self._unfollow()
+        for unfollow in self._unfollow:
+            unfollow()
 
     def dynamic_filter(self, app: ASGIApp) -> ASGIApp:
         """Dynamic allow/deny rules and bans, for every route but health."""

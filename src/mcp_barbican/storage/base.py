@@ -1,94 +1,84 @@
-"""The storage interface, its records, and the factory that picks an implementation from the config.
+"""The state store's interface, and the factory that picks an implementation from the config.
 
-Memory keeps everything in the process (tests, throwaway runs); SQLite (the default) keeps it
-in one file so registrations, tokens, rules and bans survive a restart; Redis, for replicas,
-implements the same interface in the scale-out issue. Every write is atomic on its own:
-`create_mcp` either inserts or reports that the id exists, so two concurrent creates of one
-id cannot both win.
+One store holds every kind of state the proxy keeps, as keyed tables of the same shape:
+
+- `mcps`: MCPs registered through the admin API (`McpRecord`);
+- `tokens`: client tokens issued through the admin API (`TokenRecord`; revoking is a put);
+- `rules`: dynamic IP rules and automatic bans (`IpRule`); `list` and `get` see only the rules
+  not yet expired, and the table is bounded (`RuleTableFull`);
+- tool pins (issue 13) will be one more `Table`, of pin records keyed `{mcp}/{tool}`, added
+  here and in each backend as the three above are;
+
+and the rate-limit buckets, whose one operation is an all-or-nothing take (`buckets.py`).
+
+Every table tells its changes to its subscribers (`notices.py`), so the in-process tables
+that the request path reads (the dynamic rule index, the issued token book) follow it;
+a shared store also tells the changes other replicas make. Every write is atomic on its
+own: `create` either inserts or reports that the id exists, so two concurrent creates of
+one id cannot both win.
+
+Memory keeps everything in the process (tests, throwaway runs); SQLite (the default) keeps
+the tables in one file so they survive a restart; a Redis store, for replicas, is one more
+module implementing `Storage` (issue 12) and joins the contract tests in `tests/storage/`.
 """
 
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from mcp_barbican.config import StorageConfig
-    from mcp_barbican.security.iprules import IpRuleStore
+from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, BucketStore
+from mcp_barbican.storage.notices import Listener, Unsubscribe
+from mcp_barbican.storage.records import IpRule, McpRecord, R, TokenRecord
 
-__all__ = ["McpRecord", "Storage", "TokenRecord", "open_storage"]
+__all__ = ["Storage", "Table"]
 
 
-@dataclass(frozen=True, slots=True)
-class McpRecord:
-    """An MCP registered through the admin API: its definition as submitted (validated), and when."""
+class Table(Protocol[R]):
+    """Records of one kind, by id. Each write tells the table's subscribers of the change it made."""
 
-    id: str
-    definition: dict[str, Any]
-    created_at: float
-    updated_at: float
+    async def list(self) -> builtins.list[R]:
+        """Every record, oldest first (by `created_at`, then id)."""
+        ...
 
+    async def get(self, record_id: str) -> R | None: ...
 
-@dataclass(frozen=True, slots=True)
-class TokenRecord:
-    """An issued client token, by its SHA-256 only; `mcps` None reaches every token-auth MCP."""
+    async def put(self, record: R) -> None:
+        """Insert `record`, or replace the one with its id."""
+        ...
 
-    id: str
-    sha256: str
-    roles: tuple[str, ...] = ()
-    mcps: tuple[str, ...] | None = None
-    expires_at: float | None = None
-    created_at: float = 0.0
-    revoked_at: float | None = None
-    description: str = ""
+    async def create(self, record: R) -> bool:
+        """Insert `record`; False (and nothing written, nothing told) if its id exists."""
+        ...
 
-    def active(self, now: float) -> bool:
-        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+    async def replace(self, record: R) -> bool:
+        """Replace the record of `record.id`, keeping its stored `created_at`; False (nothing written) if none."""
+        ...
+
+    async def delete(self, record_id: str) -> bool:
+        """Delete by id; False (nothing told) if there was none."""
+        ...
+
+    def subscribe(self, listener: Listener[R]) -> Unsubscribe:
+        """Call `listener` with every change from now on (on the event loop; it must not block)."""
+        ...
 
 
 class Storage(Protocol):
-    """State shared by the data plane and the admin API.
-
-    `ip_rules` holds dynamic allow/deny rules and bans. MCP and token methods are
-    coroutines because networked stores need them to be; the in-process ones answer at once.
-    """
+    """State shared by the data plane and the admin API (see the module docstring)."""
 
     @property
-    def ip_rules(self) -> IpRuleStore: ...
+    def mcps(self) -> Table[McpRecord]: ...
+
+    @property
+    def tokens(self) -> Table[TokenRecord]: ...
+
+    @property
+    def rules(self) -> Table[IpRule]: ...
+
+    def buckets(self, namespace: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> BucketStore:
+        """The bucket store of one rate limiter; `namespace` keeps its bucket names apart from other limiters'
+        (a shared store builds its keys from it, so it must be the same on every replica)."""
+        ...
 
     async def aclose(self) -> None: ...
-
-    async def mcps(self) -> builtins.list[McpRecord]: ...
-
-    async def create_mcp(self, record: McpRecord) -> bool:
-        """Insert `record`; False (and nothing written) if its id exists."""
-        ...
-
-    async def replace_mcp(self, record: McpRecord) -> bool:
-        """Replace the record of `record.id`; False (and nothing written) if there is none."""
-        ...
-
-    async def delete_mcp(self, mcp_id: str) -> bool: ...
-
-    async def tokens(self) -> builtins.list[TokenRecord]: ...
-
-    async def put_token(self, record: TokenRecord) -> None:
-        """Insert or replace the token with `record.id`."""
-        ...
-
-
-def open_storage(config: StorageConfig) -> Storage:
-    """The configured store, opened (a relative `path` is relative to the working directory)."""
-    from mcp_barbican.storage.memory import MemoryStorage
-    from mcp_barbican.storage.sqlite import SqliteStorage
-
-    if config.type == "memory":
-        return MemoryStorage()
-    if config.type == "sqlite":
-        return SqliteStorage(Path(config.path))
-    from mcp_barbican.config import REDIS_UNAVAILABLE
-    from mcp_barbican.exceptions import ConfigError
-
-    raise ConfigError(REDIS_UNAVAILABLE, path="server.storage.type")

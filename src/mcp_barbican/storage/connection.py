@@ -1,7 +1,7 @@
 """A private SQLite database on a thread of its own, for the state store and the audit sink.
 
-Kept apart from `sqlite.py` (which stores IP rules, and so imports the security layer) so that
-the audit sinks can use it without importing the layers that emit audit events.
+Kept apart from `sqlite.py` so that the audit sinks use the same connection handling without
+the state store's tables.
 """
 
 from __future__ import annotations

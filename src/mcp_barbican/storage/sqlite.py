@@ -1,9 +1,15 @@
 """State in one SQLite file (the default): registrations, tokens, rules and bans survive a restart.
 
-All SQL runs on one dedicated thread holding the one connection, so the event loop never
-waits on the disk and statements never interleave. The file is created private (0600, in a
-0700 directory when the directory is new): it holds the definitions of registered MCPs,
-whose `env` and `headers` may carry secrets. Tokens are stored only as SHA-256 digests.
+All SQL runs on one dedicated thread holding the one connection (`connection.SqliteThread`),
+so the event loop never waits on the disk and statements never interleave: each write is
+atomic for this process. One process owns the file; replicas share state through Redis. The
+file is created private (0600, in a 0700 directory when the directory is new): it holds the
+definitions of registered MCPs, whose `env` and `headers` may carry secrets. Tokens are
+stored only as SHA-256 digests. Changes are told to this process's subscribers right after
+each write.
+
+Rate-limit buckets are not in the file: they stay in process memory (`MemoryBucketStore`),
+like nginx's and Envoy's local limits, since a local limiter's state need not survive a restart.
 """
 
 from __future__ import annotations
@@ -13,21 +19,33 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Generic
 
 from mcp_barbican.exceptions import StorageError
-from mcp_barbican.security.iprules import IpRule, RuleChange, RuleSubscribers
-from mcp_barbican.storage.base import McpRecord, TokenRecord
+from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, LocalBuckets, MemoryBucketStore
 from mcp_barbican.storage.connection import SqliteThread, connect_private
+from mcp_barbican.storage.notices import Listener, Subscribers, Unsubscribe
+from mcp_barbican.storage.records import (
+    DEFAULT_MAX_RULES,
+    Change,
+    IpRule,
+    McpRecord,
+    R,
+    RuleTableFull,
+    TableName,
+    TokenRecord,
+)
 
-__all__ = ["SCHEMA_VERSION", "SqliteIpRuleStore", "SqliteStorage"]
+__all__ = ["SCHEMA_VERSION", "SqliteStorage", "SqliteTable"]
 
 SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS ip_rules (
     id TEXT PRIMARY KEY, cidr TEXT NOT NULL, action TEXT NOT NULL,
     expires_at REAL, reason TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ip_rules_expiry ON ip_rules (expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS mcps (
     id TEXT PRIMARY KEY, definition TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (
@@ -50,100 +68,214 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+@dataclass(frozen=True)
+class Codec(Generic[R]):
+    """How one kind of record maps to the columns of its SQL table (the id first)."""
+
+    sql_table: str
+    columns: tuple[str, ...]
+    to_row: Callable[[R], tuple[Any, ...]]
+    from_row: Callable[[Any], R]
+
+
+def _json_tuple(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(json.loads(text))
+
+
+_MCPS: Final[Codec[McpRecord]] = Codec(
+    "mcps",
+    ("id", "definition", "created_at", "updated_at"),
+    lambda r: (r.id, json.dumps(r.definition), r.created_at, r.updated_at),
+    lambda row: McpRecord(row[0], json.loads(row[1]), row[2], row[3]),
+)
+_TOKENS: Final[Codec[TokenRecord]] = Codec(
+    "tokens",
+    ("id", "sha256", "roles", "mcps", "expires_at", "created_at", "revoked_at", "description"),
+    lambda r: (
+        r.id,
+        r.sha256,
+        json.dumps(list(r.roles)),
+        None if r.mcps is None else json.dumps(list(r.mcps)),
+        r.expires_at,
+        r.created_at,
+        r.revoked_at,
+        r.description,
+    ),
+    lambda row: TokenRecord(row[0], row[1], tuple(json.loads(row[2])), _json_tuple(row[3]), *row[4:8]),
+)
+_RULES: Final[Codec[IpRule]] = Codec(
+    "ip_rules",
+    ("id", "cidr", "action", "expires_at", "reason", "created_at"),
+    lambda r: (r.id, r.cidr, r.action, r.expires_at, r.reason, r.created_at),
+    lambda row: IpRule(*row[:6]),
+)
+
+
+class SqliteTable(Generic[R]):
+    """A `Table` in one SQL table; each method is one call on the database thread."""
+
+    def __init__(self, name: TableName, codec: Codec[R], thread: SqliteThread) -> None:
+        self.name: TableName = name
+        self.codec = codec
+        self.run = thread.run
+        self._subscribers: Subscribers[R] = Subscribers()
+        table, columns = codec.sql_table, codec.columns
+        names = ", ".join(columns)
+        marks = ", ".join("?" * len(columns))
+        updated = ", ".join(f"{c} = ?" for c in columns if c not in ("id", "created_at"))
+        self._select = f"SELECT {names} FROM {table}"  # noqa: S608 -- names from the codecs above, not input
+        self._insert = f"INSERT INTO {table} ({names}) VALUES ({marks})"  # noqa: S608
+        self._upsert = f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})"  # noqa: S608
+        self._update = f"UPDATE {table} SET {updated} WHERE id = ?"  # noqa: S608
+        self._delete = f"DELETE FROM {table} WHERE id = ?"  # noqa: S608
+
+    async def list(self) -> builtins.list[R]:
+        rows = await self.run(lambda db: db.execute(f"{self._select} ORDER BY created_at, id").fetchall())
+        return [self.codec.from_row(row) for row in rows]
+
+    async def get(self, record_id: str) -> R | None:
+        row = await self.run(lambda db: db.execute(f"{self._select} WHERE id = ?", (record_id,)).fetchone())
+        return None if row is None else self.codec.from_row(row)
+
+    async def put(self, record: R) -> None:
+        row = self.codec.to_row(record)
+        await self.run(lambda db: db.execute(self._upsert, row))
+        self._told(record.id, record)
+
+    async def create(self, record: R) -> bool:
+        row = self.codec.to_row(record)
+        inserted = await self.run(lambda db: db.execute(f"{self._insert} ON CONFLICT(id) DO NOTHING", row).rowcount)
+        if inserted != 1:
+            return False
+        self._told(record.id, record)
+        return True
+
+    async def replace(self, record: R) -> bool:
+        row = dict(zip(self.codec.columns, self.codec.to_row(record), strict=True))
+        values = (*(v for c, v in row.items() if c not in ("id", "created_at")), record.id)
+
+        def update(db: sqlite3.Connection) -> Any:
+            if db.execute(self._update, values).rowcount != 1:
+                return None
+            return db.execute(f"{self._select} WHERE id = ?", (record.id,)).fetchone()
+
+        stored = await self.run(update)
+        if stored is None:
+            return False
+        self._told(record.id, self.codec.from_row(stored))
+        return True
+
+    async def delete(self, record_id: str) -> bool:
+        if await self.run(lambda db: db.execute(self._delete, (record_id,)).rowcount) != 1:
+            return False
+        self._told(record_id, None)
+        return True
+
+    def subscribe(self, listener: Listener[R]) -> Unsubscribe:
+        return self._subscribers.subscribe(listener)
+
+    def _told(self, record_id: str, record: R | None) -> None:
+        self._subscribers.notify(Change(self.name, record_id, record))
+
+
+class SqliteRuleTable(SqliteTable[IpRule]):
+    """The rules table: expired rules are deleted on the way, and it holds at most `max_rules`
+    (expired rules go first, then the one closest to expiry, told as a deletion; permanent rules
+    are never evicted, so a table full of them refuses a new one with RuleTableFull)."""
+
+    def __init__(self, thread: SqliteThread, *, max_rules: int, clock: Callable[[], float]) -> None:
+        super().__init__("rules", _RULES, thread)
+        self.max_rules = max_rules
+        self.clock = clock
+        self._purge = "DELETE FROM ip_rules WHERE expires_at IS NOT NULL AND expires_at <= ?"
+
+    async def list(self) -> builtins.list[IpRule]:
+        now = self.clock()
+
+        def live(db: sqlite3.Connection) -> builtins.list[Any]:
+            db.execute(self._purge, (now,))
+            return db.execute(f"{self._select} ORDER BY created_at, id").fetchall()
+
+        return [self.codec.from_row(row) for row in await self.run(live)]
+
+    async def get(self, record_id: str) -> IpRule | None:
+        rule = await super().get(record_id)
+        return None if rule is None or rule.expired(self.clock()) else rule
+
+    async def replace(self, record: IpRule) -> bool:
+        now = self.clock()
+        await self.run(lambda db: db.execute(self._purge, (now,)))  # an expired rule is a missing one
+        return await super().replace(record)
+
+    async def put(self, record: IpRule) -> None:
+        await self._write(record, create=False)
+
+    async def create(self, record: IpRule) -> bool:
+        return await self._write(record, create=True)
+
+    async def _write(self, record: IpRule, *, create: bool) -> bool:
+        now = self.clock()
+        row = self.codec.to_row(record)
+
+        def write(db: sqlite3.Connection) -> tuple[bool, str | None]:
+            existing = db.execute(f"{self._select} WHERE id = ?", (record.id,)).fetchone()
+            if existing is not None and create and not self.codec.from_row(existing).expired(now):
+                return False, None
+            if record.expired(now):  # told, never kept: a follower drops it as expired too
+                db.execute(self._delete, (record.id,))
+                return True, None
+            evicted = self._make_room(db, now) if existing is None else None
+            db.execute(self._upsert, row)
+            return True, evicted
+
+        written, evicted = await self.run(write)
+        if evicted is not None:
+            self._told(evicted, None)
+        if written:
+            self._told(record.id, record)
+        return written
+
+    def _make_room(self, db: sqlite3.Connection, now: float) -> str | None:
+        """Room for one more rule: the id of the live rule evicted for it, if one had to be."""
+        if db.execute("SELECT COUNT(*) FROM ip_rules").fetchone()[0] < self.max_rules:
+            return None
+        if db.execute(self._purge, (now,)).rowcount:
+            return None
+        soonest = db.execute(
+            "SELECT id FROM ip_rules WHERE expires_at IS NOT NULL ORDER BY expires_at, id LIMIT 1"
+        ).fetchone()
+        if soonest is None:
+            raise RuleTableFull(f"{self.max_rules} permanent dynamic rules already; remove some first")
+        db.execute(self._delete, (soonest[0],))
+        return str(soonest[0])
+
+
 class SqliteStorage:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, max_rules: int = DEFAULT_MAX_RULES, clock: Callable[[], float] = time.time
+    ) -> None:
         """Open (creating if needed) the database at `path`; StorageError if it cannot be used."""
         self.path = path
         self._thread = SqliteThread(path, _connect, what="the state database")
-        self.run = self._thread.run
-        self._ip_rules = SqliteIpRuleStore(self)
+        self._mcps = SqliteTable("mcps", _MCPS, self._thread)
+        self._tokens = SqliteTable("tokens", _TOKENS, self._thread)
+        self._rules = SqliteRuleTable(self._thread, max_rules=max_rules, clock=clock)
+        self._buckets = LocalBuckets()
 
     @property
-    def ip_rules(self) -> SqliteIpRuleStore:
-        return self._ip_rules
+    def mcps(self) -> SqliteTable[McpRecord]:
+        return self._mcps
+
+    @property
+    def tokens(self) -> SqliteTable[TokenRecord]:
+        return self._tokens
+
+    @property
+    def rules(self) -> SqliteRuleTable:
+        return self._rules
+
+    def buckets(self, namespace: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> MemoryBucketStore:
+        return self._buckets.get(namespace, max_keys=max_keys)
 
     async def aclose(self) -> None:
         await self._thread.aclose()
-
-    async def mcps(self) -> builtins.list[McpRecord]:
-        rows = await self.run(lambda db: db.execute("SELECT * FROM mcps ORDER BY created_at, id").fetchall())
-        return [McpRecord(row[0], json.loads(row[1]), row[2], row[3]) for row in rows]
-
-    async def create_mcp(self, record: McpRecord) -> bool:
-        def insert(db: sqlite3.Connection) -> bool:
-            cursor = db.execute("INSERT INTO mcps VALUES (?, ?, ?, ?) ON CONFLICT(id) DO NOTHING", _mcp_row(record))
-            return cursor.rowcount == 1
-
-        return await self.run(insert)
-
-    async def replace_mcp(self, record: McpRecord) -> bool:
-        def update(db: sqlite3.Connection) -> bool:
-            row = _mcp_row(record)
-            cursor = db.execute("UPDATE mcps SET definition = ?, updated_at = ? WHERE id = ?", (row[1], row[3], row[0]))
-            return cursor.rowcount == 1
-
-        return await self.run(update)
-
-    async def delete_mcp(self, mcp_id: str) -> bool:
-        return await self.run(lambda db: db.execute("DELETE FROM mcps WHERE id = ?", (mcp_id,)).rowcount == 1)
-
-    async def tokens(self) -> builtins.list[TokenRecord]:
-        rows = await self.run(lambda db: db.execute("SELECT * FROM tokens ORDER BY created_at, id").fetchall())
-        return [_token(row) for row in rows]
-
-    async def put_token(self, record: TokenRecord) -> None:
-        row = (
-            record.id,
-            record.sha256,
-            json.dumps(list(record.roles)),
-            None if record.mcps is None else json.dumps(list(record.mcps)),
-            record.expires_at,
-            record.created_at,
-            record.revoked_at,
-            record.description,
-        )
-        await self.run(lambda db: db.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row))
-
-
-def _mcp_row(record: McpRecord) -> tuple[str, str, float, float]:
-    return (record.id, json.dumps(record.definition), record.created_at, record.updated_at)
-
-
-def _token(row: Any) -> TokenRecord:
-    mcps = None if row[3] is None else tuple(json.loads(row[3]))
-    return TokenRecord(row[0], row[1], tuple(json.loads(row[2])), mcps, row[4], row[5], row[6], row[7])
-
-
-class SqliteIpRuleStore:
-    """Dynamic rules and bans in the state database; changes reach this process's subscribers at once."""
-
-    def __init__(self, storage: SqliteStorage) -> None:
-        self._storage = storage
-        self._subscribers = RuleSubscribers()
-
-    async def add(self, rule: IpRule) -> None:
-        row = (rule.id, rule.cidr, rule.action, rule.expires_at, rule.reason, rule.created_at)
-        await self._storage.run(lambda db: db.execute("INSERT OR REPLACE INTO ip_rules VALUES (?, ?, ?, ?, ?, ?)", row))
-        self._subscribers.notify(RuleChange(rule.id, rule))
-
-    async def remove(self, rule_id: str) -> bool:
-        removed = await self._storage.run(
-            lambda db: db.execute("DELETE FROM ip_rules WHERE id = ?", (rule_id,)).rowcount == 1
-        )
-        if removed:
-            self._subscribers.notify(RuleChange(rule_id, None))
-        return removed
-
-    async def list(self) -> builtins.list[IpRule]:
-        """The rules not yet expired; expired ones are deleted on the way."""
-        now = time.time()
-
-        def live(db: sqlite3.Connection) -> builtins.list[Any]:
-            db.execute("DELETE FROM ip_rules WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
-            return db.execute("SELECT * FROM ip_rules ORDER BY created_at, id").fetchall()
-
-        rows = await self._storage.run(live)
-        return [IpRule(row[0], row[1], row[2], row[3], row[4], row[5]) for row in rows]
-
-    def subscribe(self, listener: Callable[[RuleChange], None]) -> Callable[[], None]:
-        return self._subscribers.subscribe(listener)
