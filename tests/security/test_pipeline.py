@@ -278,5 +278,5 @@ def test_the_limiter_takes_the_prefix_of_its_own_security_block() -> None:
     mcps = [CONFIG["mcps"][0], {**CONFIG["mcps"][0], "id": "n", "security": own}]
     shields = Shields(validate_model(ProxyConfig, {**CONFIG, "mcps": mcps}))
     config = shields.config
-    prefixes = [shields.limiter(config.effective_security(mcp)) for mcp in config.mcps]
+    prefixes = [shields.limiter(config.effective_security(mcp), mcp.id) for mcp in config.mcps]
     assert [limiter.ipv6_prefix for limiter in prefixes if limiter is not None] == [64, 56]

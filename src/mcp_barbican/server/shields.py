@@ -19,6 +19,7 @@ Authentication failures on every route feed one ban list: an MCP's with its own
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import time
@@ -90,7 +91,7 @@ class Shields:
         #: Downstream sessions per principal, across every MCP (server.limits.max_sessions_per_principal).
         self.sessions = SessionQuota(config.server.limits)
         self._bans: dict[BanConfig, AuthFailureTracker] = {}
-        self._limiters: dict[tuple[int, int], RateLimiter] = {}
+        self._limiters: dict[str, RateLimiter] = {}
         self._unfollow: list[Unsubscribe] = []
 
     async def start(self) -> None:
@@ -182,19 +183,26 @@ class Shields:
         details = {"rule_id": rule.id, "expires_at": rule.expires_at, "reason": rule.reason}
         self.audit.emit_soon(AuditEvent("ban", "ban", True, rule.cidr, remote_addr=rule.cidr, details=details))
 
-    def limiter(self, security: SecurityConfig) -> RateLimiter | None:
+    def limiter(self, security: SecurityConfig, owner: str) -> RateLimiter | None:
         """One limiter per rate_limit block: MCPs sharing the server default share its global buckets.
 
         Per-IP buckets group IPv6 clients by the same block's `auth_failure_ban.ipv6_prefix`.
+        The buckets live in the state store under a name made of the block's owner (`server`, or
+        `owner` for an MCP's own block) and a digest of its settings: stable across processes, so
+        replicas on one shared store share buckets, and new after a reload that changes them.
         """
         config = security.rate_limit
         if config is None:
             return None
         prefix = security.auth_failure_ban.ipv6_prefix
-        key = (id(config), prefix)
-        if key not in self._limiters:
-            self._limiters[key] = RateLimiter.from_config(config, ipv6_prefix=prefix)
-        limiter = self._limiters[key]
+        if security is self.config.server.security:
+            owner = "server"
+        settings = hashlib.sha256(f"{config.model_dump_json()}/{prefix}".encode()).hexdigest()[:16]
+        namespace = f"{owner}/{settings}"
+        if namespace not in self._limiters:
+            buckets = self.store.buckets(namespace)
+            self._limiters[namespace] = RateLimiter.from_config(config, store=buckets, ipv6_prefix=prefix)
+        limiter = self._limiters[namespace]
         return limiter if limiter.enabled else None
 
     def authenticator(self, auth: AuthConfig, mcp: McpConfig) -> Authenticator:
@@ -262,7 +270,7 @@ class Shields:
         )
 
     def rate_policy(self, security: SecurityConfig, mcp_id: str) -> PolicyFactory | None:
-        limiter = self.limiter(security)
+        limiter = self.limiter(security, f"mcp:{mcp_id}")
         if limiter is None:
             return None
         return functools.partial(
