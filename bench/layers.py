@@ -27,7 +27,7 @@ from mcp_barbican.security.cors import CORS
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
-from mcp_barbican.security.ipfilter import IPFilter
+from mcp_barbican.security.ipfilter import IpFilter
 from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.limits import InputLimits
 from mcp_barbican.security.pipeline import Pipeline
@@ -69,7 +69,7 @@ def layers(counters: SecurityCounters) -> dict[str, Callable[[ASGIApp], ASGIApp]
             app, allowed=AllowedHosts.build("127.0.0.1", ()), origin_allowed=lambda scope, origin: True
         ),
         "IP filter (1000 entries)": functools.partial(
-            IPFilter, whitelist=None, blacklist=blacklist, dynamic=DynamicRules(), counters=counters
+            IpFilter, whitelist=None, blacklist=blacklist, dynamic=DynamicRules(), counters=counters
         ),
         "security headers": lambda app: SecurityHeaders(app, config=HeadersConfig()),
         "CORS": functools.partial(

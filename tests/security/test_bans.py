@@ -15,7 +15,7 @@ from mcp_barbican.security.addresses import IpSet
 from mcp_barbican.security.bans import BAN_REASON, AuthFailureTracker, ban_target, register_failure
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.ipfilter import IPFilter, decide
+from mcp_barbican.security.ipfilter import IpFilter, decide
 from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.server.shields import Shields
 from mcp_barbican.storage import IpRule
@@ -391,7 +391,7 @@ async def test_six_bad_tokens_from_one_address_ban_that_address_only() -> None:
     rules = DynamicRules(clock=clock)
     counters = SecurityCounters()
     bans = AuthFailureTracker(DEFAULTS, rules=rules, counters=counters, clock=clock)
-    guarded = IPFilter(
+    guarded = IpFilter(
         fake_auth(bans),
         whitelist=None,
         blacklist=EMPTY,

@@ -13,7 +13,7 @@ from mcp_barbican.asgi import CLIENT_IP_KEY
 from mcp_barbican.security.addresses import IpSet, parse_ip
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.ipfilter import IPFilter, IpVerdict, decide
+from mcp_barbican.security.ipfilter import IpFilter, IpVerdict, decide
 from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.storage import IpRule
 from mcp_barbican.types import Message, Scope
@@ -295,9 +295,9 @@ def resolved(ip: str | None, method: str = "GET", path: str = "/") -> Scope:
 
 def filter_layer(
     *, whitelist: IpSet | None = None, blacklist: IpSet = EMPTY, dynamic: DynamicRules | None = None
-) -> tuple[IPFilter, SecurityCounters]:
+) -> tuple[IpFilter, SecurityCounters]:
     counters = SecurityCounters()
-    layer = IPFilter(
+    layer = IpFilter(
         ok_app,
         whitelist=whitelist,
         blacklist=blacklist,
@@ -358,7 +358,7 @@ async def test_a_dynamic_ban_takes_effect_on_the_next_request_and_lifts() -> Non
     clock = Clock(NOW)
     dynamic = DynamicRules(clock=clock)
     counters = SecurityCounters()
-    layer = IPFilter(ok_app, whitelist=None, blacklist=EMPTY, dynamic=dynamic, counters=counters, clock=clock)
+    layer = IpFilter(ok_app, whitelist=None, blacklist=EMPTY, dynamic=dynamic, counters=counters, clock=clock)
     assert (await call(layer, resolved("198.51.100.7"))).status == 200
     dynamic.add(IpRule("ban", "198.51.100.7", "deny", NOW + 600))
     assert (await call(layer, resolved("198.51.100.7"))).status == 403
@@ -372,7 +372,7 @@ async def test_a_banned_client_is_told_so_and_when_to_come_back() -> None:
     clock = Clock(NOW)
     dynamic = DynamicRules(clock=clock)
     counters = SecurityCounters()
-    layer = IPFilter(ok_app, whitelist=None, blacklist=EMPTY, dynamic=dynamic, counters=counters, clock=clock)
+    layer = IpFilter(ok_app, whitelist=None, blacklist=EMPTY, dynamic=dynamic, counters=counters, clock=clock)
     dynamic.add(ban("2001:db8:0:1::/64", NOW + 600))
     dynamic.add(IpRule("operator", "198.51.100.0/24", "deny", NOW + 600))
     clock.now = NOW + 0.5
@@ -409,7 +409,7 @@ async def test_behind_the_client_address_layer_a_spoofed_header_changes_nothing(
 async def test_layer_can_ignore_dynamic_allows() -> None:
     dynamic = rules(("198.51.100.7", "allow", None))
     counters = SecurityCounters()
-    admin = IPFilter(
+    admin = IpFilter(
         ok_app, whitelist=ADMIN_LIST, blacklist=EMPTY, dynamic=dynamic, counters=counters, dynamic_allow=False
     )
     assert (await call(admin, resolved("198.51.100.7"))).status == 403
@@ -436,6 +436,6 @@ async def test_layer_closes_a_refused_websocket_and_passes_lifespan() -> None:
     async def lifespan_app(scope: Any, receive: Any, send: Any) -> None:
         passed.append(scope["type"])
 
-    lifespan_layer = IPFilter(lifespan_app, whitelist=WHITE, blacklist=EMPTY, dynamic=DynamicRules(), counters=counters)
+    lifespan_layer = IpFilter(lifespan_app, whitelist=WHITE, blacklist=EMPTY, dynamic=DynamicRules(), counters=counters)
     await lifespan_layer({"type": "lifespan"}, receive, send)
     assert passed == ["lifespan"]

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from mcp_barbican.audit.trail import AuditTrail
 
 __all__ = [
-    "IPFilter",
+    "IpFilter",
     "IpVerdict",
     "decide",
     "refuse",
@@ -101,7 +101,7 @@ def decide(
     return verdict
 
 
-class IPFilter(Policy):
+class IpFilter(Policy):
     """Refuses with 403 every request whose client address the lists do not let through."""
 
     slot = "addresses"

@@ -36,7 +36,7 @@ from mcp_barbican.security.bans import AuthFailureTracker
 from mcp_barbican.security.client_ip import TrustedProxies
 from mcp_barbican.security.cors import CORS, OriginPolicy
 from mcp_barbican.security.counters import SecurityCounters
-from mcp_barbican.security.ipfilter import IPFilter
+from mcp_barbican.security.ipfilter import IpFilter
 from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.jwt import JwtVerifier
 from mcp_barbican.security.limits import InputLimits
@@ -68,7 +68,7 @@ class Protected(NamedTuple):
     authenticator: Authenticator | None
     cors: OriginPolicy | None
     #: The MCP's static address lists (None: it has none).
-    addresses: IPFilter | None
+    addresses: IpFilter | None
 
 
 class Shields:
@@ -110,7 +110,7 @@ class Shields:
 
     def dynamic_filter(self, app: ASGIApp) -> ASGIApp:
         """Dynamic allow/deny rules and bans, for every route but health."""
-        return IPFilter(
+        return IpFilter(
             app,
             whitelist=None,
             blacklist=IpSet.build(()),
@@ -124,7 +124,7 @@ class Shields:
         if not security.ip_whitelist and not security.ip_blacklist:
             return None
         return functools.partial(
-            IPFilter,
+            IpFilter,
             whitelist=IpSet.build(security.ip_whitelist) if security.ip_whitelist else None,
             blacklist=IpSet.build(security.ip_blacklist),
             dynamic=DynamicRules(),  # the shared rules were checked already, for every route
@@ -230,7 +230,7 @@ class Shields:
             pipeline,
             authenticator,
             cors.policy if isinstance(cors, CORS) else None,
-            addresses if isinstance(addresses, IPFilter) else None,
+            addresses if isinstance(addresses, IpFilter) else None,
         )
 
     def policies(self, mcp: McpConfig, authenticator: Authenticator | None) -> list[PolicyFactory]:
