@@ -128,22 +128,10 @@ class MemoryRuleTable(MemoryTable[IpRule]):
 
 class MemoryStorage:
     def __init__(self, *, max_rules: int = DEFAULT_MAX_RULES, clock: Callable[[], float] = time.time) -> None:
-        self._mcps: MemoryTable[McpRecord] = MemoryTable("mcps")
-        self._tokens: MemoryTable[TokenRecord] = MemoryTable("tokens")
-        self._rules = MemoryRuleTable(max_rules=max_rules, clock=clock)
+        self.mcps: MemoryTable[McpRecord] = MemoryTable("mcps")
+        self.tokens: MemoryTable[TokenRecord] = MemoryTable("tokens")
+        self.rules = MemoryRuleTable(max_rules=max_rules, clock=clock)
         self._buckets = LocalBuckets()
-
-    @property
-    def mcps(self) -> MemoryTable[McpRecord]:
-        return self._mcps
-
-    @property
-    def tokens(self) -> MemoryTable[TokenRecord]:
-        return self._tokens
-
-    @property
-    def rules(self) -> MemoryRuleTable:
-        return self._rules
 
     def buckets(self, namespace: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> MemoryBucketStore:
         return self._buckets.get(namespace, max_keys=max_keys)

@@ -257,22 +257,10 @@ class SqliteStorage:
         """Open (creating if needed) the database at `path`; StorageError if it cannot be used."""
         self.path = path
         self._thread = SqliteThread(path, _connect, what="the state database")
-        self._mcps = SqliteTable("mcps", _MCPS, self._thread)
-        self._tokens = SqliteTable("tokens", _TOKENS, self._thread)
-        self._rules = SqliteRuleTable(self._thread, max_rules=max_rules, clock=clock)
+        self.mcps: SqliteTable[McpRecord] = SqliteTable("mcps", _MCPS, self._thread)
+        self.tokens: SqliteTable[TokenRecord] = SqliteTable("tokens", _TOKENS, self._thread)
+        self.rules = SqliteRuleTable(self._thread, max_rules=max_rules, clock=clock)
         self._buckets = LocalBuckets()
-
-    @property
-    def mcps(self) -> SqliteTable[McpRecord]:
-        return self._mcps
-
-    @property
-    def tokens(self) -> SqliteTable[TokenRecord]:
-        return self._tokens
-
-    @property
-    def rules(self) -> SqliteRuleTable:
-        return self._rules
 
     def buckets(self, namespace: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> MemoryBucketStore:
         return self._buckets.get(namespace, max_keys=max_keys)
