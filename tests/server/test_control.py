@@ -14,6 +14,7 @@ import pytest
 from mcp_barbican.config import ProxyConfig
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.jsonrpc import Message
+from mcp_barbican.security.auth import AuthFailure
 from mcp_barbican.security.jwt import JwtVerifier
 from mcp_barbican.server.app import BarbicanApp, build_app
 from mcp_barbican.server.runtime import McpRuntime
@@ -309,3 +310,27 @@ async def test_the_admin_view_reads_runtimes_and_sources(proxy: tuple[ASGIApp, B
     await asyncio.wait_for(runtime._probe_task, 1.0)  # type: ignore[arg-type]
     assert runtime.status == "ready"
     assert await runtime.list_tools() == [{"name": "echo"}]
+
+
+async def test_the_mcp_list_answers_while_a_registration_lands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list awaits each MCP's verdict; the table it walks may change meanwhile."""
+    app, core = build_app(config(mcp("a", auth=JWT), mcp("b")))
+    await core.startup()
+    checking = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def authenticate(self: JwtVerifier, credential: str) -> AuthFailure:
+        checking.set()
+        await go_on.wait()
+        return AuthFailure("not today")
+
+    monkeypatch.setattr(JwtVerifier, "authenticate", authenticate)
+    try:
+        listing = asyncio.create_task(request(app, "/api/v1/mcp/list", "some-jwt"))
+        await checking.wait()
+        assert await core.registry.create(mcp("c")) == (201, "c")
+        go_on.set()
+        status, _ = await listing
+        assert status == 200  # b and c need no credential
+    finally:
+        await core.shutdown()

@@ -204,11 +204,12 @@ class BarbicanApp:
         ban), also when MCPs without auth still make the answer a 200: else this route would
         be a free oracle for guessing tokens.
         """
-        for name in sorted({r.auth.header for r in self.routes.values() if r.authenticator is not None}):
+        routes = list(self.routes.values())  # the control plane may change the table while verdicts are awaited
+        for name in sorted({r.auth.header for r in routes if r.authenticator is not None}):
             if repeated_header(scope, name.lower().encode("latin-1")):
                 await json_error(send, 400, "invalid_request", f"more than one {name} header")
                 return
-        verdicts = [(route, await route.verdict(scope)) for route in self.routes.values()]
+        verdicts = [(route, await route.verdict(scope)) for route in routes]
         reached = [
             r
             for r, v in verdicts
