@@ -49,7 +49,7 @@ def shields_for(config: dict[str, Any] = CONFIG) -> tuple[Shields, list[PolicyFa
     shields = Shields(validate_model(ProxyConfig, config))
     mcp = shields.config.mcps[0]
     authenticator = shields.authenticator(shields.config.effective_auth(mcp), mcp)
-    return shields, shields.policies(mcp, authenticator)
+    return shields, shields.policies(mcp, authenticator, shields.config)
 
 
 async def request(app: ASGIApp, ip: str, credential: str | None = GOOD, body: bytes = b"{}") -> tuple[int, bytes]:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from mcp_barbican.config import ListenerLimits, ProxyConfig, validate_model
 from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.server.control import ControlPlane
 from mcp_barbican.server.listener import ListenerGuard, sweep_interval
 from mcp_barbican.server.protocol import refusal
 from mcp_barbican.server.registry import Registry
+from mcp_barbican.server.shields import Shields
+from mcp_barbican.storage.memory import MemoryStorage
 
 # ---------------------------------------------------------------------------------------------
 # Reload
@@ -37,7 +39,8 @@ async def test_a_reload_that_changes_listener_limits_needs_a_restart(limits: dic
         server = {"storage": {"type": "memory"}, "limits": server_limits}
         return validate_model(ProxyConfig, {"server": server, "mcps": []})
 
-    registry = Registry(cast("Any", SimpleNamespace(config=config({}), routes={})))
+    running = config({})
+    registry = Registry(ControlPlane(running, Shields(running)), MemoryStorage())
     with pytest.raises(ConfigError, match="restart to apply") as refused:
         await registry.apply_file(config(limits))
     assert all(name in str(refused.value) for name in named)

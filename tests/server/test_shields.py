@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from mcp_barbican.config import ProxyConfig, validate_model
+from mcp_barbican.security.pipeline import Pipeline
+from mcp_barbican.security.ratelimit import RateLimit
 from mcp_barbican.server.shields import Shields
 from mcp_barbican.storage.memory import MemoryStorage
 from tests.security.asgi import ok_app
@@ -46,13 +48,20 @@ async def test_changed_limits_get_fresh_buckets_and_unchanged_ones_keep_theirs()
     assert (await request(changed.protect(ok_app, changed.config.mcps[0]).app, "10.0.0.1", None))[0] == 200
 
 
-def test_an_mcps_own_block_and_the_server_default_are_apart() -> None:
+def test_mcps_on_the_server_default_share_its_limiter_and_an_own_block_is_apart() -> None:
     none = {"type": "none"}
     mcps = [
         {"id": "a", "command": "true", "auth": none},
-        {"id": "b", "command": "true", "auth": none, "security": {"rate_limit": RATE}},
+        {"id": "b", "command": "true", "auth": none},
+        {"id": "c", "command": "true", "auth": none, "security": {"rate_limit": RATE}},
     ]
     shields = Shields(validate_model(ProxyConfig, {"server": {"security": {"rate_limit": RATE}}, "mcps": mcps}))
-    limiters = [shields.limiter(shields.config.effective_security(m), f"mcp:{m.id}") for m in shields.config.mcps]
-    assert limiters[0] is not None and limiters[1] is not None
-    assert limiters[0] is not limiters[1], "same settings, different owners: separate buckets"
+    limiters = []
+    for mcp in shields.config.mcps:
+        app = shields.protect(ok_app, mcp).app
+        assert isinstance(app, Pipeline)
+        policy = app.policy("rate_limit")
+        assert isinstance(policy, RateLimit)
+        limiters.append(policy.limiter)
+    assert limiters[0] is limiters[1], "the server default: one limiter, one set of global buckets"
+    assert limiters[2] is not limiters[0], "same settings, another owner: its own buckets"

@@ -28,12 +28,11 @@ from mcp_barbican.security.iprules import new_rule
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.security.tokens import new_token
 from mcp_barbican.security.tools import tool_allowed
-from mcp_barbican.server.runtime import list_upstream_tools
 from mcp_barbican.storage import RuleTableFull, TokenRecord
 from mcp_barbican.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from mcp_barbican.server.app import BarbicanApp
+    from mcp_barbican.admin.control import AdminCore, ServedMcp
 
 __all__ = ["ADMIN_BODY_LIMIT", "AdminApp"]
 
@@ -45,7 +44,7 @@ MAX_AUDIT_LIMIT: Final = 1000
 class AdminApp:
     """Dispatches `/admin/*` by the route table; the core holds the state it changes."""
 
-    def __init__(self, core: BarbicanApp) -> None:
+    def __init__(self, core: AdminCore) -> None:
         self.core = core
         self.routes = [
             Route("GET", "/admin/openapi.json", self.openapi, "This document"),
@@ -225,19 +224,19 @@ class AdminApp:
 
     # -- MCPs --------------------------------------------------------------------------
 
-    def _describe(self, mcp_id: str) -> dict[str, Any]:
-        route = self.core.routes[mcp_id]
-        status = {**route.runtime.describe(), "source": self.core.registry.sources.get(mcp_id, "config")}
-        return {"definition": masked_mcp(route.mcp), "status": status}
+    def _describe(self, runtime: ServedMcp) -> dict[str, Any]:
+        status = {**runtime.describe(), "source": self.core.control.source(runtime.id) or "config"}
+        return {"definition": masked_mcp(runtime.mcp), "status": status}
 
     async def list_mcps(self, params: Params, body: None) -> Reply:
-        mcps = [self._describe(mcp_id) for mcp_id in self.core.routes]
+        mcps = [self._describe(runtime) for runtime in self.core.control.runtimes.values()]
         return 200, {"mcps": mcps, "count": len(mcps)}
 
     async def get_mcp(self, params: Params, body: None) -> Reply:
-        if params["id"] not in self.core.routes:
+        runtime = self.core.control.runtimes.get(params["id"])
+        if runtime is None:
             return error(404, "not_found", f"no MCP with id {params['id']!r}")
-        return 200, self._describe(params["id"])
+        return 200, self._describe(runtime)
 
     async def create_mcp(self, params: Params, body: dict[str, Any]) -> Reply:
         definition = compozy_names(body)
@@ -272,12 +271,12 @@ class AdminApp:
     async def list_tools(self, params: Params, body: None) -> Reply:
         tools: list[dict[str, Any]] = []
         failures: list[dict[str, str]] = []
-        for mcp_id, runtime in list(self.core.runtimes.items()):
+        for mcp_id, runtime in self.core.control.runtimes.items():
             if runtime.status != "ready":
                 failures.append({"mcpName": mcp_id, "error": f"status {runtime.status}"})
                 continue
             try:
-                listed = await list_upstream_tools(runtime)
+                listed = await runtime.list_tools()
             except UpstreamError as exc:
                 failures.append({"mcpName": mcp_id, "error": str(exc)})
                 continue
@@ -293,7 +292,7 @@ class AdminApp:
         return 200, {"tools": tools, "count": len(tools), "errors": failures}
 
     async def call_tool(self, params: Params, body: ToolCallRequest) -> Reply:
-        runtime = self.core.runtimes.get(body.mcpName)
+        runtime = self.core.control.runtimes.get(body.mcpName)
         if runtime is None:
             return error(404, "not_found", f"no MCP with id {body.mcpName!r}")
         if not tool_allowed(runtime.mcp.tool_filter, body.toolName):
@@ -301,9 +300,7 @@ class AdminApp:
                 403, "tool_blocked", f"tool {body.toolName!r} is blocked by the tool filter of {body.mcpName!r}"
             )
         try:
-            link = await runtime.control()
-            call = {"name": body.toolName, "arguments": body.arguments}
-            response = await link.call("tools/call", call, timeout=runtime.mcp.request_timeout)
+            response = await runtime.call_tool(body.toolName, body.arguments)
         except UpstreamError as exc:
             return error(502, "upstream_error", f"MCP {body.mcpName!r}: {exc}")
         if "error" in response:
@@ -342,7 +339,7 @@ class AdminApp:
         return 200, {"tokens": [token_json(record, now) for record in records], "count": len(records)}
 
     async def issue_token(self, params: Params, body: TokenRequest) -> Reply:
-        unknown = sorted(set(body.mcps or ()) - set(self.core.routes))
+        unknown = sorted(set(body.mcps or ()) - set(self.core.control.runtimes))
         if unknown:
             return error(400, "invalid_request", f"mcps: no MCP with id {', '.join(unknown)}")
         now = time.time()
@@ -396,7 +393,7 @@ class AdminApp:
             return f"a token with id {token_id!r} exists"
         if token_id == SERVER_OWNER:
             return f"token id {token_id!r} is reserved: token:server is the principal of server.auth.token"
-        listed = next((loc for loc, entry in self.core.config.listed_tokens() if entry.id == token_id), None)
+        listed = next((loc for loc, entry in self.core.control.config.listed_tokens() if entry.id == token_id), None)
         if listed is not None:
             return f"token id {token_id!r} is configured at {format_path(listed)}"
         return None
@@ -429,7 +426,7 @@ class AdminApp:
     # -- metrics -----------------------------------------------------------------------
 
     async def metrics(self, params: Params, body: None) -> Reply:
-        runtimes = list(self.core.runtimes.values())
+        runtimes = list(self.core.control.runtimes.values())
         statuses = [runtime.status for runtime in runtimes]
         counts = {
             "total_clients": len(runtimes),
@@ -444,7 +441,8 @@ class AdminApp:
         return 200, {"timestamp": iso(time.time()), "metrics": counts}
 
     async def prometheus(self, params: Params, body: None) -> Reply:
-        return 200, Raw(exposition(self.core.runtimes.values(), self.core.counters, self.core.audit), CONTENT_TYPE)
+        text = exposition(self.core.control.runtimes.values(), self.core.counters, self.core.audit)
+        return 200, Raw(text, CONTENT_TYPE)
 
     async def security_metrics(self, params: Params, body: None) -> Reply:
         snapshot = self.core.counters.snapshot()

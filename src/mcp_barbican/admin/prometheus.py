@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 if TYPE_CHECKING:
+    from mcp_barbican.admin.control import ServedMcp
     from mcp_barbican.audit.trail import AuditTrail
     from mcp_barbican.security.counters import SecurityCounters
-    from mcp_barbican.server.runtime import McpRuntime
 
 __all__ = ["CONTENT_TYPE", "exposition"]
 
@@ -38,7 +38,7 @@ _SECURITY: Final = {
 
 class _Collector:
     def __init__(
-        self, runtimes: Iterable[McpRuntime] | None, counters: SecurityCounters, audit: AuditTrail | None
+        self, runtimes: Iterable[ServedMcp] | None, counters: SecurityCounters, audit: AuditTrail | None
     ) -> None:
         self.runtimes = runtimes
         self.counters = counters
@@ -86,7 +86,7 @@ class _Collector:
         )
 
 
-def exposition(runtimes: Iterable[McpRuntime], counters: SecurityCounters, audit: AuditTrail | None = None) -> bytes:
+def exposition(runtimes: Iterable[ServedMcp], counters: SecurityCounters, audit: AuditTrail | None = None) -> bytes:
     """The Prometheus text exposition of everything above."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(runtimes, counters, audit))

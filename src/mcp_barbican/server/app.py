@@ -1,6 +1,7 @@
 """The data-plane ASGI application: routing, health, the MCP list and OAuth metadata.
 
-The security layers and their order live in `shields.py`; this module routes:
+The outer security layers are stacked in `build_app`, each MCP's in its pipeline
+(`security/pipeline.py`, from `shields.py`); this module routes:
 `/mcp/{id}[/sse|/messages]` to each MCP's guarded endpoint, `/api/v1/mcp/list`,
 `/.well-known/oauth-protected-resource/mcp/{id}`, `/admin/*` to the admin guard (which
 applies the dynamic IP rules and bans its own way), and the health routes, which alone skip
@@ -21,9 +22,9 @@ from mcp_barbican.asgi import CLIENT_IP_KEY, get_header, json_error, repeated_he
 from mcp_barbican.audit import AuditTrail, build_sinks
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.logs import log_unexpected
-from mcp_barbican.security.addresses import IpSet, client_ip
+from mcp_barbican.security.addresses import IpSet
 from mcp_barbican.security.admin import AdminGuard, admin_tokens
-from mcp_barbican.security.auth import MISSING_CREDENTIALS, AuthFailure, bearer_credential
+from mcp_barbican.security.auth import MISSING_CREDENTIALS, AuthFailure
 from mcp_barbican.security.client_ip import ClientAddress
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
@@ -31,60 +32,28 @@ from mcp_barbican.security.ipfilter import IpVerdict, decide
 from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.tokens import check_listed_ids
-from mcp_barbican.server.endpoint import McpEndpoint
+from mcp_barbican.server.control import MCP_PREFIX, ControlPlane
 from mcp_barbican.server.registry import Registry
-from mcp_barbican.server.runtime import McpRuntime
 from mcp_barbican.server.shields import Shields, resource_url
 from mcp_barbican.storage import open_storage
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from mcp_barbican.config import McpConfig, ProxyConfig
+    from mcp_barbican.config import ProxyConfig
 
 __all__ = ["BarbicanApp", "build_app"]
 
 logger = logging.getLogger(__name__)
 
-_PREFIX = "/mcp/"
+_PREFIX = MCP_PREFIX
 _PRM_PREFIX = f"{WELL_KNOWN_PATH}/mcp/"
 _NO_ADDRESSES = IpSet.build(())
-
-
-class McpRoute:
-    """One MCP's runtime, its guarded endpoint, and what the MCP list needs to know."""
-
-    def __init__(self, mcp: McpConfig, config: ProxyConfig, shields: Shields) -> None:
-        self.mcp = mcp
-        self.runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout, quota=shields.sessions)
-        self.auth = config.effective_auth(mcp)
-        endpoint = McpEndpoint(
-            self.runtime,
-            limits=config.effective_security(mcp).limits,
-            messages_path=f"{_PREFIX}{mcp.id}/messages",
-            audit=shields.recording,
-        )
-        self.app, self.authenticator, self.cors, self._addresses = shields.protect(endpoint, mcp)
-
-    def addresses_admit(self, scope: Scope) -> bool:
-        """Whether this MCP's own address lists let the request's client through (for the MCP list)."""
-        return self._addresses is None or self._addresses.admits(client_ip(scope))
-
-    async def verdict(self, scope: Scope) -> Principal | AuthFailure | None:
-        """What this MCP's authentication makes of the request's credential (None: it has none)."""
-        if self.authenticator is None:
-            return None
-        raw = get_header(scope, self.auth.header.lower().encode("latin-1"))
-        credential = bearer_credential(raw.decode("latin-1") if raw is not None else None, self.auth.prefix)
-        if isinstance(credential, AuthFailure):
-            return credential
-        return await self.authenticator.authenticate(credential)
 
 
 class BarbicanApp:
     """Routes `/mcp/{id}[/sse|/messages]`, the MCP list and health; runs the MCP runtimes."""
 
     def __init__(self, config: ProxyConfig) -> None:
-        self.config = config
         self.storage = open_storage(config.server.storage)
         audit = config.server.audit
         self.audit = AuditTrail(
@@ -92,18 +61,25 @@ class BarbicanApp:
         )
         self.shields = Shields(config, store=self.storage, audit=self.audit)
         self.counters = self.shields.counters
-        self.routes = {mcp.id: McpRoute(mcp, config, self.shields) for mcp in config.mcps}
-        self.runtimes: dict[str, McpRuntime] = {mcp_id: route.runtime for mcp_id, route in self.routes.items()}
-        self.registry = Registry(self)
-        #: The outermost layer, set by build_app, told about each registered MCP's own headers.
-        self.security_headers: SecurityHeaders | None = None
+        #: The served MCPs and the live config: only the control plane changes them.
+        self.control = ControlPlane(config, self.shields)
+        #: The router's table (the control plane's dict, changed in place).
+        self.routes = self.control.routes
+        self.registry = Registry(self.control, self.storage)
         self.admin_app = AdminApp(self)
         self.rebuild_admin()
-        self.guarded = self.shields.dynamic_filter(self._route)
+        self.control.on_server_change.append(lambda _config: self.rebuild_admin())
+        #: Every route but health and /admin, behind the dynamic IP rules: set by build_app.
+        self.guarded: ASGIApp = _unassembled
         #: Coroutine functions run for the life of the app (e.g. the TLS certificate reloader).
         self.background: list[Callable[[], Awaitable[None]]] = []
         self._background_tasks: list[asyncio.Task[None]] = []
         self.listing = self.shields.static_filter(self._mcp_list_app, config.server.security)
+
+    @property
+    def config(self) -> ProxyConfig:
+        """The live config (the control plane's)."""
+        return self.control.config
 
     def rebuild_admin(self) -> None:
         """The admin guard for the current `server.admin` (at start and on reload)."""
@@ -133,25 +109,19 @@ class BarbicanApp:
         self.audit.start()
         await self.shields.start()  # loads the issued tokens
         check_listed_ids(self.config, self.shields.issued)
-        for runtime in self.runtimes.values():
-            runtime.start()
+        for route in self.routes.values():
+            route.runtime.start()
         await self.registry.load()
         self._background_tasks = [asyncio.ensure_future(job()) for job in self.background]
 
     async def shutdown(self) -> None:
         for task in self._background_tasks:
             task.cancel()
-        for runtime in self.runtimes.values():
-            await runtime.aclose()
+        for route in list(self.routes.values()):
+            await route.runtime.aclose()
         await self.shields.stop()
         await self.audit.aclose()
         await self.storage.aclose()
-
-    def headers_for(self, mcp_id: str, mcp: McpConfig | None) -> None:
-        """Give an MCP served at run time its own security headers (None: the server's, or it is gone)."""
-        if self.security_headers is not None:
-            own = mcp.security.headers if mcp is not None and mcp.security is not None else None
-            self.security_headers.set_mcp(mcp_id, own)
 
     def origin_allowed(self, scope: Scope, origin: str) -> bool:
         """Origins an MCP's CORS policy admits pass the DNS-rebinding Origin check on its routes."""
@@ -177,7 +147,7 @@ class BarbicanApp:
         else:
             await self.guarded(scope, receive, send)
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if self.config.server.admin.port is not None and self._on_admin_listener(scope) != self._is_admin_path(path):
             # The admin API has its own listener: only it serves /admin, and it serves nothing else.
@@ -234,11 +204,12 @@ class BarbicanApp:
         ban), also when MCPs without auth still make the answer a 200: else this route would
         be a free oracle for guessing tokens.
         """
-        for name in sorted({r.auth.header for r in self.routes.values() if r.authenticator is not None}):
+        routes = list(self.routes.values())  # the control plane may change the table while verdicts are awaited
+        for name in sorted({r.auth.header for r in routes if r.authenticator is not None}):
             if repeated_header(scope, name.lower().encode("latin-1")):
                 await json_error(send, 400, "invalid_request", f"more than one {name} header")
                 return
-        verdicts = [(route, await route.verdict(scope)) for route in self.routes.values()]
+        verdicts = [(route, await route.verdict(scope)) for route in routes]
         reached = [
             r
             for r, v in verdicts
@@ -270,7 +241,9 @@ class BarbicanApp:
 
     def _not_ready(self) -> list[dict[str, str]]:
         return [
-            {"id": r.id, "status": r.status} for r in self.runtimes.values() if r.mcp.required and r.status != "ready"
+            {"id": r.id, "status": r.status}
+            for r in (route.runtime for route in self.routes.values())
+            if r.mcp.required and r.status != "ready"
         ]
 
     async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -319,12 +292,23 @@ def log_loop_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
     logger.warning("%s%s", context.get("message", "event loop error"), detail)
 
 
+async def _unassembled(scope: Scope, receive: Receive, send: Send) -> None:
+    await json_error(send, 500, "not_assembled", "this app was not built by build_app")
+
+
 def build_app(config: ProxyConfig) -> tuple[ASGIApp, BarbicanApp]:
-    """The whole data plane, outermost layer first, and the core for the runner to manage."""
+    """The whole data plane and the core for the runner to manage.
+
+    The outer order is written here once (each MCP's own order is its security pipeline's,
+    security/pipeline.py): security headers -> client address -> Host/Origin guard -> the
+    core, which answers health itself, sends /admin to the admin guard (it applies the dynamic
+    rules and bans its own way), and every other route through the dynamic IP rules and bans.
+    """
     core = BarbicanApp(config)
+    core.guarded = core.shields.dynamic_filter(core.route)
     allowed = AllowedHosts.build(config.server.host, config.server.allowed_hosts)
     app: ASGIApp = HostOriginGuard(core, allowed=allowed, origin_allowed=core.origin_allowed, counters=core.counters)
     app = ClientAddress(app, trusted=core.shields.trusted)
     own = {mcp.id: mcp.security.headers for mcp in config.mcps if mcp.security is not None}
-    core.security_headers = SecurityHeaders(app, config=config.server.security.headers, per_mcp=own)
-    return core.security_headers, core
+    headers = core.control.headers = SecurityHeaders(app, config=config.server.security.headers, per_mcp=own)
+    return headers, core

@@ -19,8 +19,9 @@ from mcp_barbican.audit import AuditEvent
 from mcp_barbican.exceptions import ConfigError
 
 if TYPE_CHECKING:
+    from mcp_barbican.audit import AuditTrail
     from mcp_barbican.config import ProxyConfig
-    from mcp_barbican.server.app import BarbicanApp
+    from mcp_barbican.server.registry import Registry
 
 __all__ = ["Reloader"]
 
@@ -29,9 +30,16 @@ logger = logging.getLogger(__name__)
 
 class Reloader:
     def __init__(
-        self, core: BarbicanApp, path: Path, load: Callable[[], ProxyConfig], *, interval: float = 1.0
+        self,
+        registry: Registry,
+        audit: AuditTrail,
+        path: Path,
+        load: Callable[[], ProxyConfig],
+        *,
+        interval: float = 1.0,
     ) -> None:
-        self.core = core
+        self.registry = registry
+        self.audit = audit
         self.path = path
         self.load = load
         self.interval = interval
@@ -69,7 +77,7 @@ class Reloader:
     async def reload(self, trigger: str) -> bool:
         try:
             config = await asyncio.to_thread(self.load)
-            changes = await self.core.registry.apply_file(config)
+            changes = await self.registry.apply_file(config)
         except ConfigError as exc:
             error = "; ".join(exc.lines())  # every error of the file, on the one log line
             logger.error("config reload (%s) refused, the running config stays: %s", trigger, error)
@@ -82,4 +90,4 @@ class Reloader:
     async def _audit(self, trigger: str, success: bool, error: str | None, changes: list[str]) -> None:
         details = {"trigger": trigger, "changes": changes}
         event = AuditEvent("config_reload", "reload", success, str(self.path), error=error, details=details)
-        await self.core.audit.emit(event)
+        await self.audit.emit(event)

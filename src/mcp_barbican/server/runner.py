@@ -34,7 +34,7 @@ def uvicorn_config(
     """
     app, core = build_app(config)
     if reload is not None:
-        core.background.append(Reloader(core, *reload).run)
+        core.background.append(Reloader(core.registry, core.audit, *reload).run)
     server_config = uvicorn.Config(
         app,
         host=config.server.host,

@@ -376,6 +376,14 @@ class McpRuntime:
             "session_mode": self.mcp.session_mode,
         }
 
+    async def list_tools(self) -> list[dict[str, Any]]:
+        return await list_upstream_tools(self)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The upstream's response to `tools/call`, through the control session (the admin API's REST call)."""
+        link = await self.control()
+        return await link.call("tools/call", {"name": name, "arguments": arguments}, timeout=self.mcp.request_timeout)
+
     def _upstream_sessions(self) -> int:
         if self.mcp.session_mode == "shared":
             return len(self.shared)

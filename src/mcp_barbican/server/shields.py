@@ -187,16 +187,15 @@ class Shields:
         """One limiter per rate_limit block: MCPs sharing the server default share its global buckets.
 
         Per-IP buckets group IPv6 clients by the same block's `auth_failure_ban.ipv6_prefix`.
-        The buckets live in the state store under a name made of the block's owner (`server`, or
-        `owner` for an MCP's own block) and a digest of its settings: stable across processes, so
-        replicas on one shared store share buckets, and new after a reload that changes them.
+        The buckets live in the state store under a name made of the block's owner (`server`,
+        or `mcp:{id}` for an MCP's own block) and a digest of its settings: stable across
+        processes, so replicas on one shared store share buckets, and new after a reload that
+        changes them.
         """
         config = security.rate_limit
         if config is None:
             return None
         prefix = security.auth_failure_ban.ipv6_prefix
-        if security is self.config.server.security:
-            owner = "server"
         settings = hashlib.sha256(f"{config.model_dump_json()}/{prefix}".encode()).hexdigest()[:16]
         namespace = f"{owner}/{settings}"
         if namespace not in self._limiters:
@@ -215,15 +214,17 @@ class Shields:
             return verifier
         raise ConfigError(f"auth type {auth.type!r} needs its settings", path=f"mcps.{mcp.id}.auth")
 
-    def protect(self, endpoint: ASGIApp, mcp: McpConfig) -> Protected:
+    def protect(self, endpoint: ASGIApp, mcp: McpConfig, config: ProxyConfig | None = None) -> Protected:
         """The guarded app of one MCP, and the parts of it the MCP list and the Origin guard consult.
 
         The pipeline orders its policies by their slots (security/pipeline.py ORDER); `policies`
-        says which apply. A new policy is one more line there.
+        says which apply. A new policy is one more line there. `config` is the one `mcp` will be
+        served under (default: the live one; a change builds against the config it stages).
         """
-        auth = self.config.effective_auth(mcp)
+        config = config if config is not None else self.config
+        auth = config.effective_auth(mcp)
         authenticator = self.authenticator(auth, mcp) if auth.type != "none" else None
-        pipeline = Pipeline(endpoint, self.policies(mcp, authenticator))
+        pipeline = Pipeline(endpoint, self.policies(mcp, authenticator, config))
         cors = pipeline.policy("cors")
         addresses = pipeline.policy("addresses")
         return Protected(
@@ -233,15 +234,16 @@ class Shields:
             addresses if isinstance(addresses, IpFilter) else None,
         )
 
-    def policies(self, mcp: McpConfig, authenticator: Authenticator | None) -> list[PolicyFactory]:
+    def policies(self, mcp: McpConfig, authenticator: Authenticator | None, config: ProxyConfig) -> list[PolicyFactory]:
         """The policies that apply to `mcp`, in any order (the pipeline orders them by slot)."""
-        auth = self.config.effective_auth(mcp)
-        security = self.config.effective_security(mcp)
+        auth = config.effective_auth(mcp)
+        security = config.effective_security(mcp)
+        owner = "server" if mcp.security is None else f"mcp:{mcp.id}"
         policies = (
             self.address_policy(security),
             self.cors_policy(security),
             self.auth_policy(auth, authenticator, security, mcp.id),
-            self.rate_policy(security, mcp.id),
+            self.rate_policy(security, owner, mcp.id),
             functools.partial(InputLimits, limits=security.limits, counters=self.counters),
         )
         return [policy for policy in policies if policy is not None]
@@ -269,8 +271,8 @@ class Shields:
             audit=self.recording,
         )
 
-    def rate_policy(self, security: SecurityConfig, mcp_id: str) -> PolicyFactory | None:
-        limiter = self.limiter(security, f"mcp:{mcp_id}")
+    def rate_policy(self, security: SecurityConfig, owner: str, mcp_id: str) -> PolicyFactory | None:
+        limiter = self.limiter(security, owner)
         if limiter is None:
             return None
         return functools.partial(
