@@ -392,6 +392,52 @@ MISTAKES = [
         id="oauth2-no-servers",
     ),
     pytest.param(
+        auth("type: oauth2, oauth2: {audience: https://p/mcp/a}"),
+        "mcps[0].auth.oauth2.issuer",
+        "required",
+        id="oauth2-no-issuer",
+    ),
+    pytest.param(
+        auth("type: oauth2, oauth2: {issuer: 'https://as'}"),
+        "mcps[0].auth.oauth2.audience",
+        "server.public_url",
+        id="oauth2-no-audience-no-public-url",
+    ),
+    pytest.param(
+        AUTH.replace("server: {", "server: {public_url: 'ftp://x', ")
+        + "mcps: [{id: a, command: x, auth: {type: oauth2, oauth2: {issuer: 'https://as'}}}]",
+        "server.public_url",
+        "http",
+        id="bad-public-url",
+    ),
+    pytest.param(
+        auth(
+            f"type: oauth2, jwt: {{{JWKS}, algorithms: [RS256]}}, oauth2: {{issuer: 'https://as', "
+            "introspection: {url: 'https://as/i', client_id: c, client_secret: s}}"
+        ),
+        "mcps[0].auth.oauth2.introspection",
+        "not both",
+        id="oauth2-jwt-and-introspection",
+    ),
+    pytest.param(
+        auth(f"type: oauth2, jwt: {{{JWKS}, algorithms: [RS256]}}, oauth2: {{issuer: 'https://as', audience: x}}"),
+        "mcps[0].auth.oauth2.audience",
+        "jwt.audience",
+        id="oauth2-audience-beside-jwt",
+    ),
+    pytest.param(
+        auth("type: oauth2, oauth2: {issuer: 'https://as', audience: x, algorithms: [RS256, HS256]}"),
+        "mcps[0].auth.oauth2.algorithms[1]",
+        "shared secret",
+        id="oauth2-hmac",
+    ),
+    pytest.param(
+        auth("type: oauth2, oauth2: {issuer: 'https://as', audience: x, introspection: {url: 'https://as/i'}}"),
+        "mcps[0].auth.oauth2.introspection.client_id",
+        "",
+        id="introspection-without-client",
+    ),
+    pytest.param(
         auth("type: magic"),
         "mcps[0].auth.type",
         "must be one of 'token', 'jwt', 'oauth2' or 'none'",

@@ -18,6 +18,8 @@ from mcp_barbican.config.fields import (
     McpId,
     Model,
     NonEmptyStr,
+    PositiveDuration,
+    PositiveInt,
     TokenSecret,
     check_header_name,
 )
@@ -26,6 +28,7 @@ __all__ = [
     "JWT_ALGORITHMS",
     "SERVER_OWNER",
     "AuthConfig",
+    "IntrospectionConfig",
     "JwtConfig",
     "OAuth2Config",
     "TokenEntry",
@@ -196,18 +199,61 @@ class JwtConfig(Model):
             raise LocatedError(("public_key_file",), f"set exactly one of public_key_file and jwks_url for {algorithm}")
 
 
-class OAuth2Config(Model):
-    """OAuth 2.1 resource-server metadata (RFC 9728) served for this MCP."""
+class IntrospectionConfig(Model):
+    """RFC 7662: ask the authorization server whether a token is active (instead of verifying it here)."""
 
-    authorization_servers: tuple[HttpUrl, ...]
+    url: HttpUrl
+    client_id: NonEmptyStr
+    client_secret: Annotated[SecretStr, AfterValidator(_check_non_empty_secret)]
+    #: An active verdict is kept until the token's `exp`, and never longer than this.
+    cache_ttl: PositiveDuration = 300.0
+    #: An inactive verdict is kept this long, so one refused token replayed in a flood costs one call.
+    inactive_cache_ttl: Duration = 10.0
+    cache_size: PositiveInt = 10_000
+    timeout: PositiveDuration = 5.0
+
+
+#: Algorithms accepted from a discovered JWKS unless `oauth2.algorithms` says otherwise (public-key only).
+OAUTH2_ALGORITHMS: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
+
+
+class OAuth2Config(Model):
+    """OAuth 2.1 resource server: the issuer, this resource's audience and scopes, and RFC 9728 metadata.
+
+    Tokens are verified by `jwt` when that block is set, else by RFC 7662 `introspection`, else as
+    JWTs signed by the keys the issuer's RFC 8414 / OIDC metadata names (`jwks_uri`).
+    """
+
+    issuer: HttpUrl | None = None
+    audience: Annotated[str | tuple[str, ...] | None, BeforeValidator(_normalize_audience)] = None
+    required_scopes: tuple[Annotated[str, AfterValidator(_check_scope)], ...] = ()
+    introspection: IntrospectionConfig | None = None
+    algorithms: tuple[Annotated[str, AfterValidator(_check_jwt_algorithm)], ...] = OAUTH2_ALGORITHMS
+    leeway: Duration = 60.0
+    jwks_cache_ttl: Duration = 300.0
+    jwks_refresh_cooldown: Duration = 30.0
+    authorization_servers: tuple[HttpUrl, ...] = ()
     scopes_supported: tuple[Annotated[str, AfterValidator(_check_scope)], ...] = ()
     resource: HttpUrl | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if not self.authorization_servers:
-            raise LocatedError(("authorization_servers",), "list at least one authorization server URL")
+        if not self.authorization_servers and self.issuer is None:
+            if "authorization_servers" in self.model_fields_set:
+                raise LocatedError(("authorization_servers",), "list at least one authorization server URL")
+            raise LocatedError(("issuer",), "required: the authorization server that issues tokens for this MCP")
+        if not self.algorithms:
+            raise LocatedError(("algorithms",), "list at least one algorithm, e.g. [RS256]")
+        for index, alg in enumerate(self.algorithms):
+            if alg.startswith("HS"):
+                raise LocatedError(("algorithms", index), f"{alg} needs a shared secret: use the jwt block for it")
         return self
+
+    def servers(self) -> tuple[str, ...]:
+        """The authorization servers the RFC 9728 metadata names: the configured list, else the issuer."""
+        if self.authorization_servers:
+            return self.authorization_servers
+        return (self.issuer,) if self.issuer is not None else ()
 
 
 class AuthConfig(Model):
@@ -240,9 +286,25 @@ class AuthConfig(Model):
                 raise LocatedError((name,), f"not used with type {self.type}; remove it")
         if self.type == "token" and not present:
             raise LocatedError(("token",), "type token needs token or tokens")
-        for name in ("jwt", "oauth2"):
-            if name in wanted and name not in present:
-                raise LocatedError((name,), f"required for type {self.type}")
+        if self.type == "jwt" and self.jwt is None:
+            raise LocatedError(("jwt",), "required for type jwt")
+        if self.type == "oauth2":
+            self._check_oauth2()
+
+    def _check_oauth2(self) -> None:
+        oauth2 = self.oauth2
+        if oauth2 is None:
+            raise LocatedError(("oauth2",), "required for type oauth2")
+        if self.jwt is not None:
+            if oauth2.introspection is not None:
+                raise LocatedError(("oauth2", "introspection"), "set either jwt or oauth2.introspection, not both")
+            if oauth2.audience is not None:
+                raise LocatedError(("oauth2", "audience"), "with a jwt block, set the audience there (jwt.audience)")
+            for name in ("algorithms", "leeway", "jwks_cache_ttl", "jwks_refresh_cooldown"):
+                if name in oauth2.model_fields_set:
+                    raise LocatedError(("oauth2", name), f"with a jwt block, set it there (jwt.{name})")
+        elif oauth2.introspection is None and oauth2.issuer is None:
+            raise LocatedError(("oauth2", "issuer"), "required to find the signing keys (or set jwt or introspection)")
 
     def _check_unique_tokens(self) -> None:
         seen_ids: dict[str, int] = {}

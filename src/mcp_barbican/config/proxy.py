@@ -35,7 +35,24 @@ class ProxyConfig(Model):
                 )
         self._check_admin_tokens_distinct()
         self._check_token_ids()
+        self._check_oauth2_audience()
         return self
+
+    def _check_oauth2_audience(self) -> None:
+        """An OAuth audience defaults to the MCP's resource URL, which needs server.public_url (fail closed)."""
+        if self.server.public_url is not None:
+            return
+        blocks: list[tuple[Loc, AuthConfig | None]] = [(("server", "auth"), self.server.auth)]
+        blocks += [(("mcps", index, "auth"), mcp.auth) for index, mcp in enumerate(self.mcps)]
+        for loc, auth in blocks:
+            oauth2 = auth.oauth2 if auth is not None and auth.type == "oauth2" else None
+            if oauth2 is not None and auth is not None and auth.jwt is None:
+                if oauth2.audience is None and oauth2.resource is None:
+                    raise LocatedError(
+                        (*loc, "oauth2", "audience"),
+                        "required without server.public_url: tokens must be for this resource (RFC 8707); "
+                        "set server.public_url (the audience becomes it + /mcp/{id}) or an explicit audience",
+                    )
 
     def _check_unique_ids(self) -> None:
         seen: dict[str, int] = {}

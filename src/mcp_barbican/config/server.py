@@ -9,6 +9,7 @@ from pydantic import AfterValidator, model_validator
 from mcp_barbican.config.auth import AuthConfig
 from mcp_barbican.config.errors import LocatedError
 from mcp_barbican.config.fields import (
+    HttpUrl,
     IpOrNetwork,
     Model,
     Port,
@@ -95,6 +96,8 @@ class ServerConfig(Model):
     session_idle_timeout: PositiveDuration = 1800.0
     metrics: MetricsConfig = MetricsConfig()
     limits: ListenerLimits = ListenerLimits()
+    #: How clients reach the proxy (scheme, host, optional path prefix): OAuth resource identifiers and metadata.
+    public_url: HttpUrl | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from mcp_barbican.asgi import CLIENT_IP_KEY, PRINCIPAL_KEY, json_error
 from mcp_barbican.audit.events import AuditEvent, EventType, request_fields
@@ -38,6 +38,7 @@ __all__ = [
     "Authenticator",
     "StaticToken",
     "StaticTokens",
+    "Verifier",
     "bearer_credential",
     "digest",
 ]
@@ -60,10 +61,21 @@ class AuthFailure:
     reason: str
     error: str = "invalid_token"
     status: int = 401
+    #: The scopes a 403 insufficient_scope asks for (RFC 6750 §3 `scope`).
+    scope: str | None = None
 
 
 class Authenticator(Protocol):
     async def authenticate(self, credential: str) -> Principal | AuthFailure: ...
+
+
+@runtime_checkable
+class Verifier(Authenticator, Protocol):
+    """An authenticator with keys or connections to set up at start and close at the end."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 def bearer_credential(value: str | None, prefix: str) -> str | AuthFailure:
@@ -298,7 +310,7 @@ class Authenticate(Policy):
     async def _refuse(self, scope: Scope, send: Send, failure: AuthFailure) -> None:
         self.counters.authentication_failures += 1
         self.counters.violation()
-        if self.on_failure is not None:
+        if self.on_failure is not None and failure.status < 403:  # a valid token short of a scope is no guess
             self.on_failure(scope.get(CLIENT_IP_KEY))
         if self.audit is not None:
             await self._audit(scope, "authentication", False, None, failure.reason)

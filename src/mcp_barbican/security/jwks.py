@@ -30,6 +30,7 @@ __all__ = [
     "MAX_JWKS_KEYS",
     "JwksCache",
     "VerificationKey",
+    "fetch_json",
     "parse_jwks",
     "shown",
 ]
@@ -110,6 +111,23 @@ def parse_jwks(document: object, allowed: frozenset[str], limit: int = MAX_JWKS_
 
 # ---------------------------------------------------------------------------------------------
 # The cache
+
+
+async def fetch_json(session: aiohttp.ClientSession, url: str, max_bytes: int) -> object:
+    """GET `url` as JSON: status 200, at most `max_bytes`, within JWKS_FETCH_TIMEOUT; ValueError otherwise."""
+    timeout = aiohttp.ClientTimeout(total=JWKS_FETCH_TIMEOUT)
+    # No redirects: the configured URL is the trusted source, not wherever it points.
+    async with session.get(
+        url, timeout=timeout, allow_redirects=False, headers={"Accept": "application/json"}
+    ) as response:
+        if response.status != 200:
+            raise ValueError(f"HTTP status {response.status}")
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > max_bytes:
+                raise ValueError(f"larger than {max_bytes} bytes")
+    return orjson.loads(body)
 
 
 class JwksCache:
@@ -207,19 +225,7 @@ class JwksCache:
         logger.info("JWKS %s: %d signing keys (%s)", self.url, len(keys), ", ".join(shown(str(k.kid)) for k in keys))
 
     async def _download(self) -> object:
-        timeout = aiohttp.ClientTimeout(total=JWKS_FETCH_TIMEOUT)
-        # No redirects: the configured URL is the trusted source, not wherever it points.
-        async with self._session().get(
-            self.url, timeout=timeout, allow_redirects=False, headers={"Accept": "application/json"}
-        ) as response:
-            if response.status != 200:
-                raise ValueError(f"HTTP status {response.status}")
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                body += chunk
-                if len(body) > MAX_JWKS_BYTES:
-                    raise ValueError(f"larger than {MAX_JWKS_BYTES} bytes")
-        return orjson.loads(body)
+        return await fetch_json(self._session(), self.url, MAX_JWKS_BYTES)
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is not None:

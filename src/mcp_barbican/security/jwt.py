@@ -271,13 +271,11 @@ class JwtVerifier:
         http: Callable[[], aiohttp.ClientSession] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.allowed = frozenset(config.algorithms)
-        self.rules = ClaimRules.from_config(config)
-        self.static_keys = _static_keys(config, self.allowed)
-        self.jwks = (
+        allowed = frozenset(config.algorithms)
+        jwks = (
             JwksCache(
                 config.jwks_url,
-                allowed=self.allowed,
+                allowed=allowed,
                 ttl=config.jwks_cache_ttl,
                 cooldown=config.jwks_refresh_cooldown,
                 http=http,
@@ -286,9 +284,30 @@ class JwtVerifier:
             if config.jwks_url is not None
             else None
         )
-        self._clock = clock
+        self._setup(allowed, ClaimRules.from_config(config), _static_keys(config, allowed), jwks, clock)
         if not self.rules.audience:
             logger.warning("JWT: no audience configured; tokens the issuer made for other services are accepted too")
+
+    @classmethod
+    def with_jwks(cls, jwks: JwksCache, rules: ClaimRules, *, clock: Callable[[], float] = time.time) -> JwtVerifier:
+        """A verifier of the tokens signed by the keys of `jwks` (e.g. found through an issuer's metadata)."""
+        verifier = cls.__new__(cls)
+        verifier._setup(jwks.allowed, rules, (), jwks, clock)
+        return verifier
+
+    def _setup(
+        self,
+        allowed: frozenset[str],
+        rules: ClaimRules,
+        static_keys: tuple[VerificationKey, ...],
+        jwks: JwksCache | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.allowed = allowed
+        self.rules = rules
+        self.static_keys = static_keys
+        self.jwks = jwks
+        self._clock = clock
 
     async def start(self) -> None:
         if self.jwks is not None:

@@ -7,8 +7,11 @@ document), and the metadata names the authorization servers that issue tokens fo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
+
+from mcp_barbican.security.auth import AuthFailure
 
 if TYPE_CHECKING:
     from mcp_barbican.config import JwtConfig, OAuth2Config
@@ -17,7 +20,10 @@ __all__ = [
     "MAX_DESCRIPTION_CHARS",
     "WELL_KNOWN_PATH",
     "metadata_url",
+    "missing_scopes",
     "protected_resource_metadata",
+    "resource_for",
+    "scope_failure",
     "www_authenticate",
 ]
 
@@ -27,18 +33,37 @@ WELL_KNOWN_PATH: Final = "/.well-known/oauth-protected-resource"
 MAX_DESCRIPTION_CHARS: Final = 200
 
 
-def protected_resource_metadata(resource: str, oauth2: OAuth2Config, jwt: JwtConfig) -> dict[str, Any]:
+def resource_for(oauth2: OAuth2Config, public_url: str | None, mcp_id: str) -> str | None:
+    """This MCP's resource identifier when the config says it: `oauth2.resource`, else `public_url` + /mcp/{id}."""
+    if oauth2.resource is not None:
+        return oauth2.resource
+    return f"{public_url.rstrip('/')}/mcp/{mcp_id}" if public_url is not None else None
+
+
+def protected_resource_metadata(resource: str, oauth2: OAuth2Config, jwt: JwtConfig | None) -> dict[str, Any]:
     """The RFC 9728 document for `resource` (the configured `oauth2.resource` wins, for proxies behind proxies)."""
     document: dict[str, Any] = {
         "resource": oauth2.resource or resource,
-        "authorization_servers": list(oauth2.authorization_servers),
+        "authorization_servers": list(oauth2.servers()),
     }
-    if oauth2.scopes_supported:
-        document["scopes_supported"] = list(oauth2.scopes_supported)
+    scopes = oauth2.scopes_supported or oauth2.required_scopes
+    if scopes:
+        document["scopes_supported"] = list(scopes)
     document["bearer_methods_supported"] = ["header"]
-    if jwt.jwks_url is not None:
+    if jwt is not None and jwt.jwks_url is not None:
         document["jwks_uri"] = jwt.jwks_url
     return document
+
+
+def missing_scopes(granted: Iterable[str], required: Iterable[str]) -> tuple[str, ...]:
+    """The required scopes a token was not granted, in the configured order."""
+    have = set(granted)
+    return tuple(scope for scope in required if scope not in have)
+
+
+def scope_failure(missing: tuple[str, ...], required: tuple[str, ...]) -> AuthFailure:
+    """403 insufficient_scope naming what is missing; the challenge asks for every required scope (step-up)."""
+    return AuthFailure(f"missing scope: {' '.join(missing)}", "insufficient_scope", 403, scope=" ".join(required))
 
 
 def metadata_url(resource: str) -> str:

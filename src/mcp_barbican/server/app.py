@@ -29,7 +29,7 @@ from mcp_barbican.security.client_ip import ClientAddress
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
 from mcp_barbican.security.ipfilter import IpVerdict, decide
-from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata
+from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata, resource_for
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.tokens import check_listed_ids
 from mcp_barbican.server.control import MCP_PREFIX, ControlPlane
@@ -188,10 +188,10 @@ class BarbicanApp:
         """RFC 9728 metadata of an MCP whose clients authenticate with OAuth."""
         route = self.routes.get(mcp_id)
         auth = route.auth if route is not None else None
-        if auth is None or auth.oauth2 is None or auth.jwt is None:
+        if auth is None or auth.oauth2 is None or auth.type != "oauth2":
             await json_error(send, 404, "not_found", f"no OAuth protected resource at /mcp/{mcp_id}")
             return
-        resource = auth.oauth2.resource or resource_url(scope, mcp_id)
+        resource = resource_for(auth.oauth2, self.config.server.public_url, mcp_id) or resource_url(scope, mcp_id)
         await respond_json(send, 200, protected_resource_metadata(resource, auth.oauth2, auth.jwt))
 
     async def _mcp_list_app(self, scope: Scope, receive: Receive, send: Send) -> None:

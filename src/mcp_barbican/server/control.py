@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 from mcp_barbican.asgi import get_header
 from mcp_barbican.config import McpConfig, ProxyConfig
 from mcp_barbican.security.addresses import client_ip
-from mcp_barbican.security.auth import AuthFailure, bearer_credential
-from mcp_barbican.security.jwt import JwtVerifier
+from mcp_barbican.security.auth import AuthFailure, Verifier, bearer_credential
 from mcp_barbican.server.endpoint import McpEndpoint
 from mcp_barbican.server.runtime import McpRuntime
 
@@ -120,7 +119,7 @@ class ControlPlane:
 
     async def _retire(self, route: McpRoute) -> None:
         await route.runtime.aclose()
-        if isinstance(route.authenticator, JwtVerifier):
+        if isinstance(route.authenticator, Verifier):
             await route.authenticator.aclose()
             with contextlib.suppress(ValueError):
                 self.shields.verifiers.remove(route.authenticator)
@@ -157,7 +156,7 @@ class Change:
         route = self._plane.build(mcp, self.config)
         self._built[mcp.id] = (route, source)
         self._dropped.discard(mcp.id)
-        if isinstance(route.authenticator, JwtVerifier):
+        if isinstance(route.authenticator, Verifier):
             await route.authenticator.start()
 
     async def swap(self, mcp: McpConfig) -> None:

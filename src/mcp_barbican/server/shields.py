@@ -31,7 +31,14 @@ from mcp_barbican.audit import AuditEvent, AuditTrail
 from mcp_barbican.config import SERVER_OWNER
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.addresses import IpSet
-from mcp_barbican.security.auth import MISSING_CREDENTIALS, Authenticate, Authenticator, AuthFailure, StaticTokens
+from mcp_barbican.security.auth import (
+    MISSING_CREDENTIALS,
+    Authenticate,
+    Authenticator,
+    AuthFailure,
+    StaticTokens,
+    Verifier,
+)
 from mcp_barbican.security.bans import AuthFailureTracker
 from mcp_barbican.security.client_ip import TrustedProxies
 from mcp_barbican.security.cors import CORS, OriginPolicy
@@ -40,9 +47,10 @@ from mcp_barbican.security.ipfilter import IpFilter
 from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.jwt import JwtVerifier
 from mcp_barbican.security.limits import InputLimits
-from mcp_barbican.security.oauth import metadata_url, www_authenticate
+from mcp_barbican.security.oauth import metadata_url, resource_for, www_authenticate
 from mcp_barbican.security.pipeline import Pipeline, PolicyFactory
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
+from mcp_barbican.security.resource import oauth_resource
 from mcp_barbican.security.tokens import IssuedTokens
 from mcp_barbican.server.quota import SessionQuota
 from mcp_barbican.storage import IpRule, Storage, Table
@@ -85,7 +93,7 @@ class Shields:
         self.store: Storage = store if store is not None else MemoryStorage()
         self.rule_store: Table[IpRule] = self.store.rules
         self.dynamic = DynamicRules()
-        self.verifiers: list[JwtVerifier] = []
+        self.verifiers: list[Verifier] = []
         #: Client tokens issued through the admin API; every token-auth MCP accepts them (within their scope).
         self.issued = IssuedTokens()
         #: Downstream sessions per principal, across every MCP (server.limits.max_sessions_per_principal).
@@ -204,14 +212,20 @@ class Shields:
         limiter = self._limiters[namespace]
         return limiter if limiter.enabled else None
 
-    def authenticator(self, auth: AuthConfig, mcp: McpConfig) -> Authenticator:
+    def authenticator(self, auth: AuthConfig, mcp: McpConfig, public_url: str | None = None) -> Authenticator:
         if auth.type == "token":
             owner = SERVER_OWNER if mcp.auth is None else f"mcp:{mcp.id}"
             return StaticTokens.from_config(auth, owner=owner, issued=self.issued)
-        if auth.type in ("jwt", "oauth2") and auth.jwt is not None:
+        if auth.type == "jwt" and auth.jwt is not None:
             verifier = JwtVerifier(auth.jwt)
             self.verifiers.append(verifier)
             return verifier
+        if auth.type == "oauth2" and auth.oauth2 is not None:
+            if public_url is None:
+                public_url = self.config.server.public_url
+            resource = oauth_resource(auth.oauth2, auth.jwt, public_url, mcp.id)
+            self.verifiers.append(resource)
+            return resource
         raise ConfigError(f"auth type {auth.type!r} needs its settings", path=f"mcps.{mcp.id}.auth")
 
     def protect(self, endpoint: ASGIApp, mcp: McpConfig, config: ProxyConfig | None = None) -> Protected:
@@ -223,7 +237,7 @@ class Shields:
         """
         config = config if config is not None else self.config
         auth = config.effective_auth(mcp)
-        authenticator = self.authenticator(auth, mcp) if auth.type != "none" else None
+        authenticator = self.authenticator(auth, mcp, config.server.public_url) if auth.type != "none" else None
         pipeline = Pipeline(endpoint, self.policies(mcp, authenticator, config))
         cors = pipeline.policy("cors")
         addresses = pipeline.policy("addresses")
@@ -242,7 +256,7 @@ class Shields:
         policies = (
             self.address_policy(security),
             self.cors_policy(security),
-            self.auth_policy(auth, authenticator, security, mcp.id),
+            self.auth_policy(auth, authenticator, security, mcp.id, config.server.public_url),
             self.rate_policy(security, owner, mcp.id),
             functools.partial(InputLimits, limits=security.limits, counters=self.counters),
         )
@@ -254,7 +268,12 @@ class Shields:
         return functools.partial(CORS, config=security.cors, counters=self.counters)
 
     def auth_policy(
-        self, auth: AuthConfig, authenticator: Authenticator | None, security: SecurityConfig, mcp_id: str
+        self,
+        auth: AuthConfig,
+        authenticator: Authenticator | None,
+        security: SecurityConfig,
+        mcp_id: str,
+        public_url: str | None = None,
     ) -> PolicyFactory | None:
         if authenticator is None:
             return None
@@ -266,7 +285,7 @@ class Shields:
             prefix=auth.prefix,
             mcp_id=mcp_id,
             counters=self.counters,
-            challenge=challenge_for(auth, mcp_id),
+            challenge=challenge_for(auth, mcp_id, public_url),
             on_failure=tracker.record_failure if tracker is not None else None,
             audit=self.recording,
         )
@@ -286,15 +305,18 @@ def resource_url(scope: Scope, mcp_id: str) -> str:
     return f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}/mcp/{mcp_id}"
 
 
-def challenge_for(auth: AuthConfig, mcp_id: str) -> Callable[[AuthFailure, Scope], str]:
+def challenge_for(auth: AuthConfig, mcp_id: str, public_url: str | None = None) -> Callable[[AuthFailure, Scope], str]:
     """The WWW-Authenticate value of a refusal (RFC 6750 section 3; RFC 9728 for OAuth)."""
     oauth2 = auth.oauth2
+    configured = resource_for(oauth2, public_url, mcp_id) if oauth2 is not None else None
 
     def challenge(failure: AuthFailure, scope: Scope) -> str:
         error = None if failure.reason == MISSING_CREDENTIALS else failure.error
         metadata = None
         if oauth2 is not None:
-            metadata = metadata_url(oauth2.resource or resource_url(scope, mcp_id))
-        return www_authenticate(mcp_id, error=error, description=failure.reason, resource_metadata=metadata)
+            metadata = metadata_url(configured or resource_url(scope, mcp_id))
+        return www_authenticate(
+            mcp_id, error=error, description=failure.reason, resource_metadata=metadata, scope=failure.scope
+        )
 
     return challenge
