@@ -218,7 +218,8 @@ def test_server_auth_oauth2_without_public_url_names_the_server_key() -> None:
     assert caught.value.path == "server.auth.oauth2.audience"
     document["server"]["public_url"] = "https://proxy.test"  # type: ignore[index]
     config = ProxyConfig.model_validate(document)
-    assert resource_for(config.server.auth.oauth2, config.server.public_url, "demo") == RESOURCE  # type: ignore[union-attr]
+    assert config.server.auth is not None and config.server.auth.oauth2 is not None
+    assert resource_for(config.server.auth.oauth2, config.server.public_url, "demo") == RESOURCE
 
 
 def test_metadata_from_issuer_and_required_scopes() -> None:
