@@ -93,6 +93,7 @@ def run_proxy(
     """Start mcp-barbican with these MCPs (token auth with TOKEN unless `auth` says otherwise)."""
     port = free_port()
     server_block = {"host": "127.0.0.1", "port": port, **(server or {})}
+    port = int(server_block["port"])  # a test that must know it first (server.public_url) picks its own
     server_block.setdefault("auth", dict(auth) if auth is not None else {"type": "token", "token": TOKEN})
     # Tests send many bad credentials from 127.0.0.1 on purpose; the ban tests turn bans back on.
     server_block.setdefault("security", {"auth_failure_ban": {"enabled": False}})
