@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import pytest
+from aiohttp import web
 
+from mcp_barbican.asgi import CLIENT_IP_KEY
 from mcp_barbican.config import AuthConfig, OAuth2Config, ProxyConfig, validate_model
 from mcp_barbican.exceptions import ConfigError
-from mcp_barbican.security.auth import AuthFailure
-from mcp_barbican.security.discovery import jwks_uri_from_metadata, metadata_urls
+from mcp_barbican.security.auth import Authenticate, AuthFailure
+from mcp_barbican.security.counters import SecurityCounters
+from mcp_barbican.security.discovery import DiscoveredJwks, jwks_uri_from_metadata, metadata_urls
 from mcp_barbican.security.introspection import (
     IntrospectionRules,
     VerdictCache,
@@ -20,6 +24,9 @@ from mcp_barbican.security.oauth import missing_scopes, protected_resource_metad
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.resource import ScopedResource, oauth_audience
 from mcp_barbican.server.shields import challenge_for
+from mcp_barbican.types import Receive, Scope, Send
+from tests.security.asgi import call, make_scope
+from tests.security.test_jwks import rsa_jwk
 
 ISSUER: Final = "https://as.test/tenant"
 RESOURCE: Final = "https://proxy.test/mcp/demo"
@@ -239,3 +246,84 @@ def test_insufficient_scope_challenge_names_scope_and_metadata() -> None:
     value = challenge(failure, {"type": "http", "headers": []})
     assert 'error="insufficient_scope"' in value and 'scope="mcp:tools"' in value
     assert 'resource_metadata="https://proxy.test/.well-known/oauth-protected-resource/mcp/demo"' in value
+
+
+async def _unreachable(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("a refused request reached the app")
+
+
+@pytest.mark.anyio
+async def test_a_missing_scope_is_403_and_feeds_no_ban() -> None:
+    principal = Principal(id="jwt:i:s", kind="jwt", scopes=("mcp:read",))
+    failures: list[str | None] = []
+    layer = Authenticate(
+        _unreachable,
+        authenticator=ScopedResource(_Fixed(principal), ("mcp:tools",)),
+        header="Authorization",
+        prefix="Bearer",
+        mcp_id="a",
+        counters=SecurityCounters(),
+        challenge=lambda failure, _scope: f'Bearer scope="{failure.scope}"',
+        on_failure=failures.append,
+    )
+    scope = make_scope("POST", headers=[("Authorization", "Bearer t")])
+    scope[CLIENT_IP_KEY] = "10.0.0.9"
+    sent = await call(layer, scope)
+    assert sent.status == 403 and sent.headers["www-authenticate"] == 'Bearer scope="mcp:tools"'
+    assert sent.json() == {"error": "insufficient_scope", "message": "missing scope: mcp:tools"}
+    assert failures == []  # a valid token short of a scope is no guessing: no ban
+
+
+class _AuthorizationServer:
+    """Serves OIDC discovery (RFC 8414 answers 404) and a JWKS on 127.0.0.1, with a chosen `issuer`."""
+
+    def __init__(self) -> None:
+        self.issuer_override: str | None = None
+        self.paths: list[str] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        if request.path == "/tenant/.well-known/openid-configuration":
+            issuer = self.issuer_override or f"{self.url}/tenant"
+            return web.json_response({"issuer": issuer, "jwks_uri": f"{self.url}/keys"})
+        if request.path == "/keys":
+            return web.json_response({"keys": [rsa_jwk(kid="k1")]})
+        return web.json_response({"error": "not_found"}, status=404)
+
+
+@pytest.fixture
+async def authorization_server() -> AsyncIterator[_AuthorizationServer]:
+    server = _AuthorizationServer()
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield server
+    await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_discovery_falls_back_to_oidc_and_finds_the_keys(authorization_server: _AuthorizationServer) -> None:
+    jwks = DiscoveredJwks(f"{authorization_server.url}/tenant", allowed=frozenset(["RS256"]), ttl=300, cooldown=0)
+    await jwks.start()
+    await jwks.aclose()
+    assert [key.kid for key in jwks.keys] == ["k1"]
+    assert jwks.jwks_uri == f"{authorization_server.url}/keys"
+    assert authorization_server.paths == [
+        "/.well-known/oauth-authorization-server/tenant",
+        "/tenant/.well-known/openid-configuration",
+        "/keys",
+    ]
+
+
+@pytest.mark.anyio
+async def test_discovery_refuses_metadata_for_another_issuer(authorization_server: _AuthorizationServer) -> None:
+    authorization_server.issuer_override = "https://evil.test/tenant"
+    jwks = DiscoveredJwks(f"{authorization_server.url}/tenant", allowed=frozenset(["RS256"]), ttl=300, cooldown=0)
+    await jwks.start()
+    await jwks.aclose()
+    assert jwks.keys == () and jwks.fetches_failed == 1 and "/keys" not in authorization_server.paths
