@@ -16,6 +16,7 @@ from mcp_barbican.config import (
     REDIS_UNAVAILABLE,
     TLS12_IANA_TO_OPENSSL,
     TLS13_SUITES,
+    AuthConfig,
     FileSink,
     McpConfig,
     ProxyConfig,
@@ -426,6 +427,12 @@ MISTAKES = [
         id="oauth2-audience-beside-jwt",
     ),
     pytest.param(
+        auth(f"type: oauth2, jwt: {{{JWKS}, algorithms: [RS256]}}, oauth2: {{issuer: 'https://as', leeway: 5s}}"),
+        "mcps[0].auth.oauth2.leeway",
+        "jwt.leeway",
+        id="oauth2-leeway-beside-jwt",
+    ),
+    pytest.param(
         auth("type: oauth2, oauth2: {issuer: 'https://as', audience: x, algorithms: [RS256, HS256]}"),
         "mcps[0].auth.oauth2.algorithms[1]",
         "shared secret",
@@ -768,6 +775,17 @@ def test_full_config_loads_every_key(full_files: None) -> None:
     assert config.server.auth is not None
     entry = config.server.auth.tokens[0]
     assert entry.expires_at == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_a_dumped_oauth2_block_beside_jwt_loads_again() -> None:
+    # `config check` writes every default out; the jwt-only settings at their defaults must not become errors.
+    block = {
+        "type": "oauth2",
+        "jwt": {"jwks_url": "https://i/j", "algorithms": ["RS256"]},
+        "oauth2": {"issuer": "https://as"},
+    }
+    dumped = AuthConfig.model_validate(block).model_dump(mode="json")
+    assert AuthConfig.model_validate(dumped).oauth2 == AuthConfig.model_validate(block).oauth2
 
 
 def test_full_config_masked_dump_matches_golden(full_files: None) -> None:

@@ -301,7 +301,8 @@ class AuthConfig(Model):
             if oauth2.audience is not None:
                 raise LocatedError(("oauth2", "audience"), "with a jwt block, set the audience there (jwt.audience)")
             for name in ("algorithms", "leeway", "jwks_cache_ttl", "jwks_refresh_cooldown"):
-                if name in oauth2.model_fields_set:
+                # A default written out (e.g. by `config check`, which dumps them all) changes nothing.
+                if getattr(oauth2, name) != OAuth2Config.model_fields[name].default:
                     raise LocatedError(("oauth2", name), f"with a jwt block, set it there (jwt.{name})")
         elif oauth2.introspection is None and oauth2.issuer is None:
             raise LocatedError(("oauth2", "issuer"), "required to find the signing keys (or set jwt or introspection)")
