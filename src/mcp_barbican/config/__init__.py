@@ -14,7 +14,15 @@ dump, JSON Schema; `schema_docs` renders it as docs/configuration.md).
 
 from __future__ import annotations
 
-from mcp_barbican.config.auth import JWT_ALGORITHMS, SERVER_OWNER, AuthConfig, JwtConfig, OAuth2Config, TokenEntry
+from mcp_barbican.config.auth import (
+    JWT_ALGORITHMS,
+    SERVER_OWNER,
+    AuthConfig,
+    JwtConfig,
+    MtlsConfig,
+    OAuth2Config,
+    TokenEntry,
+)
 from mcp_barbican.config.checks import check_bind, check_files
 from mcp_barbican.config.errors import Loc, ModelT, format_path, validate_model
 from mcp_barbican.config.fields import (
@@ -95,6 +103,7 @@ __all__ = [
     "ModelT",
     "NonEmptyStr",
     "NonNegativeInt",
+    "MtlsConfig",
     "OAuth2Config",
     "Port",
     "PositiveDuration",

@@ -1,4 +1,4 @@
-"""Client authentication (`server.auth`, `mcps[].auth`): static tokens, JWT and OAuth 2.1 metadata."""
+"""Client authentication (`server.auth`, `mcps[].auth`): static tokens, JWT, OAuth 2.1 metadata, mTLS."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ __all__ = [
     "SERVER_OWNER",
     "AuthConfig",
     "JwtConfig",
+    "MtlsConfig",
     "OAuth2Config",
     "TokenEntry",
     "sha256_hex",
@@ -210,16 +211,23 @@ class OAuth2Config(Model):
         return self
 
 
+class MtlsConfig(Model):
+    """The verified client certificate (server.tls.client_auth) as the principal `mtls:{identity}`."""
+
+    identity: Literal["subject_cn", "san_uri", "san_dns"]
+
+
 class AuthConfig(Model):
     """What a client must present to reach an MCP (`mcps[].auth`, default `server.auth`)."""
 
-    type: Literal["token", "jwt", "oauth2", "none"]
+    type: Literal["token", "jwt", "oauth2", "mtls", "none"]
     token: TokenSecret | None = None
     tokens: tuple[TokenEntry, ...] = ()
     header: Annotated[str, AfterValidator(check_header_name)] = "Authorization"
     prefix: Annotated[str, AfterValidator(_check_prefix)] = "Bearer"
     jwt: JwtConfig | None = None
     oauth2: OAuth2Config | None = None
+    mtls: MtlsConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -232,15 +240,16 @@ class AuthConfig(Model):
             "token": ("token", "tokens"),
             "jwt": ("jwt",),
             "oauth2": ("jwt", "oauth2"),
+            "mtls": ("mtls",),
             "none": (),
         }[self.type]
-        present = [name for name in ("token", "tokens", "jwt", "oauth2") if getattr(self, name)]
+        present = [name for name in ("token", "tokens", "jwt", "oauth2", "mtls") if getattr(self, name)]
         for name in present:
             if name not in wanted:
                 raise LocatedError((name,), f"not used with type {self.type}; remove it")
         if self.type == "token" and not present:
             raise LocatedError(("token",), "type token needs token or tokens")
-        for name in ("jwt", "oauth2"):
+        for name in ("jwt", "oauth2", "mtls"):
             if name in wanted and name not in present:
                 raise LocatedError((name,), f"required for type {self.type}")
 

@@ -35,7 +35,22 @@ class ProxyConfig(Model):
                 )
         self._check_admin_tokens_distinct()
         self._check_token_ids()
+        self._check_mtls()
         return self
+
+    def _check_mtls(self) -> None:
+        """Certificate identities need a listener that asks for and verifies client certificates."""
+        tls = self.server.tls
+        blocks: list[tuple[Loc, AuthConfig | None]] = [(("server", "auth"), self.server.auth)]
+        blocks += [(("mcps", index, "auth"), mcp.auth) for index, mcp in enumerate(self.mcps)]
+        for loc, auth in blocks:
+            if auth is None or auth.type != "mtls":
+                continue
+            if tls is None or not tls.enabled or tls.client_auth == "none":
+                raise LocatedError(
+                    (*loc, "type"),
+                    "type mtls needs server.tls.enabled: true and server.tls.client_auth: optional or required",
+                )
 
     def _check_unique_ids(self) -> None:
         seen: dict[str, int] = {}

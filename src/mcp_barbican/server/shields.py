@@ -40,6 +40,7 @@ from mcp_barbican.security.ipfilter import IpFilter
 from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.jwt import JwtVerifier
 from mcp_barbican.security.limits import InputLimits
+from mcp_barbican.security.mtls import CertificateAuth, CertificateIdentity
 from mcp_barbican.security.oauth import metadata_url, www_authenticate
 from mcp_barbican.security.pipeline import Pipeline, PolicyFactory
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
@@ -212,6 +213,8 @@ class Shields:
             verifier = JwtVerifier(auth.jwt)
             self.verifiers.append(verifier)
             return verifier
+        if auth.type == "mtls" and auth.mtls is not None:
+            return CertificateIdentity(auth.mtls)
         raise ConfigError(f"auth type {auth.type!r} needs its settings", path=f"mcps.{mcp.id}.auth")
 
     def protect(self, endpoint: ASGIApp, mcp: McpConfig, config: ProxyConfig | None = None) -> Protected:
@@ -260,7 +263,7 @@ class Shields:
             return None
         tracker = self.bans(security.auth_failure_ban)
         return functools.partial(
-            Authenticate,
+            CertificateAuth if isinstance(authenticator, CertificateIdentity) else Authenticate,
             authenticator=authenticator,
             header=auth.header,
             prefix=auth.prefix,
