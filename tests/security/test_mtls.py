@@ -24,9 +24,10 @@ KEY = ec.generate_private_key(ec.SECP256R1())
 
 def certificate(cns: tuple[str, ...], sans: tuple[x509.GeneralName, ...] = ()) -> str:
     """A self-signed certificate with these subject CNs and SANs, as PEM (the table below needs odd ones)."""
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test")] + [
-        x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in cns
-    ])
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test")]
+        + [x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in cns]
+    )
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()

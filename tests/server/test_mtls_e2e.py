@@ -102,9 +102,7 @@ def test_no_certificate_is_a_401_with_a_challenge(proxy: str, pki: dict[str, Pat
     assert response.headers["www-authenticate"].startswith("Bearer ")
 
 
-def test_a_certificate_from_another_ca_fails_the_handshake_even_when_optional(
-    proxy: str, pki: dict[str, Path]
-) -> None:
+def test_a_certificate_from_another_ca_fails_the_handshake_even_when_optional(proxy: str, pki: dict[str, Path]) -> None:
     # OpenSSL verifies a certificate the client chose to send also under CERT_OPTIONAL: no request is made.
     with client(pki, "stranger") as stranger, pytest.raises(httpx2.TransportError):
         post(stranger, f"{proxy}/mcp/demo", INIT)

@@ -36,7 +36,20 @@ class ProxyConfig(Model):
         self._check_admin_tokens_distinct()
         self._check_token_ids()
         self._check_mtls()
+        self._check_token_exchange()
         return self
+
+    def _check_token_exchange(self) -> None:
+        """The subject token of an exchange is the caller's bearer credential: mtls and none have none."""
+        for index, mcp in enumerate(self.mcps):
+            upstream = mcp.upstream_auth
+            auth = mcp.auth if mcp.auth is not None else self.server.auth
+            if upstream is not None and upstream.type == "token_exchange" and auth is not None:
+                if auth.type in ("mtls", "none"):
+                    raise LocatedError(
+                        ("mcps", index, "upstream_auth", "type"),
+                        f"token_exchange needs a bearer credential to exchange; this MCP's auth is {auth.type}",
+                    )
 
     def _check_mtls(self) -> None:
         """Certificate identities need a listener that asks for and verifies client certificates."""
