@@ -57,7 +57,8 @@ def mcp(fields: str, auth: str = AUTH) -> str:
         ),
         pytest.param(
             mcp(
-                f"{HTTP}, headers: {{X-User: x}}, upstream_auth: {{type: identity_headers, identity_headers: {{x-user: id}}}}"
+                f"{HTTP}, headers: {{X-User: x}}, "
+                "upstream_auth: {type: identity_headers, identity_headers: {x-user: id}}"
             ),
             "mcps[0].upstream_auth.identity_headers.x-user",
             "also set in headers",
