@@ -151,6 +151,10 @@ class McpEndpoint:
             if refusal is not None:
                 await rpc_error(send, refusal.status, refusal.code, refusal.message, msg.get("id"))
                 return None
+        if self.runtime.identity.exchange is not None and not await self.runtime.identity.ready(
+            scope, send, msg.get("id")
+        ):
+            return None
         return msg
 
     async def _session(self, scope: Scope, send: Send, session_id: str | None) -> Session | None:

@@ -1,5 +1,7 @@
 """What one MCP's upstream learns of the caller (`mcps[].upstream_auth`), per principal.
 
+`token_exchange` exchanges the caller's credential at the token endpoint (upstream/exchange.py)
+before each request that needs it, and the channels read the principal's current token.
 `identity_headers` are computed once per client session from its principal (a JWT's claims
 are those of the token that opened the session); a header whose value cannot be sent is left
 out and logged once per MCP and header, never with the value. Channels read the headers on
@@ -11,15 +13,21 @@ pre-opened spare session, since no principal's identity would be on it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from mcp_barbican import jsonrpc
+from mcp_barbican.asgi import PRINCIPAL_KEY, rpc_error
+from mcp_barbican.security.auth import CREDENTIAL_KEY
 from mcp_barbican.security.identity import identity_headers
 from mcp_barbican.security.principal import Principal
+from mcp_barbican.upstream.exchange import ExchangeFailed, TokenExchange
 
 if TYPE_CHECKING:
     from mcp_barbican.config.upstream_auth import UpstreamAuthConfig
+    from mcp_barbican.types import Scope, Send
     from mcp_barbican.upstream.base import IdentityHeaders
 
 __all__ = ["UpstreamIdentity"]
@@ -39,6 +47,9 @@ class UpstreamIdentity:
         #: Whether upstream requests differ per caller: then no upstream session serves two principals.
         self.per_principal = config is not None and config.per_principal
         self._logged: set[tuple[str, str]] = set()
+        exchange = config.token_exchange if config is not None and config.type == "token_exchange" else None
+        #: Exchanged tokens per principal (None unless type token_exchange).
+        self.exchange = TokenExchange(exchange) if exchange is not None else None
 
     def headers_for(self, principal: object) -> IdentityHeaders | None:
         """What a session of `principal` sends upstream besides the static headers (None: nothing)."""
@@ -48,7 +59,33 @@ class UpstreamIdentity:
         if config.type == "identity_headers":
             headers = self._identity_headers(principal, config.identity_headers)
             return lambda: headers
+        if self.exchange is not None:
+            return functools.partial(self.exchange.current, principal.id)
         return None
+
+    async def ready(self, scope: Scope, send: Send, request_id: Any) -> bool:
+        """Whether the request's caller has what its upstream requests need; else answer 502/503 and say why."""
+        exchange = self.exchange
+        principal = scope.get(PRINCIPAL_KEY)
+        if exchange is None or not isinstance(principal, Principal):
+            return True
+        raw = scope.get(CREDENTIAL_KEY)
+        # The header as accepted by authentication: "<prefix> <token>", or the bare token.
+        subject = raw.decode("latin-1").strip().rpartition(" ")[2] if isinstance(raw, bytes) else ""
+        try:
+            if not subject:
+                raise ExchangeFailed("no credential to exchange", 502)
+            await exchange.ensure(principal.id, subject)
+        except ExchangeFailed as exc:
+            logger.warning("MCP %r: token exchange for %s failed: %s", self.mcp_id, principal.id, exc)
+            message = f"token exchange for MCP {self.mcp_id!r} failed: {exc}"
+            await rpc_error(send, exc.status, jsonrpc.UPSTREAM_ERROR, message, request_id)
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        if self.exchange is not None:
+            await self.exchange.aclose()
 
     def _identity_headers(self, principal: Principal, mapping: Mapping[str, str]) -> dict[str, str]:
         headers, left_out = identity_headers(principal, mapping)

@@ -109,6 +109,7 @@ class McpRuntime:
         for session in list(self.sessions.values()):
             await self.close_session(session)
         await self.shared.aclose()
+        await self.identity.aclose()
         for link in (self._stateless[0] if self._stateless else None, self._control):
             if link is not None:
                 await link.aclose()
