@@ -143,3 +143,18 @@ def test_mtls_config_mistakes_name_their_path(tmp_path: Path, text: str, path: s
     error = load_error(tmp_path, text)
     assert error.path == path, str(error)
     assert fragment in str(error)
+
+
+def test_an_mcp_registered_with_mtls_on_a_listener_without_client_certificates_is_refused() -> None:
+    from mcp_barbican.config import McpConfig, ProxyConfig, validate_model
+    from mcp_barbican.exceptions import ConfigError
+    from mcp_barbican.server.shields import Shields
+
+    config = validate_model(ProxyConfig, {"server": {"auth": {"type": "token", "token": "t" * 24}}, "mcps": []})
+    mcp = validate_model(
+        McpConfig, {"id": "api", "command": "x", "auth": {"type": "mtls", "mtls": {"identity": "san_dns"}}}
+    )
+    assert mcp.auth is not None
+    with pytest.raises(ConfigError) as caught:
+        Shields(config).authenticator(mcp.auth, mcp)
+    assert caught.value.path == "mcps.api.auth.type"

@@ -214,6 +214,10 @@ class Shields:
             self.verifiers.append(verifier)
             return verifier
         if auth.type == "mtls" and auth.mtls is not None:
+            tls = self.config.server.tls
+            if tls is None or not tls.enabled or tls.client_auth == "none":
+                # The file's check covers configured MCPs; this one covers MCPs registered through the API.
+                raise ConfigError("type mtls needs server.tls client_auth", path=f"mcps.{mcp.id}.auth.type")
             return CertificateIdentity(auth.mtls)
         raise ConfigError(f"auth type {auth.type!r} needs its settings", path=f"mcps.{mcp.id}.auth")
 
