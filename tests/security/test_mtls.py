@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 
 from mcp_barbican.config import MtlsConfig
 from mcp_barbican.security.auth import AuthFailure
-from mcp_barbican.security.mtls import CertificateIdentity, certificate_pem
+from mcp_barbican.security.mtls import CertificateAuth, CertificateIdentity, certificate_pem
 from mcp_barbican.security.principal import Principal
 from tests.test_config import AUTH, load_error
 
@@ -158,3 +158,49 @@ def test_an_mcp_registered_with_mtls_on_a_listener_without_client_certificates_i
     with pytest.raises(ConfigError) as caught:
         Shields(config).authenticator(mcp.auth, mcp)
     assert caught.value.path == "mcps.api.auth.type"
+
+
+@pytest.mark.anyio
+async def test_the_pipeline_admits_a_certificate_both_ways_and_forwards_no_credential() -> None:
+    from mcp_barbican.asgi import CLIENT_IP_KEY, PRINCIPAL_KEY
+    from mcp_barbican.config import ProxyConfig, validate_model
+    from mcp_barbican.security.pipeline import Head, Pipeline
+    from mcp_barbican.server.shields import Shields
+    from mcp_barbican.types import Receive, Scope, Send
+    from tests.security.asgi import call, make_scope
+
+    tls = {"cert_file": "c", "key_file": "k", "ca_file": "a", "client_auth": "optional"}
+    raw = {"server": {"tls": tls, "auth": {"type": "mtls", "mtls": {"identity": "subject_cn"}}}}
+    config = validate_model(ProxyConfig, {**raw, "mcps": [{"id": "m", "command": "x"}]})
+    shields = Shields(config)
+    mcp = config.mcps[0]
+    authenticator = shields.authenticator(config.effective_auth(mcp), mcp)
+    seen: list[Scope] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    pipeline = Pipeline(endpoint, shields.policies(mcp, authenticator, config))
+    policy = pipeline.policy("authentication")
+    assert isinstance(policy, CertificateAuth) and pipeline.fast_path
+    pem = certificate(("alice",))
+
+    def scope_with(chain: list[str]) -> Scope:
+        scope = make_scope("POST", "/mcp/m", [("authorization", "Bearer client-secret")])
+        scope["extensions"] = {"tls": {"client_cert_chain": chain}}
+        scope[CLIENT_IP_KEY] = "127.0.0.1"
+        return scope
+
+    assert not policy.fast(scope_with([pem]), Head("127.0.0.1", {}, [])), "a new certificate goes to the layers"
+    assert (await call(pipeline, scope_with([pem]), b"")).status == 200
+    assert policy.fast(scope_with([pem]), Head("127.0.0.1", {}, []))
+    assert (await call(pipeline, scope_with([pem]), b"")).status == 200
+    for scope in seen:
+        assert scope[PRINCIPAL_KEY].id == "mtls:alice"
+        assert all(name != b"authorization" for name, _ in scope["headers"])
+    refused = await call(pipeline, scope_with([]), b"")
+    assert refused.status == 401
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert len(seen) == 2
