@@ -447,7 +447,7 @@ MISTAKES = [
     pytest.param(
         auth("type: magic"),
         "mcps[0].auth.type",
-        "must be one of 'token', 'jwt', 'oauth2' or 'none'",
+        "must be one of 'token', 'jwt', 'oauth2', 'mtls' or 'none'",
         id="bad-auth-type",
     ),
     pytest.param(

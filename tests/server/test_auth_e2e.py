@@ -41,6 +41,10 @@ class RecordingUpstream:
         message: dict[str, Any] = await request.json()
         if "id" not in message:
             return web.Response(status=202)
+        return web.json_response(self.reply(message), headers={"Mcp-Session-Id": "upstream-session"})
+
+    @staticmethod
+    def reply(message: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {}
         if message["method"] == "initialize":
             result = {
@@ -50,15 +54,17 @@ class RecordingUpstream:
             }
         elif message["method"] == "tools/list":
             result = {"tools": [{"name": "noop", "inputSchema": {"type": "object"}}]}
-        body = {"jsonrpc": "2.0", "id": message["id"], "result": result}
-        return web.json_response(body, headers={"Mcp-Session-Id": "upstream-session"})
+        return {"jsonrpc": "2.0", "id": message["id"], "result": result}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/mcp", self.handle)
 
     @contextlib.contextmanager
     def serve(self) -> Iterator[None]:
         """Run the server on its own event loop in a thread for as long as the generator lives."""
         loop = asyncio.new_event_loop()
         app = web.Application()
-        app.router.add_route("*", "/mcp", self.handle)
+        self.add_routes(app)
         runner = web.AppRunner(app)
 
         async def start() -> None:

@@ -20,6 +20,7 @@ from mcp_barbican.config.auth import (
     AuthConfig,
     IntrospectionConfig,
     JwtConfig,
+    MtlsConfig,
     OAuth2Config,
     TokenEntry,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "NonEmptyStr",
     "NonNegativeInt",
     "IntrospectionConfig",
+    "MtlsConfig",
     "OAuth2Config",
     "Port",
     "PositiveDuration",

@@ -1,4 +1,4 @@
-"""Client authentication (`server.auth`, `mcps[].auth`): static tokens, JWT and OAuth 2.1 metadata."""
+"""Client authentication (`server.auth`, `mcps[].auth`): static tokens, JWT, OAuth 2.1 metadata, mTLS."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ __all__ = [
     "AuthConfig",
     "IntrospectionConfig",
     "JwtConfig",
+    "MtlsConfig",
     "OAuth2Config",
     "TokenEntry",
     "sha256_hex",
@@ -256,16 +257,23 @@ class OAuth2Config(Model):
         return (self.issuer,) if self.issuer is not None else ()
 
 
+class MtlsConfig(Model):
+    """The verified client certificate (server.tls.client_auth) as the principal `mtls:{identity}`."""
+
+    identity: Literal["subject_cn", "san_uri", "san_dns"]
+
+
 class AuthConfig(Model):
     """What a client must present to reach an MCP (`mcps[].auth`, default `server.auth`)."""
 
-    type: Literal["token", "jwt", "oauth2", "none"]
+    type: Literal["token", "jwt", "oauth2", "mtls", "none"]
     token: TokenSecret | None = None
     tokens: tuple[TokenEntry, ...] = ()
     header: Annotated[str, AfterValidator(check_header_name)] = "Authorization"
     prefix: Annotated[str, AfterValidator(_check_prefix)] = "Bearer"
     jwt: JwtConfig | None = None
     oauth2: OAuth2Config | None = None
+    mtls: MtlsConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -278,9 +286,10 @@ class AuthConfig(Model):
             "token": ("token", "tokens"),
             "jwt": ("jwt",),
             "oauth2": ("jwt", "oauth2"),
+            "mtls": ("mtls",),
             "none": (),
         }[self.type]
-        present = [name for name in ("token", "tokens", "jwt", "oauth2") if getattr(self, name)]
+        present = [name for name in ("token", "tokens", "jwt", "oauth2", "mtls") if getattr(self, name)]
         for name in present:
             if name not in wanted:
                 raise LocatedError((name,), f"not used with type {self.type}; remove it")
@@ -288,6 +297,8 @@ class AuthConfig(Model):
             raise LocatedError(("token",), "type token needs token or tokens")
         if self.type == "jwt" and self.jwt is None:
             raise LocatedError(("jwt",), "required for type jwt")
+        if self.type == "mtls" and self.mtls is None:
+            raise LocatedError(("mtls",), "required for type mtls")
         if self.type == "oauth2":
             self._check_oauth2()
 

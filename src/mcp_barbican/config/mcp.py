@@ -26,6 +26,7 @@ from mcp_barbican.config.fields import (
 )
 from mcp_barbican.config.security import SecurityConfig
 from mcp_barbican.config.tls import UpstreamTLSConfig
+from mcp_barbican.config.upstream_auth import UpstreamAuthConfig
 
 __all__ = ["UPSTREAM_PROTOCOL_VERSIONS", "McpConfig", "ToolFilter"]
 
@@ -110,6 +111,7 @@ class McpConfig(Model):
     auth: AuthConfig | None = None
     security: SecurityConfig | None = None
     tls: UpstreamTLSConfig | None = None
+    upstream_auth: UpstreamAuthConfig | None = None
 
     #: Fields whose values `masked_dump()` hides (upstream API keys live there).
     SECRET_MAPS: ClassVar[frozenset[str]] = frozenset({"env", "headers"})
@@ -151,7 +153,7 @@ class McpConfig(Model):
     def _check_stdio(self) -> None:
         if self.command is None:
             raise LocatedError(("command",), "required for transport stdio")
-        for name in ("headers", "tls"):
+        for name in ("headers", "tls", "upstream_auth"):
             if getattr(self, name):
                 raise LocatedError((name,), "only used with transports sse and streamable-http")
 
@@ -161,10 +163,23 @@ class McpConfig(Model):
         for name in ("command", "args", "env", "cwd"):
             if getattr(self, name):
                 raise LocatedError((name,), "only used with transport stdio")
+        self._check_upstream_auth()
         if self.tls is not None and self.tls.enabled and urlsplit(self.url).scheme != "https":
             raise LocatedError(
                 ("tls",), "tls is enabled but url is not https://; use https:// or set tls.enabled: false"
             )
+
+    def _check_upstream_auth(self) -> None:
+        upstream = self.upstream_auth
+        if upstream is None:
+            return
+        configured = {name.lower() for name in self.headers}
+        for name in upstream.identity_headers:
+            if name.lower() in configured:
+                raise LocatedError(("upstream_auth", "identity_headers", name), "also set in headers: keep one")
+        for name in self.headers:
+            if upstream.type == "token_exchange" and name.lower() == "authorization":
+                raise LocatedError(("headers", name), "token_exchange sets Authorization upstream: remove it here")
 
 
 def _split_command(data: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,8 @@ class ProxyConfig(Model):
         self._check_admin_tokens_distinct()
         self._check_token_ids()
         self._check_oauth2_audience()
+        self._check_mtls()
+        self._check_token_exchange()
         return self
 
     def _check_oauth2_audience(self) -> None:
@@ -53,6 +55,32 @@ class ProxyConfig(Model):
                         "required without server.public_url: tokens must be for this resource (RFC 8707); "
                         "set server.public_url (the audience becomes it + /mcp/{id}) or an explicit audience",
                     )
+
+    def _check_token_exchange(self) -> None:
+        """The subject token of an exchange is the caller's bearer credential: mtls and none have none."""
+        for index, mcp in enumerate(self.mcps):
+            upstream = mcp.upstream_auth
+            auth = mcp.auth if mcp.auth is not None else self.server.auth
+            if upstream is not None and upstream.type == "token_exchange" and auth is not None:
+                if auth.type in ("mtls", "none"):
+                    raise LocatedError(
+                        ("mcps", index, "upstream_auth", "type"),
+                        f"token_exchange needs a bearer credential to exchange; this MCP's auth is {auth.type}",
+                    )
+
+    def _check_mtls(self) -> None:
+        """Certificate identities need a listener that asks for and verifies client certificates."""
+        tls = self.server.tls
+        blocks: list[tuple[Loc, AuthConfig | None]] = [(("server", "auth"), self.server.auth)]
+        blocks += [(("mcps", index, "auth"), mcp.auth) for index, mcp in enumerate(self.mcps)]
+        for loc, auth in blocks:
+            if auth is None or auth.type != "mtls":
+                continue
+            if tls is None or not tls.enabled or tls.client_auth == "none":
+                raise LocatedError(
+                    (*loc, "type"),
+                    "type mtls needs server.tls.enabled: true and server.tls.client_auth: optional or required",
+                )
 
     def _check_unique_ids(self) -> None:
         seen: dict[str, int] = {}

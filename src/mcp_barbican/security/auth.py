@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from mcp_barbican.config import AuthConfig
 
 __all__ = [
+    "CREDENTIAL_KEY",
     "MISSING_CREDENTIALS",
     "AuthFailure",
     "Authenticate",
@@ -46,6 +47,9 @@ __all__ = [
 _PROBLEM_WORDS: Final = "malformed credentials"
 #: The reason when no credential was sent at all.
 MISSING_CREDENTIALS: Final = "missing credentials"
+#: Scope key of the accepted credential's header value, for `upstream_auth: token_exchange` only (its subject
+#: token); the header itself is removed from the request, so the credential is never forwarded upstream.
+CREDENTIAL_KEY: Final = "mcp_barbican.credential"
 #: Accepted header values remembered per layer (all are forgotten when it is full).
 _KNOWN_MAX: Final = 1024
 
@@ -223,6 +227,7 @@ class Authenticate(Policy):
     def settle(self, scope: Scope, head: Head) -> Awaitable[None] | None:
         principal = head.principal
         assert principal is not None
+        scope[CREDENTIAL_KEY] = head.values.get(self.header)
         self.admit(scope, principal, head.kept)
         return self.record_success(scope, principal) if self.audit is not None else None
 
@@ -289,6 +294,7 @@ class Authenticate(Policy):
             if len(self._known) >= _KNOWN_MAX:
                 self._known.clear()
             self._known[raw] = (verdict, until, self._tokens.issued.generation)
+        scope[CREDENTIAL_KEY] = raw
         self.admit(scope, verdict, [header for header in headers if header[0] != name])
         await self.record_success(scope, verdict)
         await self.app(scope, receive, send)

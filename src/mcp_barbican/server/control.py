@@ -21,6 +21,7 @@ from mcp_barbican.asgi import get_header
 from mcp_barbican.config import McpConfig, ProxyConfig
 from mcp_barbican.security.addresses import client_ip
 from mcp_barbican.security.auth import AuthFailure, Verifier, bearer_credential
+from mcp_barbican.security.mtls import CertificateIdentity
 from mcp_barbican.server.endpoint import McpEndpoint
 from mcp_barbican.server.runtime import McpRuntime
 
@@ -59,6 +60,8 @@ class McpRoute:
         """What this MCP's authentication makes of the request's credential (None: it has none)."""
         if self.authenticator is None:
             return None
+        if isinstance(self.authenticator, CertificateIdentity):
+            return self.authenticator.of_scope(scope)
         raw = get_header(scope, self.auth.header.lower().encode("latin-1"))
         credential = bearer_credential(raw.decode("latin-1") if raw is not None else None, self.auth.prefix)
         if isinstance(credential, AuthFailure):

@@ -18,6 +18,7 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import (
     CLIENT_IP_KEY,
     MESSAGE_CHECKS_KEY,
+    PRINCIPAL_KEY,
     BodyTooLarge,
     get_header,
     json_error,
@@ -150,6 +151,10 @@ class McpEndpoint:
             if refusal is not None:
                 await rpc_error(send, refusal.status, refusal.code, refusal.message, msg.get("id"))
                 return None
+        if self.runtime.identity.exchange is not None and not await self.runtime.identity.ready(
+            scope, send, msg.get("id")
+        ):
+            return None
         return msg
 
     async def _session(self, scope: Scope, send: Send, session_id: str | None) -> Session | None:
@@ -207,7 +212,9 @@ class McpEndpoint:
 
     async def _initialize(self, scope: Scope, receive: Receive, send: Send, msg: Message) -> None:
         try:
-            session = self.runtime.new_session(principal_id(scope), client_ip=scope.get(CLIENT_IP_KEY))
+            session = self.runtime.new_session(
+                principal_id(scope), client_ip=scope.get(CLIENT_IP_KEY), who=scope.get(PRINCIPAL_KEY)
+            )
         except TooManySessions as exc:
             await json_error(send, 429, "too_many_sessions", str(exc))
             return
@@ -242,6 +249,11 @@ class McpEndpoint:
                 response = await self.runtime.discover(msg.get("params"))
                 response["id"] = msg["id"]
                 await respond(send, 200, jsonrpc.dumps(response), [(b"content-type", b"application/json")])
+                return
+            if self.runtime.identity.per_principal:
+                # The sessionless link serves every caller: it cannot carry one caller's identity.
+                message = f"MCP {self.runtime.id!r} sends each caller's identity upstream: initialize a session first"
+                await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, message, msg["id"])
                 return
             link, holder = await self.runtime.stateless()
         except UpstreamError as exc:
@@ -353,7 +365,9 @@ class McpEndpoint:
 
     async def legacy_connect(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            session = self.runtime.new_session(principal_id(scope), client_ip=scope.get(CLIENT_IP_KEY), legacy_sse=True)
+            session = self.runtime.new_session(
+                principal_id(scope), client_ip=scope.get(CLIENT_IP_KEY), legacy_sse=True, who=scope.get(PRINCIPAL_KEY)
+            )
         except TooManySessions as exc:
             await json_error(send, 429, "too_many_sessions", str(exc))
             return

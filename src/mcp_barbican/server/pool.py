@@ -78,8 +78,10 @@ class SharedLinks:
         self.spare = link
         return True
 
-    async def acquire(self, principal: str | None) -> Link:
+    async def acquire(self, principal: str | None, open_link: Callable[[], Awaitable[Link]] | None = None) -> Link:
         """The principal's upstream session, opened (or taken from the spare) on first use.
+
+        `open_link` opens it when the principal's sessions carry its identity upstream (default: the pool's).
 
         Returns with no await between finding the link and returning it, so the caller attaches
         its session before anything can reclaim the link as idle.
@@ -95,7 +97,7 @@ class SharedLinks:
                     continue
                 # Reserve the slot before any await, so concurrent principals cannot overrun the limit.
                 victim = self._reclaim()
-                task = asyncio.create_task(self._open(principal, victim), name="shared-link-open")
+                task = asyncio.create_task(self._open(principal, victim, open_link), name="shared-link-open")
                 task.add_done_callback(_retrieve)
                 self._opening[principal] = task
             await asyncio.shield(task)
@@ -116,11 +118,13 @@ class SharedLinks:
         for principal in [principal for principal, mine in self.links.items() if mine is link]:
             del self.links[principal]
 
-    async def _open(self, principal: str | None, victim: Link | None) -> Link:
+    async def _open(
+        self, principal: str | None, victim: Link | None, open_link: Callable[[], Awaitable[Link]] | None
+    ) -> Link:
         try:
             if victim is not None:
                 await victim.aclose()
-            link = await self._open_link()
+            link = await (open_link or self._open_link)()
         finally:
             self._opening.pop(principal, None)
         self.links[principal] = link

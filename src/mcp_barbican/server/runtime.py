@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
@@ -20,13 +21,14 @@ from mcp_barbican.exceptions import UpstreamError, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.metrics import RequestStats
 from mcp_barbican.security.tools import tool_allowed
+from mcp_barbican.server.identity import UpstreamIdentity
 from mcp_barbican.server.link import PROXY_CLIENT_CAPABILITIES, Link
 from mcp_barbican.server.pool import CapacityError, SharedLinks
 from mcp_barbican.server.quota import Held, SessionQuota, TooManySessions, holder_key
 from mcp_barbican.server.session import Session
 from mcp_barbican.server.streams import EventStream
 from mcp_barbican.upstream import open_channel
-from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
+from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel
 from mcp_barbican.upstream.tls import client_ssl_context
 
 if TYPE_CHECKING:
@@ -73,6 +75,8 @@ class McpRuntime:
         self.stats = RequestStats()
         self.server_info: dict[str, Any] | None = None
         self.sessions: dict[str, Session] = {}
+        #: What the upstream learns of each caller (upstream_auth).
+        self.identity = UpstreamIdentity(mcp.id, mcp.upstream_auth)
         self.shared = SharedLinks(self._open_shared, limit=mcp.max_sessions, idle_timeout=idle_timeout)
         self._stateless: tuple[Link, Session] | None = None
         self._legacy_verdict: tuple[float, Message] | None = None
@@ -105,14 +109,17 @@ class McpRuntime:
         for session in list(self.sessions.values()):
             await self.close_session(session)
         await self.shared.aclose()
+        await self.identity.aclose()
         for link in (self._stateless[0] if self._stateless else None, self._control):
             if link is not None:
                 await link.aclose()
         if self._http is not None:
             await self._http.close()
 
-    def _channel(self, on_message: MessageHandler, on_close: CloseHandler) -> UpstreamChannel:
-        return open_channel(self.mcp, on_message, on_close, http=self._http_session)
+    def _channel(
+        self, on_message: MessageHandler, on_close: CloseHandler, identity: IdentityHeaders | None = None
+    ) -> UpstreamChannel:
+        return open_channel(self.mcp, on_message, on_close, http=self._http_session, identity=identity)
 
     def _http_session(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -121,10 +128,10 @@ class McpRuntime:
             self._http = make_http_session(self._ssl, connect_timeout=self.mcp.start_timeout)
         return self._http
 
-    def _new_link(self, *, shared: bool, guess_unrelated: bool = True) -> Link:
+    def _new_link(self, *, shared: bool, guess_unrelated: bool = True, identity: IdentityHeaders | None = None) -> Link:
         return Link(
             self.id,
-            self._channel,
+            self._channel if identity is None else functools.partial(self._channel, identity=identity),
             shared=shared,
             start_timeout=self.mcp.start_timeout,
             request_timeout=self.mcp.request_timeout,
@@ -173,12 +180,12 @@ class McpRuntime:
         except BaseException:
             await link.aclose()
             raise
-        if not (shared and self.shared.offer_spare(link)):
+        if not (shared and not self.identity.per_principal and self.shared.offer_spare(link)):
             await link.aclose()
 
-    async def _open_shared(self) -> Link:
+    async def _open_shared(self, identity: IdentityHeaders | None = None) -> Link:
         """A new upstream session for one principal's clients, initialized by the proxy."""
-        link = self._new_link(shared=True)
+        link = self._new_link(shared=True, identity=identity)
         try:
             await link.connect()
             await link.handshake(_proxy_init_params(PROXY_CLIENT_CAPABILITIES, self.mcp.proto))
@@ -195,11 +202,14 @@ class McpRuntime:
 
     # -- sessions ----------------------------------------------------------------------
 
-    def new_session(self, principal: str | None, *, client_ip: str | None, legacy_sse: bool = False) -> Session:
-        """A session for `principal` (None: no authentication, counted per `client_ip`)."""
+    def new_session(
+        self, principal: str | None, *, client_ip: str | None, legacy_sse: bool = False, who: object = None
+    ) -> Session:
+        """A session for `principal` (None: no authentication, counted per `client_ip`); `who`: its Principal."""
         shared = self.mcp.session_mode == "shared"
         limit = MAX_SHARED_CLIENTS if shared else self.mcp.max_sessions
         session = Session(self.id, principal, legacy_sse=legacy_sse)
+        session.identity = self.identity.headers_for(who)
         holder = holder_key(principal, client_ip)
         if not self.quota.take(holder, session, self._reclaim):
             who = "this address" if principal is None else f"principal {principal!r}"
@@ -244,7 +254,8 @@ class McpRuntime:
             # Never another principal's link: nothing the upstream says for one principal's
             # request can then reach another principal's client (DESIGN §4).
             try:
-                link = await self.shared.acquire(session.principal)
+                opener = functools.partial(self._open_shared, session.identity) if session.identity else None
+                link = await self.shared.acquire(session.principal, opener)
             except CapacityError as exc:
                 raise UpstreamUnavailable(str(exc)) from exc
             except UpstreamError as exc:
@@ -252,7 +263,7 @@ class McpRuntime:
                 raise
             self._ready_again()
         else:
-            link = self._new_link(shared=False)
+            link = self._new_link(shared=False, identity=session.identity)
             try:
                 await link.connect()
             except UpstreamError as exc:

@@ -16,6 +16,7 @@ from mcp_barbican.server.streams import EventStream
 
 if TYPE_CHECKING:
     from mcp_barbican.server.link import Link, Pending
+    from mcp_barbican.upstream.base import IdentityHeaders
 
 __all__ = ["MAX_KEPT_STREAMS", "Session", "new_session_id"]
 
@@ -35,6 +36,8 @@ class Session:
         self.id = new_session_id()
         self.mcp_id = mcp_id
         self.principal = principal
+        #: What this session's upstream requests carry of its principal (upstream_auth; None: nothing).
+        self.identity: IdentityHeaders | None = None
         self.link: Link | None = None
         self.created = self.last_seen = time.monotonic()
         self.closed = False

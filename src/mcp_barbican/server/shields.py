@@ -47,6 +47,7 @@ from mcp_barbican.security.ipfilter import IpFilter
 from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.jwt import JwtVerifier
 from mcp_barbican.security.limits import InputLimits
+from mcp_barbican.security.mtls import CertificateAuth, CertificateIdentity
 from mcp_barbican.security.oauth import metadata_url, resource_for, www_authenticate
 from mcp_barbican.security.pipeline import Pipeline, PolicyFactory
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
@@ -226,6 +227,12 @@ class Shields:
             resource = oauth_resource(auth.oauth2, auth.jwt, public_url, mcp.id)
             self.verifiers.append(resource)
             return resource
+        if auth.type == "mtls" and auth.mtls is not None:
+            tls = self.config.server.tls
+            if tls is None or not tls.enabled or tls.client_auth == "none":
+                # The file's check covers configured MCPs; this one covers MCPs registered through the API.
+                raise ConfigError("type mtls needs server.tls client_auth", path=f"mcps.{mcp.id}.auth.type")
+            return CertificateIdentity(auth.mtls)
         raise ConfigError(f"auth type {auth.type!r} needs its settings", path=f"mcps.{mcp.id}.auth")
 
     def protect(self, endpoint: ASGIApp, mcp: McpConfig, config: ProxyConfig | None = None) -> Protected:
@@ -279,7 +286,7 @@ class Shields:
             return None
         tracker = self.bans(security.auth_failure_ban)
         return functools.partial(
-            Authenticate,
+            CertificateAuth if isinstance(authenticator, CertificateIdentity) else Authenticate,
             authenticator=authenticator,
             header=auth.header,
             prefix=auth.prefix,

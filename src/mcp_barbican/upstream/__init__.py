@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
+from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel
 
 if TYPE_CHECKING:
     import aiohttp
@@ -21,8 +21,9 @@ def open_channel(
     on_close: CloseHandler,
     *,
     http: Callable[[], aiohttp.ClientSession],
+    identity: IdentityHeaders | None = None,
 ) -> UpstreamChannel:
-    """A new, not yet started channel to the MCP's upstream, by its transport."""
+    """A new, not yet started channel to the MCP's upstream, by its transport (`identity`: HTTP only)."""
     if mcp.transport == "stdio":
         from mcp_barbican.upstream.stdio import StdioChannel
 
@@ -35,10 +36,22 @@ def open_channel(
         from mcp_barbican.upstream.sse import SseChannel
 
         return SseChannel(
-            on_message, on_close, url=mcp.url, headers=mcp.headers, http=http(), start_timeout=mcp.start_timeout
+            on_message,
+            on_close,
+            url=mcp.url,
+            headers=mcp.headers,
+            http=http(),
+            start_timeout=mcp.start_timeout,
+            identity=identity,
         )
     from mcp_barbican.upstream.streamable import StreamableHttpChannel
 
     return StreamableHttpChannel(
-        on_message, on_close, url=mcp.url, headers=mcp.headers, http=http(), start_timeout=mcp.start_timeout
+        on_message,
+        on_close,
+        url=mcp.url,
+        headers=mcp.headers,
+        http=http(),
+        start_timeout=mcp.start_timeout,
+        identity=identity,
     )

@@ -15,14 +15,32 @@ Channels know nothing of downstream sessions, ids or policy: the core does all r
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from mcp_barbican.jsonrpc import Message, RequestId
 
-__all__ = ["CloseHandler", "MessageHandler", "UpstreamChannel"]
+__all__ = ["CloseHandler", "IdentityHeaders", "MessageHandler", "UpstreamChannel", "with_identity"]
 
 MessageHandler = Callable[[Message, RequestId | None], None]
 CloseHandler = Callable[[BaseException | None], None]
+#: The caller's identity headers for the next upstream request (`upstream_auth`); read on every request,
+#: so a token exchanged anew reaches a session that is already open.
+IdentityHeaders = Callable[[], Mapping[str, str]]
+
+
+def with_identity(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], identity: IdentityHeaders | None
+) -> CIMultiDictProxy[str] | CIMultiDict[str]:
+    """`headers` with the identity headers set over them (the same object when there are none)."""
+    extra = identity() if identity is not None else None
+    if not extra:
+        return headers
+    merged = CIMultiDict(headers)
+    for name, value in extra.items():
+        merged[name] = value
+    return merged
 
 
 class UpstreamChannel(abc.ABC):

@@ -26,7 +26,7 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.exceptions import UpstreamClosed, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.logs import log_unexpected
-from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
+from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel, with_identity
 from mcp_barbican.upstream.http import (
     MAX_EVENT_BYTES,
     SseError,
@@ -62,8 +62,10 @@ class SseChannel(UpstreamChannel):
         http: aiohttp.ClientSession,
         start_timeout: float,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        identity: IdentityHeaders | None = None,
     ) -> None:
         super().__init__(on_message, on_close)
+        self._identity = identity
         self._url = URL(url)
         self._http = http
         self._start_timeout = start_timeout
@@ -126,7 +128,9 @@ class SseChannel(UpstreamChannel):
             raise UpstreamClosed("the HTTP session is closed")
         body = jsonrpc.dumps(message)
         try:
-            async with self._http.post(endpoint, data=body, headers=self._post_headers, allow_redirects=False) as resp:
+            async with self._http.post(
+                endpoint, data=body, headers=with_identity(self._post_headers, self._identity), allow_redirects=False
+            ) as resp:
                 status = resp.status
                 if 200 <= status < 300:
                     await _drain(resp)
@@ -190,7 +194,9 @@ class SseChannel(UpstreamChannel):
     async def _read_stream(self) -> UpstreamError:
         """Run the GET stream; return the error that ended it."""
         try:
-            resp = await self._http.get(self._url, headers=self._get_headers, allow_redirects=False)
+            resp = await self._http.get(
+                self._url, headers=with_identity(self._get_headers, self._identity), allow_redirects=False
+            )
         except (aiohttp.ClientError, TimeoutError) as exc:
             return UpstreamUnavailable(f"cannot reach {safe_url(self._url)}: {_describe(exc)}")
         async with resp:

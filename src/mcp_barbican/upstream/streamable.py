@@ -40,7 +40,7 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message, RequestId
 from mcp_barbican.logs import log_unexpected
-from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
+from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel, with_identity
 from mcp_barbican.upstream.http import MAX_EVENT_BYTES, SseError, SseParser, body_excerpt, read_limited, safe_url
 
 __all__ = ["StreamableHttpChannel"]
@@ -80,10 +80,12 @@ class StreamableHttpChannel(UpstreamChannel):
         http: aiohttp.ClientSession,
         start_timeout: float,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        identity: IdentityHeaders | None = None,
     ) -> None:
         super().__init__(on_message, on_close)
         self._url = URL(url)
         self._http = http
+        self._identity = identity
         self._start_timeout = start_timeout  # bounds the wait for GET response headers
         self._max_event_bytes = max_event_bytes
         self._base_headers: CIMultiDict[str] = CIMultiDict(headers)
@@ -125,7 +127,7 @@ class StreamableHttpChannel(UpstreamChannel):
             raise UpstreamClosed("the HTTP session is closed")
         method = message.get("method")
         request_id: RequestId | None = message["id"] if method is not None and "id" in message else None
-        headers = _modern_headers(message, self._headers_for_post())
+        headers = with_identity(_modern_headers(message, self._headers_for_post()), self._identity)
         session_sent = self._session_id is not None
         body = jsonrpc.dumps(message)
         try:
@@ -186,6 +188,13 @@ class StreamableHttpChannel(UpstreamChannel):
             headers["Mcp-Session-Id"] = self._session_id
         if self.protocol_version:
             headers["MCP-Protocol-Version"] = self.protocol_version
+        return headers
+
+    def _session_headers_now(self, accept: str) -> CIMultiDict[str]:
+        """The session headers with the caller's identity as it is now (GET and DELETE; POSTs merge it per send)."""
+        headers = self._session_headers(accept)
+        for name, value in (self._identity() if self._identity is not None else {}).items():
+            headers[name] = value
         return headers
 
     def _adopt_session(self, resp: aiohttp.ClientResponse) -> None:
@@ -286,7 +295,7 @@ class StreamableHttpChannel(UpstreamChannel):
             log_unexpected(logger, "on_message handler failed")
 
     async def _open_get(self, last_event_id: str | None) -> aiohttp.ClientResponse:
-        headers = self._session_headers("text/event-stream")
+        headers = self._session_headers_now("text/event-stream")
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
         async with asyncio.timeout(self._start_timeout):
@@ -431,7 +440,7 @@ class StreamableHttpChannel(UpstreamChannel):
         try:
             async with asyncio.timeout(self.delete_timeout):
                 async with self._http.delete(
-                    self._url, headers=self._session_headers("application/json"), allow_redirects=False
+                    self._url, headers=self._session_headers_now("application/json"), allow_redirects=False
                 ) as resp:
                     logger.debug("DELETE of the upstream session answered HTTP %d", resp.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
