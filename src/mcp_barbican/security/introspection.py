@@ -24,6 +24,7 @@ import aiohttp
 import orjson
 
 from mcp_barbican.security.auth import AuthFailure
+from mcp_barbican.security.jwks import read_json_body
 from mcp_barbican.security.principal import Principal
 
 if TYPE_CHECKING:
@@ -216,13 +217,7 @@ class Introspector:
             allow_redirects=False,
             headers={"Accept": "application/json"},
         ) as response:
-            if response.status != 200:
-                raise ValueError(f"HTTP status {response.status}")
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(16 * 1024):
-                body += chunk
-                if len(body) > MAX_RESPONSE_BYTES:
-                    raise ValueError(f"response larger than {MAX_RESPONSE_BYTES} bytes")
+            body = await read_json_body(response, MAX_RESPONSE_BYTES)
         document = orjson.loads(body)
         if not isinstance(document, dict):
             raise ValueError("response is not a JSON object")

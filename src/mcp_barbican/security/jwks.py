@@ -120,14 +120,19 @@ async def fetch_json(session: aiohttp.ClientSession, url: str, max_bytes: int) -
     async with session.get(
         url, timeout=timeout, allow_redirects=False, headers={"Accept": "application/json"}
     ) as response:
-        if response.status != 200:
-            raise ValueError(f"HTTP status {response.status}")
-        body = bytearray()
-        async for chunk in response.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > max_bytes:
-                raise ValueError(f"larger than {max_bytes} bytes")
-    return orjson.loads(body)
+        return orjson.loads(await read_json_body(response, max_bytes))
+
+
+async def read_json_body(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body of a 200 answer, read until `max_bytes` at most; ValueError for another status or more bytes."""
+    if response.status != 200:
+        raise ValueError(f"HTTP status {response.status}")
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > max_bytes:
+            raise ValueError(f"larger than {max_bytes} bytes")
+    return bytes(body)
 
 
 class JwksCache:
