@@ -15,6 +15,7 @@ dump, JSON Schema; `schema_docs` renders it as docs/configuration.md).
 from __future__ import annotations
 
 from mcp_barbican.config.auth import JWT_ALGORITHMS, SERVER_OWNER, AuthConfig, JwtConfig, OAuth2Config, TokenEntry
+from mcp_barbican.config.authorization import AuthorizationConfig, Grants, PolicyRule, compile_condition
 from mcp_barbican.config.checks import check_bind, check_files
 from mcp_barbican.config.errors import Loc, ModelT, format_path, validate_model
 from mcp_barbican.config.fields import (
@@ -76,6 +77,10 @@ __all__ = [
     "AuditConfig",
     "AuditSink",
     "AuthConfig",
+    "AuthorizationConfig",
+    "Grants",
+    "PolicyRule",
+    "compile_condition",
     "BanConfig",
     "CipherSuite",
     "CorsConfig",

@@ -7,6 +7,7 @@ from typing import Annotated, Self
 from pydantic import AfterValidator, model_validator
 
 from mcp_barbican.config.auth import AuthConfig
+from mcp_barbican.config.authorization import AuthorizationConfig
 from mcp_barbican.config.errors import LocatedError
 from mcp_barbican.config.fields import (
     IpOrNetwork,
@@ -95,6 +96,7 @@ class ServerConfig(Model):
     session_idle_timeout: PositiveDuration = 1800.0
     metrics: MetricsConfig = MetricsConfig()
     limits: ListenerLimits = ListenerLimits()
+    authorization: AuthorizationConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
