@@ -90,6 +90,12 @@ class Rule:
             return True
         return any(fnmatchcase(principal_id, pattern) for pattern in self.principals)
 
+    def matches_allow(self, kind: str, name: str) -> bool:
+        return _matches(self.allow[kind], name)
+
+    def matches_deny(self, kind: str, name: str) -> bool:
+        return _matches(self.deny[kind], name)
+
     def holds(self, facts: Mapping[str, Any]) -> bool | None:
         """Whether `when` holds (True without one); None when it cannot be evaluated."""
         if self.program is None:
