@@ -5,7 +5,8 @@ an Origin, a JSON-RPC body) many times on one event loop; the table is the seed 
 "Security Performance Impact" card, measured instead of guessed. The last rows compare the
 per-MCP policies (IP list, CORS, authentication, rate limit, input limits) one after another
 with the same policies through the pipeline's fast path, for an agent's request (no Origin)
-with a credential seen before. Run:
+with a credential seen before. The authorization rows time the decision itself (10 rules, 2 roles):
+the policy's check per request, and the per-call decision with and without a `when` on arguments. Run:
 
     python bench/layers.py [--requests 20000]
 """
@@ -19,9 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mcp_barbican.config import CorsConfig, HeadersConfig, LimitsConfig, RateLimitConfig
+from mcp_barbican.config import AuthorizationConfig, CorsConfig, HeadersConfig, LimitsConfig, RateLimitConfig
 from mcp_barbican.security.addresses import IpSet
 from mcp_barbican.security.auth import Authenticate, StaticToken, StaticTokens, digest
+from mcp_barbican.security.authorization import Access, Authorizer
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.cors import CORS
 from mcp_barbican.security.counters import SecurityCounters
@@ -31,6 +33,7 @@ from mcp_barbican.security.ipfilter import IpFilter
 from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.limits import InputLimits
 from mcp_barbican.security.pipeline import Pipeline
+from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
 from mcp_barbican.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -143,6 +146,52 @@ async def main(requests: int) -> None:
     chained, fast = await per_mcp(counters, requests)
     print(f"| per-MCP policies one after another, agent request (no Origin) | {chained:.1f} |")
     print(f"| the same policies through the pipeline's fast path | {fast:.1f} |")
+    for name, cost in authorization_us(requests).items():
+        print(f"| {name} | {cost:.2f} |")
+
+
+#: The authorization scenario: 10 rules over 2 roles (bench/configs/authorization.yaml has the same).
+AUTHORIZATION: dict[str, Any] = {
+    "policies": [
+        {"roles": ["admin"], "allow": {"tools": ["*"], "prompts": ["*"], "resources": ["*"]}},
+        {"roles": ["reader"], "allow": {"tools": ["read_*", "search", "list_*"]}},
+        {"roles": ["reader"], "allow": {"tools": ["echo"]}},
+        {"roles": ["reader"], "deny": {"tools": ["*delete*", "*admin*"]}},
+        {"roles": ["reader"], "allow": {"prompts": ["summary_*"]}},
+        {"roles": ["reader"], "allow": {"resources": ["file:///public/*"]}},
+        {"roles": ["admin"], "deny": {"tools": ["shutdown"]}},
+        {"principals": ["token:ci-*"], "allow": {"tools": ["build_*"]}},
+        {"roles": ["reader"], "allow": {"tools": ["add"]}, "when": "args.a < 1000"},
+        {"principals": ["mtls:ops.example.com"], "allow": {"tools": ["restart"]}},
+    ]
+}
+
+
+def authorization_us(requests: int) -> dict[str, float]:
+    """µs for the policy's per-request check and for one tools/call decision (cached; and `when` on args)."""
+    authorizer = Authorizer(AuthorizationConfig.model_validate(AUTHORIZATION), "bench")
+    access = Access(authorizer, Principal("token:bench", "token", roles=("reader", "viewer")))
+    cached = {"name": "echo", "arguments": {"message": "hi"}}
+    conditional = {"name": "add", "arguments": {"a": 1, "b": 2}}
+    rows = {}
+    for name, step in (
+        (
+            "authorization: policy check per request (10 rules, 2 roles)",
+            lambda: authorizer.allows_anything(access.principal),
+        ),
+        ("authorization: tools/call decision, cached", lambda: access.permits("tools/call", cached)),
+        (
+            "authorization: tools/call decision, `when` on arguments (CEL)",
+            lambda: access.permits("tools/call", conditional),
+        ),
+    ):
+        for _ in range(500):
+            step()
+        start = time.perf_counter()
+        for _ in range(requests):
+            step()
+        rows[name] = (time.perf_counter() - start) / requests * 1e6
+    return rows
 
 
 async def per_mcp(counters: SecurityCounters, requests: int) -> tuple[float, float]:

@@ -8,7 +8,7 @@ import pytest
 
 from mcp_barbican.config import AuthorizationConfig, ProxyConfig, validate_model
 from mcp_barbican.exceptions import ConfigError
-from mcp_barbican.security.authorization import CACHE_MAX, Authorizer, Rule, claim_at, decide, target
+from mcp_barbican.security.authorization import CACHE_MAX, Authorizer, Rule, Verdict, claim_at, decide, target
 from mcp_barbican.security.principal import Principal
 
 POLICIES: list[dict[str, Any]] = [
@@ -138,10 +138,38 @@ def test_cache_keeps_argument_free_decisions_only_and_is_bounded() -> None:
     assert len(auth._cache) == 1
     assert auth.check(bot, "tools", "echo", {"message": "ok"}).allowed
     assert not auth.check(bot, "tools", "echo", {"message": "much too long"}).allowed
-    assert len(auth._cache) == 1  # the `when` on args is evaluated each time
+    verdicts = [entry for entry in auth._cache.values() if isinstance(entry, Verdict)]
+    assert len(verdicts) == 1, "the `when` on args is evaluated each time: only its rules are kept"
     for i in range(CACHE_MAX + 10):
         auth.check(reader, "tools", f"read_{i}", {})
     assert len(auth._cache) <= CACHE_MAX
+
+
+@pytest.mark.parametrize(
+    ("when", "dynamic"),
+    [
+        ("args.a == 1", True),
+        ("principal.claims.x == 1", True),
+        ("'x' in principal", True),
+        ("principal.id == 'a' && 'r' in principal.roles", False),
+        ("tool.startsWith('read_') && mcp == 'm'", False),
+    ],
+)
+def test_conditions_reading_arguments_or_claims_are_never_cached(when: str, dynamic: bool) -> None:
+    assert compiled([{"roles": ["r"], "allow": {"tools": ["*"]}, "when": when}])[0].dynamic is dynamic
+
+
+def test_a_claim_condition_is_decided_per_token() -> None:
+    auth = Authorizer(
+        AuthorizationConfig.model_validate(
+            {"policies": [{"roles": ["r"], "allow": {"tools": ["*"]}, "when": "principal.claims.tier == 'gold'"}]}
+        ),
+        "m",
+    )
+    gold = Principal("jwt:i:s", "jwt", roles=("r",), claims={"tier": "gold"})
+    lead = Principal("jwt:i:s", "jwt", roles=("r",), claims={"tier": "lead"})  # same id and roles
+    assert auth.check(gold, "tools", "x", {}).allowed
+    assert not auth.check(lead, "tools", "x", {}).allowed
 
 
 def test_allows_anything() -> None:

@@ -12,10 +12,10 @@ relay filters listings and refuses calls exactly as it refuses an unknown name.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final
 
 from mcp_barbican.asgi import json_error
@@ -51,7 +51,8 @@ ANONYMOUS: Final = Principal(id="anonymous", kind="none")
 #: Cached decisions per MCP (all forgotten when full: a flood of names cannot grow it).
 CACHE_MAX: Final = 4096
 _MENTIONS_ARGS: Final = re.compile(r"\bargs\b")
-_MENTIONS_CLAIMS: Final = re.compile(r"\bclaims\b")
+#: A condition reading more of the caller than its id and roles (its claims) cannot be cached per id and roles.
+_MENTIONS_CLAIMS: Final = re.compile(r"\bclaims\b|\bprincipal\b(?!\s*\.\s*(id|roles)\b)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +62,9 @@ class Rule:
     index: int
     roles: frozenset[str]
     principals: tuple[str, ...]
-    allow: Mapping[str, tuple[str, ...]]
-    deny: Mapping[str, tuple[str, ...]]
+    #: Per kind, the rule's glob patterns as one compiled expression (None: it names nothing of that kind).
+    allow: Mapping[str, re.Pattern[str] | None]
+    deny: Mapping[str, re.Pattern[str] | None]
     when: str | None = None
     program: Any = None
     #: Its `when` may read the arguments (then listings cannot evaluate it).
@@ -77,8 +79,8 @@ class Rule:
             index,
             frozenset(rule.roles),
             tuple(rule.principals),
-            {kind: tuple(getattr(rule.allow, kind)) for kind in KINDS},
-            {kind: tuple(getattr(rule.deny, kind)) for kind in KINDS},
+            {kind: _globs(getattr(rule.allow, kind)) for kind in KINDS},
+            {kind: _globs(getattr(rule.deny, kind)) for kind in KINDS},
             when,
             compile_condition(when) if when is not None else None,
             reads_args=bool(when and _MENTIONS_ARGS.search(when)),
@@ -88,7 +90,7 @@ class Rule:
     def applies(self, principal_id: str, roles: frozenset[str] | tuple[str, ...]) -> bool:
         if not self.roles.isdisjoint(roles):
             return True
-        return any(fnmatchcase(principal_id, pattern) for pattern in self.principals)
+        return any(fnmatch.fnmatchcase(principal_id, pattern) for pattern in self.principals)
 
     def matches_allow(self, kind: str, name: str) -> bool:
         return _matches(self.allow[kind], name)
@@ -117,8 +119,15 @@ class Verdict:
     reason: str
 
 
-def _matches(patterns: tuple[str, ...], name: str) -> bool:
-    return any(fnmatchcase(name, pattern) for pattern in patterns)
+def _globs(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """Glob patterns as one expression, matching exactly as `fnmatchcase` does (case-sensitive)."""
+    if not patterns:
+        return None
+    return re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns))
+
+
+def _matches(globs: re.Pattern[str] | None, name: str) -> bool:
+    return globs is not None and globs.match(name) is not None
 
 
 def decide(
@@ -136,6 +145,17 @@ def decide(
     """
     if not rules:
         return Verdict(True, None, "no policy: everything is allowed")
+    return _evaluate(rules, principal, mcp, kind, name, args)
+
+
+def _evaluate(
+    rules: tuple[Rule, ...],
+    principal: Mapping[str, Any],
+    mcp: str,
+    kind: str,
+    name: str,
+    args: Mapping[str, Any] | None,
+) -> Verdict:
     roles = principal["roles"]
     allowed: Verdict | None = None
     failed: Verdict | None = None
@@ -151,7 +171,7 @@ def decide(
             holds: bool | None = not denies
         else:
             if facts is None and rule.program is not None:
-                facts = {"principal": dict(principal), "mcp": mcp, "tool": name, "args": dict(args or {})}
+                facts = {"principal": principal, "mcp": mcp, "tool": name, "args": args or {}}
             holds = rule.holds(facts or {})
         if denies and holds is not False:
             why = "denied by" if holds else "the condition failed to evaluate in"
@@ -189,7 +209,7 @@ class Authorizer:
         )
         self.roles_claim = config.roles_claim if config is not None else None
         self.scope_roles = dict(config.scope_roles) if config is not None else {}
-        self._cache: dict[tuple[str, tuple[str, ...], str, str], Verdict] = {}
+        self._cache: dict[tuple[str, tuple[str, ...], str, str], Verdict | tuple[Rule, ...]] = {}
         self._anything: dict[tuple[str, tuple[str, ...]], bool] = {}
 
     @property
@@ -210,26 +230,35 @@ class Authorizer:
         return {"id": principal.id, "roles": list(roles), "claims": principal.claims}
 
     def check(self, principal: Principal, kind: str, name: str, args: Mapping[str, Any] | None = None) -> Verdict:
-        """The decision for one call (`args`) or listing entry (`args` None), cached where it cannot vary."""
+        """The decision for one call (`args`) or listing entry (`args` None).
+
+        Per (principal, roles, kind, name) the cache holds the verdict when no rule that could
+        decide reads the arguments or the claims, else those rules, so that a call evaluates
+        only their conditions.
+        """
         roles = self.roles_of(principal)
-        key = (principal.id, roles, kind, name if args is not None else "\0" + name)
-        verdict = self._cache.get(key)
-        if verdict is not None:
-            return verdict
-        verdict = decide(self.rules, self.facts(principal, roles), self.mcp_id, kind, name, args)
-        if not self._varies(principal.id, roles, kind, name):
+        key = (principal.id, roles, kind, name)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._plan(principal, roles, kind, name)
             if len(self._cache) >= CACHE_MAX:
                 self._cache.clear()
-            self._cache[key] = verdict
-        return verdict
+            self._cache[key] = entry
+        if isinstance(entry, Verdict):
+            return entry
+        return _evaluate(entry, self.facts(principal, roles), self.mcp_id, kind, name, args)
 
-    def _varies(self, principal_id: str, roles: tuple[str, ...], kind: str, name: str) -> bool:
-        return any(
-            rule.dynamic
-            and rule.applies(principal_id, roles)
-            and (_matches(rule.allow[kind], name) or _matches(rule.deny[kind], name))
+    def _plan(self, principal: Principal, roles: tuple[str, ...], kind: str, name: str) -> Verdict | tuple[Rule, ...]:
+        if not self.rules:
+            return Verdict(True, None, "no policy: everything is allowed")
+        relevant = tuple(
+            rule
             for rule in self.rules
+            if rule.applies(principal.id, roles) and (rule.matches_allow(kind, name) or rule.matches_deny(kind, name))
         )
+        if any(rule.dynamic for rule in relevant):
+            return relevant
+        return _evaluate(relevant, self.facts(principal, roles), self.mcp_id, kind, name, {})
 
     def allows_anything(self, principal: Principal) -> bool:
         """False when no rule that applies to `principal` allows it anything (then 403)."""
@@ -240,7 +269,8 @@ class Authorizer:
         known = self._anything.get(key)
         if known is None:
             known = any(
-                rule.applies(principal.id, roles) and any(rule.allow[kind] for kind in KINDS) for rule in self.rules
+                rule.applies(principal.id, roles) and any(rule.allow[kind] is not None for kind in KINDS)
+                for rule in self.rules
             )
             if len(self._anything) >= CACHE_MAX:
                 self._anything.clear()
