@@ -246,3 +246,10 @@ def test_denials_are_counted_and_audited(proxy: RunningProxy) -> None:
     assert float(line.split()[-1]) >= 1
     events = httpx2.get(f"{proxy.base}/admin/audit?type=authorization", headers=ADMIN).json()["events"]
     assert any(e["user"] == "token:bob" and not e["success"] and e["tool"] == "add" for e in events)
+
+
+@pytest.mark.parametrize(("who", "listed"), [("alice", {"demo", "plain"}), ("bob", {"demo"}), ("dave", set())])
+def test_the_mcp_list_shows_the_mcps_the_caller_may_use(proxy: RunningProxy, who: str, listed: set[str]) -> None:
+    response = httpx2.get(f"{proxy.base}/api/v1/mcp/list", headers={"Authorization": f"Bearer {TOKENS[who][0]}"})
+    assert response.status_code == 200
+    assert {mcp["id"] for mcp in response.json()["mcps"]} == listed

@@ -70,6 +70,8 @@ class Protected(NamedTuple):
     cors: OriginPolicy | None
     #: The MCP's static address lists (None: it has none).
     addresses: IpFilter | None
+    #: The MCP's compiled authorization policies (no rules: everything allowed).
+    authorizer: Authorizer
 
 
 class Shields:
@@ -228,11 +230,13 @@ class Shields:
         pipeline = Pipeline(endpoint, self.policies(mcp, authenticator, config))
         cors = pipeline.policy("cors")
         addresses = pipeline.policy("addresses")
+        authorization = pipeline.policy("authorization")
         return Protected(
             pipeline,
             authenticator,
             cors.policy if isinstance(cors, CORS) else None,
             addresses if isinstance(addresses, IpFilter) else None,
+            authorization.authorizer if isinstance(authorization, AuthorizationPolicy) else Authorizer(None, mcp.id),
         )
 
     def policies(self, mcp: McpConfig, authenticator: Authenticator | None, config: ProxyConfig) -> list[PolicyFactory]:
