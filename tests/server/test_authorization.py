@@ -11,8 +11,9 @@ from typing import Any
 import httpx2
 import orjson
 import pytest
+from mcp.shared.exceptions import MCPError
 
-from tests.proxy import RunningProxy, demo_mcp, run_proxy
+from tests.proxy import RunningProxy, demo_mcp, mcp_client, run_proxy
 from tests.server.test_endpoint import INIT, sse_messages
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +45,11 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
         "authorization": SERVER_POLICY,
         "audit": {"sinks": [{"type": "sqlite"}]},
     }
-    mcps = [demo_mcp("demo", authorization=DEMO_POLICY), demo_mcp("plain")]
+    mcps = [
+        demo_mcp("demo", authorization=DEMO_POLICY),
+        demo_mcp("plain"),
+        demo_mcp("shared", authorization=DEMO_POLICY, session_mode="shared"),
+    ]
     auth = {"type": "token", "tokens": tokens}
     with run_proxy(tmp_path_factory.mktemp("authz"), mcps, server=server, auth=auth) as running:
         yield running
@@ -99,6 +104,8 @@ def unknown(tool: str) -> dict[str, Any]:
         ("bob", "demo", {"echo", "whoami"}),  # add: allowed and denied, deny wins
         ("carol", "demo", {"echo"}),  # its `when` reads the arguments: listed, the call decides
         ("alice", "plain", ALL_TOOLS),  # server.authorization
+        ("bob", "shared", {"echo", "whoami"}),  # one upstream session per principal: filtered per request
+        ("carol", "shared", {"echo"}),
     ],
 )
 def test_listings_show_what_the_caller_may_use(proxy: RunningProxy, who: str, mcp: str, visible: set[str]) -> None:
@@ -175,14 +182,18 @@ def admin_tools(proxy: RunningProxy, query: str = "") -> set[tuple[str, str]]:
     return {(tool["mcpName"], tool["name"]) for tool in response.json()["tools"]}
 
 
+def on(mcps: tuple[str, ...], tools: set[str]) -> set[tuple[str, str]]:
+    return {(mcp, tool) for mcp in mcps for tool in tools}
+
+
 @pytest.mark.parametrize(
     ("query", "visible"),
     [
-        ("", {("demo", name) for name in ALL_TOOLS} | {("plain", name) for name in ALL_TOOLS}),  # admin:0, admin
-        ("?principal=token:bob", {("demo", "echo"), ("demo", "whoami")}),
-        ("?principal=token:carol", {("demo", "echo")}),
+        ("", on(("demo", "plain", "shared"), ALL_TOOLS)),  # admin:0 with the role admin
+        ("?principal=token:bob", on(("demo", "shared"), {"echo", "whoami"})),
+        ("?principal=token:carol", on(("demo", "shared"), {"echo"})),
         ("?principal=token:dave", set()),
-        ("?principal=jwt:issuer:someone&roles=reader", {("demo", "echo"), ("demo", "whoami")}),
+        ("?principal=jwt:issuer:someone&roles=reader", on(("demo", "shared"), {"echo", "whoami"})),
     ],
 )
 def test_admin_tools_answer_as_the_principal_would_see(proxy: RunningProxy, query: str, visible: set[Any]) -> None:
@@ -248,8 +259,21 @@ def test_denials_are_counted_and_audited(proxy: RunningProxy) -> None:
     assert any(e["user"] == "token:bob" and not e["success"] and e["tool"] == "add" for e in events)
 
 
-@pytest.mark.parametrize(("who", "listed"), [("alice", {"demo", "plain"}), ("bob", {"demo"}), ("dave", set())])
+@pytest.mark.parametrize(
+    ("who", "listed"), [("alice", {"demo", "plain", "shared"}), ("bob", {"demo", "shared"}), ("dave", set())]
+)
 def test_the_mcp_list_shows_the_mcps_the_caller_may_use(proxy: RunningProxy, who: str, listed: set[str]) -> None:
     response = httpx2.get(f"{proxy.base}/api/v1/mcp/list", headers={"Authorization": f"Bearer {TOKENS[who][0]}"})
     assert response.status_code == 200
     assert {mcp["id"] for mcp in response.json()["mcps"]} == listed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mcp", ["demo", "shared"])
+async def test_legacy_sse_sessions_are_decided_alike(proxy: RunningProxy, mcp: str) -> None:
+    sent = {"Authorization": f"Bearer {TOKENS['bob'][0]}"}
+    async with mcp_client(proxy.url(mcp, "/sse"), transport="sse", headers=sent) as client:
+        assert {tool.name for tool in (await client.list_tools()).tools} == {"echo", "whoami"}
+        with pytest.raises(MCPError, match="Unknown tool: 'add' is not available through this proxy"):
+            await client.call_tool("add", {"a": 1, "b": 2})
+        assert (await client.call_tool("echo", {"message": "ok"})).content[0].text == "ok"  # type: ignore[union-attr]
