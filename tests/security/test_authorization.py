@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mcp_barbican.config import AuthorizationConfig, ProxyConfig, validate_model
 from mcp_barbican.exceptions import ConfigError
@@ -240,3 +242,44 @@ def test_server_default_is_replaced_not_merged() -> None:
     first, second = (config.effective_authorization(mcp) for mcp in config.mcps)
     assert first is not None and len(first.policies) == 1
     assert second is not None and second.policies == ()
+
+
+def readme_example() -> ProxyConfig:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("### Authorization: who may see and call what", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    text = (
+        block.replace("${OPS_TOKEN}", "o" * 24).replace("${ANALYST_TOKEN}", "a" * 24).replace("${CI_TOKEN}", "c" * 24)
+    )
+    return validate_model(ProxyConfig, yaml.safe_load(text))
+
+
+@pytest.mark.parametrize(
+    ("principal", "roles", "kind", "name", "args", "allowed"),
+    [
+        ("token:ops", ("admin",), "tools", "write_file", {}, True),
+        ("token:analyst", ("reader",), "tools", "read_text_file", {}, True),
+        ("token:analyst", ("reader",), "tools", "read_secret_file", {}, False),
+        ("token:analyst", ("reader",), "resources", "file:///srv/data/public/a.txt", None, True),
+        ("token:analyst", ("reader",), "resources", "file:///srv/data/private/a.txt", None, False),
+        ("token:ci-bot", (), "tools", "read_text_file", {"path": "/srv/data/ci/log.txt"}, True),
+        ("token:ci-bot", (), "tools", "read_text_file", {"path": "/srv/data/ci/../secret"}, False),
+        ("token:ci-bot", (), "tools", "read_text_file", {"path": "/etc/passwd"}, False),
+        ("token:other", (), "tools", "read_text_file", {}, False),
+    ],
+)
+def test_the_readme_example_decides_as_the_readme_says(
+    principal: str, roles: tuple[str, ...], kind: str, name: str, args: dict[str, Any] | None, allowed: bool
+) -> None:
+    config = readme_example()
+    auth = Authorizer(config.effective_authorization(config.mcps[0]), "files")
+    assert auth.check(Principal(principal, "token", roles=roles), kind, name, args).allowed is allowed
+
+
+def test_the_configuration_reference_example_loads() -> None:
+    page = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    section = page.split("## AuthorizationConfig", 1)[1]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    config = validate_model(ProxyConfig, {**example, "server": {"auth": {"type": "token", "token": "t" * 24}}})
+    authorization = config.mcps[0].authorization
+    assert authorization is not None and len(authorization.policies) == 3
