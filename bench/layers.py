@@ -18,7 +18,10 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from mcp_barbican.config import AuthorizationConfig, CorsConfig, HeadersConfig, LimitsConfig, RateLimitConfig
 from mcp_barbican.security.addresses import IpSet
@@ -150,29 +153,17 @@ async def main(requests: int) -> None:
         print(f"| {name} | {cost:.2f} |")
 
 
-#: The authorization scenario: 10 rules over 2 roles (bench/configs/authorization.yaml has the same).
-AUTHORIZATION: dict[str, Any] = {
-    "policies": [
-        {"roles": ["admin"], "allow": {"tools": ["*"], "prompts": ["*"], "resources": ["*"]}},
-        {"roles": ["reader"], "allow": {"tools": ["read_*", "search", "list_*"]}},
-        {"roles": ["reader"], "allow": {"tools": ["echo"]}},
-        {"roles": ["reader"], "deny": {"tools": ["*delete*", "*admin*"]}},
-        {"roles": ["reader"], "allow": {"prompts": ["summary_*"]}},
-        {"roles": ["reader"], "allow": {"resources": ["file:///public/*"]}},
-        {"roles": ["admin"], "deny": {"tools": ["shutdown"]}},
-        {"principals": ["token:ci-*"], "allow": {"tools": ["build_*"]}},
-        {"roles": ["reader"], "allow": {"tools": ["add"]}, "when": "args.a < 1000"},
-        {"principals": ["mtls:ops.example.com"], "allow": {"tools": ["restart"]}},
-    ]
-}
+#: The authorization scenario: 10 rules over 2 roles, as bench/run.py serves it.
+AUTHORIZATION = Path(__file__).parent / "configs" / "authorization.yaml"
 
 
 def authorization_us(requests: int) -> dict[str, float]:
     """µs for the policy's per-request check and for one tools/call decision (cached; and `when` on args)."""
-    authorizer = Authorizer(AuthorizationConfig.model_validate(AUTHORIZATION), "bench")
-    access = Access(authorizer, Principal("token:bench", "token", roles=("reader", "viewer")))
+    scenario = yaml.safe_load(AUTHORIZATION.read_text())["authorization"]
+    authorizer = Authorizer(AuthorizationConfig.model_validate(scenario), "bench")
+    access = Access(authorizer, Principal("token:bench", "token", roles=("reader", "writer")))
     cached = {"name": "echo", "arguments": {"message": "hi"}}
-    conditional = {"name": "add", "arguments": {"a": 1, "b": 2}}
+    conditional = {"name": "sampleLLM", "arguments": {"prompt": "hi", "maxTokens": 100}}
     rows = {}
     for name, step in (
         (
