@@ -316,7 +316,7 @@ def target(method: str, params: Any) -> tuple[str, str] | None:
 class Access:
     """What one caller may use of one MCP: the relay asks it about every call and listing."""
 
-    __slots__ = ("audit", "authorizer", "counters", "principal", "scope")
+    __slots__ = ("audit", "authorizer", "counters", "fields", "principal")
 
     def __init__(
         self,
@@ -331,7 +331,9 @@ class Access:
         self.principal = principal
         self.counters = counters
         self.audit = audit
-        self.scope = scope
+        # The request's fields, not its scope: the scope holds this object, and a cycle would
+        # leave every request's scope to the garbage collector.
+        self.fields = request_fields(scope) if audit is not None and scope is not None else None
 
     def visible(self, kind: str, name: str) -> bool:
         return self.authorizer.check(self.principal, kind, name).allowed
@@ -353,12 +355,13 @@ class Access:
             self.counters.authorization_denied += 1
             self.counters.violation()
         if self.audit is not None:
-            fields = request_fields(self.scope) if self.scope is not None else {}
+            fields = self.fields or {}
+            mcp = self.authorizer.mcp_id
             event = AuditEvent(
                 "authorization",
                 action,
                 False,
-                resource=f"{kind[:-1]}:{self.authorizer.mcp_id}/{name[:256]}",
+                resource=f"mcp:{mcp}" if kind == "mcps" else f"{kind[:-1]}:{mcp}/{name[:256]}",
                 user=self.principal.id,
                 error=reason,
                 mcp=self.authorizer.mcp_id,
@@ -417,7 +420,7 @@ class AuthorizationPolicy(Policy):
         if not self.authorizer.allows_anything(principal):
             reason = f"principal {principal.id!r} may use nothing of MCP {self.authorizer.mcp_id!r}"
             access = Access(self.authorizer, principal, counters=self.counters, audit=self.audit, scope=scope)
-            access.denied("mcp", "mcps", self.authorizer.mcp_id, reason)
+            access.denied("access", "mcps", self.authorizer.mcp_id, reason)
             await json_error(send, 403, "insufficient_scope", reason)
             return
         self._hand_on(scope, principal)
