@@ -145,6 +145,10 @@ def test_cache_keeps_argument_free_decisions_only_and_is_bounded() -> None:
     for i in range(CACHE_MAX + 10):
         auth.check(reader, "tools", f"read_{i}", {})
     assert len(auth._cache) <= CACHE_MAX
+    auth._cache.clear()
+    huge = "read_" + "x" * 1_000_000
+    assert auth.check(reader, "tools", huge, {}).allowed
+    assert not auth._cache, "a name longer than any MCP name is decided, never kept"
 
 
 @pytest.mark.parametrize(

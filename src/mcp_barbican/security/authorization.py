@@ -50,6 +50,8 @@ ACCESS_KEY: Final = "mcp_barbican.access"
 ANONYMOUS: Final = Principal(id="anonymous", kind="none")
 #: Cached decisions per MCP (all forgotten when full: a flood of names cannot grow it).
 CACHE_MAX: Final = 4096
+#: Longer names are decided every time, never kept (MCP names are at most 128 characters).
+CACHED_NAME_MAX: Final = 512
 _MENTIONS_ARGS: Final = re.compile(r"\bargs\b")
 #: A condition reading more of the caller than its id and roles (its claims) cannot be cached per id and roles.
 _MENTIONS_CLAIMS: Final = re.compile(r"\bclaims\b|\bprincipal\b(?!\s*\.\s*(id|roles)\b)")
@@ -241,9 +243,10 @@ class Authorizer:
         entry = self._cache.get(key)
         if entry is None:
             entry = self._plan(principal, roles, kind, name)
-            if len(self._cache) >= CACHE_MAX:
-                self._cache.clear()
-            self._cache[key] = entry
+            if len(name) <= CACHED_NAME_MAX:
+                if len(self._cache) >= CACHE_MAX:
+                    self._cache.clear()
+                self._cache[key] = entry
         if isinstance(entry, Verdict):
             return entry
         return _evaluate(entry, self.facts(principal, roles), self.mcp_id, kind, name, args)
