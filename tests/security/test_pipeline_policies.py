@@ -257,3 +257,20 @@ async def test_the_authorization_policy_runs_on_both_paths() -> None:
     assert asked[2:] == ["token:idle"] * 3, "the layer; then the fast path, which refused, and the layer again"
     assert len(handed) == 2
     assert shields.counters.authorization_denied == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("principals", "status"), [(["anonymous"], 200), (["token:someone"], 403)])
+async def test_an_unauthenticated_caller_is_the_principal_anonymous(principals: list[str], status: int) -> None:
+    policy = {"policies": [{"principals": principals, "allow": {"tools": ["echo"]}}]}
+    mcp = {"id": "m", "command": "true", "auth": {"type": "none"}, "authorization": policy}
+    shields = Shields(validate_model(ProxyConfig, {"server": {"storage": {"type": "memory"}}, "mcps": [mcp]}))
+    handed: list[Any] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        handed.append(scope[ACCESS_KEY].principal.id)
+        await ok_app(scope, receive, send)
+
+    pipeline = Pipeline(endpoint, shields.policies(shields.config.mcps[0], None, shields.config))
+    assert (await request(pipeline, "127.0.0.1", credential=None))[0] == status
+    assert handed == (["anonymous"] if status == 200 else [])
