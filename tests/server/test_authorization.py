@@ -210,6 +210,9 @@ def test_admin_tools_answer_as_the_principal_would_see(proxy: RunningProxy, quer
         ("token:carol", "echo", {"message": "short"}, 200),
         ("token:carol", "echo", {"message": "far too long for the bot"}, 403),
         ("token:dave", "echo", {"message": "hi"}, 403),
+        ("jwt:https://idp.test:someone", "echo", {"message": "hi"}, 403),
+        ("jwt:https://idp.test:someone reader", "echo", {"message": "hi"}, 200),  # with the roles it would carry
+        ("jwt:https://idp.test:someone reader", "add", {"a": 1, "b": 2}, 403),
     ],
 )
 def test_admin_tool_calls_are_decided_as_the_principal(
@@ -217,7 +220,8 @@ def test_admin_tool_calls_are_decided_as_the_principal(
 ) -> None:
     body: dict[str, Any] = {"mcpName": "demo", "toolName": tool, "arguments": args}
     if principal is not None:
-        body["principal"] = principal
+        body["principal"], *roles = principal.split()
+        body["roles"] = roles
     response = httpx2.post(f"{proxy.base}/admin/tools/call", headers=ADMIN, json=body)
     assert response.status_code == status, response.text
     if status == 403:

@@ -325,7 +325,7 @@ class AdminApp:
             return error(
                 403, "tool_blocked", f"tool {body.toolName!r} is blocked by the tool filter of {body.mcpName!r}"
             )
-        principal = principal_for(self.core, params["caller"], body.principal, None)
+        principal = principal_for(self.core, params["caller"], body.principal, ",".join(body.roles))
         refused = call_refusal(self.core, runtime, principal, body.toolName, body.arguments)
         if refused is not None:
             return error(403, "insufficient_scope", refused)

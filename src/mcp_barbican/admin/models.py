@@ -68,3 +68,5 @@ class ToolCallRequest(_Model):
     arguments: dict[str, object] = {}
     #: Call as this principal would (its policies apply); default: the admin caller, with the role `admin`.
     principal: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    #: Roles that principal holds besides those of a listed or issued token (a JWT's, a certificate's).
+    roles: tuple[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^,]+$")], ...] = ()
