@@ -5,7 +5,8 @@ an Origin, a JSON-RPC body) many times on one event loop; the table is the seed 
 "Security Performance Impact" card, measured instead of guessed. The last rows compare the
 per-MCP policies (IP list, CORS, authentication, rate limit, input limits) one after another
 with the same policies through the pipeline's fast path, for an agent's request (no Origin)
-with a credential seen before. Run:
+with a credential seen before. The authorization rows time the decision itself (10 rules, 2 roles):
+the policy's check per request, and the per-call decision with and without a `when` on arguments. Run:
 
     python bench/layers.py [--requests 20000]
 """
@@ -17,11 +18,15 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from mcp_barbican.config import CorsConfig, HeadersConfig, LimitsConfig, RateLimitConfig
+import yaml
+
+from mcp_barbican.config import AuthorizationConfig, CorsConfig, HeadersConfig, LimitsConfig, RateLimitConfig
 from mcp_barbican.security.addresses import IpSet
 from mcp_barbican.security.auth import Authenticate, StaticToken, StaticTokens, digest
+from mcp_barbican.security.authorization import Access, AuthorizationPolicy, Authorizer
 from mcp_barbican.security.client_ip import ClientAddress, TrustedProxies
 from mcp_barbican.security.cors import CORS
 from mcp_barbican.security.counters import SecurityCounters
@@ -31,6 +36,7 @@ from mcp_barbican.security.ipfilter import IpFilter
 from mcp_barbican.security.iprules import DynamicRules
 from mcp_barbican.security.limits import InputLimits
 from mcp_barbican.security.pipeline import Pipeline
+from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
 from mcp_barbican.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -56,7 +62,7 @@ def thousand_networks() -> list[str]:
 
 
 def layers(counters: SecurityCounters) -> dict[str, Callable[[ASGIApp], ASGIApp]]:
-    tokens = StaticTokens([StaticToken("bench", digest(TOKEN))])
+    tokens = StaticTokens([StaticToken("bench", digest(TOKEN), roles=("reader", "writer"))])
     limiter = RateLimiter.from_config(
         RateLimitConfig(
             requests_per_minute=10**9, per_ip_requests_per_minute=10**9, per_token_requests_per_minute=10**9
@@ -86,7 +92,15 @@ def layers(counters: SecurityCounters) -> dict[str, Callable[[ASGIApp], ASGIApp]
         ),
         "rate limit (non-binding)": functools.partial(RateLimit, limiter=limiter, mcp_id="bench", counters=counters),
         "input limits (header bytes)": functools.partial(InputLimits, limits=LimitsConfig(), counters=counters),
+        "authorization (10 rules, 2 roles)": functools.partial(
+            AuthorizationPolicy, authorizer=scenario_authorizer(), counters=counters
+        ),
     }
+
+
+def scenario_authorizer() -> Authorizer:
+    scenario = yaml.safe_load(AUTHORIZATION.read_text())["authorization"]
+    return Authorizer(AuthorizationConfig.model_validate(scenario), "bench")
 
 
 PER_MCP = (
@@ -143,9 +157,44 @@ async def main(requests: int) -> None:
     chained, fast = await per_mcp(counters, requests)
     print(f"| per-MCP policies one after another, agent request (no Origin) | {chained:.1f} |")
     print(f"| the same policies through the pipeline's fast path | {fast:.1f} |")
+    _, fast_authz = await per_mcp(counters, requests, (*PER_MCP, "authorization (10 rules, 2 roles)"))
+    print(f"| the same with authorization, fast path | {fast_authz:.1f} |")
+    for name, cost in authorization_us(requests).items():
+        print(f"| {name} | {cost:.2f} |")
 
 
-async def per_mcp(counters: SecurityCounters, requests: int) -> tuple[float, float]:
+#: The authorization scenario: 10 rules over 2 roles, as bench/run.py serves it.
+AUTHORIZATION = Path(__file__).parent / "configs" / "authorization.yaml"
+
+
+def authorization_us(requests: int) -> dict[str, float]:
+    """µs for the policy's per-request check and for one tools/call decision (cached; and `when` on args)."""
+    authorizer = scenario_authorizer()
+    access = Access(authorizer, Principal("token:bench", "token", roles=("reader", "writer")))
+    cached = {"name": "echo", "arguments": {"message": "hi"}}
+    conditional = {"name": "sampleLLM", "arguments": {"prompt": "hi", "maxTokens": 100}}
+    rows = {}
+    for name, step in (
+        (
+            "authorization: policy check per request (10 rules, 2 roles)",
+            lambda: authorizer.allows_anything(access.principal),
+        ),
+        ("authorization: tools/call decision, cached", lambda: access.permits("tools/call", cached)),
+        (
+            "authorization: tools/call decision, `when` on arguments (CEL)",
+            lambda: access.permits("tools/call", conditional),
+        ),
+    ):
+        for _ in range(500):
+            step()
+        start = time.perf_counter()
+        for _ in range(requests):
+            step()
+        rows[name] = (time.perf_counter() - start) / requests * 1e6
+    return rows
+
+
+async def per_mcp(counters: SecurityCounters, requests: int, names: tuple[str, ...] = PER_MCP) -> tuple[float, float]:
     """What the per-MCP policies add chained, and through the pipeline's fast path, to a request without Origin.
 
     Both sit behind the client-address layer (the fast path reads the address it resolves),
@@ -153,7 +202,7 @@ async def per_mcp(counters: SecurityCounters, requests: int) -> tuple[float, flo
     """
     trusted = TrustedProxies.build(())
     factories = layers(counters)
-    pipeline = Pipeline(noop, [factories[name] for name in PER_MCP])
+    pipeline = Pipeline(noop, [factories[name] for name in names])
     base = await per_request_us(ClientAddress(noop, trusted=trusted), requests, origin=False)
     chained = await per_request_us(ClientAddress(pipeline.layers, trusted=trusted), requests, origin=False)
     fast = await per_request_us(ClientAddress(pipeline, trusted=trusted), requests, origin=False)

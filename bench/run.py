@@ -68,6 +68,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BAR_S1_VS_MCP_PROXY = 3.0
 BAR_S1_VS_SUPERGATEWAY = 2.0
 BAR_S2_VS_DIRECT = 0.80
+#: Issue 11: authorization (10 rules, 2 roles) costs under 5 % against the same layers without it.
+BAR_AUTHORIZATION_RATIO = 0.95
 BAR_S2_ADDED_P50_MS = 1.5
 BAR_SECURITY_RATIO = 0.90
 BAR_IDLE_RSS_MB = 80.0
@@ -432,6 +434,16 @@ class Lab:
         wait_port(proc, port, 60)
         return proc, port, state
 
+    def authorization_config(self, key: str) -> Path:
+        """s1-layers.yaml with configs/authorization.yaml's auth and policies laid over its MCP."""
+        import yaml  # the project's own dependency; only this scenario needs it
+
+        config = yaml.safe_load((CONFIGS / "s1-layers.yaml").read_text())
+        config["mcps"][0].update(yaml.safe_load((CONFIGS / "authorization.yaml").read_text()))
+        path = self.state_root / f"{key}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
     def start_mcp_proxy(self, key: str) -> tuple[Proc, int]:
         port = free_port()
         argv: list[str | Path] = [MCP_PROXY, "--host", LOOPBACK, "--port", str(port), "--log-level", "WARNING"]
@@ -471,6 +483,13 @@ class Lab:
         s1_layers = Target(
             "barbican-s1-layers", "mcp-barbican, security layers (no audit)", "S1", auth=bearer, barbican=True
         )
+        s1_authz = Target(
+            "barbican-s1-authz",
+            "mcp-barbican, security layers + authorization (10 rules, 2 roles)",
+            "S1",
+            auth=bearer,
+            barbican=True,
+        )
         proxy = Target("mcp-proxy", "mcp-proxy 0.13.0", "S1")
         sg = Target("supergateway", "supergateway 4.0.0 --stateful", "S1")
         pump = Target("stdio-direct", "direct (stdio pump)", "S1")
@@ -495,6 +514,11 @@ class Lab:
         def start_s1_layers() -> None:
             s1_layers.proc, port, s1_layers.state_dir = self.start_barbican("barbican-s1-layers", "s1-layers.yaml")
             s1_layers.url = f"http://{LOOPBACK}:{port}/mcp/everything"
+
+        def start_s1_authz() -> None:
+            config = self.authorization_config("barbican-s1-authz")
+            s1_authz.proc, port, s1_authz.state_dir = self.start_barbican("barbican-s1-authz", str(config))
+            s1_authz.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
         def start_proxy() -> None:
             proxy.proc, port = self.start_mcp_proxy("mcp-proxy")
@@ -521,6 +545,7 @@ class Lab:
         add(s1, start_s1)
         add(s1_off, start_s1_off)
         add(s1_layers, start_s1_layers)
+        add(s1_authz, start_s1_authz)
         add(proxy, start_proxy)
         add(sg, start_sg)
         add(pump, lambda: None)
@@ -994,6 +1019,14 @@ def report(res: Results) -> str:
     )
     checks.append(
         Check(
+            "S1 authorization (10 rules, 2 roles) / the same layers without (throughput)",
+            res.ratio("barbican-s1-authz", "barbican-s1-layers"),
+            BAR_AUTHORIZATION_RATIO,
+            digits=3,
+        )
+    )
+    checks.append(
+        Check(
             "S1 security on, audit included / off (throughput)",
             res.ratio("barbican-s1", "barbican-s1-off"),
             BAR_SECURITY_RATIO,
@@ -1080,6 +1113,7 @@ def report(res: Results) -> str:
         ("mcp-barbican security off / supergateway", "barbican-s1-off", "supergateway"),
         ("mcp-barbican security on / off", "barbican-s1", "barbican-s1-off"),
         ("mcp-barbican security layers (no audit) / off", "barbican-s1-layers", "barbican-s1-off"),
+        ("mcp-barbican layers + authorization / layers", "barbican-s1-authz", "barbican-s1-layers"),
         ("supergateway / mcp-proxy", "supergateway", "mcp-proxy"),
         ("S2 mcp-barbican security on / direct", "barbican-s2", "s2-direct"),
         ("S2 mcp-barbican security off / direct", "barbican-s2-off", "s2-direct"),

@@ -22,6 +22,7 @@ DISTRIBUTION_OF = {
     "yaml": "pyyaml",
     "dotenv": "python-dotenv",
     "prometheus_client": "prometheus-client",
+    "cel_expr_python": "cel-expr-python",
 }
 
 

@@ -51,6 +51,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("DELETE", "/admin/mcps/{mcp}", None),
     ("GET", "/admin/tools", None),
     ("POST", "/admin/tools/call", {"mcpName": "demo", "toolName": "echo", "arguments": {"message": "x"}}),
+    ("GET", "/admin/authorization/explain?mcp=demo&tool=echo", None),
     ("GET", "/admin/security/ip-rules", None),
     ("POST", "/admin/security/ip-rules", {"cidr": "198.51.100.0/24", "action": "deny", "duration": "1h"}),
     ("DELETE", "/admin/security/ip-rules/{rule}", None),
@@ -214,7 +215,7 @@ def test_openapi_describes_every_route(proxy: RunningProxy) -> None:
     document = call(proxy, "GET", "/admin/openapi.json").json()
     assert document["openapi"].startswith("3.")
     described = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
-    routes = {(method, re.sub(r"\{(rule|token|mcp)\}", "{id}", path)) for method, path, _ in ROUTES}
+    routes = {(method, re.sub(r"\{(rule|token|mcp)\}", "{id}", path.partition("?")[0])) for method, path, _ in ROUTES}
     assert described == routes
 
 

@@ -11,8 +11,10 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import CLIENT_IP_KEY, json_error
 from mcp_barbican.config import ProxyConfig, validate_model
 from mcp_barbican.jsonrpc import Message
+from mcp_barbican.security.authorization import ACCESS_KEY, AuthorizationPolicy
 from mcp_barbican.security.limits import header_bytes
 from mcp_barbican.security.pipeline import ORDER, Head, MessageRefusal, Pipeline, Policy, PolicyFactory
+from mcp_barbican.security.principal import Principal
 from mcp_barbican.server.endpoint import McpEndpoint
 from mcp_barbican.server.runtime import McpRuntime
 from mcp_barbican.server.shields import Shields
@@ -213,3 +215,62 @@ async def test_input_limits_decide_alike_on_both_paths_and_count_what_the_upstre
     assert [await sized(pipeline, limit + 1) for _ in range(2)] == [431, 431]
     assert [await sized(counting, limit) for _ in range(2)] == [200, 200]
     assert seen == {"fast": 1, "layer": 1}, "the second request at the limit took the fast path"
+
+
+@pytest.mark.anyio
+async def test_the_authorization_policy_runs_on_both_paths() -> None:
+    idle = "idle-token-0123456789"
+    auth = CONFIG["mcps"][0]["auth"]
+    mcp = {
+        **CONFIG["mcps"][0],
+        "auth": {**auth, "tokens": [*auth["tokens"], {"id": "idle", "token": idle, "roles": ["idle"]}]},
+        "authorization": {"policies": [{"principals": ["token:good"], "allow": {"tools": ["echo"]}}]},
+        "security": {"rate_limit": None},
+    }
+    shields, policies = shields_for({**CONFIG, "mcps": [mcp]})
+    handed: list[Any] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        handed.append(scope.get(ACCESS_KEY))
+        await ok_app(scope, receive, send)
+
+    pipeline = Pipeline(endpoint, policies)
+    policy = pipeline.policy("authorization")
+    assert isinstance(policy, AuthorizationPolicy)
+    asked: list[str] = []
+    decide_anything = policy.authorizer.allows_anything
+
+    def spy(principal: Principal) -> bool:
+        asked.append(principal.id)
+        return decide_anything(principal)
+
+    policy.authorizer.allows_anything = spy  # type: ignore[method-assign]
+    assert [(await request(pipeline, "127.0.0.1"))[0] for _ in range(2)] == [200, 200]
+    assert asked == ["token:good", "token:good"], "the layer, then the fast path, asked the policy"
+    assert [access.principal.id for access in handed] == ["token:good", "token:good"]
+    assert handed[1].visible("tools", "echo") and not handed[1].visible("tools", "add")
+
+    for _ in range(2):  # a caller allowed nothing: 403 on either path, counted each time
+        status, body = await request(pipeline, "127.0.0.1", credential="Bearer " + idle)
+        assert status == 403
+        assert jsonrpc.loads(body)["error"] == "insufficient_scope"
+    assert asked[2:] == ["token:idle"] * 3, "the layer; then the fast path, which refused, and the layer again"
+    assert len(handed) == 2
+    assert shields.counters.authorization_denied == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("principals", "status"), [(["anonymous"], 200), (["token:someone"], 403)])
+async def test_an_unauthenticated_caller_is_the_principal_anonymous(principals: list[str], status: int) -> None:
+    policy = {"policies": [{"principals": principals, "allow": {"tools": ["echo"]}}]}
+    mcp = {"id": "m", "command": "true", "auth": {"type": "none"}, "authorization": policy}
+    shields = Shields(validate_model(ProxyConfig, {"server": {"storage": {"type": "memory"}}, "mcps": [mcp]}))
+    handed: list[Any] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        handed.append(scope[ACCESS_KEY].principal.id)
+        await ok_app(scope, receive, send)
+
+    pipeline = Pipeline(endpoint, shields.policies(shields.config.mcps[0], None, shields.config))
+    assert (await request(pipeline, "127.0.0.1", credential=None))[0] == status
+    assert handed == (["anonymous"] if status == 200 else [])

@@ -135,3 +135,18 @@ def test_a_reload_cannot_list_an_issued_token_id(tmp_path: Path) -> None:
         assert event["success"] is False
         assert "mcps[0].auth.tokens[0].id: token id 'ci' is taken" in event["error"]
         assert ping(proxy, "a", session(proxy, "a")) == 200, "the running config keeps serving"
+
+
+def test_a_reload_of_server_authorization_applies_to_the_mcps_that_inherit_it(tmp_path: Path) -> None:
+    own = {"policies": [{"principals": ["token:server"], "allow": {"tools": ["echo"]}}]}
+    with run_proxy(tmp_path, [demo_mcp("a"), demo_mcp("b", authorization=own)], server=SERVER) as proxy:
+        assert ping(proxy, "a", session(proxy, "a")) == 200
+
+        def change(config: dict[str, Any]) -> None:
+            config["server"]["authorization"] = {"policies": [{"roles": ["admin"], "allow": {"tools": ["*"]}}]}
+
+        edit(tmp_path, change)
+        headers = {**MCP_HEADERS, **AUTH_HEADER}
+        wait_for(lambda: httpx2.post(proxy.url("a"), headers=headers, json=INIT).status_code == 403)
+        assert httpx2.post(proxy.url("a"), headers=headers, json=INIT).json()["error"] == "insufficient_scope"
+        assert ping(proxy, "b", session(proxy, "b")) == 200, "an MCP with its own block is not governed by the server's"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 from pydantic import BaseModel
 
+from mcp_barbican.admin.authorization import access_for, call_refusal, explain, principal_for
 from mcp_barbican.admin.models import MAX_SECONDS, IpRuleRequest, RotateRequest, TokenRequest, ToolCallRequest
 from mcp_barbican.admin.openapi import openapi_document
 from mcp_barbican.admin.present import compozy_names, instant, iso, rule_json, token_json
@@ -24,6 +25,7 @@ from mcp_barbican.asgi import BodyTooLarge, json_error, query_param, read_body, 
 from mcp_barbican.audit import EVENT_TYPES, AuditEvent, request_fields
 from mcp_barbican.config import SERVER_OWNER, McpConfig, format_path, masked_mcp, validate_model
 from mcp_barbican.exceptions import ConfigError, UpstreamError
+from mcp_barbican.security.authorization import KINDS
 from mcp_barbican.security.iprules import new_rule
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.security.tokens import new_token
@@ -77,14 +79,31 @@ class AdminApp:
                 status=204,
                 errors=(404, 409),
             ),
-            Route("GET", "/admin/tools", self.list_tools, "Every visible tool of every ready MCP"),
+            Route(
+                "GET",
+                "/admin/tools",
+                self.list_tools,
+                "Every tool of every ready MCP that the caller (or `principal`, with `roles`) may use",
+                query=("principal", "roles"),
+                caller=True,
+            ),
             Route(
                 "POST",
                 "/admin/tools/call",
                 self.call_tool,
-                "Call a tool (Compozy's REST call)",
+                "Call a tool (Compozy's REST call), as the caller or as `principal`",
                 ToolCallRequest,
                 errors=(400, 403, 404, 502),
+                caller=True,
+            ),
+            Route(
+                "GET",
+                "/admin/authorization/explain",
+                self.explain,
+                "Which authorization rule decides whether `principal` may use `tool` of `mcp`",
+                errors=(400, 404),
+                query=("principal", "roles", "mcp", "tool", "kind"),
+                caller=True,
             ),
             Route("GET", "/admin/security/ip-rules", self.list_ip_rules, "Dynamic IP rules and bans, with expiry"),
             Route(
@@ -172,6 +191,8 @@ class AdminApp:
             value = query_param(scope, name)
             if value is not None:
                 params = {**params, name: value}
+        if route.caller:
+            params = {**params, "caller": principal_id(scope) or "admin"}
         status, payload = await route.handler(params, body)
         if route.method != "GET" and self.core.audit.enabled:
             await self._audit(route, scope, status, params)
@@ -271,7 +292,11 @@ class AdminApp:
     async def list_tools(self, params: Params, body: None) -> Reply:
         tools: list[dict[str, Any]] = []
         failures: list[dict[str, str]] = []
+        principal = principal_for(self.core, params["caller"], params.get("principal"), params.get("roles"))
         for mcp_id, runtime in self.core.control.runtimes.items():
+            access = access_for(self.core, runtime, principal)
+            if access is None:
+                continue
             if runtime.status != "ready":
                 failures.append({"mcpName": mcp_id, "error": f"status {runtime.status}"})
                 continue
@@ -288,8 +313,9 @@ class AdminApp:
                     "mcpName": mcp_id,
                 }
                 for tool in listed
+                if access.visible("tools", str(tool.get("name", "")))
             ]
-        return 200, {"tools": tools, "count": len(tools), "errors": failures}
+        return 200, {"tools": tools, "count": len(tools), "errors": failures, "principal": principal.id}
 
     async def call_tool(self, params: Params, body: ToolCallRequest) -> Reply:
         runtime = self.core.control.runtimes.get(body.mcpName)
@@ -299,6 +325,10 @@ class AdminApp:
             return error(
                 403, "tool_blocked", f"tool {body.toolName!r} is blocked by the tool filter of {body.mcpName!r}"
             )
+        principal = principal_for(self.core, params["caller"], body.principal, ",".join(body.roles))
+        refused = call_refusal(self.core, runtime, principal, body.toolName, body.arguments)
+        if refused is not None:
+            return error(403, "insufficient_scope", refused)
         try:
             response = await runtime.call_tool(body.toolName, body.arguments)
         except UpstreamError as exc:
@@ -311,6 +341,17 @@ class AdminApp:
                 "rpc_error": failure,
             }
         return 200, {"result": response.get("result")}
+
+    async def explain(self, params: Params, body: None) -> Reply:
+        mcp_id, name = params.get("mcp"), params.get("tool")
+        kind = params.get("kind", "tools")
+        if not mcp_id or not name or kind not in KINDS:
+            return error(400, "invalid_request", "name mcp and tool (and kind: tools, prompts or resources)")
+        runtime = self.core.control.runtimes.get(mcp_id)
+        if runtime is None:
+            return error(404, "not_found", f"no MCP with id {mcp_id!r}")
+        principal = principal_for(self.core, params["caller"], params.get("principal"), params.get("roles"))
+        return 200, explain(self.core, runtime, principal, kind, name)
 
     # -- IP rules ----------------------------------------------------------------------
 

@@ -66,3 +66,7 @@ class ToolCallRequest(_Model):
     mcpName: McpId
     toolName: Annotated[str, Field(min_length=1, max_length=256)]
     arguments: dict[str, object] = {}
+    #: Call as this principal would (its policies apply); default: the admin caller, with the role `admin`.
+    principal: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    #: Roles that principal holds besides those of a listed or issued token (a JWT's, a certificate's).
+    roles: tuple[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^,]+$")], ...] = ()

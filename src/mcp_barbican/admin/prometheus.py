@@ -30,6 +30,7 @@ _SECURITY: Final = {
     "bans_issued": "Addresses banned after repeated authentication failures",
     "origin_rejected": "Requests refused for their Host or Origin",
     "requests_rejected_limits": "Requests refused by an input limit (413, 431, 400)",
+    "authorization_denied": "Calls, reads and requests refused by an authorization policy",
     "tokens_generated": "Client tokens issued through the admin API",
     "tokens_revoked": "Client tokens revoked through the admin API",
     "security_violations": "Refused requests of any kind",

@@ -32,6 +32,8 @@ class Route:
     validate: bool = True
     #: Query parameters (documented; the handler reads them from `params`).
     query: tuple[str, ...] = ()
+    #: Whether the handler gets the admin caller's principal id as `params["caller"]`.
+    caller: bool = False
 
     def match(self, path: str) -> Params | None:
         want = self.path.split("/")

@@ -24,6 +24,7 @@ from mcp_barbican.config.auth import (
     OAuth2Config,
     TokenEntry,
 )
+from mcp_barbican.config.authorization import AuthorizationConfig, Grants, PolicyRule, compile_condition
 from mcp_barbican.config.checks import check_bind, check_files
 from mcp_barbican.config.errors import Loc, ModelT, format_path, validate_model
 from mcp_barbican.config.fields import (
@@ -85,6 +86,10 @@ __all__ = [
     "AuditConfig",
     "AuditSink",
     "AuthConfig",
+    "AuthorizationConfig",
+    "Grants",
+    "PolicyRule",
+    "compile_condition",
     "BanConfig",
     "CipherSuite",
     "CorsConfig",

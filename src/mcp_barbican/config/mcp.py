@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from mcp_barbican.config.auth import AuthConfig
+from mcp_barbican.config.authorization import AuthorizationConfig
 from mcp_barbican.config.errors import LocatedError
 from mcp_barbican.config.fields import (
     HeaderValue,
@@ -108,6 +109,7 @@ class McpConfig(Model):
     session_mode: Literal["isolated", "shared"] = "isolated"
     required: bool = True
     tool_filter: ToolFilter | None = None
+    authorization: AuthorizationConfig | None = None
     auth: AuthConfig | None = None
     security: SecurityConfig | None = None
     tls: UpstreamTLSConfig | None = None

@@ -8,6 +8,7 @@ from typing import Self
 from pydantic import SecretStr, model_validator
 
 from mcp_barbican.config.auth import AuthConfig, TokenEntry, sha256_hex
+from mcp_barbican.config.authorization import AuthorizationConfig
 from mcp_barbican.config.errors import Loc, LocatedError, format_path
 from mcp_barbican.config.fields import Model
 from mcp_barbican.config.mcp import McpConfig
@@ -126,6 +127,10 @@ class ProxyConfig(Model):
             # Only reachable for a model built without validation (model_construct / model_copy).
             raise ConfigError(f"no auth configured for MCP {mcp.id!r}: set its auth or server.auth", path="server.auth")
         return auth
+
+    def effective_authorization(self, mcp: McpConfig) -> AuthorizationConfig | None:
+        """The authorization of `mcp`: its own block, else `server.authorization` (replaced, never merged)."""
+        return mcp.authorization if mcp.authorization is not None else self.server.authorization
 
     def effective_security(self, mcp: McpConfig) -> SecurityConfig:
         """The security block of `mcp`: its own `security`, else `server.security`.

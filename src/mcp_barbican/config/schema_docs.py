@@ -42,6 +42,34 @@ prints it normalized with secrets masked, listing every error with its key path;
   when `args` is absent: `command: "npx -y server"`; with `args`, `command` is one executable).
 """
 
+#: Worked examples shown under a section's table, for the blocks whose meaning a table cannot carry.
+_EXAMPLES = {
+    "AuthorizationConfig": """\
+With no policy anywhere every authenticated caller may use everything. With policies the default
+is deny and a deny rule wins. A rule applies to a caller holding one of its `roles` or matching
+one of its `principals` (globs); `allow`/`deny` name tools, prompts and resources (URIs) by glob,
+case-sensitive; `when` is a CEL condition over `principal` (`id`, `roles`, `claims`), `mcp`,
+`tool` and `args`, compiled at load (a bad one stops start-up at its key path); one that cannot be
+evaluated for a call denies. A denied call answers like an unknown name; a caller allowed nothing
+gets 403 `insufficient_scope`.
+
+```yaml
+mcps:
+  - id: files
+    command: npx
+    args: ["-y", "@modelcontextprotocol/server-filesystem", "/srv/data"]
+    authorization:
+      roles_claim: realm_access.roles       # JWT roles at this claim path (default: `roles`)
+      scope_roles: {"files:read": [reader]}  # OAuth scopes granting roles
+      policies:
+        - {roles: [admin], allow: {tools: ["*"], prompts: ["*"], resources: ["*"]}}
+        - {roles: [reader], allow: {tools: ["read_*", "search"]}, deny: {tools: ["*secret*"]}}
+        - {principals: ["token:ci-bot"], allow: {tools: ["read_text_file"]},
+           when: "args.path.startsWith('/srv/data/ci/')"}
+```
+""",
+}
+
 
 def render_markdown(schema: Mapping[str, Any]) -> str:
     """The reference page for `schema` (the output of `config_schema()`)."""
@@ -85,6 +113,8 @@ def _section(name: str, node: Mapping[str, Any]) -> str:
     description = " ".join(str(node.get("description", "")).split())
     if description and name != "ProxyConfig":
         lines += [description, ""]
+    if name in _EXAMPLES:
+        lines += [_EXAMPLES[name]]
     required = set(node.get("required", ()))
     lines += ["| key | type | default |", "|---|---|---|"]
     for key, prop in node.get("properties", {}).items():

@@ -7,6 +7,7 @@ from typing import Annotated, Self
 from pydantic import AfterValidator, model_validator
 
 from mcp_barbican.config.auth import AuthConfig
+from mcp_barbican.config.authorization import AuthorizationConfig
 from mcp_barbican.config.errors import LocatedError
 from mcp_barbican.config.fields import (
     HttpUrl,
@@ -98,6 +99,7 @@ class ServerConfig(Model):
     limits: ListenerLimits = ListenerLimits()
     #: How clients reach the proxy (scheme, host, optional path prefix): OAuth resource identifiers and metadata.
     public_url: HttpUrl | None = None
+    authorization: AuthorizationConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -24,6 +24,7 @@ class SecurityCounters:
     bans_issued: int = 0
     origin_rejected: int = 0
     requests_rejected_limits: int = 0
+    authorization_denied: int = 0
     tokens_generated: int = 0
     tokens_revoked: int = 0
     security_violations: int = 0
@@ -44,6 +45,7 @@ class SecurityCounters:
             "bans_issued": self.bans_issued,
             "origin_rejected": self.origin_rejected,
             "requests_rejected_limits": self.requests_rejected_limits,
+            "authorization_denied": self.authorization_denied,
             "tokens_generated": self.tokens_generated,
             "tokens_revoked": self.tokens_revoked,
             "security_violations": self.security_violations,

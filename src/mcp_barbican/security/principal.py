@@ -8,7 +8,7 @@ from typing import Any
 
 from mcp_barbican.asgi import PRINCIPAL_KEY
 
-__all__ = ["Principal", "principal_id"]
+__all__ = ["Principal", "principal_id", "principal_of"]
 
 
 @dataclass(frozen=True)
@@ -35,3 +35,9 @@ def principal_id(scope: Mapping[str, Any]) -> str | None:
     """The id of the request's authenticated principal, None when nobody authenticated."""
     principal = scope.get(PRINCIPAL_KEY)
     return principal.id if isinstance(principal, Principal) else None
+
+
+def principal_of(scope: Mapping[str, Any]) -> Principal | None:
+    """The request's authenticated principal, None when nobody authenticated."""
+    principal = scope.get(PRINCIPAL_KEY)
+    return principal if isinstance(principal, Principal) else None

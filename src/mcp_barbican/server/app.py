@@ -198,7 +198,7 @@ class BarbicanApp:
         await self._mcp_list(scope, send)
 
     async def _mcp_list(self, scope: Scope, send: Send) -> None:
-        """The MCPs the presented credential reaches (MCPs without auth reach everyone).
+        """The MCPs the presented credential reaches and may use something of (MCPs without auth reach everyone).
 
         A credential that no MCP accepts is an authentication failure (it counts toward the
         ban), also when MCPs without auth still make the answer a 200: else this route would
@@ -213,7 +213,9 @@ class BarbicanApp:
         reached = [
             r
             for r, v in verdicts
-            if (v is None or (isinstance(v, Principal) and v.reaches(r.mcp.id))) and r.addresses_admit(scope)
+            if (v is None or (isinstance(v, Principal) and v.reaches(r.mcp.id)))
+            and r.addresses_admit(scope)
+            and r.allows_anything(v if isinstance(v, Principal) else None)
         ]
         refused = [v for _, v in verdicts if isinstance(v, AuthFailure)]
         authenticated = any(isinstance(v, Principal) for _, v in verdicts)

@@ -21,6 +21,7 @@ from mcp_barbican.asgi import get_header
 from mcp_barbican.config import McpConfig, ProxyConfig
 from mcp_barbican.security.addresses import client_ip
 from mcp_barbican.security.auth import AuthFailure, Verifier, bearer_credential
+from mcp_barbican.security.authorization import ANONYMOUS
 from mcp_barbican.security.mtls import CertificateIdentity
 from mcp_barbican.server.endpoint import McpEndpoint
 from mcp_barbican.server.runtime import McpRuntime
@@ -50,11 +51,17 @@ class McpRoute:
             messages_path=f"{MCP_PREFIX}{mcp.id}/messages",
             audit=shields.recording,
         )
-        self.app, self.authenticator, self.cors, self._addresses = shields.protect(endpoint, mcp, config)
+        self.app, self.authenticator, self.cors, self._addresses, self.authorizer = shields.protect(
+            endpoint, mcp, config
+        )
 
     def addresses_admit(self, scope: Scope) -> bool:
         """Whether this MCP's own address lists let the request's client through (for the MCP list)."""
         return self._addresses is None or self._addresses.admits(client_ip(scope))
+
+    def allows_anything(self, principal: Principal | None) -> bool:
+        """Whether this MCP's authorization lets the caller use anything (for the MCP list)."""
+        return self.authorizer.allows_anything(principal or ANONYMOUS)
 
     async def verdict(self, scope: Scope) -> Principal | AuthFailure | None:
         """What this MCP's authentication makes of the request's credential (None: it has none)."""

@@ -30,6 +30,7 @@ from mcp_barbican.asgi import (
 from mcp_barbican.audit.events import AuditEvent, arguments_for_audit, request_fields
 from mcp_barbican.exceptions import UpstreamError
 from mcp_barbican.jsonrpc import Message
+from mcp_barbican.security.authorization import ACCESS_KEY
 from mcp_barbican.security.limits import json_violation
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.server.quota import TooManySessions
@@ -204,7 +205,7 @@ class McpEndpoint:
                 return
             stream = session.open_stream()
             started = time.perf_counter()
-            await self._forward_request(session, msg, stream)
+            await self._forward_request(scope, session, msg, stream)
             await self._stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
             await self._record(scope, msg, started, stream)
             return
@@ -262,16 +263,16 @@ class McpEndpoint:
             return
         stream = holder.open_stream()
         started = time.perf_counter()
-        await self._forward_request(holder, msg, stream)
+        await self._forward_request(scope, holder, msg, stream)
         await self._stream_answer(send, receive, stream, [])
         await self._record(scope, msg, started, stream)
         holder.streams.pop(stream.stream_id, None)
 
-    async def _forward_request(self, session: Session, msg: Message, stream: EventStream) -> None:
+    async def _forward_request(self, scope: Scope, session: Session, msg: Message, stream: EventStream) -> None:
         assert session.link is not None
         request_id = msg["id"]
         try:
-            await session.link.forward_request(session, msg, stream)
+            await session.link.forward_request(session, msg, stream, scope.get(ACCESS_KEY))
         except UpstreamError as exc:
             stream.failed = True
             stream.push(jsonrpc.error_body(request_id, jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
@@ -429,7 +430,7 @@ class McpEndpoint:
                 code = jsonrpc.METHOD_NOT_FOUND if msg["method"] == "server/discover" else jsonrpc.INVALID_REQUEST
                 stream.push(jsonrpc.error_body(msg["id"], code, f"{msg['method']} before initialize"))
             else:
-                await self._forward_request(session, msg, stream)
+                await self._forward_request(scope, session, msg, stream)
                 await self._record(scope, msg, None, stream)
             await respond(send, 202)
             return

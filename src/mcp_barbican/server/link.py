@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 from mcp_barbican import jsonrpc
 from mcp_barbican.exceptions import UpstreamClosed, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message, RequestId
+from mcp_barbican.security.authorization import LISTINGS, Access, target
 from mcp_barbican.security.tools import tool_allowed
 from mcp_barbican.server.session import Session
 from mcp_barbican.server.shared import LOCAL_IN_SHARED, UpstreamSettings, deliver_log
@@ -59,6 +60,12 @@ _CAPABILITY_OF_METHOD: Final = {
     "elicitation/create": "elicitation",
     "roots/list": "roots",
 }
+#: How a hidden or denied name is refused, per kind: the same answer whether it exists or not.
+_UNKNOWN: Final = {
+    "tools": (jsonrpc.INVALID_PARAMS, "Unknown tool: {!r} is not available through this proxy"),
+    "prompts": (jsonrpc.INVALID_PARAMS, "Unknown prompt: {!r} is not available through this proxy"),
+    "resources": (-32002, "Resource not found: {!r} is not available through this proxy"),
+}
 #: Restart backoff for a link whose upstream died: first delay, factor, ceiling (seconds).
 RESTART_BACKOFF: Final = (0.2, 2.0, 30.0)
 
@@ -66,10 +73,17 @@ RESTART_BACKOFF: Final = (0.2, 2.0, 30.0)
 class Pending:
     """A client request waiting for its upstream response."""
 
-    __slots__ = ("method", "original_id", "session", "stream", "timer", "token", "upstream_id")
+    __slots__ = ("access", "method", "original_id", "session", "stream", "timer", "token", "upstream_id")
 
     def __init__(
-        self, session: Session, original_id: RequestId, upstream_id: int, stream: EventStream, method: str, token: Any
+        self,
+        session: Session,
+        original_id: RequestId,
+        upstream_id: int,
+        stream: EventStream,
+        method: str,
+        token: Any,
+        access: Access | None = None,
     ) -> None:
         self.session = session
         self.original_id = original_id
@@ -77,6 +91,8 @@ class Pending:
         self.stream = stream
         self.method = method
         self.token = token
+        #: The caller's authorization, which filters the listing this request asked for.
+        self.access = access
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -244,9 +260,18 @@ class Link:
         self._next_id += 1
         return self._next_id
 
-    async def forward_request(self, session: Session, msg: Message, stream: EventStream) -> None:
-        """Send a client request upstream; its answer will arrive on `stream`."""
+    async def forward_request(
+        self, session: Session, msg: Message, stream: EventStream, access: Access | None = None
+    ) -> None:
+        """Send a client request upstream; its answer will arrive on `stream`.
+
+        `access`: the caller's authorization (None: no policy). A name it denies is refused
+        exactly like a name the tool filter hides, whether or not the upstream has it.
+        """
         method = msg["method"]
+        if access is not None and not access.permits(method, msg.get("params")):
+            self._refuse_unknown(msg, stream)
+            return
         if self.shared and method in LOCAL_IN_SHARED:
             await LOCAL_IN_SHARED[method](self, session, msg, stream)
             return
@@ -255,9 +280,7 @@ class Link:
         else:
             await self.wait_ready()
         if method == "tools/call" and not self._tool_visible(msg):
-            name = (msg.get("params") or {}).get("name")
-            message = f"Unknown tool: {name!r} is not available through this proxy"
-            stream.push(jsonrpc.error_body(msg["id"], jsonrpc.INVALID_PARAMS, message), final=True)
+            self._refuse_unknown(msg, stream)
             return
         self._track_client_state(session, msg)
         upstream_id = self._new_id()
@@ -268,7 +291,7 @@ class Link:
             if isinstance(meta, dict) and "progressToken" in meta:
                 token = meta["progressToken"]
                 meta["progressToken"] = upstream_id
-        pending = Pending(session, msg["id"], upstream_id, stream, method, token)
+        pending = Pending(session, msg["id"], upstream_id, stream, method, token, access)
         self._pending[upstream_id] = pending
         session.inflight[msg["id"]] = pending
         pending.timer = asyncio.get_running_loop().call_later(self.request_timeout, self._timed_out, pending)
@@ -277,6 +300,12 @@ class Link:
             await self._send(msg)
         except UpstreamError as exc:
             self._finish(pending, jsonrpc.error_response(None, jsonrpc.UPSTREAM_ERROR, str(exc)))
+
+    @staticmethod
+    def _refuse_unknown(msg: Message, stream: EventStream) -> None:
+        kind, name = target(msg["method"], msg.get("params")) or ("tools", "")
+        code, text = _UNKNOWN[kind]
+        stream.push(jsonrpc.error_body(msg["id"], code, text.format(name)), final=True)
 
     def _track_client_state(self, session: Session, msg: Message) -> None:
         """Remember what an isolated link must restore after a restart."""
@@ -366,6 +395,8 @@ class Link:
             return
         if pending.method == "tools/list" and self._tool_filter is not None:
             self._filter_tools(msg)
+        if pending.access is not None and pending.method in LISTINGS:
+            pending.access.filter_listing(pending.method, msg.get("result"))
         if pending.method == "initialize" and "result" in msg:
             self._initialized(self.init_params or {}, msg["result"])
             pending.session.protocol_version = msg["result"].get("protocolVersion")

@@ -37,9 +37,9 @@ RESTART_ONLY: Final = (
 LISTENER_LIMITS: Final = ("max_header_bytes", "max_headers", "header_timeout", "body_timeout", "max_connections")
 
 
-def _effective(config: ProxyConfig, mcp: McpConfig) -> tuple[McpConfig, object, object]:
+def _effective(config: ProxyConfig, mcp: McpConfig) -> tuple[McpConfig, object, object, object]:
     """What an MCP's route is built from: itself and the defaults it inherits."""
-    return (mcp, config.effective_auth(mcp), config.effective_security(mcp))
+    return (mcp, config.effective_auth(mcp), config.effective_security(mcp), config.effective_authorization(mcp))
 
 
 class Registry:

@@ -7,7 +7,7 @@ outer layers are stacked in server/app.py's `build_app`, the per-MCP ones by the
     (every route but health)  dynamic IP rules and bans (the admin guard applies them itself: a valid
                               admin token passes an automatic ban there, never an operator's deny rule)
     (per MCP)  the security pipeline (security/pipeline.py, which owns that order): static IP
-               lists -> CORS -> authentication -> rate limits -> input limits -> endpoint,
+               lists -> CORS -> authentication -> rate limits -> input limits -> authorization -> endpoint,
                with one fast path over the same policies for the common request
 
 Rate limiting sits after authentication so it can key on the principal, and so refused
@@ -39,6 +39,7 @@ from mcp_barbican.security.auth import (
     StaticTokens,
     Verifier,
 )
+from mcp_barbican.security.authorization import AuthorizationPolicy, Authorizer
 from mcp_barbican.security.bans import AuthFailureTracker
 from mcp_barbican.security.client_ip import TrustedProxies
 from mcp_barbican.security.cors import CORS, OriginPolicy
@@ -78,6 +79,8 @@ class Protected(NamedTuple):
     cors: OriginPolicy | None
     #: The MCP's static address lists (None: it has none).
     addresses: IpFilter | None
+    #: The MCP's compiled authorization policies (no rules: everything allowed).
+    authorizer: Authorizer
 
 
 class Shields:
@@ -248,11 +251,13 @@ class Shields:
         pipeline = Pipeline(endpoint, self.policies(mcp, authenticator, config))
         cors = pipeline.policy("cors")
         addresses = pipeline.policy("addresses")
+        authorization = pipeline.policy("authorization")
         return Protected(
             pipeline,
             authenticator,
             cors.policy if isinstance(cors, CORS) else None,
             addresses if isinstance(addresses, IpFilter) else None,
+            authorization.authorizer if isinstance(authorization, AuthorizationPolicy) else Authorizer(None, mcp.id),
         )
 
     def policies(self, mcp: McpConfig, authenticator: Authenticator | None, config: ProxyConfig) -> list[PolicyFactory]:
@@ -266,8 +271,21 @@ class Shields:
             self.auth_policy(auth, authenticator, security, mcp.id, config.server.public_url),
             self.rate_policy(security, owner, mcp.id),
             functools.partial(InputLimits, limits=security.limits, counters=self.counters),
+            self.authorization_policy(self.authorizer_for(mcp, config)),
         )
         return [policy for policy in policies if policy is not None]
+
+    def authorizer_for(self, mcp: McpConfig, config: ProxyConfig | None = None) -> Authorizer:
+        """The compiled policies of `mcp` (no rules: everything allowed)."""
+        config = config if config is not None else self.config
+        return Authorizer(config.effective_authorization(mcp), mcp.id)
+
+    def authorization_policy(self, authorizer: Authorizer) -> PolicyFactory | None:
+        if not authorizer.active:
+            return None
+        return functools.partial(
+            AuthorizationPolicy, authorizer=authorizer, counters=self.counters, audit=self.recording
+        )
 
     def cors_policy(self, security: SecurityConfig) -> PolicyFactory | None:
         if security.cors is None or not security.cors.enabled:
