@@ -15,7 +15,6 @@ from mcp_barbican.types import Receive, Scope, Send
 __all__ = [
     "CLIENT_IP_KEY",
     "PRINCIPAL_KEY",
-    "MESSAGE_CHECKS_KEY",
     "BAD_NAME",
     "BAD_VALUE",
     "FRAMING_HEADERS",
@@ -38,8 +37,6 @@ __all__ = [
 CLIENT_IP_KEY: Final = "mcp_barbican.client_ip"
 #: The authenticated Principal, set by the authentication layer.
 PRINCIPAL_KEY: Final = "mcp_barbican.principal"
-#: The per-message checks of the MCP's security pipeline (security/pipeline.py), for the endpoint.
-MESSAGE_CHECKS_KEY: Final = "mcp_barbican.message_checks"
 
 Headers = list[tuple[bytes, bytes]]
 JSON_CONTENT = (b"content-type", b"application/json")

@@ -10,13 +10,10 @@ import pytest
 from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import CLIENT_IP_KEY, json_error
 from mcp_barbican.config import ProxyConfig, validate_model
-from mcp_barbican.jsonrpc import Message
 from mcp_barbican.security.authorization import ACCESS_KEY, AuthorizationPolicy
 from mcp_barbican.security.limits import header_bytes
-from mcp_barbican.security.pipeline import ORDER, Head, MessageRefusal, Pipeline, Policy, PolicyFactory
+from mcp_barbican.security.pipeline import ORDER, Head, Pipeline, Policy, PolicyFactory
 from mcp_barbican.security.principal import Principal
-from mcp_barbican.server.endpoint import McpEndpoint
-from mcp_barbican.server.runtime import McpRuntime
 from mcp_barbican.server.shields import Shields
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 from tests.security.asgi import call, make_scope, ok_app
@@ -136,51 +133,6 @@ def test_the_slots_decide_the_order_whatever_order_the_policies_come_in() -> Non
         assert layer is policy, "each layer wraps the next one in order"
         layer = policy.app
     assert layer is ok_app
-
-
-class DenyTool(Policy):
-    """A per-message policy (as authorization will be): refuses calls of one tool on either path."""
-
-    slot = "authorization"
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.check_message = self.refuse_forbidden
-
-    def refuse_forbidden(self, scope: Scope, message: Message) -> MessageRefusal | None:
-        if message.get("method") == "tools/call" and message.get("params", {}).get("name") == "forbidden":
-            return MessageRefusal(403, jsonrpc.INVALID_REQUEST, "tool forbidden")
-        return None
-
-    def fast(self, scope: Scope, head: Head) -> bool:
-        return True
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
-
-
-@pytest.mark.anyio
-async def test_per_message_checks_reach_the_endpoint_on_both_paths() -> None:
-    shields, policies = shields_for()
-    mcp = shields.config.mcps[0]
-    runtime = McpRuntime(mcp, idle_timeout=60.0, quota=shields.sessions)  # never started: no message gets there
-    endpoint = McpEndpoint(runtime, limits=shields.config.effective_security(mcp).limits, messages_path="/m")
-    pipeline = Pipeline(endpoint, [*policies, DenyTool])
-
-    def body(tool: str) -> bytes:
-        call_message = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool}}
-        return jsonrpc.dumps(call_message)
-
-    answers = [await request(pipeline, "127.0.0.1", body=body("forbidden")) for _ in range(2)]
-    for status, text in answers:  # the first through the layers, the second on the fast path
-        assert status == 403
-        assert jsonrpc.loads(text) == {
-            "jsonrpc": "2.0",
-            "id": 7,
-            "error": {"code": jsonrpc.INVALID_REQUEST, "message": "tool forbidden"},
-        }
-    status, text = await request(pipeline, "127.0.0.1", body=body("echo"))
-    assert (status, jsonrpc.loads(text)["error"]["message"]) == (404, "Session not found"), "other tools pass"
 
 
 @pytest.mark.anyio

@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 
 from mcp_barbican.security.auth import AuthFailure
-from mcp_barbican.security.jwks import read_json_body
+from mcp_barbican.security.jwks import ClientSessions, read_json_body
 from mcp_barbican.security.principal import Principal
 
 if TYPE_CHECKING:
@@ -161,18 +161,15 @@ class Introspector:
         self._auth = aiohttp.BasicAuth(
             quote(config.client_id, safe=""), quote(config.client_secret.get_secret_value(), safe="")
         )
-        self._http = http
+        self._session = ClientSessions(http)
         self._clock = clock
-        self._own_session: aiohttp.ClientSession | None = None
         self._inflight: dict[bytes, asyncio.Future[Principal | AuthFailure]] = {}
 
     async def start(self) -> None:
         """Nothing to fetch ahead: the endpoint is asked per token."""
 
     async def aclose(self) -> None:
-        if self._own_session is not None:
-            await self._own_session.close()
-            self._own_session = None
+        await self._session.aclose()
 
     async def authenticate(self, credential: str) -> Principal | AuthFailure:
         if len(credential) > _MAX_TOKEN_CHARS:
@@ -222,13 +219,6 @@ class Introspector:
         if not isinstance(document, dict):
             raise ValueError("response is not a JSON object")
         return document
-
-    def _session(self) -> aiohttp.ClientSession:
-        if self._http is not None:
-            return self._http()
-        if self._own_session is None or self._own_session.closed:
-            self._own_session = aiohttp.ClientSession()
-        return self._own_session
 
 
 def _reason(exc: BaseException) -> str:

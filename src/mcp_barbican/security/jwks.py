@@ -123,6 +123,26 @@ async def fetch_json(session: aiohttp.ClientSession, url: str, max_bytes: int) -
         return orjson.loads(await read_json_body(response, max_bytes))
 
 
+class ClientSessions:
+    """The aiohttp session to fetch with: the one `http` gives (tests), else one of its own, opened on first use."""
+
+    def __init__(self, http: Callable[[], aiohttp.ClientSession] | None = None) -> None:
+        self._http = http
+        self._own: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        if self._http is not None:
+            return self._http()
+        if self._own is None or self._own.closed:
+            self._own = aiohttp.ClientSession()
+        return self._own
+
+    async def aclose(self) -> None:
+        if self._own is not None:
+            await self._own.close()
+            self._own = None
+
+
 async def read_json_body(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     """The body of a 200 answer, read until `max_bytes` at most; ValueError for another status or more bytes."""
     if response.status != 200:
@@ -161,9 +181,8 @@ class JwksCache:
         self.keys: tuple[VerificationKey, ...] = ()
         self.fetches_ok = 0
         self.fetches_failed = 0
-        self._http = http
+        self._session = ClientSessions(http)
         self._clock = clock
-        self._own_session: aiohttp.ClientSession | None = None
         self._fetched_at: float | None = None
         self._last_attempt: float | None = None
         self._inflight: asyncio.Task[None] | None = None
@@ -194,9 +213,7 @@ class JwksCache:
             self._inflight.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._inflight
-        if self._own_session is not None:
-            await self._own_session.close()
-            self._own_session = None
+        await self._session.aclose()
 
     def _refresh(self) -> asyncio.Task[None] | None:
         if self._inflight is not None and not self._inflight.done():
@@ -231,10 +248,3 @@ class JwksCache:
 
     async def _download(self) -> object:
         return await fetch_json(self._session(), self.url, MAX_JWKS_BYTES)
-
-    def _session(self) -> aiohttp.ClientSession:
-        if self._http is not None:
-            return self._http()
-        if self._own_session is None or self._own_session.closed:
-            self._own_session = aiohttp.ClientSession()
-        return self._own_session

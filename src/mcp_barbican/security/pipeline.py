@@ -16,26 +16,23 @@ says yes (the rate limit takes tokens); it runs after the others, so a refusal e
 never leaves a token spent twice. Requests the fast path admits are admitted by the layers
 too, with the same effects: tests/security/test_guard.py sends the same requests both ways.
 
-Policies that decide per JSON-RPC message (authorization, tool integrity) also implement
-`check_message`; the pipeline hands those checks to the endpoint through the scope on both
-paths, and the endpoint asks them about every message it parses.
+A policy that decides per JSON-RPC message (authorization) hands what it decides with to the
+relay through the scope, in its layer and in its `settle` alike, so both paths carry it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from mcp_barbican.asgi import CLIENT_IP_KEY, MESSAGE_CHECKS_KEY
+from mcp_barbican.asgi import CLIENT_IP_KEY
 
 if TYPE_CHECKING:
-    from mcp_barbican.jsonrpc import Message
     from mcp_barbican.security.principal import Principal
     from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["ORDER", "Head", "MessageCheck", "MessageRefusal", "Pipeline", "Policy"]
+__all__ = ["ORDER", "Head", "Pipeline", "Policy"]
 
 #: The per-MCP policies, outermost first. IP rules before everything that costs work; CORS
 #: answers preflights before authentication; the rate limit after authentication, so it can
@@ -59,18 +56,6 @@ class Head:
         self.principal: Principal | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class MessageRefusal:
-    """How the endpoint answers a message a policy refuses: HTTP status, JSON-RPC code and text."""
-
-    status: int
-    code: int
-    message: str
-
-
-MessageCheck = Callable[["Scope", "Message"], MessageRefusal | None]
-
-
 class Policy(ABC):
     """A per-MCP security layer that the pipeline can also run on its fast path."""
 
@@ -82,8 +67,6 @@ class Policy(ABC):
     consumes: tuple[bytes, ...] = ()
     #: Whether its fast check takes something when it admits (at most one policy per pipeline).
     fast_takes: ClassVar[bool] = False
-    #: None, or what it checks in each JSON-RPC message the endpoint parses.
-    check_message: MessageCheck | None = None
 
     app: ASGIApp
 
@@ -139,9 +122,6 @@ class Pipeline:
             raise TypeError(f"more than one policy takes on the fast path: {[p.slot for p in takers]}")
         #: The full path: every layer, in order.
         self.layers: ASGIApp = app
-        self.message_checks: tuple[MessageCheck, ...] = tuple(
-            p.check_message for p in self.policies if p.check_message is not None
-        )
         self._fast = bool(self.policies) and all(policy.decides_fast for policy in self.policies)
         checks = [p for p in self.policies if not p.fast_takes] + takers
         self._checks = tuple(policy.fast for policy in checks)
@@ -158,8 +138,6 @@ class Pipeline:
         return next((policy for policy in self.policies if policy.slot == slot), None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.message_checks:
-            scope[MESSAGE_CHECKS_KEY] = self.message_checks
         if not self._fast or scope["type"] != "http" or CLIENT_IP_KEY not in scope:
             await self.layers(scope, receive, send)
             return

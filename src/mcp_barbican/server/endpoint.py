@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Final
 from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import (
     CLIENT_IP_KEY,
-    MESSAGE_CHECKS_KEY,
     PRINCIPAL_KEY,
     BodyTooLarge,
     get_header,
@@ -147,11 +146,6 @@ class McpEndpoint:
         if violation is not None:
             await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, violation, msg.get("id"))
             return None
-        for check in scope.get(MESSAGE_CHECKS_KEY, ()):
-            refusal = check(scope, msg)
-            if refusal is not None:
-                await rpc_error(send, refusal.status, refusal.code, refusal.message, msg.get("id"))
-                return None
         if self.runtime.identity.exchange is not None and not await self.runtime.identity.ready(
             scope, send, msg.get("id")
         ):

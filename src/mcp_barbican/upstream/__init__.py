@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     import aiohttp
 
     from mcp_barbican.config import McpConfig
+    from mcp_barbican.upstream.sse import SseChannel
+    from mcp_barbican.upstream.streamable import StreamableHttpChannel
 
 __all__ = ["UpstreamChannel", "open_channel"]
 
@@ -32,21 +34,12 @@ def open_channel(
             on_message, on_close, command=mcp.command, args=mcp.args, env=mcp.env, cwd=mcp.cwd, name=mcp.id
         )
     assert mcp.url is not None
+    channel: type[SseChannel | StreamableHttpChannel]
     if mcp.transport == "sse":
-        from mcp_barbican.upstream.sse import SseChannel
-
-        return SseChannel(
-            on_message,
-            on_close,
-            url=mcp.url,
-            headers=mcp.headers,
-            http=http(),
-            start_timeout=mcp.start_timeout,
-            identity=identity,
-        )
-    from mcp_barbican.upstream.streamable import StreamableHttpChannel
-
-    return StreamableHttpChannel(
+        from mcp_barbican.upstream.sse import SseChannel as channel
+    else:
+        from mcp_barbican.upstream.streamable import StreamableHttpChannel as channel
+    return channel(
         on_message,
         on_close,
         url=mcp.url,
