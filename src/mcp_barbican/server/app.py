@@ -18,21 +18,22 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mcp_barbican.admin import AdminApp
-from mcp_barbican.asgi import CLIENT_IP_KEY, get_header, json_error, repeated_header, respond_json
+from mcp_barbican.asgi import get_header, json_error, respond_json
 from mcp_barbican.audit import AuditTrail, build_sinks
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.logs import log_unexpected
 from mcp_barbican.security.addresses import IpSet
 from mcp_barbican.security.admin import AdminGuard, admin_tokens
-from mcp_barbican.security.auth import MISSING_CREDENTIALS, AuthFailure
 from mcp_barbican.security.client_ip import ClientAddress
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
 from mcp_barbican.security.ipfilter import IpVerdict, decide
 from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata, resource_for
-from mcp_barbican.security.principal import Principal
 from mcp_barbican.security.tokens import check_listed_ids
+from mcp_barbican.server.aggregate.endpoint import AGGREGATE_PATHS, FanEndpoint
+from mcp_barbican.server.aggregate.runtime import FanRuntime
 from mcp_barbican.server.control import MCP_PREFIX, ControlPlane
+from mcp_barbican.server.reach import Reach, reach, refuse_unreached
 from mcp_barbican.server.registry import Registry
 from mcp_barbican.server.shields import Shields, resource_url
 from mcp_barbican.storage import open_storage
@@ -75,6 +76,17 @@ class BarbicanApp:
         self.background: list[Callable[[], Awaitable[None]]] = []
         self._background_tasks: list[asyncio.Task[None]] = []
         self.listing = self.shields.static_filter(self._mcp_list_app, config.server.security)
+        #: /mcp, /sse and /messages: every MCP the caller may use, behind one endpoint.
+        self.aggregate = FanRuntime(
+            idle_timeout=config.server.session_idle_timeout,
+            start_timeout=max((mcp.start_timeout for mcp in config.mcps), default=30.0),
+            quota=self.shields.sessions,
+        )
+        limits = config.server.security.limits
+        self.aggregated = FanEndpoint(
+            self.aggregate, self.routes, self.shields, limits=limits, audit=self.shields.recording
+        )
+        self.aggregated_app = self.shields.static_filter(self.aggregated, config.server.security)
 
     @property
     def config(self) -> ProxyConfig:
@@ -111,12 +123,14 @@ class BarbicanApp:
         check_listed_ids(self.config, self.shields.issued)
         for route in self.routes.values():
             route.runtime.start()
+        self.aggregate.start()
         await self.registry.load()
         self._background_tasks = [asyncio.ensure_future(job()) for job in self.background]
 
     async def shutdown(self) -> None:
         for task in self._background_tasks:
             task.cancel()
+        await self.aggregate.aclose()
         for route in list(self.routes.values()):
             await route.runtime.aclose()
         await self.shields.stop()
@@ -161,6 +175,9 @@ class BarbicanApp:
                 return
             scope["mcp_barbican.subpath"] = f"/{rest}" if rest else ""
             await route.app(scope, receive, send)
+        elif path in AGGREGATE_PATHS:
+            scope["mcp_barbican.subpath"] = AGGREGATE_PATHS[path]
+            await self.aggregated_app(scope, receive, send)
         elif path == "/metrics":  # server.metrics.public: the admin API's handler, without its guard
             await self.admin_app(scope, receive, send)
         elif path == "/api/v1/mcp/list":
@@ -198,38 +215,11 @@ class BarbicanApp:
         await self._mcp_list(scope, send)
 
     async def _mcp_list(self, scope: Scope, send: Send) -> None:
-        """The MCPs the presented credential reaches and may use something of (MCPs without auth reach everyone).
-
-        A credential that no MCP accepts is an authentication failure (it counts toward the
-        ban), also when MCPs without auth still make the answer a 200: else this route would
-        be a free oracle for guessing tokens.
-        """
-        routes = list(self.routes.values())  # the control plane may change the table while verdicts are awaited
-        for name in sorted({r.auth.header for r in routes if r.authenticator is not None}):
-            if repeated_header(scope, name.lower().encode("latin-1")):
-                await json_error(send, 400, "invalid_request", f"more than one {name} header")
-                return
-        verdicts = [(route, await route.verdict(scope)) for route in routes]
-        reached = [
-            r
-            for r, v in verdicts
-            if (v is None or (isinstance(v, Principal) and v.reaches(r.mcp.id)))
-            and r.addresses_admit(scope)
-            and r.allows_anything(v if isinstance(v, Principal) else None)
-        ]
-        refused = [v for _, v in verdicts if isinstance(v, AuthFailure)]
-        authenticated = any(isinstance(v, Principal) for _, v in verdicts)
-        presented = any(v.reason != MISSING_CREDENTIALS for v in refused)
-        if refused and not authenticated and (presented or not reached):
-            self.shields.record_failure(scope.get(CLIENT_IP_KEY))
-        if not reached and not authenticated:  # a valid credential whose MCPs all refuse this address: empty list
-            self.counters.authentication_failures += 1
-            self.counters.violation()
-            challenge = b'Bearer realm="mcp-barbican", error="invalid_token"'
-            await json_error(
-                send, 401, "invalid_token", "no MCP accepts this credential", [(b"www-authenticate", challenge)]
-            )
+        """The MCPs the presented credential reaches and may use something of (server/reach.py)."""
+        found = await reach(self.routes.values(), scope)
+        if await refuse_unreached(self.shields, scope, send, found):
             return
+        assert isinstance(found, Reach)
         listing = [
             {
                 "id": r.mcp.id,
@@ -237,7 +227,7 @@ class BarbicanApp:
                 "status": r.runtime.status,
                 "tool_count": r.runtime.tool_count,
             }
-            for r in reached
+            for r, _principal in found.routes
         ]
         await respond_json(send, 200, {"mcps": listing, "count": len(listing)})
 

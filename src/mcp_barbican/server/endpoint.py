@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import (
@@ -42,7 +42,7 @@ from mcp_barbican.server.requests import (
     sessionless,
     well_formed,
 )
-from mcp_barbican.server.runtime import CapacityError, McpRuntime
+from mcp_barbican.server.runtime import CapacityError
 from mcp_barbican.server.session import Session
 from mcp_barbican.server.streams import EventStream, priming_event
 from mcp_barbican.types import Receive, Scope, Send
@@ -50,6 +50,10 @@ from mcp_barbican.types import Receive, Scope, Send
 if TYPE_CHECKING:
     from mcp_barbican.audit.trail import AuditTrail
     from mcp_barbican.config import LimitsConfig
+    from mcp_barbican.metrics import RequestStats
+    from mcp_barbican.server.identity import UpstreamIdentity
+    from mcp_barbican.server.link import Link
+    from mcp_barbican.server.quota import SessionQuota
 
 #: Methods counted under their own name in the metrics; any other is "other" (labels stay bounded).
 METRIC_METHODS: Final = frozenset(
@@ -70,7 +74,7 @@ METRIC_METHODS: Final = frozenset(
     }
 )
 
-__all__ = ["McpEndpoint"]
+__all__ = ["GATE_KEY", "McpEndpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +86,44 @@ _SSE_HEADERS: Final = [
     (b"x-accel-buffering", b"no"),
 ]
 _SESSION_HEADER: Final = b"mcp-session-id"
+#: Set by the aggregated endpoint when it runs this MCP's pipeline for one message: the endpoint
+#: hands the admitted scope to the callable under this key instead of serving the request.
+GATE_KEY: Final = "mcp_barbican.gate"
+
+
+class Served(Protocol):
+    """What an endpoint serves: one MCP's runtime, or the aggregated endpoint's."""
+
+    id: str
+    identity: UpstreamIdentity
+    stats: RequestStats
+    quota: SessionQuota
+
+    @property
+    def start_timeout(self) -> float: ...
+
+    def new_session(
+        self, principal: str | None, *, client_ip: str | None, legacy_sse: bool = False, who: object = None
+    ) -> Session: ...
+
+    async def initialize(
+        self, session: Session, msg: Message, stream: EventStream, scope: Scope | None = None
+    ) -> None: ...
+
+    async def close_session(self, session: Session) -> None: ...
+
+    def get(self, session_id: str, principal: str | None) -> Session | None: ...
+
+    async def stateless(self) -> tuple[Link, Session]: ...
+
+    async def discover(self, params: Any) -> Message: ...
 
 
 class McpEndpoint:
     """Serves `/mcp/{id}`, `/mcp/{id}/sse` and `/mcp/{id}/messages` for one MCP."""
 
     def __init__(
-        self, runtime: McpRuntime, *, limits: LimitsConfig, messages_path: str, audit: AuditTrail | None = None
+        self, runtime: Served, *, limits: LimitsConfig, messages_path: str, audit: AuditTrail | None = None
     ) -> None:
         self.runtime = runtime
         #: None when nothing is recorded: the builder passes a trail only if it has a sink.
@@ -98,6 +133,10 @@ class McpEndpoint:
         self.messages_path = messages_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gate = scope.get(GATE_KEY)
+        if gate is not None:
+            gate(scope)
+            return
         method = scope["method"]
         sub = scope.get("mcp_barbican.subpath", "")
         if sub == "":
@@ -197,13 +236,20 @@ class McpEndpoint:
             if msg["method"] == "initialize":
                 await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "this session is already initialized", msg["id"])
                 return
+            if not await self._admit(scope, send, session, msg):
+                return
             stream = session.open_stream()
             started = time.perf_counter()
             await self._forward_request(scope, session, msg, stream)
             await self._stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
             await self._record(scope, msg, started, stream)
             return
-        await self._forward_other(session, msg, send)
+        if await self._admit(scope, send, session, msg):
+            await self._forward_other(scope, session, msg, send)
+
+    async def _admit(self, scope: Scope, send: Send, session: Session, msg: Message) -> bool:
+        """Whether to relay `msg` (else the refusal is answered): the pipeline in front decided it already."""
+        return True
 
     async def _initialize(self, scope: Scope, receive: Receive, send: Send, msg: Message) -> None:
         try:
@@ -218,16 +264,15 @@ class McpEndpoint:
             return
         stream = session.open_stream()
         try:
-            await self.runtime.initialize(session, msg, stream)
+            await self.runtime.initialize(session, msg, stream, scope)
         except UpstreamError as exc:
             await self.runtime.close_session(session)
             await rpc_error(
                 send, 502, jsonrpc.UPSTREAM_ERROR, f"upstream {self.runtime.id!r} is unavailable: {exc}", msg["id"]
             )
             return
-        await stream.wait(1, self.runtime.mcp.start_timeout)
-        link = session.link
-        if stream.done and stream.final_data is not None and link is not None and link.init_result is None:
+        await stream.wait(1, self.runtime.start_timeout)
+        if stream.done and stream.final_data is not None and session.started and not session.established:
             # No session came of it: answer without a session id. A failure to reach the
             # upstream is a 502; the upstream's own refusal is its JSON-RPC error as is.
             await self.runtime.close_session(session)
@@ -277,12 +322,15 @@ class McpEndpoint:
         elapsed = None if started is None else time.perf_counter() - started
         self.runtime.stats.record(method, elapsed, failed=stream.failed)
         if self.audit is not None and msg["method"] == "tools/call":
-            await self._audit_tool_call(scope, msg, elapsed, stream)
+            raw = msg.get("params")
+            params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            await self._audit_tool_call(scope, self.runtime.id, params, elapsed, stream)
 
-    async def _audit_tool_call(self, scope: Scope, msg: Message, elapsed: float | None, stream: EventStream) -> None:
+    async def _audit_tool_call(
+        self, scope: Scope, mcp_id: str, params: dict[str, Any], elapsed: float | None, stream: EventStream
+    ) -> None:
+        """One `tool_call` event: `params` as the MCP got them (its own tool name)."""
         assert self.audit is not None
-        raw = msg.get("params")
-        params: dict[str, Any] = raw if isinstance(raw, dict) else {}
         tool = str(params.get("name", ""))[:256]
         success, error = not stream.failed, "upstream unreachable" if stream.failed else None
         if elapsed is not None and success and stream.final_data is not None:
@@ -295,10 +343,10 @@ class McpEndpoint:
             "tool_call",
             "tools/call",
             success,
-            resource=f"tool:{self.runtime.id}/{tool}",
+            resource=f"tool:{mcp_id}/{tool}",
             user=principal_id(scope),
             error=error,
-            mcp=self.runtime.id,
+            mcp=mcp_id,
             tool=tool,
             latency_ms=None if elapsed is None else round(elapsed * 1000, 3),
             details={"arguments": arguments_for_audit(params.get("arguments", {}), self.audit.arguments)},
@@ -306,7 +354,7 @@ class McpEndpoint:
         )
         await self.audit.emit(event)
 
-    async def _forward_other(self, session: Session, msg: Message, send: Send) -> None:
+    async def _forward_other(self, scope: Scope, session: Session, msg: Message, send: Send) -> None:
         """Notifications and responses: relay, then 202 with no body."""
         link = session.link
         if link is None:
@@ -392,8 +440,7 @@ class McpEndpoint:
         timeout = self.runtime.quota.init_timeout
 
         def expire() -> None:
-            link = session.link
-            if session.closed or link is not None and link.init_result is not None:
+            if session.closed or session.established:
                 return
             if session.inflight:  # initialize is on its way upstream: look again later
                 asyncio.get_running_loop().call_later(timeout, expire)
@@ -414,21 +461,24 @@ class McpEndpoint:
         stream = session.legacy_stream
         assert stream is not None
         if "id" in msg and "method" in msg:
-            if msg["method"] == "initialize" and session.link is None:
+            if msg["method"] == "initialize" and not session.started:
                 try:
-                    await self.runtime.initialize(session, msg, stream)
+                    await self.runtime.initialize(session, msg, stream, scope)
                 except UpstreamError as exc:
                     stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, str(exc)))
-            elif session.link is None:
+            elif not session.started:
                 # Answered on the stream, as any legacy reply; the modern era has no HTTP+SSE form.
                 code = jsonrpc.METHOD_NOT_FOUND if msg["method"] == "server/discover" else jsonrpc.INVALID_REQUEST
                 stream.push(jsonrpc.error_body(msg["id"], code, f"{msg['method']} before initialize"))
-            else:
+            elif await self._admit(scope, send, session, msg):
                 await self._forward_request(scope, session, msg, stream)
                 await self._record(scope, msg, None, stream)
+            else:
+                return
             await respond(send, 202)
             return
-        await self._forward_other(session, msg, send)
+        if await self._admit(scope, send, session, msg):
+            await self._forward_other(scope, session, msg, send)
 
     # -- writing SSE -------------------------------------------------------------------
 

@@ -270,7 +270,7 @@ class Link:
         """
         method = msg["method"]
         if access is not None and not access.permits(method, msg.get("params")):
-            self._refuse_unknown(msg, stream)
+            self.refuse_unknown(msg, stream)
             return
         if self.shared and method in LOCAL_IN_SHARED:
             await LOCAL_IN_SHARED[method](self, session, msg, stream)
@@ -280,7 +280,7 @@ class Link:
         else:
             await self.wait_ready()
         if method == "tools/call" and not self._tool_visible(msg):
-            self._refuse_unknown(msg, stream)
+            self.refuse_unknown(msg, stream)
             return
         self._track_client_state(session, msg)
         upstream_id = self._new_id()
@@ -302,7 +302,7 @@ class Link:
             self._finish(pending, jsonrpc.error_response(None, jsonrpc.UPSTREAM_ERROR, str(exc)))
 
     @staticmethod
-    def _refuse_unknown(msg: Message, stream: EventStream) -> None:
+    def refuse_unknown(msg: Message, stream: EventStream) -> None:
         kind, name = target(msg["method"], msg.get("params")) or ("tools", "")
         code, text = _UNKNOWN[kind]
         stream.push(jsonrpc.error_body(msg["id"], code, text.format(name)), final=True)

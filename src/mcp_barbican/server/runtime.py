@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from mcp_barbican.config import McpConfig, ToolFilter
+    from mcp_barbican.types import Scope
 
 __all__ = ["LATEST_LEGACY_VERSION", "CapacityError", "McpRuntime"]
 
@@ -74,6 +75,8 @@ class McpRuntime:
         #: Requests relayed to the upstream per method: counts, failures to reach it, latency.
         self.stats = RequestStats()
         self.server_info: dict[str, Any] | None = None
+        #: What the upstream declared when last probed (None: never reached).
+        self.capabilities: dict[str, Any] | None = None
         self.sessions: dict[str, Session] = {}
         #: What the upstream learns of each caller (upstream_auth).
         self.identity = UpstreamIdentity(mcp.id, mcp.upstream_auth)
@@ -175,6 +178,8 @@ class McpRuntime:
             capabilities = PROXY_CLIENT_CAPABILITIES if shared else {}
             result = await link.handshake(_proxy_init_params(capabilities, self.mcp.proto))
             self.server_info = result.get("serverInfo")
+            declared = result.get("capabilities")
+            self.capabilities = declared if isinstance(declared, dict) else {}
             if "tools" in result.get("capabilities", {}):
                 self.tool_count = len(await _tools(link, self.mcp.request_timeout, self.mcp.tool_filter))
         except BaseException:
@@ -244,8 +249,12 @@ class McpRuntime:
         with contextlib.suppress(UpstreamError):
             await self._release_link(session, link)
 
-    async def initialize(self, session: Session, msg: Message, stream: EventStream) -> None:
-        """Connect a new session upstream and relay its initialize request."""
+    @property
+    def start_timeout(self) -> float:
+        return self.mcp.start_timeout
+
+    async def initialize(self, session: Session, msg: Message, stream: EventStream, scope: Scope | None = None) -> None:
+        """Connect a new session upstream and relay its initialize request (`scope`: the request's, unused here)."""
         session.capabilities = (msg.get("params") or {}).get("capabilities") or {}
         if session.link is not None:
             await session.link.forward_request(session, msg, stream)

@@ -60,6 +60,16 @@ class Session:
         #: The standalone GET stream; messages wait here until the client opens it.
         self.get_stream = self.legacy_stream or self._new_stream(persistent=True)
 
+    @property
+    def started(self) -> bool:
+        """Whether an upstream relay serves the session (its initialize was taken)."""
+        return self.link is not None
+
+    @property
+    def established(self) -> bool:
+        """Whether the upstream answered the session's initialize."""
+        return self.link is not None and self.link.init_result is not None
+
     def touch(self) -> None:
         self.last_seen = time.monotonic()
 

@@ -1,0 +1,161 @@
+"""`/mcp`, `/sse` and `/messages`: one endpoint for every MCP the caller may use.
+
+The transport rules are those of `/mcp/{id}` (the same endpoint class). In front, the request's
+credential is matched against every MCP (server/reach.py): one that no MCP accepts is a 401 and
+counts toward a ban. The session belongs to the caller's principal. Every message bound for an
+MCP then passes that MCP's own pipeline (gate.py): a request to one MCP that its pipeline
+refuses gets that refusal as it is (401, 403, 429 ...), a merged listing leaves the refusing MCP
+out, and authorization filters and refuses exactly as on `/mcp/{id}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+from mcp_barbican import jsonrpc
+from mcp_barbican.asgi import PRINCIPAL_KEY, respond, rpc_error
+from mcp_barbican.exceptions import UpstreamError
+from mcp_barbican.jsonrpc import Message
+from mcp_barbican.server.aggregate.fan import Fan, FanSession
+from mcp_barbican.server.aggregate.gate import Refusal, through
+from mcp_barbican.server.aggregate.rewrite import route
+from mcp_barbican.server.aggregate.runtime import REACH_KEY, FanRuntime
+from mcp_barbican.server.endpoint import METRIC_METHODS, McpEndpoint
+from mcp_barbican.server.link import Pending
+from mcp_barbican.server.reach import Reach, reach, refuse_unreached
+
+if TYPE_CHECKING:
+    from mcp_barbican.audit.trail import AuditTrail
+    from mcp_barbican.config import LimitsConfig
+    from mcp_barbican.server.aggregate.member import Member
+    from mcp_barbican.server.control import McpRoute
+    from mcp_barbican.server.session import Session
+    from mcp_barbican.server.shields import Shields
+    from mcp_barbican.server.streams import EventStream
+    from mcp_barbican.types import Receive, Scope, Send
+
+__all__ = ["AGGREGATE_PATHS", "FanEndpoint"]
+
+logger = logging.getLogger(__name__)
+
+#: The aggregated routes and the endpoint sub-path each is (as `/mcp/{id}` + sub-path).
+AGGREGATE_PATHS: Final = {"/mcp": "", "/sse": "/sse", "/messages": "/messages"}
+#: The members a message was admitted to, each with the scope its pipeline admitted it with.
+_ADMITTED_KEY: Final = "mcp_barbican.admitted"
+
+
+class FanEndpoint(McpEndpoint):
+    """Serves the aggregated routes over the MCPs in `routes` (the control plane's live table)."""
+
+    def __init__(
+        self,
+        runtime: FanRuntime,
+        routes: Mapping[str, McpRoute],
+        shields: Shields,
+        *,
+        limits: LimitsConfig,
+        audit: AuditTrail | None = None,
+    ) -> None:
+        super().__init__(runtime, limits=limits, messages_path="/messages", audit=audit)
+        self.routes = routes
+        self.shields = shields
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = await reach(self.routes.values(), scope)
+        if await refuse_unreached(self.shields, scope, send, found):
+            return
+        assert isinstance(found, Reach)
+        scope[REACH_KEY] = found
+        principal = found.principal
+        if principal is not None:
+            scope[PRINCIPAL_KEY] = principal
+        await super().__call__(scope, receive, send)
+
+    async def _admit(self, scope: Scope, send: Send, session: Session, msg: Message) -> bool:
+        """Run the pipeline of every MCP `msg` goes to; answer the refusal when none admits it."""
+        fan = session.fan if isinstance(session, FanSession) else None
+        if fan is None:
+            return True  # not initialized: the relay says so
+        found: Reach = scope[REACH_KEY]
+        targets = fan.targets(msg, fan.sync([route for route, _principal in found.routes]))
+        admitted: dict[str, Scope] = {}
+        refused: list[tuple[Member, Refusal]] = []
+        for member in targets:
+            outcome = await through(member.route.app, scope, msg)
+            if not isinstance(outcome, Refusal) and member.runtime.identity.exchange is not None:
+                failure = Refusal()
+                if not await member.runtime.identity.ready(outcome, failure.capture, msg.get("id")):
+                    outcome = failure
+            if isinstance(outcome, Refusal):
+                refused.append((member, outcome))
+            else:
+                admitted[member.id] = outcome
+        if refused and not admitted:
+            await refused[0][1].send_to(send)
+            return False
+        for member, refusal in refused:
+            logger.info("MCP %r left out of %s: %s", member.id, msg.get("method", "a response"), refusal.reason)
+        scope[_ADMITTED_KEY] = admitted
+        return True
+
+    async def _forward_request(self, scope: Scope, session: Session, msg: Message, stream: EventStream) -> None:
+        fan = _fan(session)
+        request_id = msg["id"]
+        session.inflight[request_id] = Pending(session, request_id, 0, stream, msg["method"], None)
+        try:
+            await fan.request(scope.get(_ADMITTED_KEY, {}), msg, stream)
+        except UpstreamError as exc:
+            stream.failed = True
+            stream.push(jsonrpc.error_body(request_id, jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
+        if stream.done:  # answered here; a member's answer ends the request where it arrives
+            session.inflight.pop(request_id, None)
+
+    async def _forward_other(self, scope: Scope, session: Session, msg: Message, send: Send) -> None:
+        fan = session.fan if isinstance(session, FanSession) else None
+        if fan is None:
+            await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "the session is not initialized yet")
+            return
+        admitted = scope.get(_ADMITTED_KEY, {})
+        try:
+            if "method" in msg:
+                await fan.notify(admitted, msg)
+            else:
+                await fan.respond(admitted, msg)
+        except UpstreamError as exc:
+            await rpc_error(send, 502, jsonrpc.UPSTREAM_ERROR, str(exc))
+            return
+        await respond(send, 202)
+
+    async def _stateless(self, scope: Scope, send: Send, receive: Receive, msg: Message) -> None:
+        if msg["method"] == "server/discover":
+            response = await self.runtime.discover(msg.get("params"))
+            response["id"] = msg["id"]
+            await respond(send, 200, jsonrpc.dumps(response), [(b"content-type", b"application/json")])
+            return
+        message = "the aggregated endpoint keeps one session per client: send initialize first"
+        await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, message, msg["id"])
+
+    async def _record(self, scope: Scope, msg: Message, started: float | None, stream: EventStream) -> None:
+        """Count a request routed to one MCP in that MCP's metrics (and audit a tool call there); the rest here."""
+        method: str = msg["method"]
+        label = method if method in METRIC_METHODS else "other"
+        elapsed = None if started is None else time.perf_counter() - started
+        routed = route(method, msg.get("params"))
+        admitted: dict[str, Scope] = scope.get(_ADMITTED_KEY, {})
+        member_scope = admitted.get(routed[0]) if routed is not None else None
+        if routed is None or member_scope is None:
+            self.runtime.stats.record(label, elapsed, failed=stream.failed)
+            return
+        target = self.routes.get(routed[0])
+        if target is not None:
+            target.runtime.stats.record(label, elapsed, failed=stream.failed)
+        if self.audit is not None and method == "tools/call":
+            await self._audit_tool_call(member_scope, routed[0], routed[1], elapsed, stream)
+
+
+def _fan(session: Session) -> Fan:
+    assert isinstance(session, FanSession) and session.fan is not None
+    return session.fan

@@ -1,0 +1,184 @@
+"""The aggregated endpoint's sessions: each answers `initialize` itself and opens its members lazily.
+
+Its capabilities are the union of what the reached MCPs declared when last probed, with
+`listChanged` on every list (an MCP may join or change at any time). A session counts once in
+the caller's session quota; each member's upstream session counts too, in its MCP's runtime,
+like any session of that MCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from mcp_barbican import __version__, jsonrpc
+from mcp_barbican.exceptions import UpstreamError, UpstreamUnavailable
+from mcp_barbican.metrics import RequestStats
+from mcp_barbican.server.aggregate.fan import AGGREGATE_ID, Fan, FanSession
+from mcp_barbican.server.identity import UpstreamIdentity
+from mcp_barbican.server.quota import Held, SessionQuota, TooManySessions, holder_key
+from mcp_barbican.server.reach import Reach
+from mcp_barbican.server.requests import SUPPORTED_VERSIONS
+from mcp_barbican.server.runtime import LATEST_LEGACY_VERSION, CapacityError
+
+if TYPE_CHECKING:
+    from mcp_barbican.jsonrpc import Message
+    from mcp_barbican.server.link import Link
+    from mcp_barbican.server.session import Session
+    from mcp_barbican.server.streams import EventStream
+    from mcp_barbican.types import Scope
+
+__all__ = ["REACH_KEY", "FanRuntime", "union_capabilities"]
+
+logger = logging.getLogger(__name__)
+
+#: The request's `Reach` (server/reach.py), put in the scope by the aggregated endpoint.
+REACH_KEY: Final = "mcp_barbican.reach"
+#: Aggregated sessions held at once, over every caller (each is bounded by the caller's quota too).
+MAX_SESSIONS: Final = 10_000
+_LISTS: Final = ("tools", "prompts", "resources")
+
+
+def union_capabilities(declared: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the aggregated endpoint declares: every list any MCP has (always tools), logging and completions."""
+    capabilities: dict[str, Any] = {"tools": {"listChanged": True}}
+    for one in declared:
+        for key in _LISTS:
+            if key in one:
+                capabilities[key] = {**capabilities.get(key, {}), "listChanged": True}
+        if isinstance(one.get("resources"), dict) and one["resources"].get("subscribe"):
+            capabilities["resources"]["subscribe"] = True
+        for key in ("logging", "completions"):
+            if key in one:
+                capabilities[key] = {}
+    return capabilities
+
+
+class FanRuntime:
+    """The sessions of `/mcp` and `/sse`."""
+
+    def __init__(self, *, idle_timeout: float, start_timeout: float, quota: SessionQuota) -> None:
+        self.id = AGGREGATE_ID
+        self.idle_timeout = idle_timeout
+        self.quota = quota
+        self.stats = RequestStats()
+        #: The aggregated endpoint sends no identity of its own: each member's runtime sends its own.
+        self.identity = UpstreamIdentity(AGGREGATE_ID, None)
+        self.sessions: dict[str, FanSession] = {}
+        self._start_timeout = start_timeout
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def start_timeout(self) -> float:
+        return self._start_timeout
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="sweep-aggregate")
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for session in list(self.sessions.values()):
+            await self.close_session(session)
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def new_session(
+        self, principal: str | None, *, client_ip: str | None, legacy_sse: bool = False, who: object = None
+    ) -> Session:
+        session = FanSession(principal, legacy_sse=legacy_sse)
+        holder = holder_key(principal, client_ip)
+        if not self.quota.take(holder, session, self._reclaim):
+            who = "this address" if principal is None else f"principal {principal!r}"
+            raise TooManySessions(
+                f"{who} already holds {self.quota.cap} sessions, each with a request or stream open "
+                "(server.limits.max_sessions_per_principal): end one (DELETE) before opening another"
+            )
+        if len(self.sessions) >= MAX_SESSIONS:
+            self.quota.release(holder, session.id)
+            raise CapacityError(f"the aggregated endpoint already has {len(self.sessions)} sessions")
+        session.holder = holder
+        self.sessions[session.id] = session
+        return session
+
+    def _reclaim(self, held: Held) -> None:
+        session = self.sessions.get(held.id)
+        if session is not None:
+            logger.info("idle aggregated session closed: its principal opened one more than it may hold")
+            fan = self._retire(session)
+            if fan is not None:
+                asyncio.ensure_future(fan.aclose())
+
+    async def initialize(self, session: Session, msg: Message, stream: EventStream, scope: Scope | None = None) -> None:
+        """Answer `initialize` here: the members open when first used, with the client's params."""
+        assert isinstance(session, FanSession) and scope is not None
+        found = scope.get(REACH_KEY)
+        assert isinstance(found, Reach)
+        params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
+        assert isinstance(params, dict)
+        asked = params.get("protocolVersion")
+        version = asked if asked in SUPPORTED_VERSIONS and asked <= LATEST_LEGACY_VERSION else LATEST_LEGACY_VERSION
+        session.capabilities = params.get("capabilities") or {}
+        session.protocol_version = version
+        fan = Fan(session, {**params, "protocolVersion": version})
+        members = fan.sync([route for route, _principal in found.routes])
+        declared = [m.runtime.capabilities for m in members if m.runtime.capabilities is not None]
+        result = {
+            "protocolVersion": version,
+            "capabilities": union_capabilities(declared),
+            "serverInfo": {"name": "mcp-barbican", "title": "Every MCP this caller may use", "version": __version__},
+        }
+        session.fan = fan
+        answer = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
+        stream.push(jsonrpc.dumps(answer), final=True, message=answer)
+
+    def get(self, session_id: str, principal: str | None) -> Session | None:
+        session = self.sessions.get(session_id)
+        if session is None or session.closed or session.principal != principal:
+            return None
+        session.touch()
+        if session.fan is not None:
+            for member in session.fan.members.values():
+                if member.inner is not None:
+                    member.inner.touch()
+        return session
+
+    async def close_session(self, session: Session) -> None:
+        assert isinstance(session, FanSession)
+        fan = self._retire(session)
+        if fan is not None:
+            await fan.aclose()
+
+    def _retire(self, session: FanSession) -> Fan | None:
+        if session.closed:
+            return None
+        session.closed = True
+        self.sessions.pop(session.id, None)
+        if session.holder is not None:
+            self.quota.release(session.holder, session.id)
+        session.end_streams()
+        return session.fan
+
+    async def _sweep_idle(self) -> None:
+        interval = max(1.0, min(30.0, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = time.monotonic() - self.idle_timeout
+            for session in list(self.sessions.values()):
+                busy = session.inflight or any(s.attached for s in session.streams.values())
+                if session.last_seen < cutoff and not busy:
+                    logger.info("aggregated session expired after %.0fs idle", self.idle_timeout)
+                    with contextlib.suppress(UpstreamError):
+                        await self.close_session(session)
+
+    # -- no sessionless requests -------------------------------------------------------
+
+    async def stateless(self) -> tuple[Link, Session]:
+        raise UpstreamUnavailable("the aggregated endpoint keeps one session per client: send initialize first")
+
+    async def discover(self, params: Any) -> Message:
+        message = "the aggregated endpoint keeps one session per client: send initialize"
+        return jsonrpc.error_response(None, jsonrpc.METHOD_NOT_FOUND, message)
