@@ -160,3 +160,32 @@ async def test_sdk_oauth_flow_discovers_and_calls(tmp_path: Path, issuer: str) -
                 result = await client.call_tool("echo", {"message": "via the SDK flow"})
         assert "via the SDK flow" in result.content[0].text  # type: ignore[union-attr]
         assert storage.tokens is not None  # the SDK obtained its token from the authorization server
+
+
+@pytest.mark.anyio
+async def test_aggregated_endpoint_is_a_resource_of_its_own(tmp_path: Path, issuer: str) -> None:
+    """/mcp has its RFC 9728 metadata; a token for it reaches every MCP on server.auth, one for /mcp/{id} that MCP."""
+    mcps = [demo_mcp("alpha"), demo_mcp("beta")]
+    with start(tmp_path, {"issuer": issuer, "required_scopes": ["mcp:tools"]}, mcps) as proxy:
+        aggregate = f"{proxy.base}/mcp"
+        metadata_url = f"{proxy.base}/.well-known/oauth-protected-resource/mcp"
+        document = httpx2.get(metadata_url, timeout=10).json()
+        assert document["resource"] == aggregate and document["authorization_servers"] == [issuer]
+
+        missing = httpx2.post(aggregate, json=INIT, headers=HEADERS, timeout=10)
+        assert missing.status_code == 401
+        assert f'resource_metadata="{metadata_url}"' in missing.headers["www-authenticate"]
+
+        async def tool_names(token: str) -> list[str]:
+            async with mcp_client(aggregate, headers={"Authorization": f"Bearer {token}"}) as client:
+                listed = await client.list_tools()
+                echoed = await client.call_tool(listed.tools[0].name, {"message": "via /mcp"})
+                assert "via /mcp" in echoed.content[0].text  # type: ignore[union-attr]
+                return sorted({tool.name.partition("__")[0] for tool in listed.tools})
+
+        assert await tool_names(get_token(issuer, aggregate, "mcp:tools")) == ["alpha", "beta"]
+        assert await tool_names(get_token(issuer, proxy.url("alpha"), "mcp:tools")) == ["alpha"]
+
+        elsewhere = get_token(issuer, "http://elsewhere.test/mcp", "mcp:tools")
+        refused = httpx2.post(aggregate, json=INIT, headers={**HEADERS, "Authorization": f"Bearer {elsewhere}"})
+        assert refused.status_code == 401 and refused.json()["error"] == "invalid_token"

@@ -33,11 +33,15 @@ WELL_KNOWN_PATH: Final = "/.well-known/oauth-protected-resource"
 MAX_DESCRIPTION_CHARS: Final = 200
 
 
-def resource_for(oauth2: OAuth2Config, public_url: str | None, mcp_id: str) -> str | None:
-    """This MCP's resource identifier when the config says it: `oauth2.resource`, else `public_url` + /mcp/{id}."""
+def resource_for(oauth2: OAuth2Config, public_url: str | None, mcp_id: str | None) -> str | None:
+    """This MCP's resource identifier when the config says it: `oauth2.resource`, else `public_url` + /mcp/{id}.
+
+    `mcp_id` None: the aggregated endpoint's, `public_url` + /mcp.
+    """
     if oauth2.resource is not None:
         return oauth2.resource
-    return f"{public_url.rstrip('/')}/mcp/{mcp_id}" if public_url is not None else None
+    path = "/mcp" if mcp_id is None else f"/mcp/{mcp_id}"
+    return f"{public_url.rstrip('/')}{path}" if public_url is not None else None
 
 
 def protected_resource_metadata(resource: str, oauth2: OAuth2Config, jwt: JwtConfig | None) -> dict[str, Any]:

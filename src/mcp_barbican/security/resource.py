@@ -46,23 +46,34 @@ class ScopedResource:
         return verdict
 
 
-def oauth_audience(oauth2: OAuth2Config, public_url: str | None, mcp_id: str) -> frozenset[str]:
-    """The audiences a token must name: the configured ones, else this MCP's resource URL."""
+def oauth_audience(
+    oauth2: OAuth2Config, public_url: str | None, mcp_id: str, *, aggregated: bool = False
+) -> frozenset[str]:
+    """The audiences a token may name: the configured ones, else this MCP's resource URL.
+
+    `aggregated`: the MCP takes `server.auth`, so it serves in the aggregated endpoint `/mcp` too,
+    and a token for that resource is one for this MCP as well.
+    """
     if oauth2.audience is not None:
         return frozenset([oauth2.audience] if isinstance(oauth2.audience, str) else oauth2.audience)
     resource = resource_for(oauth2, public_url, mcp_id)
     if resource is None:  # the config check refuses this; a model built without it must still fail closed
         raise ConfigError("set server.public_url or auth.oauth2.audience", path=f"mcps.{mcp_id}.auth.oauth2.audience")
-    return frozenset([resource])
+    aggregate = resource_for(oauth2, public_url, None) if aggregated else None
+    return frozenset([resource] if aggregate is None else [resource, aggregate])
 
 
-def oauth_resource(oauth2: OAuth2Config, jwt: JwtConfig | None, public_url: str | None, mcp_id: str) -> ScopedResource:
+def oauth_resource(
+    oauth2: OAuth2Config, jwt: JwtConfig | None, public_url: str | None, mcp_id: str, *, aggregated: bool = False
+) -> ScopedResource:
     """The validator of an `oauth2` block (with the `jwt` block beside it, if any)."""
     inner: Verifier
     if jwt is not None:
         inner = JwtVerifier(jwt)
     elif oauth2.introspection is not None:
-        rules = IntrospectionRules(oauth_audience(oauth2, public_url, mcp_id), oauth2.issuer, oauth2.leeway)
+        rules = IntrospectionRules(
+            oauth_audience(oauth2, public_url, mcp_id, aggregated=aggregated), oauth2.issuer, oauth2.leeway
+        )
         inner = Introspector(oauth2.introspection, rules)
     else:
         assert oauth2.issuer is not None  # the config requires it without jwt and introspection
@@ -72,6 +83,8 @@ def oauth_resource(oauth2: OAuth2Config, jwt: JwtConfig | None, public_url: str 
             ttl=oauth2.jwks_cache_ttl,
             cooldown=oauth2.jwks_refresh_cooldown,
         )
-        claims = ClaimRules(oauth2.issuer, oauth_audience(oauth2, public_url, mcp_id), {}, oauth2.leeway)
+        claims = ClaimRules(
+            oauth2.issuer, oauth_audience(oauth2, public_url, mcp_id, aggregated=aggregated), {}, oauth2.leeway
+        )
         inner = JwtVerifier.with_jwks(jwks, claims)
     return ScopedResource(inner, oauth2.required_scopes)

@@ -28,7 +28,13 @@ from mcp_barbican.security.client_ip import ClientAddress
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
 from mcp_barbican.security.ipfilter import IpVerdict, decide
-from mcp_barbican.security.oauth import WELL_KNOWN_PATH, protected_resource_metadata, resource_for
+from mcp_barbican.security.oauth import (
+    WELL_KNOWN_PATH,
+    metadata_url,
+    protected_resource_metadata,
+    resource_for,
+    www_authenticate,
+)
 from mcp_barbican.security.tokens import check_listed_ids
 from mcp_barbican.server.aggregate.endpoint import AGGREGATE_PATHS, FanEndpoint
 from mcp_barbican.server.aggregate.runtime import FanRuntime
@@ -40,7 +46,7 @@ from mcp_barbican.storage import open_storage
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from mcp_barbican.config import ProxyConfig
+    from mcp_barbican.config import AuthConfig, ProxyConfig
 
 __all__ = ["BarbicanApp", "build_app"]
 
@@ -48,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 _PREFIX = MCP_PREFIX
 _PRM_PREFIX = f"{WELL_KNOWN_PATH}/mcp/"
+_PRM_AGGREGATE = f"{WELL_KNOWN_PATH}/mcp"
 _NO_ADDRESSES = IpSet.build(())
 
 
@@ -84,7 +91,12 @@ class BarbicanApp:
         )
         limits = config.server.security.limits
         self.aggregated = FanEndpoint(
-            self.aggregate, self.routes, self.shields, limits=limits, audit=self.shields.recording
+            self.aggregate,
+            self.routes,
+            self.shields,
+            limits=limits,
+            audit=self.shields.recording,
+            challenge=self._aggregate_challenge,
         )
         self.aggregated_app = self.shields.static_filter(self.aggregated, config.server.security)
 
@@ -184,6 +196,8 @@ class BarbicanApp:
             await self.listing(scope, receive, send)
         elif path.startswith(_PRM_PREFIX):
             await self._resource_metadata(scope, send, path[len(_PRM_PREFIX) :])
+        elif path == _PRM_AGGREGATE:
+            await self._resource_metadata(scope, send, None)
         else:
             await json_error(send, 404, "not_found", f"no route for {path}")
 
@@ -201,15 +215,28 @@ class BarbicanApp:
             return not self.config.server.metrics.public
         return path == "/admin" or path.startswith("/admin/")
 
-    async def _resource_metadata(self, scope: Scope, send: Send, mcp_id: str) -> None:
-        """RFC 9728 metadata of an MCP whose clients authenticate with OAuth."""
-        route = self.routes.get(mcp_id)
-        auth = route.auth if route is not None else None
+    async def _resource_metadata(self, scope: Scope, send: Send, mcp_id: str | None) -> None:
+        """RFC 9728 metadata of an MCP whose clients authenticate with OAuth (None: /mcp, with server.auth)."""
+        if mcp_id is None:
+            auth: AuthConfig | None = self.config.server.auth
+        else:
+            route = self.routes.get(mcp_id)
+            auth = route.auth if route is not None else None
         if auth is None or auth.oauth2 is None or auth.type != "oauth2":
-            await json_error(send, 404, "not_found", f"no OAuth protected resource at /mcp/{mcp_id}")
+            where = "/mcp" if mcp_id is None else f"/mcp/{mcp_id}"
+            await json_error(send, 404, "not_found", f"no OAuth protected resource at {where}")
             return
         resource = resource_for(auth.oauth2, self.config.server.public_url, mcp_id) or resource_url(scope, mcp_id)
         await respond_json(send, 200, protected_resource_metadata(resource, auth.oauth2, auth.jwt))
+
+    def _aggregate_challenge(self, scope: Scope) -> bytes:
+        """The WWW-Authenticate of a 401 on /mcp: with RFC 9728 metadata when server.auth is OAuth."""
+        auth = self.config.server.auth
+        metadata = None
+        if auth is not None and auth.type == "oauth2" and auth.oauth2 is not None:
+            resource = resource_for(auth.oauth2, self.config.server.public_url, None) or resource_url(scope, None)
+            metadata = metadata_url(resource)
+        return www_authenticate("mcp-barbican", error="invalid_token", resource_metadata=metadata).encode("latin-1")
 
     async def _mcp_list_app(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._mcp_list(scope, send)

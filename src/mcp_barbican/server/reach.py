@@ -9,9 +9,9 @@ guessing tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from mcp_barbican.asgi import CLIENT_IP_KEY, json_error, repeated_header
 from mcp_barbican.security.auth import MISSING_CREDENTIALS, AuthFailure
@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from mcp_barbican.server.shields import Shields
     from mcp_barbican.types import Scope, Send
 
-__all__ = ["Reach", "reach"]
+__all__ = ["Reach", "reach", "refuse_unreached"]
+
+_CHALLENGE: Final = b'Bearer realm="mcp-barbican", error="invalid_token"'
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ async def reach(routes: Iterable[McpRoute], scope: Scope) -> Reach | str:
     return Reach(reached, authenticated, failed)
 
 
-async def refuse_unreached(shields: Shields, scope: Scope, send: Send, found: Reach | str) -> bool:
+async def refuse_unreached(
+    shields: Shields, scope: Scope, send: Send, found: Reach | str, challenge: Callable[[Scope], bytes] | None = None
+) -> bool:
     """Answer 400 or 401 when the request reaches nothing it may use; count a failure; whether it answered."""
     if isinstance(found, str):
         await json_error(send, 400, "invalid_request", found)
@@ -74,6 +78,6 @@ async def refuse_unreached(shields: Shields, scope: Scope, send: Send, found: Re
         return False
     shields.counters.authentication_failures += 1
     shields.counters.violation()
-    challenge = b'Bearer realm="mcp-barbican", error="invalid_token"'
-    await json_error(send, 401, "invalid_token", "no MCP accepts this credential", [(b"www-authenticate", challenge)])
+    value = challenge(scope) if challenge is not None else _CHALLENGE
+    await json_error(send, 401, "invalid_token", "no MCP accepts this credential", [(b"www-authenticate", value)])
     return True

@@ -227,7 +227,7 @@ class Shields:
         if auth.type == "oauth2" and auth.oauth2 is not None:
             if public_url is None:
                 public_url = self.config.server.public_url
-            resource = oauth_resource(auth.oauth2, auth.jwt, public_url, mcp.id)
+            resource = oauth_resource(auth.oauth2, auth.jwt, public_url, mcp.id, aggregated=mcp.auth is None)
             self.verifiers.append(resource)
             return resource
         if auth.type == "mtls" and auth.mtls is not None:
@@ -324,10 +324,11 @@ class Shields:
         )
 
 
-def resource_url(scope: Scope, mcp_id: str) -> str:
-    """This MCP's public URL as the client reached it (the Host header was validated before)."""
+def resource_url(scope: Scope, mcp_id: str | None) -> str:
+    """This MCP's public URL as the client reached it (the Host header was validated before); None: /mcp's."""
     host = get_header(scope, b"host") or b"localhost"
-    return f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}/mcp/{mcp_id}"
+    path = "/mcp" if mcp_id is None else f"/mcp/{mcp_id}"
+    return f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}{path}"
 
 
 def challenge_for(auth: AuthConfig, mcp_id: str, public_url: str | None = None) -> Callable[[AuthFailure, Scope], str]:

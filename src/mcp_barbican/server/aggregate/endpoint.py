@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from mcp_barbican import jsonrpc
@@ -58,14 +58,17 @@ class FanEndpoint(McpEndpoint):
         *,
         limits: LimitsConfig,
         audit: AuditTrail | None = None,
+        challenge: Callable[[Scope], bytes] | None = None,
     ) -> None:
         super().__init__(runtime, limits=limits, messages_path="/messages", audit=audit)
         self.routes = routes
         self.shields = shields
+        #: The WWW-Authenticate value of a 401 (with OAuth metadata where server.auth is OAuth).
+        self._challenge = challenge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = await reach(self.routes.values(), scope)
-        if await refuse_unreached(self.shields, scope, send, found):
+        if await refuse_unreached(self.shields, scope, send, found, self._challenge):
             return
         assert isinstance(found, Reach)
         scope[REACH_KEY] = found
