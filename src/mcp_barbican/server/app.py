@@ -99,6 +99,8 @@ class BarbicanApp:
             challenge=self._aggregate_challenge,
         )
         self.aggregated_app = self.shields.static_filter(self.aggregated, config.server.security)
+        self.control.on_routes_change.append(self.aggregate.announce_change)
+        self.control.on_server_change.append(self._reconfigure_aggregate)
 
     @property
     def config(self) -> ProxyConfig:
@@ -228,6 +230,13 @@ class BarbicanApp:
             return
         resource = resource_for(auth.oauth2, self.config.server.public_url, mcp_id) or resource_url(scope, mcp_id)
         await respond_json(send, 200, protected_resource_metadata(resource, auth.oauth2, auth.jwt))
+
+    def _reconfigure_aggregate(self, config: ProxyConfig) -> None:
+        """A reload changed the server section: /mcp takes its address lists and limits."""
+        security = config.server.security
+        self.aggregated.limits = security.limits
+        self.aggregated.max_body_size = security.limits.max_body_size
+        self.aggregated_app = self.shields.static_filter(self.aggregated, security)
 
     def _aggregate_challenge(self, scope: Scope) -> bytes:
         """The WWW-Authenticate of a 401 on /mcp: with RFC 9728 metadata when server.auth is OAuth."""

@@ -93,6 +93,8 @@ class ControlPlane:
         self.headers: SecurityHeaders | None = None
         #: Called in the switch when a change replaces the server section (the admin guard rebuilds).
         self.on_server_change: list[Callable[[ProxyConfig], None]] = []
+        #: Called in the switch when a change serves, swaps or drops an MCP (the aggregated sessions hear of it).
+        self.on_routes_change: list[Callable[[], None]] = []
         self._lock = asyncio.Lock()
 
     # -- the admin API's view (admin.control.ControlPlane) ---------------------------------
@@ -220,5 +222,8 @@ class Change:
                 listener(self.config)
         for route, _ in self._built.values():
             route.runtime.start()
+        if self._built or self._dropped:
+            for announce in plane.on_routes_change:
+                announce()
         self._built = {}
         return retired

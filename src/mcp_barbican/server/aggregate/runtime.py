@@ -174,6 +174,13 @@ class FanRuntime:
                     with contextlib.suppress(UpstreamError):
                         await self.close_session(session)
 
+    def announce_change(self) -> None:
+        """An MCP was served, swapped or dropped: every session's lists may have changed."""
+        for session in self.sessions.values():
+            if session.fan is not None:
+                for kind in _LISTS:
+                    session.fan.list_changed({"method": f"notifications/{kind}/list_changed"})
+
     # -- no sessionless requests -------------------------------------------------------
 
     async def stateless(self) -> tuple[Link, Session]:
