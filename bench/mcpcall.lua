@@ -4,6 +4,7 @@
 --   MCP_SESSION   Mcp-Session-Id of the session opened beforehand (required)
 --   MCP_PROTOCOL  MCP-Protocol-Version header (default 2025-11-25)
 --   MCP_AUTH      full Authorization header value, e.g. "Bearer abc" (optional)
+--   MCP_TOOL      the tool's name at this endpoint (default echo; everything__echo on /mcp)
 --
 -- Every request carries a fresh JSON-RPC id. A reply counts as good only if it is HTTP 200 and
 -- holds a JSON-RPC `result`; anything else is counted as bad in response(). done() prints one
@@ -12,6 +13,7 @@
 local session = os.getenv("MCP_SESSION")
 local protocol = os.getenv("MCP_PROTOCOL") or "2025-11-25"
 local auth = os.getenv("MCP_AUTH")
+local tool = os.getenv("MCP_TOOL") or "echo"
 
 local threads = {}
 local thread_counter = 0
@@ -46,7 +48,7 @@ end
 function request()
   next_id = next_id + 1
   local body = '{"jsonrpc":"2.0","id":' .. (prefix + next_id) ..
-    ',"method":"tools/call","params":{"name":"echo","arguments":{"message":"hello"}}}'
+    ',"method":"tools/call","params":{"name":"' .. tool .. '","arguments":{"message":"hello"}}}'
   return wrk.format("POST", nil, headers, body)
 end
 

@@ -116,8 +116,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
 class Pool:
     """Up to `size` keep-alive connections; callers queue (and that wait counts) when all are busy."""
 
-    def __init__(self, target: Target, size: int, stats: Stats) -> None:
+    def __init__(self, target: Target, size: int, stats: Stats, tool: bytes = b"echo") -> None:
         self.target = target
+        self.tool = tool
         self.size = size
         self.stats = stats
         self.idle: list[Conn] = []
@@ -191,9 +192,9 @@ def build_headers(args: argparse.Namespace, host: str, port: int) -> bytes:
 
 
 async def one_call(pool: Pool, request_id: int, start: float, stats: Stats) -> None:
-    body = (
-        b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hello"}}}'
-        % request_id
+    body = b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":{"message":"hello"}}}' % (
+        request_id,
+        pool.tool,
     )
     target = pool.target
     request = b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
@@ -255,7 +256,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     port = url.port or 80
     target = Target(host, port, url.path or "/", build_headers(args, host, port))
     stats = Stats()
-    pool = Pool(target, args.connections, stats)
+    pool = Pool(target, args.connections, stats, args.tool.encode())
     count = int(args.rate * args.seconds)
     slack = args.slack_ms / 1000
     tasks: set[asyncio.Task[None]] = set()
@@ -314,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--protocol", default="2025-11-25", help="MCP-Protocol-Version header")
+    parser.add_argument("--tool", default="echo", help="the tool to call (server-everything's echo, by its name there)")
     parser.add_argument("--auth", default=os.environ.get("MCP_AUTH", ""), help="Authorization header value")
     parser.add_argument("--first-id", type=int, default=1_000_000, help="first JSON-RPC id")
     parser.add_argument("--slack-ms", type=float, default=2.0, help="timer lateness that is not counted")

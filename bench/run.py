@@ -70,6 +70,8 @@ BAR_S1_VS_SUPERGATEWAY = 2.0
 BAR_S2_VS_DIRECT = 0.80
 #: Issue 11: authorization (10 rules, 2 roles) costs under 5 % against the same layers without it.
 BAR_AUTHORIZATION_RATIO = 0.95
+#: Issue 11: the aggregated /mcp with one MCP costs under 10 % against /mcp/{id} (same config).
+BAR_AGGREGATE_RATIO = 0.90
 BAR_S2_ADDED_P50_MS = 1.5
 BAR_SECURITY_RATIO = 0.90
 BAR_IDLE_RSS_MB = 80.0
@@ -297,6 +299,7 @@ class Session:
     sid: str
     protocol: str
     auth: str
+    tool: str = "echo"
 
     def headers(self) -> dict[str, str]:
         return _base_headers(self.auth) | {"Mcp-Session-Id": self.sid, "MCP-Protocol-Version": self.protocol}
@@ -325,7 +328,7 @@ def _result_of(what: str, url: str, payload: dict[str, Any], reply: Reply) -> di
     raise BenchError(f"{what}: POST {url}\nrequest: {json.dumps(payload)}\nresponse: {reply.describe()}")
 
 
-def open_session(url: str, auth: str, timeout: float = 60.0) -> Session:
+def open_session(url: str, auth: str, timeout: float = 60.0, tool: str = "echo") -> Session:
     """initialize, notifications/initialized and one probe echo call."""
     init = {
         "jsonrpc": "2.0",
@@ -344,12 +347,12 @@ def open_session(url: str, auth: str, timeout: float = 60.0) -> Session:
     if not sid:
         raise BenchError(f"initialize: no Mcp-Session-Id in the reply\nresponse: {reply.describe()}")
     protocol = str(result.get("protocolVersion", PROTOCOL))
-    session = Session(url, sid, protocol, auth)
+    session = Session(url, sid, protocol, auth, tool)
     note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
     reply = _exchange("notifications/initialized", url, note, session.headers(), timeout)
     if reply.status not in (200, 202):
         raise BenchError(f"notifications/initialized: POST {url}\nresponse: {reply.describe()}")
-    probe = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": ECHO_PARAMS}
+    probe = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {**ECHO_PARAMS, "name": tool}}
     _result_of("probe tools/call", url, probe, _exchange("probe tools/call", url, probe, session.headers(), timeout))
     return session
 
@@ -368,7 +371,7 @@ def delete_session(session: Session) -> str | None:
 @contextlib.contextmanager
 def mcp_session(target: Target) -> Iterator[Session]:
     assert target.url is not None
-    session = open_session(target.url, target.auth)
+    session = open_session(target.url, target.auth, tool=target.tool)
     try:
         yield session
     finally:
@@ -394,6 +397,8 @@ class Target:
     failed: str = ""
     notes: list[str] = field(default_factory=list)
     layers: dict[str, str] = field(default_factory=dict)
+    #: The echo tool's name at this target's endpoint.
+    tool: str = "echo"
 
     @property
     def http(self) -> bool:
@@ -490,6 +495,14 @@ class Lab:
             auth=bearer,
             barbican=True,
         )
+        s1_aggregate = Target(
+            "barbican-s1-aggregate",
+            "mcp-barbican, security on, aggregated /mcp (one MCP)",
+            "S1",
+            auth=bearer,
+            barbican=True,
+            tool="everything__echo",
+        )
         proxy = Target("mcp-proxy", "mcp-proxy 0.13.0", "S1")
         sg = Target("supergateway", "supergateway 4.0.0 --stateful", "S1")
         pump = Target("stdio-direct", "direct (stdio pump)", "S1")
@@ -520,6 +533,10 @@ class Lab:
             s1_authz.proc, port, s1_authz.state_dir = self.start_barbican("barbican-s1-authz", str(config))
             s1_authz.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
+        def start_s1_aggregate() -> None:
+            s1_aggregate.proc, port, s1_aggregate.state_dir = self.start_barbican("barbican-s1-aggregate", "s1.yaml")
+            s1_aggregate.url = f"http://{LOOPBACK}:{port}/mcp"
+
         def start_proxy() -> None:
             proxy.proc, port = self.start_mcp_proxy("mcp-proxy")
             proxy.url = f"http://{LOOPBACK}:{port}/mcp"
@@ -546,6 +563,7 @@ class Lab:
         add(s1_off, start_s1_off)
         add(s1_layers, start_s1_layers)
         add(s1_authz, start_s1_authz)
+        add(s1_aggregate, start_s1_aggregate)
         add(proxy, start_proxy)
         add(sg, start_sg)
         add(pump, lambda: None)
@@ -629,6 +647,7 @@ def barbican_command() -> list[str]:
 
 def run_wrk(url: str, session: Session, seconds: float) -> dict[str, Any]:
     env = {**os.environ, "MCP_SESSION": session.sid, "MCP_PROTOCOL": session.protocol, "MCP_AUTH": session.auth}
+    env["MCP_TOOL"] = session.tool
     argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c8", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(LUA), url]
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
@@ -664,7 +683,7 @@ def run_rate(session: Session, rate: int, seconds: float) -> dict[str, Any]:
     argv = ["taskset", "-c", LOAD_CPU, sys.executable, str(RATE_CLIENT), f"--url={session.url}"]
     # `--name=value`: session ids may start with "-" (URL-safe base64), which argparse would take for an option.
     argv += [f"--session={session.sid}", f"--protocol={session.protocol}", f"--rate={rate}", f"--seconds={seconds:g}"]
-    argv += [f"--slack-ms={RATE_SLACK_MS:g}"]
+    argv += [f"--slack-ms={RATE_SLACK_MS:g}", f"--tool={session.tool}"]
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -841,11 +860,11 @@ def probe_layers(target: Target) -> dict[str, str]:
     assert target.url is not None
     found: dict[str, str] = {}
     try:
-        session = open_session(target.url, target.auth)
+        session = open_session(target.url, target.auth, tool=target.tool)
     except BenchError as exc:
         return {"error": str(exc)}
     try:
-        call = {"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": ECHO_PARAMS}
+        call = {"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {**ECHO_PARAMS, "name": target.tool}}
         ok = http_request("POST", target.url, json.dumps(call).encode(), session.headers())
         bare = {k: v for k, v in session.headers().items() if k != "Authorization"}
         no_auth = http_request("POST", target.url, json.dumps(call).encode(), bare)
@@ -1027,6 +1046,14 @@ def report(res: Results) -> str:
     )
     checks.append(
         Check(
+            "S1 aggregated /mcp (one MCP) / /mcp/{id}, security on (throughput)",
+            res.ratio("barbican-s1-aggregate", "barbican-s1"),
+            BAR_AGGREGATE_RATIO,
+            digits=3,
+        )
+    )
+    checks.append(
+        Check(
             "S1 security on, audit included / off (throughput)",
             res.ratio("barbican-s1", "barbican-s1-off"),
             BAR_SECURITY_RATIO,
@@ -1114,6 +1141,7 @@ def report(res: Results) -> str:
         ("mcp-barbican security on / off", "barbican-s1", "barbican-s1-off"),
         ("mcp-barbican security layers (no audit) / off", "barbican-s1-layers", "barbican-s1-off"),
         ("mcp-barbican layers + authorization / layers", "barbican-s1-authz", "barbican-s1-layers"),
+        ("mcp-barbican aggregated /mcp / /mcp/{id}", "barbican-s1-aggregate", "barbican-s1"),
         ("supergateway / mcp-proxy", "supergateway", "mcp-proxy"),
         ("S2 mcp-barbican security on / direct", "barbican-s2", "s2-direct"),
         ("S2 mcp-barbican security off / direct", "barbican-s2-off", "s2-direct"),

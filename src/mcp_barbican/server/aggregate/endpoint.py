@@ -13,16 +13,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from hmac import compare_digest
 from typing import TYPE_CHECKING, Final
 
 from mcp_barbican import jsonrpc
-from mcp_barbican.asgi import PRINCIPAL_KEY, respond, rpc_error
+from mcp_barbican.asgi import PRINCIPAL_KEY, get_header, respond, rpc_error
 from mcp_barbican.exceptions import UpstreamError
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.server.aggregate.fan import Fan, FanSession
 from mcp_barbican.server.aggregate.gate import Refusal, through
 from mcp_barbican.server.aggregate.rewrite import route
-from mcp_barbican.server.aggregate.runtime import REACH_KEY, FanRuntime
+from mcp_barbican.server.aggregate.runtime import CREDENTIALS_KEY, REACH_KEY, Credentials, FanRuntime
 from mcp_barbican.server.endpoint import METRIC_METHODS, McpEndpoint
 from mcp_barbican.server.link import Pending
 from mcp_barbican.server.reach import Reach, reach, refuse_unreached
@@ -65,17 +66,37 @@ class FanEndpoint(McpEndpoint):
         self.shields = shields
         #: The WWW-Authenticate value of a 401 (with OAuth metadata where server.auth is OAuth).
         self._challenge = challenge
+        self.runtime: FanRuntime = runtime
+        self._credentials = Credentials(runtime)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = await reach(self.routes.values(), scope)
-        if await refuse_unreached(self.shields, scope, send, found, self._challenge):
-            return
-        assert isinstance(found, Reach)
+        key = self._credentials.key(self.routes.values(), scope)
+        found = self._remembered(scope, key)
+        if found is None:
+            fresh = await reach(self.routes.values(), scope)
+            if await refuse_unreached(self.shields, scope, send, fresh, self._challenge):
+                return
+            assert isinstance(fresh, Reach)
+            found = fresh
         scope[REACH_KEY] = found
+        scope[CREDENTIALS_KEY] = key
         principal = found.principal
         if principal is not None:
             scope[PRINCIPAL_KEY] = principal
         await super().__call__(scope, receive, send)
+
+    def _remembered(self, scope: Scope, key: bytes) -> Reach | None:
+        """The reach of the session the request names, when it comes with the credential that opened it.
+
+        Every message to an MCP still passes that MCP's pipeline, which authenticates the
+        credential again (expiry and revocation included); this saves asking every MCP which
+        principal the same bytes are on each request. A change of the served MCPs starts afresh.
+        """
+        header = get_header(scope, b"mcp-session-id")
+        session = self.runtime.sessions.get(header.decode("latin-1")) if header is not None else None
+        if session is None or session.credentials is None or session.reach is None:
+            return None
+        return session.reach if compare_digest(session.credentials, key) else None
 
     async def _admit(self, scope: Scope, send: Send, session: Session, msg: Message) -> bool:
         """Run the pipeline of every MCP `msg` goes to; answer the refusal when none admits it."""

@@ -24,6 +24,7 @@ from mcp_barbican.server.session import Session
 
 if TYPE_CHECKING:
     from mcp_barbican.server.control import McpRoute
+    from mcp_barbican.server.reach import Reach
     from mcp_barbican.server.streams import EventStream
     from mcp_barbican.types import Scope
 
@@ -54,6 +55,9 @@ class FanSession(Session):
     def __init__(self, principal: str | None, *, legacy_sse: bool = False) -> None:
         super().__init__(AGGREGATE_ID, principal, legacy_sse=legacy_sse)
         self.fan: Fan | None = None
+        #: The MCPs the session's credentials reached when it opened, and what decided it (Credentials.key).
+        self.reach: Reach | None = None
+        self.credentials: bytes | None = None
 
     @property
     def started(self) -> bool:

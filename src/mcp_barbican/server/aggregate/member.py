@@ -100,6 +100,10 @@ class Member:
 
     async def session(self, scope: Scope) -> Session:
         """The member's upstream session, opened now for the caller of `scope` if it has none."""
+        inner = self.inner
+        if inner is not None and not inner.closed:
+            inner.touch()
+            return inner
         async with self._lock:
             inner = self.inner
             if inner is None or inner.closed:

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from mcp_barbican import __version__, jsonrpc
+from mcp_barbican.asgi import CLIENT_IP_KEY
 from mcp_barbican.exceptions import UpstreamError, UpstreamUnavailable
 from mcp_barbican.metrics import RequestStats
+from mcp_barbican.security.mtls import certificate_pem
 from mcp_barbican.server.aggregate.fan import AGGREGATE_ID, Fan, FanSession
 from mcp_barbican.server.identity import UpstreamIdentity
 from mcp_barbican.server.quota import Held, SessionQuota, TooManySessions, holder_key
@@ -26,6 +30,7 @@ from mcp_barbican.server.runtime import LATEST_LEGACY_VERSION, CapacityError
 
 if TYPE_CHECKING:
     from mcp_barbican.jsonrpc import Message
+    from mcp_barbican.server.control import McpRoute
     from mcp_barbican.server.link import Link
     from mcp_barbican.server.session import Session
     from mcp_barbican.server.streams import EventStream
@@ -37,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: The request's `Reach` (server/reach.py), put in the scope by the aggregated endpoint.
 REACH_KEY: Final = "mcp_barbican.reach"
+#: What the request's reach depends on (`Credentials.key`), put in the scope beside it.
+CREDENTIALS_KEY: Final = "mcp_barbican.credentials"
 #: Aggregated sessions held at once, over every caller (each is bounded by the caller's quota too).
 MAX_SESSIONS: Final = 10_000
 _LISTS: Final = ("tools", "prompts", "resources")
@@ -57,6 +64,32 @@ def union_capabilities(declared: list[dict[str, Any]]) -> dict[str, Any]:
     return capabilities
 
 
+class Credentials:
+    """What decides which MCPs a request reaches, besides the MCPs: its credentials and its address."""
+
+    def __init__(self, runtime: FanRuntime) -> None:
+        self._runtime = runtime
+        self._generation = -1
+        self._headers: frozenset[bytes] = frozenset()
+        self._certificates = False
+
+    def key(self, routes: Iterable[McpRoute], scope: Scope) -> bytes:
+        """Equal for two requests that reach the same MCPs as the same principals (while the MCPs stay).
+
+        A digest: the session keeps no credential, and comparing it takes the same time wherever it differs.
+        """
+        if self._generation != self._runtime.generation:
+            table = list(routes)
+            self._headers = frozenset(r.auth.header.lower().encode("latin-1") for r in table if r.auth.type != "mtls")
+            self._certificates = any(r.auth.type == "mtls" for r in table)
+            self._generation = self._runtime.generation
+        wanted = self._headers
+        presented = tuple(header for header in scope["headers"] if header[0] in wanted)
+        certificate = certificate_pem(scope) if self._certificates else None
+        decisive = (self._generation, scope.get(CLIENT_IP_KEY), presented, certificate)
+        return hashlib.sha256(repr(decisive).encode()).digest()
+
+
 class FanRuntime:
     """The sessions of `/mcp` and `/sse`."""
 
@@ -70,6 +103,8 @@ class FanRuntime:
         self.sessions: dict[str, FanSession] = {}
         self._start_timeout = start_timeout
         self._sweeper: asyncio.Task[None] | None = None
+        #: Counts changes of the served MCPs: a remembered reach is good for one generation.
+        self.generation = 0
 
     @property
     def start_timeout(self) -> float:
@@ -132,6 +167,8 @@ class FanRuntime:
             "serverInfo": {"name": "mcp-barbican", "title": "Every MCP this caller may use", "version": __version__},
         }
         session.fan = fan
+        session.reach = found
+        session.credentials = scope.get(CREDENTIALS_KEY)
         answer = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
         stream.push(jsonrpc.dumps(answer), final=True, message=answer)
 
@@ -176,6 +213,7 @@ class FanRuntime:
 
     def announce_change(self) -> None:
         """An MCP was served, swapped or dropped: every session's lists may have changed."""
+        self.generation += 1
         for session in self.sessions.values():
             if session.fan is not None:
                 for kind in _LISTS:
