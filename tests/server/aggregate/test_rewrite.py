@@ -123,7 +123,15 @@ def test_a_listing_gives_every_entry_its_mcp(method: str, result: dict[str, Any]
 def test_listed_entries_without_their_name_are_left_out(method: str, keys: tuple[str, str]) -> None:
     list_key, name_key = keys
     good = {name_key: "kept", "description": "x"}
-    entries = [good, {"description": "no name"}, {name_key: None}, {name_key: 3}, "not an entry", None, [name_key]]
+    entries: list[Any] = [
+        good,
+        {"description": "no name"},
+        {name_key: None},
+        {name_key: 3},
+        "not an entry",
+        None,
+        [name_key],
+    ]
     result = {list_key: entries}
     rewrite_result("demo", method, result)
     assert [entry[name_key] for entry in result[list_key]] == [
@@ -203,7 +211,7 @@ def test_a_tool_result_without_resources_is_unchanged(result: dict[str, Any]) ->
 
 
 def test_prompt_messages_carry_their_mcp() -> None:
-    result = {
+    result: dict[str, Any] = {
         "description": "d",
         "messages": [
             {"role": "user", "content": {"type": "text", "text": "hi"}},
