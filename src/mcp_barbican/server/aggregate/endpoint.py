@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 from mcp_barbican import jsonrpc
-from mcp_barbican.asgi import PRINCIPAL_KEY, respond, rpc_error
+from mcp_barbican.asgi import PRINCIPAL_KEY, json_error, respond, rpc_error
 from mcp_barbican.exceptions import UpstreamError
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.server.aggregate.fan import Fan, FanSession
@@ -68,6 +68,11 @@ class FanEndpoint(McpEndpoint):
         if await refuse_unreached(self.shields, scope, send, found):
             return
         assert isinstance(found, Reach)
+        if not found.routes:  # authenticated, but no MCP lets it use anything: as `/mcp/{id}` would answer
+            self.shields.counters.authorization_denied += 1
+            self.shields.counters.violation()
+            await json_error(send, 403, "insufficient_scope", "this credential may use nothing of any MCP")
+            return
         scope[REACH_KEY] = found
         principal = found.principal
         if principal is not None:
