@@ -174,6 +174,9 @@ MISTAKES = [
         AUTH + "mcps: [{id: a__b, command: x}]", "mcps[0].id", "'__' is reserved", id="bad-id-double-underscore"
     ),
     pytest.param(
+        AUTH + "mcps: [{id: a_, command: x}]", "mcps[0].id", "may not end with '_'", id="bad-id-trailing-underscore"
+    ),
+    pytest.param(
         mcp("transport: stdio"), "mcps[0].command", "required for transport stdio", id="stdio-without-command"
     ),
     pytest.param(mcp("transport: sse"), "mcps[0].url", "required for transport sse", id="sse-without-url"),

@@ -1,5 +1,6 @@
-"""Authorization end to end: principals with different roles x (`/mcp/{id}`, `/admin/tools`, `/admin/tools/call`).
+"""Authorization end to end: principals with different roles x every path x list and call.
 
+The paths: `/mcp/{id}`, the aggregated `/mcp` (names `{id}__{name}`), `/admin/tools` and `/admin/tools/call`.
 The demo MCP `demo` has its own policy; `plain` takes `server.authorization` (replaced, never merged).
 """
 
@@ -55,6 +56,14 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
         yield running
 
 
+#: The `mcp` that stands for the aggregated endpoint `/mcp` (names there are `{id}__{name}`).
+AGGREGATED = ""
+
+
+def endpoint(proxy: RunningProxy, mcp: str) -> str:
+    return proxy.url(mcp) if mcp != AGGREGATED else f"{proxy.base}/mcp"
+
+
 def headers(who: str, session: str | None = None) -> dict[str, str]:
     sent = {
         "Authorization": f"Bearer {TOKENS[who][0]}",
@@ -67,17 +76,17 @@ def headers(who: str, session: str | None = None) -> dict[str, str]:
 
 
 def open_session(proxy: RunningProxy, who: str, mcp: str = "demo") -> str:
-    response = httpx2.post(proxy.url(mcp), headers=headers(who), json=INIT)
+    response = httpx2.post(endpoint(proxy, mcp), headers=headers(who), json=INIT)
     assert response.status_code == 200, response.text
     session = response.headers["mcp-session-id"]
     notified = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    assert httpx2.post(proxy.url(mcp), headers=headers(who, session), json=notified).status_code == 202
+    assert httpx2.post(endpoint(proxy, mcp), headers=headers(who, session), json=notified).status_code == 202
     return session
 
 
 def rpc(proxy: RunningProxy, who: str, session: str, method: str, params: dict[str, Any], mcp: str = "demo") -> Any:
     body = {"jsonrpc": "2.0", "id": 5, "method": method, "params": params}
-    response = httpx2.post(proxy.url(mcp), headers=headers(who, session), content=orjson.dumps(body))
+    response = httpx2.post(endpoint(proxy, mcp), headers=headers(who, session), content=orjson.dumps(body))
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
     return sse_messages(response.text)[-1]
@@ -88,8 +97,8 @@ def tool_names(proxy: RunningProxy, who: str, mcp: str = "demo") -> set[str]:
     return {tool["name"] for tool in answer["result"]["tools"]}
 
 
-def call(proxy: RunningProxy, who: str, session: str, tool: str, args: dict[str, Any]) -> Any:
-    return rpc(proxy, who, session, "tools/call", {"name": tool, "arguments": args})
+def call(proxy: RunningProxy, who: str, session: str, tool: str, args: dict[str, Any], mcp: str = "demo") -> Any:
+    return rpc(proxy, who, session, "tools/call", {"name": tool, "arguments": args}, mcp)
 
 
 def unknown(tool: str) -> dict[str, Any]:
@@ -281,3 +290,146 @@ async def test_legacy_sse_sessions_are_decided_alike(proxy: RunningProxy, mcp: s
         with pytest.raises(MCPError, match="Unknown tool: 'add' is not available through this proxy"):
             await client.call_tool("add", {"a": 1, "b": 2})
         assert (await client.call_tool("echo", {"message": "ok"})).content[0].text == "ok"  # type: ignore[union-attr]
+
+
+# -- the aggregated endpoint `/mcp`: the same principals and policies, names `{id}__{name}` --------------
+
+
+def prefixed(mcps: tuple[str, ...], tools: set[str]) -> set[str]:
+    return {f"{mcp}__{tool}" for mcp in mcps for tool in tools}
+
+
+@pytest.mark.parametrize(
+    ("who", "visible"),
+    [
+        ("alice", prefixed(("demo", "plain", "shared"), ALL_TOOLS)),
+        ("bob", prefixed(("demo", "shared"), {"echo", "whoami"})),  # plain: server.authorization grants bob nothing
+        ("carol", prefixed(("demo", "shared"), {"echo"})),
+    ],
+)
+def test_the_aggregated_listing_shows_what_the_caller_may_use_of_every_mcp(
+    proxy: RunningProxy, who: str, visible: set[str]
+) -> None:
+    assert tool_names(proxy, who, AGGREGATED) == visible
+
+
+def refused_like_an_unknown_name(answer: Any) -> bool:
+    error = answer.get("error") or {}
+    return error.get("code") == -32602 and str(error.get("message")).endswith("is not available through this proxy")
+
+
+@pytest.mark.parametrize(
+    ("who", "tool", "args", "allowed"),
+    [
+        ("alice", "demo__add", {"a": 1, "b": 2}, True),
+        ("alice", "plain__add", {"a": 1, "b": 2}, True),  # server.authorization
+        ("alice", "shared__add", {"a": 1, "b": 2}, True),
+        ("bob", "demo__echo", {"message": "hi"}, True),
+        ("bob", "demo__add", {"a": 1, "b": 2}, False),  # allowed and denied: deny wins
+        ("bob", "demo__slow", {"seconds": 0}, False),
+        ("bob", "demo__ECHO", {"message": "hi"}, False),
+        ("bob", "DEMO__echo", {"message": "hi"}, False),  # an MCP id in another case is another id
+        ("bob", "echo", {"message": "hi"}, False),  # no prefix: no MCP
+        ("bob", "plain__echo", {"message": "hi"}, False),  # an MCP that grants bob nothing is no member
+        ("bob", "shared__echo", {"message": "hi"}, True),
+        ("bob", "shared__add", {"a": 1, "b": 2}, False),
+        ("carol", "demo__echo", {"message": "short"}, True),  # `when` true
+        ("carol", "demo__echo", {"message": "far too long for the bot"}, False),  # `when` false
+        ("carol", "demo__echo", {}, False),  # `when` fails to evaluate: denied
+        ("carol", "shared__echo", {"message": "short"}, True),
+        ("carol", "shared__echo", {"message": "far too long for the bot"}, False),
+        ("carol", "demo__whoami", {}, False),
+        ("carol", "plain__echo", {"message": "short"}, False),
+    ],
+)
+def test_aggregated_calls_are_decided_as_on_the_mcps_own_endpoint(
+    proxy: RunningProxy, who: str, tool: str, args: dict[str, Any], allowed: bool
+) -> None:
+    answer = call(proxy, who, open_session(proxy, who, AGGREGATED), tool, args, AGGREGATED)
+    if allowed:
+        assert "result" in answer and not answer["result"].get("isError"), answer
+        if tool.endswith("__echo"):
+            assert answer["result"]["content"][0]["text"] == args["message"]
+    else:
+        assert refused_like_an_unknown_name(answer), answer
+
+
+def test_aggregated_denied_and_missing_names_answer_alike(proxy: RunningProxy) -> None:
+    session = open_session(proxy, "bob", AGGREGATED)
+
+    def error(tool: str) -> dict[str, Any]:
+        return dict(call(proxy, "bob", session, tool, {}, AGGREGATED)["error"])
+
+    denied, missing = error("demo__add"), error("demo__nonexistent")  # a member's names
+    assert denied["message"].replace("'add'", "X") == missing["message"].replace("'nonexistent'", "X")
+    not_granted, nowhere = error("plain__echo"), error("nowhere__echo")  # an MCP bob may not use, and none
+    assert not_granted["message"].replace("plain", "X") == nowhere["message"].replace("nowhere", "X")
+    assert denied["code"] == missing["code"] == not_granted["code"] == nowhere["code"] == -32602
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "code", "text"),
+    [
+        ("prompts/get", {"name": "demo__add"}, -32602, "Unknown prompt: "),
+        ("resources/read", {"uri": "mcp-barbican://demo/add"}, -32002, "Resource not found: "),
+        ("resources/subscribe", {"uri": "mcp-barbican://demo/file:///add"}, -32002, "Resource not found: "),
+        ("resources/read", {"uri": "mcp-barbican://plain/add"}, -32002, "Resource not found: "),
+        ("completion/complete", {"ref": {"type": "ref/prompt", "name": "demo__add"}, "argument": {}}, -32602, "prompt"),
+    ],
+)
+def test_aggregated_routes_to_a_name_are_refused_alike(
+    proxy: RunningProxy, method: str, params: dict[str, Any], code: int, text: str
+) -> None:
+    answer = rpc(proxy, "bob", open_session(proxy, "bob", AGGREGATED), method, params, AGGREGATED)
+    assert answer["error"]["code"] == code
+    assert text in answer["error"]["message"] and "not available through this proxy" in answer["error"]["message"]
+
+
+def test_a_caller_allowed_nothing_anywhere_gets_403_insufficient_scope_on_the_aggregated_endpoint(
+    proxy: RunningProxy,
+) -> None:
+    before = denied_total(proxy)
+    response = httpx2.post(endpoint(proxy, AGGREGATED), headers=headers("dave"), json=INIT)
+    assert response.status_code == 403, response.text
+    assert response.json()["error"] == "insufficient_scope"
+    assert denied_total(proxy) == before + 1
+
+
+def denied_total(proxy: RunningProxy) -> float:
+    metrics = httpx2.get(f"{proxy.base}/metrics", headers=ADMIN).text
+    line = next(line for line in metrics.splitlines() if line.startswith("mcp_barbican_authorization_denied_total"))
+    return float(line.split()[-1])
+
+
+def test_an_aggregated_session_is_not_found_for_another_principal(proxy: RunningProxy) -> None:
+    session = open_session(proxy, "alice", AGGREGATED)
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "demo__add", "arguments": {}}}
+    response = httpx2.post(endpoint(proxy, AGGREGATED), headers=headers("bob", session), json=body)
+    assert response.status_code == 404
+
+
+def test_aggregated_denials_are_audited_with_the_mcp_and_its_tool(proxy: RunningProxy) -> None:
+    session = open_session(proxy, "carol", AGGREGATED)
+    answer = call(
+        proxy, "carol", session, "shared__echo", {"message": "far too long for the aggregated call"}, AGGREGATED
+    )
+    assert refused_like_an_unknown_name(answer)
+    events = httpx2.get(f"{proxy.base}/admin/audit?type=authorization", headers=ADMIN).json()["events"]
+    assert any(
+        e["user"] == "token:carol" and not e["success"] and e["mcp"] == "shared" and e["tool"] == "echo" for e in events
+    ), events
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("path", "transport"), [("/mcp", "streamable"), ("/sse", "sse")])
+async def test_the_sdk_client_on_the_aggregated_endpoint_sees_and_calls_what_the_policy_says(
+    proxy: RunningProxy, path: str, transport: str
+) -> None:
+    sent = {"Authorization": f"Bearer {TOKENS['carol'][0]}"}
+    async with mcp_client(proxy.base + path, transport=transport, headers=sent) as client:
+        assert {tool.name for tool in (await client.list_tools()).tools} == {"demo__echo", "shared__echo"}
+        with pytest.raises(MCPError, match="is not available through this proxy"):
+            await client.call_tool("demo__echo", {"message": "far too long for the bot"})
+        with pytest.raises(MCPError, match="is not available through this proxy"):
+            await client.call_tool("plain__echo", {"message": "ok"})
+        assert (await client.call_tool("shared__echo", {"message": "ok"})).content[0].text == "ok"  # type: ignore[union-attr]

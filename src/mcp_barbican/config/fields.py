@@ -138,6 +138,8 @@ def _check_mcp_id(value: str) -> str:
     # The aggregated /mcp endpoint names tools `{id}__{tool}`; "__" in an id would be ambiguous.
     if "__" in value:
         raise ValueError(f"invalid id {value!r}: '__' is reserved as the separator of aggregated tool names")
+    if value.endswith("_"):  # `a_` + `__` + `x` would split as `a` + `__` + `_x`
+        raise ValueError(f"invalid id {value!r}: it may not end with '_' (aggregated names are '{{id}}__{{name}}')")
     return value
 
 

@@ -17,7 +17,7 @@ from hmac import compare_digest
 from typing import TYPE_CHECKING, Final
 
 from mcp_barbican import jsonrpc
-from mcp_barbican.asgi import PRINCIPAL_KEY, get_header, respond, rpc_error
+from mcp_barbican.asgi import PRINCIPAL_KEY, get_header, json_error, respond, rpc_error
 from mcp_barbican.exceptions import UpstreamError
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.server.aggregate.fan import Fan, FanSession
@@ -78,6 +78,11 @@ class FanEndpoint(McpEndpoint):
                 return
             assert isinstance(fresh, Reach)
             found = fresh
+        if not found.routes:  # authenticated, but no MCP lets it use anything: as `/mcp/{id}` would answer
+            self.shields.counters.authorization_denied += 1
+            self.shields.counters.violation()
+            await json_error(send, 403, "insufficient_scope", "this credential may use nothing of any MCP")
+            return
         scope[REACH_KEY] = found
         scope[CREDENTIALS_KEY] = key
         principal = found.principal

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcp_barbican import jsonrpc
+from mcp_barbican.asgi import PRINCIPAL_KEY
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.server.endpoint import GATE_KEY
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
@@ -63,6 +64,7 @@ async def through(app: ASGIApp, scope: Scope, message: Message) -> Scope | Refus
     admitted: list[Scope] = []
     copy = dict(scope)
     copy["headers"] = list(scope["headers"])
+    copy.pop(PRINCIPAL_KEY, None)  # the MCP's own authentication says who calls it, as on `/mcp/{id}`
     copy[GATE_KEY] = admitted.append
     refusal = Refusal()
     await app(copy, _replay(message), refusal.capture)

@@ -1,6 +1,6 @@
 """How the aggregated endpoint names what it merges, and how it reads the names back.
 
-Tools and prompts are `{mcp id}__{name}`: an MCP id never holds `__` (the config refuses it), so
+Tools and prompts are `{mcp id}__{name}`: an MCP id never holds `__` nor ends in `_` (the config refuses both), so
 the first `__` splits a name unambiguously. Resource URIs and URI templates become
 `mcp-barbican://{mcp id}/{original}`: the original follows the prefix unchanged, so a template's
 variables expand as the upstream defined them and the way back is stripping the prefix. A merged
@@ -74,7 +74,7 @@ def decode_cursor(cursor: object) -> dict[str, str] | None:
         return None
     try:
         value = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeError):
+    except (ValueError, binascii.Error, UnicodeError, RecursionError):
         return None
     if not isinstance(value, dict) or not value:
         return None
