@@ -9,6 +9,7 @@ guessing tokens.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -37,7 +38,7 @@ class Reach:
     #: Whether the request counts as an authentication failure.
     failed: bool
 
-    @property
+    @functools.cached_property
     def principal(self) -> Principal | None:
         """The caller, the same whichever MCP is asked first: the least principal id of the reached MCPs."""
         found = [principal for _route, principal in self.routes if principal is not None]

@@ -20,9 +20,8 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import PRINCIPAL_KEY, get_header, json_error, respond, rpc_error
 from mcp_barbican.exceptions import UpstreamError
 from mcp_barbican.jsonrpc import Message
-from mcp_barbican.server.aggregate.fan import Fan, FanSession
+from mcp_barbican.server.aggregate.fan import Fan, FanSession, Routed, routed
 from mcp_barbican.server.aggregate.gate import Refusal, through
-from mcp_barbican.server.aggregate.rewrite import route
 from mcp_barbican.server.aggregate.runtime import CREDENTIALS_KEY, REACH_KEY, Credentials, FanRuntime
 from mcp_barbican.server.endpoint import METRIC_METHODS, McpEndpoint
 from mcp_barbican.server.link import Pending
@@ -46,6 +45,8 @@ logger = logging.getLogger(__name__)
 AGGREGATE_PATHS: Final = {"/mcp": "", "/sse": "/sse", "/messages": "/messages"}
 #: The members a message was admitted to, each with the scope its pipeline admitted it with.
 _ADMITTED_KEY: Final = "mcp_barbican.admitted"
+#: Where the request goes by its prefix (`fan.routed`).
+_NAMED_KEY: Final = "mcp_barbican.named"
 
 
 class FanEndpoint(McpEndpoint):
@@ -108,8 +109,9 @@ class FanEndpoint(McpEndpoint):
         fan = session.fan if isinstance(session, FanSession) else None
         if fan is None:
             return True  # not initialized: the relay says so
-        found: Reach = scope[REACH_KEY]
-        targets = fan.targets(msg, fan.sync([route for route, _principal in found.routes]))
+        named = routed(msg)
+        scope[_NAMED_KEY] = named
+        targets = fan.targets(msg, fan.sync(scope[REACH_KEY]), named)
         admitted: dict[str, Scope] = {}
         refused: list[tuple[Member, Refusal]] = []
         for member in targets:
@@ -135,7 +137,7 @@ class FanEndpoint(McpEndpoint):
         request_id = msg["id"]
         session.inflight[request_id] = Pending(session, request_id, 0, stream, msg["method"], None)
         try:
-            await fan.request(scope.get(_ADMITTED_KEY, {}), msg, stream)
+            await fan.request(scope.get(_ADMITTED_KEY, {}), msg, stream, scope.get(_NAMED_KEY))
         except UpstreamError as exc:
             stream.failed = True
             stream.push(jsonrpc.error_body(request_id, jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
@@ -172,17 +174,17 @@ class FanEndpoint(McpEndpoint):
         method: str = msg["method"]
         label = method if method in METRIC_METHODS else "other"
         elapsed = None if started is None else time.perf_counter() - started
-        routed = route(method, msg.get("params"))
+        named: Routed | None = scope.get(_NAMED_KEY)
         admitted: dict[str, Scope] = scope.get(_ADMITTED_KEY, {})
-        member_scope = admitted.get(routed[0]) if routed is not None else None
-        if routed is None or member_scope is None:
+        member_scope = admitted.get(named[0]) if named is not None else None
+        if named is None or member_scope is None:
             self.runtime.stats.record(label, elapsed, failed=stream.failed)
             return
-        target = self.routes.get(routed[0])
+        target = self.routes.get(named[0])
         if target is not None:
             target.runtime.stats.record(label, elapsed, failed=stream.failed)
         if self.audit is not None and method == "tools/call":
-            await self._audit_tool_call(member_scope, routed[0], routed[1], elapsed, stream)
+            await self._audit_tool_call(member_scope, named[0], named[1], elapsed, stream)
 
 
 def _fan(session: Session) -> Fan:

@@ -20,22 +20,25 @@ from mcp_barbican.server.aggregate.member import Member
 from mcp_barbican.server.aggregate.names import decode_cursor, encode_cursor
 from mcp_barbican.server.aggregate.rewrite import LISTED, rewrite_result, route
 from mcp_barbican.server.link import Link
+from mcp_barbican.server.reach import Reach
 from mcp_barbican.server.session import Session
 
 if TYPE_CHECKING:
     from mcp_barbican.server.control import McpRoute
-    from mcp_barbican.server.reach import Reach
     from mcp_barbican.server.streams import EventStream
     from mcp_barbican.types import Scope
 
-__all__ = ["AGGREGATE_ID", "Fan", "FanSession"]
+__all__ = ["AGGREGATE_ID", "ROUTED", "Fan", "FanSession", "Routed", "routed"]
+
+#: Where a request naming one thing goes: the MCP id and the params as that MCP knows them.
+Routed = tuple[str, dict[str, Any]]
 
 logger = logging.getLogger(__name__)
 
 #: The aggregated endpoint's name where an MCP id would be (sessions, logs, metrics).
 AGGREGATE_ID: Final = "*"
 #: Requests a member answers for its prefix (the rest are answered here or refused).
-_ROUTED: Final = frozenset(
+ROUTED: Final = frozenset(
     {
         "tools/call",
         "prompts/get",
@@ -47,6 +50,12 @@ _ROUTED: Final = frozenset(
 )
 #: Notifications from the client every opened member gets.
 _BROADCAST: Final = frozenset({"notifications/roots/list_changed"})
+
+
+def routed(msg: Message) -> Routed | None:
+    """Where a client's request goes by its prefix (None: it names nothing of an MCP)."""
+    method = msg.get("method")
+    return route(method, msg.get("params")) if method in ROUTED else None
 
 
 class FanSession(Session):
@@ -80,13 +89,22 @@ class Fan:
         self.server_requests: dict[int, tuple[Member, RequestId]] = {}
         self._next_server_request = 0
         self.log_level: str | None = None
+        #: The last reach synced and its members (a session's requests mostly bring the same one).
+        self._synced: tuple[Reach | None, list[Member]] = (None, [])
 
     def listening(self) -> bool:
         """Whether the client holds a stream that unrelated messages reach (members stay open meanwhile)."""
         return self.session.get_stream.attached or any(s.attached for s in self.session.streams.values())
 
-    def sync(self, reached: Sequence[McpRoute]) -> list[Member]:
+    def sync(self, found: Reach) -> list[Member]:
         """The members for the MCPs the request reaches now (new MCPs join; a replaced MCP starts afresh)."""
+        if found is self._synced[0]:
+            return self._synced[1]
+        members = self._members([route for route, _principal in found.routes])
+        self._synced = (found, members)
+        return members
+
+    def _members(self, reached: Sequence[McpRoute]) -> list[Member]:
         found = []
         for current in reached:
             member = self.members.get(current.mcp.id)
@@ -97,13 +115,15 @@ class Fan:
             found.append(member)
         return found
 
-    def targets(self, msg: Message, members: Sequence[Member]) -> list[Member]:
-        """The members `msg` goes to (each passes its MCP's pipeline first)."""
+    def targets(self, msg: Message, members: Sequence[Member], named: Routed | None) -> list[Member]:
+        """The members `msg` goes to (each passes its MCP's pipeline first); `named`: its `routed()`."""
+        if named is not None:
+            member = self.members.get(named[0])
+            return [member] if member is not None and member in members else []
         method = msg.get("method")
-        reached = {member.id: member for member in members}
         if "method" not in msg:  # a response to an upstream's request
             asked = self.server_requests.get(msg.get("id")) if isinstance(msg.get("id"), int) else None  # type: ignore[arg-type]
-            return [asked[0]] if asked is not None and asked[0].id in reached else []
+            return [asked[0]] if asked is not None and asked[0] in members else []
         if "id" not in msg:
             if method == "notifications/cancelled":
                 request_id = (msg.get("params") or {}).get("requestId")
@@ -114,10 +134,7 @@ class Fan:
             return [m for m in members if m.declares(kind) and self._usable(m, str(method))]
         if method == "logging/setLevel":
             return [m for m in members if m.inner is not None and "logging" in m.capabilities]
-        routed = route(str(method), msg.get("params")) if method in _ROUTED else None
-        if routed is None or routed[0] not in reached:
-            return []
-        return [reached[routed[0]]]
+        return []
 
     @staticmethod
     def _usable(member: Member, method: str) -> bool:
@@ -128,7 +145,9 @@ class Fan:
 
     # -- client -> upstreams -----------------------------------------------------------
 
-    async def request(self, admitted: Mapping[str, Scope], msg: Message, stream: EventStream) -> None:
+    async def request(
+        self, admitted: Mapping[str, Scope], msg: Message, stream: EventStream, named: Routed | None
+    ) -> None:
         """Answer a client's request on `stream`: `admitted`, the members whose pipeline let it through."""
         method: str = msg["method"]
         if method == "ping":
@@ -137,21 +156,20 @@ class Fan:
             await self._set_level(admitted, msg, stream)
         elif method in LISTED:
             await self._listing(admitted, msg, stream)
-        elif method not in _ROUTED:
+        elif method not in ROUTED:
             stream.push(
                 jsonrpc.error_body(msg["id"], jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}"), final=True
             )
         else:
-            routed = route(method, msg.get("params"))
-            scope = admitted.get(routed[0]) if routed is not None else None
-            if routed is None or scope is None:
+            scope = admitted.get(named[0]) if named is not None else None
+            if named is None or scope is None:
                 Link.refuse_unknown(msg, stream)
                 return
             try:
-                await self.members[routed[0]].relay(scope, {**msg, "params": routed[1]}, stream)
+                await self.members[named[0]].relay(scope, {**msg, "params": named[1]}, stream)
             except UpstreamError as exc:
                 stream.failed = True
-                message = f"upstream {routed[0]!r} is unavailable: {exc}"
+                message = f"upstream {named[0]!r} is unavailable: {exc}"
                 stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, message), final=True)
 
     async def _listing(self, admitted: Mapping[str, Scope], msg: Message, stream: EventStream) -> None:

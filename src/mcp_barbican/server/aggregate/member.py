@@ -43,7 +43,13 @@ class Tap(EventStream):
     """An answer stream that hands each message on as it arrives instead of keeping it."""
 
     def __init__(self, deliver: Deliver, *, persistent: bool = False, listening: Callable[[], bool] | None = None):
-        super().__init__("tap", persistent=persistent)
+        # No event log: a tap keeps nothing (it is made per request, so only what the link reads is set).
+        self.stream_id = "tap"
+        self.persistent = persistent
+        self.done = self.failed = False
+        self.final_data = self.final_message = None
+        self.delivered = 1
+        self._waiters = []
         self._deliver = deliver
         self._listening = listening
 
@@ -67,6 +73,12 @@ class Tap(EventStream):
         if not self.persistent and not self.done:
             self.done = True
             self._deliver(None, None, True)
+
+    def close(self) -> None:
+        self.done = True
+
+    def read_from(self, seq: int) -> tuple[list[bytes], int]:
+        return [], seq
 
 
 class Member:

@@ -84,10 +84,11 @@ class Credentials:
             self._certificates = any(r.auth.type == "mtls" for r in table)
             self._generation = self._runtime.generation
         wanted = self._headers
-        presented = tuple(header for header in scope["headers"] if header[0] in wanted)
-        certificate = certificate_pem(scope) if self._certificates else None
-        decisive = (self._generation, scope.get(CLIENT_IP_KEY), presented, certificate)
-        return hashlib.sha256(repr(decisive).encode()).digest()
+        parts = [b"%d" % self._generation, str(scope.get(CLIENT_IP_KEY)).encode()]
+        parts += [name + b":" + value for name, value in scope["headers"] if name in wanted]
+        if self._certificates:
+            parts.append(str(certificate_pem(scope)).encode())
+        return hashlib.sha256(b"\n".join(parts)).digest()
 
 
 class FanRuntime:
@@ -159,7 +160,7 @@ class FanRuntime:
         session.capabilities = params.get("capabilities") or {}
         session.protocol_version = version
         fan = Fan(session, {**params, "protocolVersion": version})
-        members = fan.sync([route for route, _principal in found.routes])
+        members = fan.sync(found)
         declared = [m.runtime.capabilities for m in members if m.runtime.capabilities is not None]
         result = {
             "protocolVersion": version,
