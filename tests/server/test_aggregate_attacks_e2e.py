@@ -137,6 +137,16 @@ def test_names_the_caller_cannot_use_are_answered_like_unknown_tools(proxy: Runn
     assert Session(proxy, bearer(ALICE)).call("private__echo")["result"]["content"][0]["text"] == "hi"
 
 
+def test_prompts_and_resources_the_caller_cannot_use_are_answered_like_unknown_ones(proxy: RunningProxy) -> None:
+    session = Session(proxy, {})
+    for name in ("private__p", "nosuch__p", "p"):
+        error = session.answer("prompts/get", {"name": name}).get("error")
+        assert error == {"code": -32602, "message": f"Unknown prompt: {name!r} is not available through this proxy"}
+    for uri in ("mcp-barbican://private/demo://x", "mcp-barbican://nosuch/demo://x", "demo://x", "mcp-barbican://demo"):
+        error = session.answer("resources/read", {"uri": uri}).get("error")
+        assert error == {"code": -32002, "message": f"Resource not found: {uri!r} is not available through this proxy"}
+
+
 @pytest.mark.parametrize(
     "forged",
     ["garbage!", cursor({"private": "0"}), cursor({"nosuch": "0"}), cursor({}), cursor(["demo"])],
@@ -164,6 +174,14 @@ def test_an_mcps_own_rate_limit_refuses_its_calls_only(proxy: RunningProxy) -> N
     listed = {tool["name"] for tool in session.answer("tools/list", {}, **address)["result"]["tools"]}
     assert "demo__echo" in listed and not any(name.startswith("limited__") for name in listed)
     assert "MCP 'limited' left out of tools/list: HTTP 429" in proxy.log_text()
+
+
+def test_a_deleted_session_is_gone(proxy: RunningProxy) -> None:
+    session = Session(proxy, {})
+    assert session.call("demo__echo")["result"]["content"][0]["text"] == "hi"
+    deleted = httpx2.delete(session.url, headers=session.headers, timeout=30)
+    assert deleted.status_code in (200, 204)
+    assert session.request("ping", {}).status_code == 404
 
 
 def test_sessionless_requests_are_refused(proxy: RunningProxy) -> None:

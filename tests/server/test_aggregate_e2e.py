@@ -21,6 +21,7 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_barbican import jsonrpc
 from tests.proxy import RunningProxy, everything_stdio, mcp_client, run_everything_http, run_proxy
+from tests.server.test_aggregate_attacks_e2e import Session
 from tests.server.test_parity import dump
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio, pytest.mark.npm]
@@ -147,6 +148,23 @@ async def test_each_prefix_reaches_its_own_mcp(proxy: RunningProxy) -> None:
         assert text(await client.call_tool("pager__t1", {})) == "pager ran t1"
 
 
+async def test_progress_of_calls_to_several_mcps_at_once_reaches_each_caller(proxy: RunningProxy) -> None:
+    seen: dict[str, list[float]] = {mcp_id: [] for mcp_id in EVERYTHING_IDS}
+    async with mcp_client(aggregate(proxy)) as client:
+
+        async def run(mcp_id: str) -> None:
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                seen[mcp_id].append(progress)
+
+            args = {"duration": 1, "steps": 3}
+            await client.call_tool(f"{mcp_id}__trigger-long-running-operation", args, progress_callback=on_progress)
+
+        async with anyio.create_task_group() as group:
+            for mcp_id in EVERYTHING_IDS:
+                group.start_soon(run, mcp_id)
+    assert seen == {mcp_id: [1.0, 2.0, 3.0] for mcp_id in EVERYTHING_IDS}
+
+
 async def test_a_merged_resource_uri_reads_back_with_the_upstreams_content(proxy: RunningProxy) -> None:
     async with mcp_client(aggregate(proxy)) as client:
         listed = {resource.uri for resource in await everything_of(client, "resources")}
@@ -181,11 +199,14 @@ async def test_templates_completions_and_prompt_resources_carry_their_mcp(proxy:
             ref = types.PromptReference(name=f"{mcp_id}__completable-prompt")
             completed = await client.complete(ref, {"name": "department", "value": "E"})
             assert "Engineering" in completed.completion.values
-    async with mcp_client(proxy.url(mcp_id)) as direct:  # the last one read
-        assert dump(await direct.read_resource(direct_uri)) == {
-            **dump(read),
-            "contents": [{**dump(read.contents[0]), "uri": direct_uri}],
-        }
+    async with mcp_client(proxy.url(mcp_id)) as direct:  # the last one read; its text ends with the time it was made
+        direct_read = dump((await direct.read_resource(direct_uri)).contents[0])
+    through = {**dump(read.contents[0]), "uri": direct_uri}
+    assert {**direct_read, "text": direct_read["text"].partition(" created at ")[0]} == {
+        **through,
+        "text": through["text"].partition(" created at ")[0],
+    }
+    assert " created at " in through["text"]
 
 
 @pytest.mark.parametrize("transport", ["streamable", "sse"])
@@ -257,12 +278,18 @@ async def test_a_killed_upstream_is_left_out_while_the_others_keep_working(tmp_p
         async with mcp_client(aggregate(proxy)) as client:
             for mcp_id in EVERYTHING_IDS:  # every member's upstream session is open
                 assert text(await client.call_tool(f"{mcp_id}__echo", {"message": "before"})) == "Echo: before"
+            raw = Session(proxy, {})  # the same through raw requests, to see the status codes
+            assert raw.call("legacy__echo")["result"]["content"][0]["text"] == "Echo: hi"
             before = len(proxy.log_text())
             legacy.close()  # server-everything over SSE stops mid-session
             with anyio.fail_after(30):
                 with pytest.raises(MCPError, match="upstream 'legacy'") as caught:
                     await client.call_tool("legacy__echo", {"message": "after"})
                 assert caught.value.code == jsonrpc.UPSTREAM_ERROR
+                assert (
+                    raw.call("legacy__echo")["error"]["code"] == jsonrpc.UPSTREAM_ERROR
+                )  # HTTP 200, the session lives
+                assert raw.call("stream__echo")["result"]["content"][0]["text"] == "Echo: hi"
                 for mcp_id in ("local", "stream"):  # the session goes on
                     assert text(await client.call_tool(f"{mcp_id}__echo", {"message": "after"})) == "Echo: after"
                 tools = {tool.name for tool in await everything_of(client, "tools")}
