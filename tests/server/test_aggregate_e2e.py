@@ -209,6 +209,41 @@ async def test_templates_completions_and_prompt_resources_carry_their_mcp(proxy:
     assert " created at " in through["text"]
 
 
+# The SDK deprecates resources/subscribe (SEP-2577) and the logging capability but servers still offer them.
+@pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed:mcp.shared.exceptions.MCPDeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The logging capability is deprecated:mcp.shared.exceptions.MCPDeprecationWarning")
+async def test_resource_updates_and_log_lines_name_their_mcp(proxy: RunningProxy) -> None:
+    updated: set[str] = set()
+    loggers: set[str | None] = set()
+    arrived = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updated.add(message.params.uri)
+        if len(updated) == len(EVERYTHING_IDS) and len(loggers) >= len(EVERYTHING_IDS):
+            arrived.set()
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        loggers.add(params.logger)
+        await on_message(None)
+
+    uris = {f"mcp-barbican://{mcp_id}/demo://resource/static/document/features.md" for mcp_id in EVERYTHING_IDS}
+    async with mcp_client(aggregate(proxy), message_handler=on_message, logging_callback=on_log) as client:
+        await client.set_logging_level("debug")
+        for uri in uris:
+            await client.subscribe_resource(uri)
+        for mcp_id in EVERYTHING_IDS:
+            await client.call_tool(f"{mcp_id}__toggle-subscriber-updates", {})
+            await client.call_tool(f"{mcp_id}__toggle-simulated-logging", {})
+        with anyio.fail_after(20):
+            await arrived.wait()
+        for mcp_id in EVERYTHING_IDS:  # off again: the upstreams are shared by the module's tests
+            await client.call_tool(f"{mcp_id}__toggle-subscriber-updates", {})
+            await client.call_tool(f"{mcp_id}__toggle-simulated-logging", {})
+    assert updated == uris
+    assert loggers == set(EVERYTHING_IDS)
+
+
 @pytest.mark.parametrize("transport", ["streamable", "sse"])
 async def test_the_clients_sampling_answer_reaches_each_mcps_tool_result(proxy: RunningProxy, transport: str) -> None:
     url = aggregate(proxy) if transport == "streamable" else f"{proxy.base}/sse"
