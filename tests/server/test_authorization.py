@@ -361,7 +361,7 @@ def test_aggregated_denied_and_missing_names_answer_alike(proxy: RunningProxy) -
         return dict(call(proxy, "bob", session, tool, {}, AGGREGATED)["error"])
 
     denied, missing = error("demo__add"), error("demo__nonexistent")  # a member's names
-    assert denied["message"].replace("'add'", "X") == missing["message"].replace("'nonexistent'", "X")
+    assert denied["message"].replace("'demo__add'", "X") == missing["message"].replace("'demo__nonexistent'", "X")
     not_granted, nowhere = error("plain__echo"), error("nowhere__echo")  # an MCP bob may not use, and none
     assert not_granted["message"].replace("plain", "X") == nowhere["message"].replace("nowhere", "X")
     assert denied["code"] == missing["code"] == not_granted["code"] == nowhere["code"] == -32602

@@ -303,9 +303,15 @@ class Link:
 
     @staticmethod
     def refuse_unknown(msg: Message, stream: EventStream) -> None:
+        error = Link.unknown_error(msg)
+        stream.push(jsonrpc.error_body(msg["id"], error["code"], error["message"]), final=True)
+
+    @staticmethod
+    def unknown_error(msg: Message) -> dict[str, Any]:
+        """The JSON-RPC error of a name the caller may not use, as if it did not exist."""
         kind, name = target(msg["method"], msg.get("params")) or ("tools", "")
         code, text = _UNKNOWN[kind]
-        stream.push(jsonrpc.error_body(msg["id"], code, text.format(name)), final=True)
+        return {"code": code, "message": text.format(name)}
 
     def _track_client_state(self, session: Session, msg: Message) -> None:
         """Remember what an isolated link must restore after a restart."""

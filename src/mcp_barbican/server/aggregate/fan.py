@@ -166,7 +166,7 @@ class Fan:
                 Link.refuse_unknown(msg, stream)
                 return
             try:
-                await self.members[named[0]].relay(scope, {**msg, "params": named[1]}, stream)
+                await self.members[named[0]].relay(scope, {**msg, "params": named[1]}, stream, msg)
             except UpstreamError as exc:
                 stream.failed = True
                 message = f"upstream {named[0]!r} is unavailable: {exc}"
@@ -179,7 +179,7 @@ class Fan:
         cursors: dict[str, str] | None = None
         if params.get("cursor") is not None:
             cursors = decode_cursor(params["cursor"])
-            if cursors is None:
+            if cursors is None or not cursors.keys() <= self.members.keys():  # we never name an MCP not reached
                 stream.push(jsonrpc.error_body(msg["id"], jsonrpc.INVALID_PARAMS, "Invalid cursor"), final=True)
                 return
         asked = [mcp_id for mcp_id in admitted if cursors is None or mcp_id in cursors]

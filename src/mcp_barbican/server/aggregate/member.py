@@ -21,6 +21,7 @@ from mcp_barbican.jsonrpc import Message
 from mcp_barbican.security.authorization import ACCESS_KEY
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.server.aggregate.rewrite import rewrite_notification, rewrite_result
+from mcp_barbican.server.link import Link
 from mcp_barbican.server.quota import TooManySessions
 from mcp_barbican.server.runtime import CapacityError
 from mcp_barbican.server.session import Session
@@ -167,8 +168,8 @@ class Member:
 
     # -- requests ----------------------------------------------------------------------
 
-    async def relay(self, scope: Scope, msg: Message, stream: EventStream) -> None:
-        """Send a client's request (params as the MCP knows them); its answer goes to `stream`."""
+    async def relay(self, scope: Scope, msg: Message, stream: EventStream, asked: Message) -> None:
+        """Send a client's request `asked` (`msg`: params as the MCP knows them); its answer goes to `stream`."""
         method = msg["method"]
         request_id = msg["id"]
 
@@ -180,6 +181,9 @@ class Member:
             if answer is None:
                 stream.finish()
             elif "result" in answer and rewrite_result(self.id, method, answer["result"]):
+                stream.push(jsonrpc.dumps(answer), final=True, message=answer)
+            elif "error" in answer and answer["error"] == Link.unknown_error(msg):  # refused: name what the client sent
+                answer["error"] = Link.unknown_error(asked)
                 stream.push(jsonrpc.dumps(answer), final=True, message=answer)
             else:
                 stream.push(data if data is not None else jsonrpc.dumps(answer), final=True, message=answer)
