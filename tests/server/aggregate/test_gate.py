@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -161,3 +162,20 @@ async def test_a_rate_limited_message_gets_the_429_with_retry_after_naming_its_r
 )
 def test_a_refusal_names_itself_in_a_few_words(status: int, body: bytes, reason: str) -> None:
     assert Refusal(status, [], body).reason == reason
+
+
+@pytest.mark.anyio
+async def test_the_gate_leaves_nothing_for_the_garbage_collector() -> None:
+    """An admitted scope must not hold the gate's callback (a cycle): every message would leave garbage."""
+    app = routes()["guarded"].app
+    await through(app, aggregated_scope(READER), CALL)  # remember the credential: the fast path from here on
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            admitted = await through(app, aggregated_scope(READER), CALL)
+            assert not isinstance(admitted, Refusal) and GATE_KEY not in admitted
+        del admitted
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

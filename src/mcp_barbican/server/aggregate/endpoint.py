@@ -17,7 +17,7 @@ from hmac import compare_digest
 from typing import TYPE_CHECKING, Final
 
 from mcp_barbican import jsonrpc
-from mcp_barbican.asgi import PRINCIPAL_KEY, get_header, json_error, respond, rpc_error
+from mcp_barbican.asgi import PRINCIPAL_KEY, json_error, respond, rpc_error
 from mcp_barbican.exceptions import UpstreamError
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.server.aggregate.fan import Fan, FanSession, Routed, routed
@@ -71,8 +71,8 @@ class FanEndpoint(McpEndpoint):
         self._credentials = Credentials(runtime)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        key = self._credentials.key(self.routes.values(), scope)
-        found = self._remembered(scope, key)
+        key, session_id = self._credentials.of(self.routes.values(), scope)
+        found = self._remembered(session_id, key)
         if found is None:
             fresh = await reach(self.routes.values(), scope)
             if await refuse_unreached(self.shields, scope, send, fresh, self._challenge):
@@ -91,15 +91,14 @@ class FanEndpoint(McpEndpoint):
             scope[PRINCIPAL_KEY] = principal
         await super().__call__(scope, receive, send)
 
-    def _remembered(self, scope: Scope, key: bytes) -> Reach | None:
+    def _remembered(self, session_id: bytes | None, key: bytes) -> Reach | None:
         """The reach of the session the request names, when it comes with the credential that opened it.
 
         Every message to an MCP still passes that MCP's pipeline, which authenticates the
         credential again (expiry and revocation included); this saves asking every MCP which
         principal the same bytes are on each request. A change of the served MCPs starts afresh.
         """
-        header = get_header(scope, b"mcp-session-id")
-        session = self.runtime.sessions.get(header.decode("latin-1")) if header is not None else None
+        session = self.runtime.sessions.get(session_id.decode("latin-1")) if session_id is not None else None
         if session is None or session.credentials is None or session.reach is None:
             return None
         return session.reach if compare_digest(session.credentials, key) else None
@@ -112,6 +111,13 @@ class FanEndpoint(McpEndpoint):
         named = routed(msg)
         scope[_NAMED_KEY] = named
         targets = fan.targets(msg, fan.sync(scope[REACH_KEY]), named)
+        if len(targets) == 1 and targets[0].runtime.identity.exchange is None:  # the common case, in short
+            outcome = await through(targets[0].route.app, scope, msg)
+            if isinstance(outcome, Refusal):
+                await outcome.send_to(send)
+                return False
+            scope[_ADMITTED_KEY] = {targets[0].id: outcome}
+            return True
         admitted: dict[str, Scope] = {}
         refused: list[tuple[Member, Refusal]] = []
         for member in targets:

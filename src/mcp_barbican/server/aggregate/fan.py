@@ -17,7 +17,7 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.exceptions import UpstreamError
 from mcp_barbican.jsonrpc import Message, RequestId
 from mcp_barbican.server.aggregate.member import Member
-from mcp_barbican.server.aggregate.names import decode_cursor, encode_cursor
+from mcp_barbican.server.aggregate.names import SEPARATOR, decode_cursor, encode_cursor
 from mcp_barbican.server.aggregate.rewrite import LISTED, rewrite_result, route
 from mcp_barbican.server.link import Link
 from mcp_barbican.server.reach import Reach
@@ -55,6 +55,13 @@ _BROADCAST: Final = frozenset({"notifications/roots/list_changed"})
 def routed(msg: Message) -> Routed | None:
     """Where a client's request goes by its prefix (None: it names nothing of an MCP)."""
     method = msg.get("method")
+    if method == "tools/call":  # the common request, decided here without the general table
+        params = msg.get("params")
+        name = params.get("name") if isinstance(params, dict) else None
+        if not isinstance(name, str):
+            return None
+        mcp_id, separator, rest = name.partition(SEPARATOR)
+        return (mcp_id, {**params, "name": rest}) if separator and mcp_id and rest else None  # type: ignore[dict-item]
     return route(method, msg.get("params")) if method in ROUTED else None
 
 
@@ -119,7 +126,7 @@ class Fan:
         """The members `msg` goes to (each passes its MCP's pipeline first); `named`: its `routed()`."""
         if named is not None:
             member = self.members.get(named[0])
-            return [member] if member is not None and member in members else []
+            return [member] if member is not None and member in members else []  # members: the current reach
         method = msg.get("method")
         if "method" not in msg:  # a response to an upstream's request
             asked = self.server_requests.get(msg.get("id")) if isinstance(msg.get("id"), int) else None  # type: ignore[arg-type]
@@ -150,19 +157,9 @@ class Fan:
     ) -> None:
         """Answer a client's request on `stream`: `admitted`, the members whose pipeline let it through."""
         method: str = msg["method"]
-        if method == "ping":
-            _answer(stream, msg["id"], {})
-        elif method == "logging/setLevel":
-            await self._set_level(admitted, msg, stream)
-        elif method in LISTED:
-            await self._listing(admitted, msg, stream)
-        elif method not in ROUTED:
-            stream.push(
-                jsonrpc.error_body(msg["id"], jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}"), final=True
-            )
-        else:
-            scope = admitted.get(named[0]) if named is not None else None
-            if named is None or scope is None:
+        if named is not None:
+            scope = admitted.get(named[0])
+            if scope is None:
                 Link.refuse_unknown(msg, stream)
                 return
             try:
@@ -171,6 +168,17 @@ class Fan:
                 stream.failed = True
                 message = f"upstream {named[0]!r} is unavailable: {exc}"
                 stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, message), final=True)
+        elif method in ROUTED:  # names nothing of an MCP the caller reaches
+            Link.refuse_unknown(msg, stream)
+        elif method == "ping":
+            _answer(stream, msg["id"], {})
+        elif method == "logging/setLevel":
+            await self._set_level(admitted, msg, stream)
+        elif method in LISTED:
+            await self._listing(admitted, msg, stream)
+        else:
+            unknown = jsonrpc.error_body(msg["id"], jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}")
+            stream.push(unknown, final=True)
 
     async def _listing(self, admitted: Mapping[str, Scope], msg: Message, stream: EventStream) -> None:
         method: str = msg["method"]

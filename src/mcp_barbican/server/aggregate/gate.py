@@ -11,7 +11,6 @@ named in the log when the MCP is only left out of a merged listing.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from mcp_barbican import jsonrpc
@@ -23,13 +22,15 @@ from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 __all__ = ["Refusal", "through"]
 
 
-@dataclass
 class Refusal:
     """An answer a pipeline (or the upstream identity) gave instead of admitting the message."""
 
-    status: int = 500
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes = b""
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int = 500, headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"") -> None:
+        self.status = status
+        self.headers = headers if headers is not None else []
+        self.body = body
 
     async def send_to(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
@@ -68,6 +69,7 @@ async def through(app: ASGIApp, scope: Scope, message: Message) -> Scope | Refus
     copy[GATE_KEY] = admitted.append
     refusal = Refusal()
     await app(copy, _replay(message), refusal.capture)
+    del copy[GATE_KEY]  # the scope holds the list that holds it: a cycle for the collector otherwise
     return admitted[0] if admitted else refusal
 
 

@@ -188,7 +188,13 @@ class Member:
             else:
                 stream.push(data if data is not None else jsonrpc.dumps(answer), final=True, message=answer)
 
-        await self._forward(scope, msg, Tap(deliver))
+        inner = self.inner
+        if inner is None or inner.closed:
+            inner = await self.session(scope)
+        else:
+            inner.touch()
+        assert inner.link is not None
+        await inner.link.forward_request(inner, msg, Tap(deliver), scope.get(ACCESS_KEY))
 
     async def ask(self, scope: Scope, msg: Message, stream: EventStream) -> Message:
         """The MCP's whole answer to a request (a merged listing's part); what else it sends goes to `stream`."""

@@ -30,6 +30,8 @@ _ROUTED: Final = {
     "resources/unsubscribe": ("uri", True),
 }
 _COMPLETION_REFS: Final = {"ref/prompt": ("name", False), "ref/resource": ("uri", True)}
+#: Content items that name a resource.
+_LINKING: Final = frozenset({"resource_link", "resource"})
 
 
 def route(method: str, params: Any) -> tuple[str, dict[str, Any]] | None:
@@ -114,7 +116,8 @@ def _rewrite_content(mcp_id: str, content: Any) -> bool:
     changed = False
     if isinstance(content, list):
         for item in content:
-            changed |= _rewrite_item(mcp_id, item)
+            if isinstance(item, dict) and item.get("type") in _LINKING:
+                changed |= _rewrite_item(mcp_id, item)
     return changed
 
 

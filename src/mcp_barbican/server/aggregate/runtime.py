@@ -73,10 +73,12 @@ class Credentials:
         self._headers: frozenset[bytes] = frozenset()
         self._certificates = False
 
-    def key(self, routes: Iterable[McpRoute], scope: Scope) -> bytes:
-        """Equal for two requests that reach the same MCPs as the same principals (while the MCPs stay).
+    def of(self, routes: Iterable[McpRoute], scope: Scope) -> tuple[bytes, bytes | None]:
+        """A key equal for two requests that reach the same MCPs as the same principals (while the MCPs
+        stay), and the session id the request names (one pass over the headers).
 
-        A digest: the session keeps no credential, and comparing it takes the same time wherever it differs.
+        The key is a digest: the session keeps no credential, and comparing it takes the same time
+        wherever it differs.
         """
         if self._generation != self._runtime.generation:
             table = list(routes)
@@ -84,11 +86,16 @@ class Credentials:
             self._certificates = any(r.auth.type == "mtls" for r in table)
             self._generation = self._runtime.generation
         wanted = self._headers
-        parts = [b"%d" % self._generation, str(scope.get(CLIENT_IP_KEY)).encode()]
-        parts += [name + b":" + value for name, value in scope["headers"] if name in wanted]
+        digest = hashlib.sha256(b"%d\n%s" % (self._generation, str(scope.get(CLIENT_IP_KEY)).encode()))
+        session_id = None
+        for name, value in scope["headers"]:
+            if name in wanted:
+                digest.update(b"\n%s:%s" % (name, value))
+            elif name == b"mcp-session-id":
+                session_id = value
         if self._certificates:
-            parts.append(str(certificate_pem(scope)).encode())
-        return hashlib.sha256(b"\n".join(parts)).digest()
+            digest.update(str(certificate_pem(scope)).encode())
+        return digest.digest(), session_id
 
 
 class FanRuntime:
@@ -177,11 +184,7 @@ class FanRuntime:
         session = self.sessions.get(session_id)
         if session is None or session.closed or session.principal != principal:
             return None
-        session.touch()
-        if session.fan is not None:
-            for member in session.fan.members.values():
-                if member.inner is not None:
-                    member.inner.touch()
+        session.touch()  # each member's session is touched when used; an idle one may expire and reopen
         return session
 
     async def close_session(self, session: Session) -> None:
