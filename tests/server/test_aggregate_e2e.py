@@ -7,7 +7,9 @@ stdio MCP (`pager`) pages its lists two entries at a time, so a merged listing m
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +120,17 @@ def names(kind: str, entries: list[Any]) -> list[str]:
 
 def merged_name(mcp_id: str, kind: str, name: str) -> str:
     return f"mcp-barbican://{mcp_id}/{name}" if kind in ("resources", "templates") else f"{mcp_id}__{name}"
+
+
+async def test_a_continuation_no_mcp_can_serve_is_an_error_not_the_last_page(proxy: RunningProxy) -> None:
+    """The pager refuses its cursor: an empty page without nextCursor would end the client's listing quietly."""
+    forged = base64.urlsafe_b64encode(json.dumps({"pager": "not-a-page"}).encode()).decode()
+    async with mcp_client(aggregate(proxy)) as client:
+        await client.list_tools()  # the pager's member session is open
+        with pytest.raises(MCPError) as refused:
+            await client.list_tools(cursor=forged, cache_mode="bypass")
+    assert refused.value.code == -32000
+    assert "cannot be continued" in refused.value.message and "pager" in refused.value.message
 
 
 @pytest.mark.parametrize("kind", ["tools", "prompts", "resources", "templates"])

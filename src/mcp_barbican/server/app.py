@@ -25,6 +25,7 @@ from mcp_barbican.logs import log_unexpected
 from mcp_barbican.security.addresses import IpSet
 from mcp_barbican.security.admin import AdminGuard, admin_tokens
 from mcp_barbican.security.client_ip import ClientAddress
+from mcp_barbican.security.cors import CORS
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
 from mcp_barbican.security.ipfilter import IpVerdict, decide
@@ -98,7 +99,7 @@ class BarbicanApp:
             audit=self.shields.recording,
             challenge=self._aggregate_challenge,
         )
-        self.aggregated_app = self.shields.static_filter(self.aggregated, config.server.security)
+        self._reconfigure_aggregate(config)
         self.control.on_routes_change.append(self.aggregate.announce_change)
         self.control.on_server_change.append(self._reconfigure_aggregate)
 
@@ -154,6 +155,8 @@ class BarbicanApp:
     def origin_allowed(self, scope: Scope, origin: str) -> bool:
         """Origins an MCP's CORS policy admits pass the DNS-rebinding Origin check on its routes."""
         path: str = scope["path"]
+        if path in AGGREGATE_PATHS:
+            return self.aggregate_cors is not None and self.aggregate_cors.allows(origin)
         if not path.startswith(_PREFIX):
             return False
         route = self.routes.get(path[len(_PREFIX) :].partition("/")[0])
@@ -232,11 +235,20 @@ class BarbicanApp:
         await respond_json(send, 200, protected_resource_metadata(resource, auth.oauth2, auth.jwt))
 
     def _reconfigure_aggregate(self, config: ProxyConfig) -> None:
-        """A reload changed the server section: /mcp takes its address lists and limits."""
+        """/mcp takes the server section's address lists, CORS and limits (at start and on reload).
+
+        Each MCP's own policies apply to every message bound for it (aggregate/gate.py); what
+        answers the browser before any MCP is asked (a preflight, the response's CORS headers) is
+        the server's, since `/mcp` is the server's route.
+        """
         security = config.server.security
         self.aggregated.limits = security.limits
         self.aggregated.max_body_size = security.limits.max_body_size
-        self.aggregated_app = self.shields.static_filter(self.aggregated, security)
+        app: ASGIApp = self.aggregated
+        make_cors = self.shields.cors_policy(security)
+        cors = make_cors(app) if make_cors is not None else None
+        self.aggregate_cors = cors.policy if isinstance(cors, CORS) else None
+        self.aggregated_app = self.shields.static_filter(cors if cors is not None else app, security)
 
     def _aggregate_challenge(self, scope: Scope) -> bytes:
         """The WWW-Authenticate of a 401 on /mcp: with RFC 9728 metadata when server.auth is OAuth."""

@@ -197,8 +197,15 @@ class Fan:
         list_key = LISTED[method][0]
         merged: list[Any] = []
         more: dict[str, str] = {}
+        failures = [f"{mcp_id}: {part}" for mcp_id, part in zip(asked, parts, strict=True) if isinstance(part, str)]
+        if cursors is not None and len(failures) == len(asked):
+            # An empty last page would end the client's listing: say the rest could not be had (it may retry).
+            reason = "; ".join(failures) or "none of the MCPs it continues is available now"
+            message = f"this listing cannot be continued: {reason}"
+            stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, message), final=True)
+            return
         for mcp_id, result in zip(asked, parts, strict=True):
-            if result is None:
+            if isinstance(result, str):
                 continue
             merged.extend(result.get(list_key) or [])
             if isinstance(result.get("nextCursor"), str) and result["nextCursor"]:
@@ -217,8 +224,8 @@ class Fan:
         params: dict[str, Any],
         cursors: dict[str, str] | None,
         stream: EventStream,
-    ) -> dict[str, Any] | None:
-        """One member's page of a merged listing; None (and a log line) when it fails."""
+    ) -> dict[str, Any] | str:
+        """One member's page of a merged listing; why it failed (and a log line) when it did."""
         own = {key: value for key, value in params.items() if key != "cursor"}
         if cursors is not None:
             own["cursor"] = cursors[mcp_id]
@@ -227,12 +234,13 @@ class Fan:
             response = await self.members[mcp_id].ask(scope, {**msg, "params": own}, stream)
         except UpstreamError as exc:
             logger.warning("MCP %r left out of the merged %s: %s", mcp_id, method, exc)
-            return None
+            return str(exc)
         result = response.get("result")
         if not isinstance(result, dict):
             error = response.get("error") or {}
-            logger.warning("MCP %r left out of the merged %s: %s", mcp_id, method, error.get("message", error))
-            return None
+            reason = str(error.get("message", error) if isinstance(error, dict) else error)[:200]
+            logger.warning("MCP %r left out of the merged %s: %s", mcp_id, method, reason)
+            return reason
         rewrite_result(mcp_id, method, result)
         return result
 

@@ -82,6 +82,49 @@ class Tap(EventStream):
         return [], seq
 
 
+class Answer(Tap):
+    """The tap of a request routed to one member: the answer goes on to the client's stream.
+
+    A subclass rather than a closure: it is made for every routed request.
+    """
+
+    def __init__(self, member: Member, stream: EventStream, msg: Message, asked: Message) -> None:
+        super().__init__(_nowhere)
+        self.member = member
+        self.stream = stream
+        #: The request as the member got it, and as the client sent it.
+        self.msg = msg
+        self.asked = asked
+        self.request_id = msg["id"]  # the link renumbers `msg` on its way up
+
+    def push(self, data: bytes, *, final: bool = False, message: dict[str, Any] | None = None) -> None:
+        if self.done:
+            return
+        answer = message if message is not None else jsonrpc.loads(data)
+        stream = self.stream
+        if not final:
+            self.member.downstream(answer, stream)
+            return
+        self.done = True
+        self.member.fan.session.inflight.pop(self.request_id, None)
+        if "result" in answer and rewrite_result(self.member.id, self.msg["method"], answer["result"]):
+            data = jsonrpc.dumps(answer)
+        elif "error" in answer and answer["error"] == Link.unknown_error(self.msg):  # refused: the name it sent
+            answer["error"] = Link.unknown_error(self.asked)
+            data = jsonrpc.dumps(answer)
+        stream.push(data, final=True, message=answer)
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.member.fan.session.inflight.pop(self.request_id, None)
+            self.stream.finish()
+
+
+def _nowhere(_msg: Message | None, _data: bytes | None, _final: bool) -> None:
+    pass
+
+
 class Member:
     """One MCP of an aggregated session."""
 
@@ -170,31 +213,13 @@ class Member:
 
     async def relay(self, scope: Scope, msg: Message, stream: EventStream, asked: Message) -> None:
         """Send a client's request `asked` (`msg`: params as the MCP knows them); its answer goes to `stream`."""
-        method = msg["method"]
-        request_id = msg["id"]
-
-        def deliver(answer: Message | None, data: bytes | None, final: bool) -> None:
-            if not final:
-                self.downstream(answer, stream)
-                return
-            self.fan.session.inflight.pop(request_id, None)
-            if answer is None:
-                stream.finish()
-            elif "result" in answer and rewrite_result(self.id, method, answer["result"]):
-                stream.push(jsonrpc.dumps(answer), final=True, message=answer)
-            elif "error" in answer and answer["error"] == Link.unknown_error(msg):  # refused: name what the client sent
-                answer["error"] = Link.unknown_error(asked)
-                stream.push(jsonrpc.dumps(answer), final=True, message=answer)
-            else:
-                stream.push(data if data is not None else jsonrpc.dumps(answer), final=True, message=answer)
-
         inner = self.inner
         if inner is None or inner.closed:
             inner = await self.session(scope)
         else:
             inner.touch()
         assert inner.link is not None
-        await inner.link.forward_request(inner, msg, Tap(deliver), scope.get(ACCESS_KEY))
+        await inner.link.forward_request(inner, msg, Answer(self, stream, msg, asked), scope.get(ACCESS_KEY))
 
     async def ask(self, scope: Scope, msg: Message, stream: EventStream) -> Message:
         """The MCP's whole answer to a request (a merged listing's part); what else it sends goes to `stream`."""
