@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from hmac import compare_digest
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import PRINCIPAL_KEY, json_error, respond, rpc_error
@@ -47,6 +47,9 @@ AGGREGATE_PATHS: Final = {"/mcp": "", "/sse": "/sse", "/messages": "/messages"}
 _ADMITTED_KEY: Final = "mcp_barbican.admitted"
 #: Where the request goes by its prefix (`fan.routed`).
 _NAMED_KEY: Final = "mcp_barbican.named"
+#: A request admitted to one member: the member, the scope its pipeline admitted, the params it gets.
+_ONE_KEY: Final = "mcp_barbican.one"
+_One = tuple["Member", "Scope", dict[str, Any]]
 
 
 class FanEndpoint(McpEndpoint):
@@ -110,14 +113,17 @@ class FanEndpoint(McpEndpoint):
             return True  # not initialized: the relay says so
         named = routed(msg)
         scope[_NAMED_KEY] = named
-        targets = fan.targets(msg, fan.sync(scope[REACH_KEY]), named)
-        if len(targets) == 1 and targets[0].runtime.identity.exchange is None:  # the common case, in short
-            outcome = await through(targets[0].route.app, scope, msg)
-            if isinstance(outcome, Refusal):
-                await outcome.send_to(send)
-                return False
-            scope[_ADMITTED_KEY] = {targets[0].id: outcome}
-            return True
+        members = fan.sync(scope[REACH_KEY])
+        if named is not None:  # the common request: to one member, which may not need an exchange
+            member = fan.members.get(named[0])
+            if member is not None and member in members and member.runtime.identity.exchange is None:
+                outcome = await through(member.route.app, scope, msg)
+                if isinstance(outcome, Refusal):
+                    await outcome.send_to(send)
+                    return False
+                scope[_ONE_KEY] = (member, outcome, named[1])
+                return True
+        targets = fan.targets(msg, members, named)
         admitted: dict[str, Scope] = {}
         refused: list[tuple[Member, Refusal]] = []
         for member in targets:
@@ -139,11 +145,14 @@ class FanEndpoint(McpEndpoint):
         return True
 
     async def _forward_request(self, scope: Scope, session: Session, msg: Message, stream: EventStream) -> None:
-        fan = _fan(session)
         request_id = msg["id"]
         session.inflight[request_id] = Pending(session, request_id, 0, stream, msg["method"], None)
+        one: _One | None = scope.get(_ONE_KEY)
         try:
-            await fan.request(scope.get(_ADMITTED_KEY, {}), msg, stream, scope.get(_NAMED_KEY))
+            if one is not None:
+                await one[0].relay(one[1], {**msg, "params": one[2]}, stream, msg)
+            else:
+                await _fan(session).request(scope.get(_ADMITTED_KEY, {}), msg, stream, scope.get(_NAMED_KEY))
         except UpstreamError as exc:
             stream.failed = True
             stream.push(jsonrpc.error_body(request_id, jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
@@ -180,17 +189,20 @@ class FanEndpoint(McpEndpoint):
         method: str = msg["method"]
         label = method if method in METRIC_METHODS else "other"
         elapsed = None if started is None else time.perf_counter() - started
-        named: Routed | None = scope.get(_NAMED_KEY)
-        admitted: dict[str, Scope] = scope.get(_ADMITTED_KEY, {})
-        member_scope = admitted.get(named[0]) if named is not None else None
-        if named is None or member_scope is None:
-            self.runtime.stats.record(label, elapsed, failed=stream.failed)
-            return
-        target = self.routes.get(named[0])
-        if target is not None:
-            target.runtime.stats.record(label, elapsed, failed=stream.failed)
+        one: _One | None = scope.get(_ONE_KEY)
+        if one is not None:
+            mcp_id, runtime, member_scope, params = one[0].id, one[0].runtime, one[1], one[2]
+        else:  # refused as unknown, or answered here
+            named: Routed | None = scope.get(_NAMED_KEY)
+            admitted: dict[str, Scope] = scope.get(_ADMITTED_KEY, {})
+            target = self.routes.get(named[0]) if named is not None and named[0] in admitted else None
+            if named is None or target is None:
+                self.runtime.stats.record(label, elapsed, failed=stream.failed)
+                return
+            mcp_id, runtime, member_scope, params = named[0], target.runtime, admitted[named[0]], named[1]
+        runtime.stats.record(label, elapsed, failed=stream.failed)
         if self.audit is not None and method == "tools/call":
-            await self._audit_tool_call(member_scope, named[0], named[1], elapsed, stream)
+            await self._audit_tool_call(member_scope, mcp_id, params, elapsed, stream)
 
 
 def _fan(session: Session) -> Fan:

@@ -69,13 +69,20 @@ def rewrite_result(mcp_id: str, method: str, result: Any) -> bool:
     """Give the names and URIs in an upstream's result their MCP, in place; whether anything changed."""
     if not isinstance(result, dict):
         return False
+    if method == "tools/call":  # the common answer: most name no resource, so look before calling
+        content = result.get("content")
+        if not isinstance(content, list):
+            return False
+        changed = False
+        for item in content:
+            if isinstance(item, dict) and item.get("type") in _LINKING:
+                changed = _rewrite_item(mcp_id, item) or changed
+        return changed
     listed = LISTED.get(method)
     if listed is not None:
         return _rewrite_listing(mcp_id, result, *listed)
     if method == "resources/read":
         return _wrap_all(mcp_id, result.get("contents"))
-    if method == "tools/call":
-        return _rewrite_content(mcp_id, result.get("content"))
     if method == "prompts/get":
         messages = result.get("messages")
         changed = False
@@ -109,15 +116,6 @@ def _wrap_all(mcp_id: str, items: Any) -> bool:
             if isinstance(item, dict) and isinstance(item.get("uri"), str):
                 item["uri"] = wrap_uri(mcp_id, item["uri"])
                 changed = True
-    return changed
-
-
-def _rewrite_content(mcp_id: str, content: Any) -> bool:
-    changed = False
-    if isinstance(content, list):
-        for item in content:
-            if isinstance(item, dict) and item.get("type") in _LINKING:
-                changed |= _rewrite_item(mcp_id, item)
     return changed
 
 
