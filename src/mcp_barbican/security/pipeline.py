@@ -138,9 +138,32 @@ class Pipeline:
         return next((policy for policy in self.policies if policy.slot == slot), None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self._fast or scope["type"] != "http" or CLIENT_IP_KEY not in scope:
+        head = self.fast_head(scope)
+        if head is None:
             await self.layers(scope, receive, send)
             return
+        for settle in self._settles:
+            pending = settle(scope, head)
+            if pending is not None:
+                await pending
+        await self.endpoint(scope, receive, send)
+
+    async def admit(self, scope: Scope) -> bool:
+        """The fast path alone: True when every policy admitted the request and settled it (the scope
+        then carries what they hand on), False when only the layers can decide it."""
+        head = self.fast_head(scope)
+        if head is None:
+            return False
+        for settle in self._settles:
+            pending = settle(scope, head)
+            if pending is not None:
+                await pending
+        return True
+
+    def fast_head(self, scope: Scope) -> Head | None:
+        """What the fast path learned of a request that every policy's fast check admits; None: ask the layers."""
+        if not self._fast or scope["type"] != "http" or CLIENT_IP_KEY not in scope:
+            return None
         wanted = self._wanted
         consumed = self._consumed
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -152,8 +175,7 @@ class Pipeline:
                 key = header[0]
                 if key in wanted:
                     if key in values:  # ambiguous: the layers refuse or decide it
-                        await self.layers(scope, receive, send)
-                        return
+                        return None
                     values[key] = header[1]
                     if key in consumed:
                         continue
@@ -162,19 +184,13 @@ class Pipeline:
             for key, value in headers:
                 if key in wanted:
                     if key in values:
-                        await self.layers(scope, receive, send)
-                        return
+                        return None
                     values[key] = value
         head = Head(scope[CLIENT_IP_KEY], values, kept)
         for check in self._checks:
             if not check(scope, head):
-                await self.layers(scope, receive, send)
-                return
-        for settle in self._settles:
-            pending = settle(scope, head)
-            if pending is not None:
-                await pending
-        await self.endpoint(scope, receive, send)
+                return None
+        return head
 
 
 def _factory_place(make: PolicyFactory) -> int:

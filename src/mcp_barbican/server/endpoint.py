@@ -232,11 +232,11 @@ class McpEndpoint:
         session = await self._session(scope, send, header.decode("latin-1") if header else None)
         if session is None:
             return
+        if not await self._admit(scope, send, session, msg):
+            return
         if "id" in msg and "method" in msg:
             if msg["method"] == "initialize":
                 await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "this session is already initialized", msg["id"])
-                return
-            if not await self._admit(scope, send, session, msg):
                 return
             stream = session.open_stream()
             started = time.perf_counter()
@@ -244,8 +244,7 @@ class McpEndpoint:
             await self._stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
             await self._record(scope, msg, started, stream)
             return
-        if await self._admit(scope, send, session, msg):
-            await self._forward_other(scope, session, msg, send)
+        await self._forward_other(scope, session, msg, send)
 
     async def _admit(self, scope: Scope, send: Send, session: Session, msg: Message) -> bool:
         """Whether to relay `msg` (else the refusal is answered): the pipeline in front decided it already."""

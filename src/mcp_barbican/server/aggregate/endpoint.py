@@ -17,9 +17,10 @@ from hmac import compare_digest
 from typing import TYPE_CHECKING, Any, Final
 
 from mcp_barbican import jsonrpc
-from mcp_barbican.asgi import PRINCIPAL_KEY, json_error, respond, rpc_error
+from mcp_barbican.asgi import PRINCIPAL_KEY, get_header, json_error, respond, rpc_error
 from mcp_barbican.exceptions import UpstreamError
 from mcp_barbican.jsonrpc import Message
+from mcp_barbican.security.principal import principal_id
 from mcp_barbican.server.aggregate.fan import Fan, FanSession, Routed, routed
 from mcp_barbican.server.aggregate.gate import Refusal, through
 from mcp_barbican.server.aggregate.runtime import CREDENTIALS_KEY, REACH_KEY, Credentials, FanRuntime
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 AGGREGATE_PATHS: Final = {"/mcp": "", "/sse": "/sse", "/messages": "/messages"}
 #: The members a message was admitted to, each with the scope its pipeline admitted it with.
 _ADMITTED_KEY: Final = "mcp_barbican.admitted"
+#: The session a POST names, before `_admit` checks the claim (`FanEndpoint._claimed`).
+_CLAIMED_KEY: Final = "mcp_barbican.claimed"
 #: Where the request goes by its prefix (`fan.routed`).
 _NAMED_KEY: Final = "mcp_barbican.named"
 #: A request admitted to one member: the member, the scope its pipeline admitted, the params it gets.
@@ -74,6 +77,16 @@ class FanEndpoint(McpEndpoint):
         self._credentials = Credentials(runtime)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        claimed = self._claimed(scope)
+        if claimed is not None:
+            assert claimed.reach is not None
+            scope[_CLAIMED_KEY] = claimed
+            scope[REACH_KEY] = claimed.reach
+            principal = claimed.reach.principal
+            if principal is not None:
+                scope[PRINCIPAL_KEY] = principal
+            await super().__call__(scope, receive, send)
+            return
         key, session_id = self._credentials.of(self.routes.values(), scope)
         found = self._remembered(session_id, key)
         if found is None:
@@ -94,6 +107,39 @@ class FanEndpoint(McpEndpoint):
             scope[PRINCIPAL_KEY] = principal
         await super().__call__(scope, receive, send)
 
+    def _claimed(self, scope: Scope) -> FanSession | None:
+        """The session a POST to `/mcp` names, taken at its word until `_admit` checks the claim.
+
+        Every message a POST carries reaches `_admit` before anything acts on the session. There, a
+        message to one MCP is checked by that MCP's own authentication (it must name the principal
+        the session recorded for that MCP); anything else by the credentials the session opened
+        with (`_verified`). A change of the served MCPs since the session opened: no claim.
+        """
+        if scope["method"] != "POST" or scope.get("mcp_barbican.subpath"):
+            return None
+        header = get_header(scope, b"mcp-session-id")
+        session = self.runtime.sessions.get(header.decode("latin-1")) if header is not None else None
+        if session is None or session.reach is None or session.generation != self.runtime.generation:
+            return None
+        return session
+
+    async def _verified(self, scope: Scope, send: Send, claimed: FanSession) -> bool:
+        """Whether the request's credentials are those the claimed session opened with (else 404, or 401)."""
+        key, _session_id = self._credentials.of(self.routes.values(), scope)
+        scope[CREDENTIALS_KEY] = key
+        if claimed.credentials is not None and compare_digest(claimed.credentials, key):
+            return True
+        fresh = await reach(self.routes.values(), scope)
+        if await refuse_unreached(self.shields, scope, send, fresh, self._challenge):
+            return False
+        assert isinstance(fresh, Reach)
+        principal = fresh.principal
+        if (principal.id if principal is not None else None) != claimed.principal:
+            await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "Session not found")
+            return False
+        scope[REACH_KEY] = fresh
+        return True
+
     def _remembered(self, session_id: bytes | None, key: bytes) -> Reach | None:
         """The reach of the session the request names, when it comes with the credential that opened it.
 
@@ -108,9 +154,10 @@ class FanEndpoint(McpEndpoint):
 
     async def _admit(self, scope: Scope, send: Send, session: Session, msg: Message) -> bool:
         """Run the pipeline of every MCP `msg` goes to; answer the refusal when none admits it."""
+        claimed: FanSession | None = scope.pop(_CLAIMED_KEY, None)
         fan = session.fan if isinstance(session, FanSession) else None
         if fan is None:
-            return True  # not initialized: the relay says so
+            return claimed is None or await self._verified(scope, send, claimed)  # not initialized: the relay says so
         named = routed(msg)
         scope[_NAMED_KEY] = named
         members = fan.sync(scope[REACH_KEY])
@@ -121,8 +168,19 @@ class FanEndpoint(McpEndpoint):
                 if isinstance(outcome, Refusal):
                     await outcome.send_to(send)
                     return False
+                if claimed is not None:
+                    expected = claimed.principals.get(member.id)
+                    if expected is None:  # an MCP without authentication vouches for nobody: check the claim
+                        if not await self._verified(scope, send, claimed):
+                            return False
+                    elif principal_id(outcome) != expected:
+                        await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "Session not found")
+                        return False
                 scope[_ONE_KEY] = (member, outcome, named[1])
                 return True
+        if claimed is not None and not await self._verified(scope, send, claimed):
+            return False
+        members = fan.sync(scope[REACH_KEY])
         targets = fan.targets(msg, members, named)
         admitted: dict[str, Scope] = {}
         refused: list[tuple[Member, Refusal]] = []

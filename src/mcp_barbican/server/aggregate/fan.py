@@ -71,9 +71,12 @@ class FanSession(Session):
     def __init__(self, principal: str | None, *, legacy_sse: bool = False) -> None:
         super().__init__(AGGREGATE_ID, principal, legacy_sse=legacy_sse)
         self.fan: Fan | None = None
-        #: The MCPs the session's credentials reached when it opened, and what decided it (Credentials.key).
+        #: The MCPs the session's credentials reached when it opened, and what decided it (Credentials.of).
         self.reach: Reach | None = None
         self.credentials: bytes | None = None
+        #: The principal id each reached MCP named when the session opened, and the route table's generation then.
+        self.principals: dict[str, str | None] = {}
+        self.generation = -1
 
     @property
     def started(self) -> bool:

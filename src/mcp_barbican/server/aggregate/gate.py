@@ -16,6 +16,7 @@ from typing import Any
 from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import PRINCIPAL_KEY
 from mcp_barbican.jsonrpc import Message
+from mcp_barbican.security.pipeline import Pipeline
 from mcp_barbican.server.endpoint import GATE_KEY
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
@@ -62,10 +63,12 @@ class Refusal:
 
 async def through(app: ASGIApp, scope: Scope, message: Message) -> Scope | Refusal:
     """Run one MCP's pipeline for `message`: the scope it admitted (principal, access), or its refusal."""
-    admitted: list[Scope] = []
     copy = dict(scope)
     copy["headers"] = list(scope["headers"])
     copy.pop(PRINCIPAL_KEY, None)  # the MCP's own authentication says who calls it, as on `/mcp/{id}`
+    if isinstance(app, Pipeline) and await app.admit(copy):  # its fast path: the same policies, no endpoint
+        return copy
+    admitted: list[Scope] = []
     copy[GATE_KEY] = admitted.append
     refusal = Refusal()
     await app(copy, _replay(message), refusal.capture)
