@@ -9,7 +9,6 @@ get 202. `/mcp/{id}/sse` + `/mcp/{id}/messages` speak the 2024-11-05 HTTP+SSE tr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -44,7 +43,8 @@ from mcp_barbican.server.requests import (
 )
 from mcp_barbican.server.runtime import CapacityError
 from mcp_barbican.server.session import Session
-from mcp_barbican.server.streams import EventStream, priming_event
+from mcp_barbican.server.sse import SSE_HEADERS, pump, stream_answer
+from mcp_barbican.server.streams import EventStream
 from mcp_barbican.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -78,13 +78,6 @@ __all__ = ["GATE_KEY", "McpEndpoint"]
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between SSE comment lines on an otherwise quiet stream, so proxies keep it open.
-KEEPALIVE_SECONDS: Final = 15.0
-_SSE_HEADERS: Final = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"x-accel-buffering", b"no"),
-]
 _SESSION_HEADER: Final = b"mcp-session-id"
 #: Set by the aggregated endpoint when it runs this MCP's pipeline for one message: the endpoint
 #: hands the admitted scope to the callable under this key instead of serving the request.
@@ -241,7 +234,7 @@ class McpEndpoint:
             stream = session.open_stream()
             started = time.perf_counter()
             await self._forward_request(scope, session, msg, stream)
-            await self._stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
+            await stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
             await self._record(scope, msg, started, stream)
             return
         await self._forward_other(scope, session, msg, send)
@@ -279,7 +272,7 @@ class McpEndpoint:
             status = 502 if failure.get("error", {}).get("code") == jsonrpc.UPSTREAM_ERROR else 200
             await respond(send, status, stream.final_data, [(b"content-type", b"application/json")])
             return
-        await self._stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
+        await stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
 
     async def _stateless(self, scope: Scope, send: Send, receive: Receive, msg: Message) -> None:
         """Relay a request that belongs to no session (2026-07-28 era) on the stateless link."""
@@ -302,7 +295,7 @@ class McpEndpoint:
         stream = holder.open_stream()
         started = time.perf_counter()
         await self._forward_request(scope, holder, msg, stream)
-        await self._stream_answer(send, receive, stream, [])
+        await stream_answer(send, receive, stream, [])
         await self._record(scope, msg, started, stream)
         holder.streams.pop(stream.stream_id, None)
 
@@ -387,13 +380,13 @@ class McpEndpoint:
             if resumed is None or stream is None or stream.attached:
                 await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "unknown or busy Last-Event-ID stream")
                 return
-            await self._stream_answer(send, receive, stream, headers, start=resumed[1] + 1, prime=False)
+            await stream_answer(send, receive, stream, headers, start=resumed[1] + 1, prime=False)
             return
         stream = session.get_stream
         if stream.attached:
             await rpc_error(send, 409, jsonrpc.INVALID_REQUEST, "Conflict: this session already has a GET stream open")
             return
-        await self._stream_answer(send, receive, stream, headers, start=stream.delivered, prime=True, wait_first=False)
+        await stream_answer(send, receive, stream, headers, start=stream.delivered, prime=True, wait_first=False)
 
     async def delete(self, scope: Scope, receive: Receive, send: Send) -> None:
         header = get_header(scope, _SESSION_HEADER)
@@ -417,7 +410,7 @@ class McpEndpoint:
             await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), None, [(b"retry-after", b"5")])
             return
         endpoint = f"{scope.get('root_path', '')}{self.messages_path}?session_id={session.id}"
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         await send(
             {
                 "type": "http.response.body",
@@ -430,7 +423,7 @@ class McpEndpoint:
         # A stream whose client never initializes only holds a slot: it ends after init_timeout.
         self._init_deadline(session)
         try:
-            await self._pump(send, receive, stream, 1)
+            await pump(send, receive, stream, 1)
         finally:
             await self.runtime.close_session(session)
 
@@ -478,70 +471,3 @@ class McpEndpoint:
             return
         if await self._admit(scope, send, session, msg):
             await self._forward_other(scope, session, msg, send)
-
-    # -- writing SSE -------------------------------------------------------------------
-
-    async def _stream_answer(
-        self,
-        send: Send,
-        receive: Receive,
-        stream: EventStream,
-        headers: list[tuple[bytes, bytes]],
-        *,
-        start: int = 1,
-        prime: bool = True,
-        wait_first: bool = True,
-    ) -> None:
-        """Write a stream as an SSE response; in one piece when it is already complete."""
-        if wait_first:
-            await stream.wait(start, KEEPALIVE_SECONDS)
-        head = priming_event(stream.event_id(start - 1)) if prime else b""
-        events, cursor = stream.read_from(start)
-        if stream.done and cursor >= stream.next_seq:
-            body = head + b"".join(events)
-            stream.delivered = cursor
-            out = [*_SSE_HEADERS, *headers, (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 200, "headers": out})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *headers]})
-        await send({"type": "http.response.body", "body": head + b"".join(events), "more_body": True})
-        stream.delivered = cursor
-        await self._pump(send, receive, stream, cursor)
-
-    async def _pump(self, send: Send, receive: Receive, stream: EventStream, cursor: int) -> None:
-        """Relay events as they come until the stream ends or the client goes away."""
-        stream.attached = True
-        gone: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            while True:
-                if stream.done and cursor >= stream.next_seq:
-                    await send({"type": "http.response.body", "body": b""})
-                    return
-                waiter = stream.waiter(cursor)
-                done, _ = await asyncio.wait(
-                    {waiter, gone}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-                if gone in done:
-                    waiter.cancel()
-                    return
-                if not done:
-                    waiter.cancel()
-                    await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
-                    continue
-                events, cursor = stream.read_from(cursor)
-                if events:
-                    await send({"type": "http.response.body", "body": b"".join(events), "more_body": True})
-                    stream.delivered = cursor
-        except OSError:
-            return
-        finally:
-            stream.attached = False
-            gone.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -80,6 +80,17 @@ class SessionQuota:
         self.held.setdefault(holder, sessions)[session.id] = (session, reclaim)
         return True
 
+    def hold(self, session: Held, principal: str | None, client_ip: str | None, reclaim: Reclaim) -> str:
+        """Count a new session for its caller (see `take`); what it counts against. TooManySessions at the cap."""
+        holder = holder_key(principal, client_ip)
+        if not self.take(holder, session, reclaim):
+            who = "this address" if principal is None else f"principal {principal!r}"
+            raise TooManySessions(
+                f"{who} already holds {self.cap} sessions, each with a request or stream open "
+                "(server.limits.max_sessions_per_principal): end one (DELETE) before opening another"
+            )
+        return holder
+
     def release(self, holder: str, session_id: str) -> None:
         sessions = self.held.get(holder)
         if sessions is not None:

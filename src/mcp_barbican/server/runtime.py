@@ -24,8 +24,8 @@ from mcp_barbican.security.tools import tool_allowed
 from mcp_barbican.server.identity import UpstreamIdentity
 from mcp_barbican.server.link import PROXY_CLIENT_CAPABILITIES, Link
 from mcp_barbican.server.pool import CapacityError, SharedLinks
-from mcp_barbican.server.quota import Held, SessionQuota, TooManySessions, holder_key
-from mcp_barbican.server.session import Session
+from mcp_barbican.server.quota import Held, SessionQuota
+from mcp_barbican.server.session import Session, expired, sweep_interval
 from mcp_barbican.server.streams import EventStream
 from mcp_barbican.upstream import open_channel
 from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel
@@ -215,13 +215,7 @@ class McpRuntime:
         limit = MAX_SHARED_CLIENTS if shared else self.mcp.max_sessions
         session = Session(self.id, principal, legacy_sse=legacy_sse)
         session.identity = self.identity.headers_for(who)
-        holder = holder_key(principal, client_ip)
-        if not self.quota.take(holder, session, self._reclaim):
-            who = "this address" if principal is None else f"principal {principal!r}"
-            raise TooManySessions(
-                f"{who} already holds {self.quota.cap} sessions, each with a request or stream open "
-                "(server.limits.max_sessions_per_principal): end one (DELETE) before opening another"
-            )
+        holder = self.quota.hold(session, principal, client_ip, self._reclaim)
         if len(self.sessions) >= limit:
             self.quota.release(holder, session.id)
             raise CapacityError(f"MCP {self.id!r} already has {len(self.sessions)} sessions (max_sessions {limit})")
@@ -353,14 +347,7 @@ class McpRuntime:
 
     def _retire(self, session: Session) -> Link | None:
         """End the session here (its slot freed, its streams ended); the link it used, to release."""
-        if session.closed:
-            return None
-        session.closed = True
-        self.sessions.pop(session.id, None)
-        if session.holder is not None:
-            self.quota.release(session.holder, session.id)
-        session.end_streams()
-        return session.link
+        return session.link if session.end(self.sessions, self.quota) else None
 
     async def _release_link(self, session: Session, link: Link) -> None:
         if link.shared:
@@ -369,16 +356,12 @@ class McpRuntime:
             await link.aclose()
 
     async def _sweep_idle(self) -> None:
-        interval = max(1.0, min(30.0, self.idle_timeout / 4))
         while True:
-            await asyncio.sleep(interval)
-            cutoff = time.monotonic() - self.idle_timeout
-            for session in list(self.sessions.values()):
-                busy = session.inflight or any(s.attached for s in session.streams.values())
-                if session.last_seen < cutoff and not busy:
-                    logger.info("session on %r expired after %.0fs idle", self.id, self.idle_timeout)
-                    with contextlib.suppress(UpstreamError):
-                        await self.close_session(session)
+            await asyncio.sleep(sweep_interval(self.idle_timeout))
+            for session in expired(self.sessions.values(), self.idle_timeout):
+                logger.info("session on %r expired after %.0fs idle", self.id, self.idle_timeout)
+                with contextlib.suppress(UpstreamError):
+                    await self.close_session(session)
             with contextlib.suppress(UpstreamError):
                 await self.shared.expire()
 

@@ -15,13 +15,27 @@ from mcp_barbican.jsonrpc import RequestId
 from mcp_barbican.server.streams import EventStream
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from mcp_barbican.server.link import Link, Pending
+    from mcp_barbican.server.quota import SessionQuota
     from mcp_barbican.upstream.base import IdentityHeaders
 
-__all__ = ["MAX_KEPT_STREAMS", "Session", "new_session_id"]
+__all__ = ["MAX_KEPT_STREAMS", "Session", "expired", "new_session_id", "sweep_interval"]
 
 #: Finished answer streams kept per session for clients that reconnect with Last-Event-ID.
 MAX_KEPT_STREAMS = 32
+
+
+def sweep_interval(idle_timeout: float) -> float:
+    """How often a runtime looks for expired sessions."""
+    return max(1.0, min(30.0, idle_timeout / 4))
+
+
+def expired(sessions: Iterable[Session], idle_timeout: float) -> list[Session]:
+    """The sessions idle for `idle_timeout` seconds with nothing in flight or open."""
+    cutoff = time.monotonic() - idle_timeout
+    return [session for session in sessions if session.last_seen < cutoff and not session.busy]
 
 
 def new_session_id() -> str:
@@ -73,9 +87,25 @@ class Session:
     def touch(self) -> None:
         self.last_seen = time.monotonic()
 
+    @property
+    def busy(self) -> bool:
+        """A request in flight or a stream a client reads: never expired, never reclaimed."""
+        return bool(self.inflight) or any(s.attached for s in self.streams.values())
+
+    def end(self, table: dict[str, Any], quota: SessionQuota) -> bool:
+        """End the session in its runtime's `table` (its quota slot freed, its streams ended); False if it had ended."""
+        if self.closed:
+            return False
+        self.closed = True
+        table.pop(self.id, None)
+        if self.holder is not None:
+            quota.release(self.holder, self.id)
+        self.end_streams()
+        return True
+
     def reclaimable(self, settle: float) -> bool:
         """Idle (no request in flight, no stream a client reads); initialized, or uninitialized for `settle` s."""
-        if self.inflight or any(s.attached for s in self.streams.values()):
+        if self.busy:
             return False
         return self.initialized or time.monotonic() - self.created > settle
 

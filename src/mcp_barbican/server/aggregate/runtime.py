@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -23,10 +22,11 @@ from mcp_barbican.metrics import RequestStats
 from mcp_barbican.security.mtls import certificate_pem
 from mcp_barbican.server.aggregate.fan import AGGREGATE_ID, Fan, FanSession
 from mcp_barbican.server.identity import UpstreamIdentity
-from mcp_barbican.server.quota import Held, SessionQuota, TooManySessions, holder_key
+from mcp_barbican.server.quota import Held, SessionQuota
 from mcp_barbican.server.reach import Reach
 from mcp_barbican.server.requests import SUPPORTED_VERSIONS
 from mcp_barbican.server.runtime import LATEST_LEGACY_VERSION, CapacityError
+from mcp_barbican.server.session import expired, sweep_interval
 
 if TYPE_CHECKING:
     from mcp_barbican.jsonrpc import Message
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 #: The request's `Reach` (server/reach.py), put in the scope by the aggregated endpoint.
 REACH_KEY: Final = "mcp_barbican.reach"
-#: What the request's reach depends on (`Credentials.key`), put in the scope beside it.
+#: What the request's reach depends on (`Credentials.of`), put in the scope beside it.
 CREDENTIALS_KEY: Final = "mcp_barbican.credentials"
 #: Aggregated sessions held at once, over every caller (each is bounded by the caller's quota too).
 MAX_SESSIONS: Final = 10_000
@@ -133,13 +133,7 @@ class FanRuntime:
         self, principal: str | None, *, client_ip: str | None, legacy_sse: bool = False, who: object = None
     ) -> Session:
         session = FanSession(principal, legacy_sse=legacy_sse)
-        holder = holder_key(principal, client_ip)
-        if not self.quota.take(holder, session, self._reclaim):
-            who = "this address" if principal is None else f"principal {principal!r}"
-            raise TooManySessions(
-                f"{who} already holds {self.quota.cap} sessions, each with a request or stream open "
-                "(server.limits.max_sessions_per_principal): end one (DELETE) before opening another"
-            )
+        holder = self.quota.hold(session, principal, client_ip, self._reclaim)
         if len(self.sessions) >= MAX_SESSIONS:
             self.quota.release(holder, session.id)
             raise CapacityError(f"the aggregated endpoint already has {len(self.sessions)} sessions")
@@ -196,26 +190,15 @@ class FanRuntime:
             await fan.aclose()
 
     def _retire(self, session: FanSession) -> Fan | None:
-        if session.closed:
-            return None
-        session.closed = True
-        self.sessions.pop(session.id, None)
-        if session.holder is not None:
-            self.quota.release(session.holder, session.id)
-        session.end_streams()
-        return session.fan
+        return session.fan if session.end(self.sessions, self.quota) else None
 
     async def _sweep_idle(self) -> None:
-        interval = max(1.0, min(30.0, self.idle_timeout / 4))
         while True:
-            await asyncio.sleep(interval)
-            cutoff = time.monotonic() - self.idle_timeout
-            for session in list(self.sessions.values()):
-                busy = session.inflight or any(s.attached for s in session.streams.values())
-                if session.last_seen < cutoff and not busy:
-                    logger.info("aggregated session expired after %.0fs idle", self.idle_timeout)
-                    with contextlib.suppress(UpstreamError):
-                        await self.close_session(session)
+            await asyncio.sleep(sweep_interval(self.idle_timeout))
+            for session in expired(self.sessions.values(), self.idle_timeout):
+                logger.info("aggregated session expired after %.0fs idle", self.idle_timeout)
+                with contextlib.suppress(UpstreamError):
+                    await self.close_session(session)
 
     def announce_change(self) -> None:
         """An MCP was served, swapped or dropped: every session's lists may have changed."""
