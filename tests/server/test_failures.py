@@ -32,6 +32,11 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def stdio_children_of(pid: int) -> list[int]:
+    """The MCP servers a proxy runs, without the guard beside each (upstream.process)."""
+    return [child for child in children_of(pid) if b"guard.py" not in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
 ADMIN_TOKEN = "readiness-admin-token-0123456789"
 ADMIN = {"admin": {"token": ADMIN_TOKEN}}
 
@@ -49,7 +54,7 @@ async def test_a_killed_child_fails_the_call_and_the_next_call_works(tmp_path: P
     with run_proxy(tmp_path, [demo_mcp("demo")]) as proxy:
         async with mcp_client(proxy.url("demo")) as client:
             await client.call_tool("echo", {"message": "warm"})
-            [child] = children_of(proxy.process.pid)
+            [child] = stdio_children_of(proxy.process.pid)
 
             async def kill_soon() -> None:
                 await anyio.sleep(0.5)
@@ -67,7 +72,7 @@ async def test_a_killed_child_fails_the_call_and_the_next_call_works(tmp_path: P
                     except MCPError:
                         await anyio.sleep(0.2)
             assert result.content[0].text == "again"  # type: ignore[union-attr]
-            assert children_of(proxy.process.pid) != [child]
+            assert stdio_children_of(proxy.process.pid) != [child]
 
 
 async def test_an_upstream_that_never_starts_is_reported_and_does_not_disturb_others(tmp_path: Path) -> None:

@@ -294,7 +294,8 @@ class Link:
         pending = Pending(session, msg["id"], upstream_id, stream, method, token, access)
         self._pending[upstream_id] = pending
         session.inflight[msg["id"]] = pending
-        pending.timer = asyncio.get_running_loop().call_later(self.request_timeout, self._timed_out, pending)
+        timeout = self._start_timeout if method == "initialize" else self.request_timeout
+        pending.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, pending)
         msg["id"] = upstream_id
         try:
             await self._send(msg)
@@ -437,7 +438,12 @@ class Link:
     def _timed_out(self, pending: Pending) -> None:
         if self._pending.get(pending.upstream_id) is not pending:
             return
-        message = f"upstream {self.name!r} did not answer within {self.request_timeout:g}s"
+        if pending.method == "initialize":  # a child that never starts serving: its session is closed on this answer
+            waited = f"{self._start_timeout:g}s (start_timeout)"
+            message = f"upstream {self.name!r} did not answer initialize within {waited}"
+            logger.warning("%s", message)
+        else:
+            message = f"upstream {self.name!r} did not answer within {self.request_timeout:g}s"
         self._finish(pending, jsonrpc.error_response(None, jsonrpc.UPSTREAM_ERROR, message))
         if self.channel is not None and not self.channel.closed:
             cancel = {"requestId": pending.upstream_id, "reason": "timed out at the proxy"}

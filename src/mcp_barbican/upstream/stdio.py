@@ -3,7 +3,11 @@
 The child gets only the environment its config names plus a short allowlist (PATH, HOME,
 locale...), never the proxy's own environment, so proxy secrets cannot leak into it. Its
 stderr is logged line by line. Shutdown follows the spec: close stdin, wait, SIGTERM the
-process group, wait, SIGKILL; every wait is bounded.
+process group, wait, SIGKILL; every wait is bounded. Whatever of the group outlives the
+child (its own children, say) is then killed too.
+
+No child outlives the proxy, even a SIGKILLed one: the child runs in a process group of its
+own, watched by a guard that kills the group when the proxy dies (`upstream.process`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
+from mcp_barbican.upstream.process import ChildProcess, spawn
 
 __all__ = ["INHERITED_ENV_VARS", "StdioChannel", "child_environment"]
 
@@ -62,7 +67,7 @@ class StdioChannel(UpstreamChannel):
         self._env = child_environment(env or {})
         self._cwd = cwd
         self._log = logging.getLogger(f"{__name__}.{name}")
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: ChildProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._closed = False
@@ -77,21 +82,15 @@ class StdioChannel(UpstreamChannel):
 
     async def start(self) -> None:
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                self._command,
-                *self._args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=self._env,
-                cwd=self._cwd,
-                limit=MAX_LINE_BYTES,
-                start_new_session=True,
-            )
+            self._proc = await spawn(self._command, self._args, self._env, self._cwd, MAX_LINE_BYTES)
         except OSError as exc:
             self._closed = True
             raise UpstreamUnavailable(f"cannot start {self._command!r}: {exc.strerror or exc}") from exc
         self._log.debug("started pid %s", self._proc.pid)
+        try:
+            self._proc.watch()
+        except OSError as exc:  # no room for one more process, say
+            self._log.warning("pid %s runs without a parent-death watch: %s", self._proc.pid, exc)
         self._tasks = [
             asyncio.create_task(self._read_stdout(), name="stdio-stdout"),
             asyncio.create_task(self._read_stderr(), name="stdio-stderr"),
@@ -99,7 +98,7 @@ class StdioChannel(UpstreamChannel):
 
     async def send(self, message: Message) -> None:
         proc = self._proc
-        if self._closed or proc is None or proc.stdin is None or proc.stdin.is_closing():
+        if self._closed or proc is None or proc.stdin.is_closing():
             raise UpstreamClosed("the stdio server is not running")
         stdin = proc.stdin
         stdin.write(jsonrpc.dumps(message) + b"\n")
@@ -111,7 +110,7 @@ class StdioChannel(UpstreamChannel):
                 raise UpstreamClosed("the stdio server stopped reading") from exc
 
     async def _read_stdout(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._proc is not None
         stdout = self._proc.stdout
         error: BaseException | None = None
         try:
@@ -135,7 +134,7 @@ class StdioChannel(UpstreamChannel):
         await self._ended(error)
 
     async def _read_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
+        assert self._proc is not None
         stderr = self._proc.stderr
         with contextlib.suppress(ValueError):
             while line := await stderr.readline():
@@ -147,8 +146,7 @@ class StdioChannel(UpstreamChannel):
         proc = self._proc
         code = None
         if proc is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                code = await asyncio.wait_for(proc.wait(), EXIT_GRACE_SECONDS)
+            code = await proc.wait(EXIT_GRACE_SECONDS)
         self._closed = True
         if error is None:
             error = UpstreamClosed(f"the stdio server exited (code {code})")
@@ -175,15 +173,12 @@ class StdioChannel(UpstreamChannel):
         proc = self._proc
         if proc is None:
             return
-        if proc.stdin is not None and not proc.stdin.is_closing():
+        if not proc.stdin.is_closing():
             proc.stdin.close()
-        if proc.returncode is None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), EXIT_GRACE_SECONDS)
+        await proc.wait(EXIT_GRACE_SECONDS)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if proc.returncode is not None:
                 break
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), EXIT_GRACE_SECONDS)
+            proc.signal_group(sig)
+            await proc.wait(EXIT_GRACE_SECONDS)
+        await proc.end_group(EXIT_GRACE_SECONDS)
