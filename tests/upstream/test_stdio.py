@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +81,64 @@ async def test_a_child_that_exits_is_reported() -> None:
     await asyncio.wait_for(closed.wait(), 10)
     assert len(errors) == 1 and "code 3" in str(errors[0])
     assert channel.closed
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def gone(pid: int, within: float) -> bool:
+    for _ in range(int(within / 0.05)):
+        if not alive(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return not alive(pid)
+
+
+#: A server that exits when its stdin closes but leaves a child of its own behind.
+LEAVES_A_CHILD = 'import subprocess, sys\nsubprocess.Popen(["sleep", "600"])\nprint(flush=True)\nsys.stdin.read()\n'
+
+
+async def test_the_child_runs_in_its_own_group_beside_its_guard_and_leaves_nothing_behind() -> None:
+    channel = StdioChannel(lambda m, r: None, lambda e: None, command=sys.executable, args=["-c", LEAVES_A_CHILD])
+    await channel.start()
+    proc = channel._proc
+    assert proc is not None and proc.guard is not None
+    assert os.getpgid(proc.pid) == proc.pid != os.getpgrp()
+    assert os.getpgid(proc.guard.pid) == proc.pid
+    await asyncio.sleep(0.5)  # the grandchild is started
+    [grandchild] = [pid for pid in _group_members(proc.pid) if pid not in (proc.pid, proc.guard.pid)]
+    await channel.aclose()
+    assert await gone(grandchild, 5) and await gone(proc.guard.pid, 5)
+
+
+async def test_the_guard_ends_the_group_when_the_proxy_side_of_its_pipe_closes() -> None:
+    channel = StdioChannel(
+        lambda m, r: None, lambda e: None, command="/bin/sh", args=["-c", "trap '' TERM; sleep 600 & exec sleep 600"]
+    )
+    await channel.start()
+    proc = channel._proc
+    assert proc is not None and proc.guard is not None and proc._lifeline is not None
+    await asyncio.sleep(0.3)
+    members = _group_members(proc.pid)
+    assert len(members) == 3  # the shell's exec'd sleep, its background sleep, the guard
+    os.close(proc._lifeline)  # what the kernel does when the proxy dies
+    proc._lifeline = None
+    for pid in members:
+        assert await gone(pid, 10), pid
+    await channel.aclose()
+
+
+def _group_members(group: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == group:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
