@@ -1,0 +1,450 @@
+"""State in Redis (or Valkey), shared by replicas: every table, its change notices, and the rate-limit buckets.
+
+Keys, all under `key_prefix`: `{table}` is a hash of id to the stored record, `rules:expiry` a
+sorted set of the rules that expire (by `expires_at`), `changes` the pub/sub channel of change
+notices and `bucket:{namespace}:{name}:{key}` one rate-limit bucket. A stored record is its
+`created_at` (repr, exact), a newline, and the JSON of its other fields, so a `replace` keeps
+the stored `created_at` inside one script without a float going through Lua.
+
+Every write is one Lua script (atomic on the server) that also publishes its change, so a
+notice goes out exactly when a write happened. This process tells its own subscribers right
+after the script returns (the write's caller sees its change applied before the write returns);
+the listener task tells them the changes other processes publish, skipping its own by `origin`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Generic
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from mcp_barbican.exceptions import StorageError
+from mcp_barbican.logs import log_unexpected
+from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, TOKEN_EPSILON, BucketRef, MemoryBucketStore
+from mcp_barbican.storage.notices import Listener, Subscribers, Unsubscribe
+from mcp_barbican.storage.records import (
+    DEFAULT_MAX_RULES,
+    Change,
+    IpRule,
+    McpRecord,
+    R,
+    RuleTableFull,
+    TableName,
+    TokenRecord,
+)
+
+__all__ = ["RedisBucketStore", "RedisStorage", "RedisTable"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between attempts to listen again after the pub/sub connection failed.
+RETRY_SECONDS: Final = 1.0
+
+# ARGV[1] origin, ARGV[2] table name, ARGV[3] channel; then the script's own.
+_PUBLISH: Final = """
+local function tell(id, value)
+  redis.call('PUBLISH', ARGV[3], cjson.encode({ARGV[1], ARGV[2], id, value or cjson.null}))
+end
+"""
+# KEYS[1] hash. ARGV[4] id, ARGV[5] created_at, ARGV[6] body, ARGV[7] mode (put|create).
+_WRITE: Final = (
+    _PUBLISH
+    + """
+local value = ARGV[5] .. '\\n' .. ARGV[6]
+if ARGV[7] == 'create' then
+  if redis.call('HSETNX', KEYS[1], ARGV[4], value) == 0 then return 0 end
+else
+  redis.call('HSET', KEYS[1], ARGV[4], value)
+end
+tell(ARGV[4], value)
+return 1
+"""
+)
+# KEYS[1] hash, KEYS[2] expiry set. ARGV[4] id, ARGV[5] body, ARGV[6] now and ARGV[7] expires_at (both '' for
+# a table whose records never expire; expires_at '' for a rule that does not).
+_REPLACE: Final = (
+    _PUBLISH
+    + """
+local function purge()
+  if ARGV[6] == '' then return end
+  local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
+  for _, id in ipairs(due) do redis.call('HDEL', KEYS[1], id); redis.call('ZREM', KEYS[2], id) end
+end
+purge()
+local old = redis.call('HGET', KEYS[1], ARGV[4])
+if not old then return false end
+local value = string.sub(old, 1, string.find(old, '\\n', 1, true)) .. ARGV[5]
+redis.call('HSET', KEYS[1], ARGV[4], value)
+if ARGV[6] ~= '' then
+  if ARGV[7] ~= '' then redis.call('ZADD', KEYS[2], ARGV[7], ARGV[4]) else redis.call('ZREM', KEYS[2], ARGV[4]) end
+end
+tell(ARGV[4], value)
+return value
+"""
+)
+# KEYS[1] hash, KEYS[2] expiry set. ARGV[4] id.
+_DELETE: Final = (
+    _PUBLISH
+    + """
+redis.call('ZREM', KEYS[2], ARGV[4])
+if redis.call('HDEL', KEYS[1], ARGV[4]) == 0 then return 0 end
+tell(ARGV[4], nil)
+return 1
+"""
+)
+# KEYS[1] hash, KEYS[2] expiry set. ARGV[4] now.
+_LIST_RULES: Final = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+for _, id in ipairs(due) do redis.call('HDEL', KEYS[1], id); redis.call('ZREM', KEYS[2], id) end
+return redis.call('HGETALL', KEYS[1])
+"""
+# KEYS[1] hash, KEYS[2] expiry set. ARGV[4] id, ARGV[5] created_at, ARGV[6] body, ARGV[7] expires_at or '',
+# ARGV[8] now, ARGV[9] max rules, ARGV[10] mode (put|create). Returns {written, evicted id or false}; -1: full.
+_WRITE_RULE: Final = (
+    _PUBLISH
+    + """
+local id, value = ARGV[4], ARGV[5] .. '\\n' .. ARGV[6]
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[8])
+for _, old in ipairs(due) do redis.call('HDEL', KEYS[1], old); redis.call('ZREM', KEYS[2], old) end
+local exists = redis.call('HEXISTS', KEYS[1], id) == 1
+if exists and ARGV[10] == 'create' then return {0, false} end
+if ARGV[7] ~= '' and tonumber(ARGV[7]) <= tonumber(ARGV[8]) then
+  redis.call('HDEL', KEYS[1], id); redis.call('ZREM', KEYS[2], id)
+  tell(id, value)
+  return {1, false}
+end
+local evicted = false
+if not exists and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[9]) then
+  local soonest = redis.call('ZRANGE', KEYS[2], 0, 0)
+  if #soonest == 0 then return -1 end
+  evicted = soonest[1]
+  redis.call('HDEL', KEYS[1], evicted); redis.call('ZREM', KEYS[2], evicted)
+  tell(evicted, nil)
+end
+redis.call('HSET', KEYS[1], id, value)
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[2], ARGV[7], id) else redis.call('ZREM', KEYS[2], id) end
+tell(id, value)
+return {1, evicted}
+"""
+)
+# KEYS: the buckets. ARGV[1] now ('' to read Redis TIME); then per bucket its lead and interval.
+# A bucket is its `due` (buckets.Bucket); an absent key is a full bucket. Returns {taken, level...} as strings.
+_TAKE: Final = """
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local dues, taken = {}, 1
+for i, key in ipairs(KEYS) do
+  local lead, interval = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local due = tonumber(redis.call('GET', key) or '') or (now - lead)
+  dues[i] = due
+  if due > now then taken = 0 end
+end
+local out = {tostring(taken)}
+for i, key in ipairs(KEYS) do
+  local lead, interval = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local due = dues[i]
+  if taken == 1 then
+    local full_at = now - lead
+    if full_at > due then due = full_at end
+    due = due + interval
+    local ttl = math.ceil((due + lead - now) * 1000)
+    redis.call('SET', key, string.format('%.17g', due), 'PX', math.max(ttl, 1))
+  end
+  out[i + 1] = string.format('%.17g', 1 + (now - due) / interval)
+end
+return out
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec(Generic[R]):
+    """One kind of record as a stored value: `created_at`, a newline, the JSON of the other fields."""
+
+    decode_fields: Callable[[dict[str, Any], float], R]
+
+    @staticmethod
+    def body(record: Any) -> str:
+        fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if f.name != "created_at"}
+        return json.dumps(fields, separators=(",", ":"))
+
+    def decode(self, value: str | bytes) -> R:
+        text = value.decode() if isinstance(value, bytes) else value
+        created, _, body = text.partition("\n")
+        return self.decode_fields(json.loads(body), float(created))
+
+
+def _token(fields: dict[str, Any], created_at: float) -> TokenRecord:
+    mcps, roles = fields.pop("mcps"), fields.pop("roles")
+    return TokenRecord(**fields, roles=tuple(roles), mcps=None if mcps is None else tuple(mcps), created_at=created_at)
+
+
+_CODECS: Final[dict[TableName, Codec[Any]]] = {
+    "mcps": Codec(lambda fields, created_at: McpRecord(**fields, created_at=created_at)),
+    "tokens": Codec(_token),
+    "rules": Codec(lambda fields, created_at: IpRule(**fields, created_at=created_at)),
+}
+
+
+def _order(record: R) -> tuple[float, str]:
+    return (record.created_at, record.id)
+
+
+class RedisTable(Generic[R]):
+    """A `Table` in one Redis hash; every write is one script that also publishes its change."""
+
+    def __init__(self, storage: RedisStorage, name: TableName) -> None:
+        self.storage = storage
+        self.name: TableName = name
+        self.codec: Codec[R] = _CODECS[name]
+        self.key = storage.prefix + name
+        self.expiry_key = storage.prefix + name + ":expiry"
+        self.subscribers: Subscribers[R] = Subscribers()
+
+    def _argv(self) -> builtins.list[str]:
+        return [self.storage.origin, self.name, self.storage.channel]
+
+    async def list(self) -> builtins.list[R]:
+        values = await self.storage.call(lambda r: r.hvals(self.key))
+        return sorted((self.codec.decode(v) for v in values), key=_order)
+
+    async def get(self, record_id: str) -> R | None:
+        value = await self.storage.call(lambda r: r.hget(self.key, record_id))
+        return None if value is None else self.codec.decode(value)
+
+    async def put(self, record: R) -> None:
+        await self._write(record, "put")
+
+    async def create(self, record: R) -> bool:
+        return await self._write(record, "create")
+
+    async def _write(self, record: R, mode: str) -> bool:
+        argv = [*self._argv(), record.id, repr(record.created_at), Codec.body(record), mode]
+        if not await self.storage.script(_WRITE, [self.key], argv):
+            return False
+        self.told(record.id, record)
+        return True
+
+    async def replace(self, record: R) -> bool:
+        stored = await self.storage.script(
+            _REPLACE, [self.key, self.expiry_key], [*self._argv(), *self._replacing(record)]
+        )
+        if stored is None:
+            return False
+        self.told(record.id, self.codec.decode(stored))
+        return True
+
+    def _replacing(self, record: R) -> builtins.list[str]:
+        return [record.id, Codec.body(record), "", ""]
+
+    async def delete(self, record_id: str) -> bool:
+        if not await self.storage.script(_DELETE, [self.key, self.expiry_key], [*self._argv(), record_id]):
+            return False
+        self.told(record_id, None)
+        return True
+
+    def subscribe(self, listener: Listener[R]) -> Unsubscribe:
+        unsubscribe = self.subscribers.subscribe(listener)
+        self.storage.listen()
+        return unsubscribe
+
+    def told(self, record_id: str, record: R | None) -> None:
+        self.subscribers.notify(Change(self.name, record_id, record))
+
+    def heard(self, record_id: str, value: str | None) -> None:
+        self.told(record_id, None if value is None else self.codec.decode(value))
+
+
+class RedisRuleTable(RedisTable[IpRule]):
+    """The rules table: expired rules are dropped on the way, and it holds at most `max_rules` (the same
+    bound and eviction order as the other backends: expired first, then the one closest to expiry)."""
+
+    def __init__(self, storage: RedisStorage, *, max_rules: int, clock: Callable[[], float]) -> None:
+        super().__init__(storage, "rules")
+        self.max_rules = max_rules
+        self.clock = clock
+
+    async def list(self) -> builtins.list[IpRule]:
+        argv = [*self._argv(), repr(self.clock())]
+        flat = await self.storage.script(_LIST_RULES, [self.key, self.expiry_key], argv)
+        return sorted((self.codec.decode(v) for v in flat[1::2]), key=_order)
+
+    async def get(self, record_id: str) -> IpRule | None:
+        rule = await super().get(record_id)
+        return None if rule is None or rule.expired(self.clock()) else rule
+
+    def _replacing(self, record: IpRule) -> builtins.list[str]:
+        expires = "" if record.expires_at is None else repr(record.expires_at)
+        return [record.id, Codec.body(record), repr(self.clock()), expires]
+
+    async def _write(self, record: IpRule, mode: str) -> bool:
+        expires = "" if record.expires_at is None else repr(record.expires_at)
+        argv = [*self._argv(), record.id, repr(record.created_at), Codec.body(record), expires]
+        argv += [repr(self.clock()), str(self.max_rules), mode]
+        result = await self.storage.script(_WRITE_RULE, [self.key, self.expiry_key], argv)
+        if result == -1:
+            raise RuleTableFull(f"{self.max_rules} permanent dynamic rules already; remove some first")
+        written, evicted = result
+        if evicted:
+            self.told(evicted.decode(), None)
+        if written:
+            self.told(record.id, record)
+        return bool(written)
+
+
+def _level(ref: BucketRef, level: float) -> float:
+    """As `Bucket.level` reads it."""
+    return min(float(ref.spec.capacity), max(0.0, level - TOKEN_EPSILON))
+
+
+class RedisBucketStore:
+    """Rate-limit buckets in Redis, taken all or nothing by one script (exact across replicas).
+
+    "Now" is Redis TIME unless `server_time` is off (then the caller's `now`, for tests with a fixed
+    clock). While Redis is unreachable, `fail_open` decides: admit (levels unknown, read as full) or refuse.
+    """
+
+    def __init__(self, storage: RedisStorage, namespace: str, *, server_time: bool, fail_open: bool) -> None:
+        self.storage = storage
+        self.prefix = f"{storage.prefix}bucket:{namespace}:"
+        self.server_time = server_time
+        self.fail_open = fail_open
+        self._failing = False
+
+    @property
+    def local(self) -> MemoryBucketStore | None:
+        return None
+
+    async def take(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
+        keys = [f"{self.prefix}{ref.spec.name}:{ref.key}" for ref in refs]
+        argv = ["" if self.server_time else repr(now)]
+        for ref in refs:
+            argv += [repr(ref.spec.lead), repr(ref.spec.interval)]
+        try:
+            out = await self.storage.script(_TAKE, keys, argv, raw=True)
+        except RedisError as exc:
+            if not self._failing:
+                self._failing = True
+                outcome = "admitting" if self.fail_open else "refusing"
+                logger.warning("rate limits: Redis unreachable (%s); %s requests until it returns", exc, outcome)
+            levels = [float(ref.spec.capacity) if self.fail_open else 0.0 for ref in refs]
+            return self.fail_open, levels
+        if self._failing:
+            self._failing = False
+            logger.warning("rate limits: Redis reachable again")
+        levels = [
+            min(float(ref.spec.capacity), max(0.0, float(v) - TOKEN_EPSILON))
+            for ref, v in zip(refs, out[1:], strict=True)
+        ]
+        return out[0] == b"1", levels
+
+
+class RedisStorage:
+    """Every table in Redis, with change notices over pub/sub so every replica follows every change."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "barbican:",
+        rate_limit_fail_open: bool = True,
+        max_rules: int = DEFAULT_MAX_RULES,
+        clock: Callable[[], float] = time.time,
+        server_time: bool = True,
+    ) -> None:
+        self.redis: Redis = Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        self.prefix = key_prefix
+        self.channel = key_prefix + "changes"
+        self.origin = secrets.token_hex(8)
+        self.rate_limit_fail_open = rate_limit_fail_open
+        self.server_time = server_time
+        self.mcps: RedisTable[McpRecord] = RedisTable(self, "mcps")
+        self.tokens: RedisTable[TokenRecord] = RedisTable(self, "tokens")
+        self.rules = RedisRuleTable(self, max_rules=max_rules, clock=clock)
+        self._tables: dict[str, RedisTable[Any]] = {"mcps": self.mcps, "tokens": self.tokens, "rules": self.rules}
+        self._scripts: dict[str, Any] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    def buckets(self, namespace: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> RedisBucketStore:
+        """`max_keys` does not apply: a bucket key expires when its bucket is full again."""
+        return RedisBucketStore(self, namespace, server_time=self.server_time, fail_open=self.rate_limit_fail_open)
+
+    async def call(self, command: Callable[[Redis], Any]) -> Any:
+        try:
+            await self._ready()
+            return await command(self.redis)
+        except (RedisError, TimeoutError) as exc:
+            raise StorageError(f"the Redis state store failed: {exc}") from None
+
+    async def script(self, source: str, keys: Sequence[str], argv: Sequence[str], *, raw: bool = False) -> Any:
+        """Run one of this module's Lua scripts (by SHA, loaded on first use)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.redis.register_script(source)
+        if raw:
+            return await script(keys=list(keys), args=list(argv))
+        return await self.call(lambda _: script(keys=list(keys), args=list(argv)))
+
+    def listen(self) -> None:
+        """Start hearing other processes' changes (once; needs a running event loop, else on the next call)."""
+        if self._listener is None:
+            try:
+                self._listener = asyncio.get_running_loop().create_task(self._listen())
+            except RuntimeError:
+                return
+
+    async def _ready(self) -> None:
+        """Wait until the listener is subscribed, once a table has a subscriber: no change is missed after."""
+        if self._listener is None and any(len(t.subscribers) for t in self._tables.values()):
+            self.listen()
+        if self._listener is not None and not self._listening.is_set():
+            await asyncio.wait_for(self._listening.wait(), timeout=5.0)
+
+    async def _listen(self) -> None:
+        failing = False
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self._listening.set()
+                    if failing:
+                        failing = False
+                        logger.warning("state store: hearing changes from Redis again")
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._heard(message["data"])
+            except (RedisError, OSError) as exc:
+                if not failing:
+                    failing = True
+                    logger.warning("state store: lost the Redis change channel (%s); retrying", exc)
+                await asyncio.sleep(RETRY_SECONDS)
+
+    def _heard(self, data: bytes) -> None:
+        try:
+            origin, table, record_id, value = json.loads(data)
+            if origin == self.origin:
+                return
+            self._tables[table].heard(record_id, value)
+        except Exception:
+            log_unexpected(logger, "state store: an unreadable change notice on %s", self.channel)
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except asyncio.CancelledError:
+                pass
+        await self.redis.aclose()

@@ -1,0 +1,113 @@
+"""What the Redis store adds to the contract: changes heard across processes, buckets exact on the server's clock,
+and the rate-limit fail mode while Redis is unreachable. Each test runs a real `redis-server` (so e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator
+
+import pytest
+
+from mcp_barbican.config import StorageConfig
+from mcp_barbican.storage import Change, IpRule, McpRecord, open_storage
+from mcp_barbican.storage.buckets import BucketRef, BucketSpec
+from mcp_barbican.storage.notices import follow
+from mcp_barbican.storage.redis import RedisStorage
+from tests.storage.redis_server import redis_server
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+async def _heard(changes: list[Change[McpRecord]], count: int) -> None:
+    while len(changes) < count:  # noqa: ASYNC110 -- polls a list the listener appends to
+        await asyncio.sleep(0.01)
+
+
+async def test_a_change_on_one_store_reaches_the_other_within_a_second(url: str) -> None:
+    one, other = RedisStorage(url, key_prefix="two:"), RedisStorage(url, key_prefix="two:")
+    try:
+        seen: list[Change[McpRecord]] = []
+        loaded: list[McpRecord] = []
+
+        def load(records: Iterable[McpRecord]) -> None:
+            loaded.extend(records)
+
+        await follow(other.mcps, load, seen.append)
+        record = McpRecord("m", {"id": "m", "command": "x"}, NOW, NOW)
+        await one.mcps.put(record)
+        await asyncio.wait_for(_heard(seen, 1), timeout=1.0)
+        assert seen == [Change("mcps", "m", record)]
+        assert await one.mcps.delete("m")
+        await asyncio.wait_for(_heard(seen, 2), timeout=1.0)
+        assert seen[1] == Change("mcps", "m", None)
+        mine: list[Change[IpRule]] = []
+        other.rules.subscribe(mine.append)
+        rule = IpRule("ban:10.0.0.1", "10.0.0.1", "deny", None, "flood", NOW)
+        await other.rules.put(rule)
+        await asyncio.sleep(0.2)
+        assert mine == [Change("rules", rule.id, rule)], "a store's own change is told once, not heard again"
+        assert loaded == []
+    finally:
+        await one.aclose()
+        await other.aclose()
+
+
+async def test_another_prefix_hears_nothing(url: str) -> None:
+    one, other = RedisStorage(url, key_prefix="p1:"), RedisStorage(url, key_prefix="p2:")
+    try:
+        seen: list[Change[McpRecord]] = []
+        await follow(other.mcps, lambda _: None, seen.append)
+        await one.mcps.put(McpRecord("m", {}, NOW, NOW))
+        await asyncio.sleep(0.3)
+        assert seen == []
+        assert await other.mcps.list() == []
+    finally:
+        await one.aclose()
+        await other.aclose()
+
+
+def _spec(capacity: int) -> BucketSpec:
+    return BucketSpec("ip", capacity=capacity, per_second=capacity / 60, quota=capacity, window=60)
+
+
+async def test_many_concurrent_takes_across_stores_admit_exactly_the_limit(url: str) -> None:
+    stores = [RedisStorage(url, key_prefix="limit:") for _ in range(2)]
+    try:
+        refs = [BucketRef(_spec(10), "10.0.0.1")]
+        buckets = [store.buckets("limiter") for store in stores]
+        results = await asyncio.gather(*(buckets[n % 2].take(refs, 0.0) for n in range(60)))
+        assert sum(taken for taken, _ in results) == 10, "the server's clock, not the caller's `now`"
+        assert all(levels[0] < 1 for taken, levels in results if not taken), "a refusal takes nothing and says so"
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+@pytest.mark.parametrize(("mode", "admitted"), [("open", True), ("closed", False)])
+async def test_rate_limits_follow_fail_mode_while_redis_is_down(
+    mode: str, admitted: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    with redis_server() as url:
+        config = StorageConfig.model_validate({"type": "redis", "url": url, "fail_mode": {"rate_limit": mode}})
+        store = open_storage(config)
+        buckets = store.buckets("limiter")
+        refs = [BucketRef(_spec(1), "10.0.0.1")]
+        assert (await buckets.take(refs, NOW))[0]
+        assert not (await buckets.take(refs, NOW))[0]
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                assert (await buckets.take(refs, NOW))[0] is admitted
+        outages = [r.getMessage() for r in caplog.records if "Redis unreachable" in r.getMessage()]
+        assert len(outages) == 1, "one line per outage, not per request"
+    finally:
+        await store.aclose()
