@@ -429,7 +429,9 @@ class RedisStorage:
                 if not failing:
                     failing = True
                     logger.warning("state store: lost the Redis change channel (%s); retrying", exc)
-                await asyncio.sleep(RETRY_SECONDS)
+            except Exception:
+                log_unexpected(logger, "state store: the Redis change listener failed; retrying")
+            await asyncio.sleep(RETRY_SECONDS)
 
     def _heard(self, data: bytes) -> None:
         try:
