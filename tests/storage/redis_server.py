@@ -29,12 +29,12 @@ def _answers(port: int) -> bool:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """Start `redis-server` (no persistence), yield its URL, stop it after."""
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """Start `redis-server` (no persistence) on `port` (else a free one), yield its URL, stop it after."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (scripts/test installs it on Debian)")
-    port = _free_port()
+    port = port or _free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

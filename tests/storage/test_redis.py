@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 
@@ -73,6 +73,37 @@ async def test_another_prefix_hears_nothing(url: str) -> None:
     finally:
         await one.aclose()
         await other.aclose()
+
+
+async def test_a_follower_catches_up_after_redis_comes_back(caplog: pytest.LogCaptureFixture) -> None:
+    with redis_server() as url:
+        one, other = RedisStorage(url, key_prefix="back:"), RedisStorage(url, key_prefix="back:")
+        followed: dict[str, McpRecord] = {}
+
+        def apply(change: Change[McpRecord]) -> None:
+            if change.record is None:
+                followed.pop(change.id, None)
+            else:
+                followed[change.id] = change.record
+
+        await follow(other.mcps, lambda records: followed.update((r.id, r) for r in records), apply)
+        await one.mcps.put(McpRecord("before", {}, NOW, NOW))
+        await asyncio.wait_for(_until(lambda: "before" in followed), timeout=1.0)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        with caplog.at_level(logging.WARNING), redis_server(port):  # the same address, empty: "before" is gone
+            after = McpRecord("after", {}, NOW + 1, NOW + 1)
+            await one.mcps.put(after)
+            await asyncio.wait_for(_until(lambda: followed == {"after": after}), timeout=5.0)
+        assert any("lost the Redis change channel" in r.getMessage() for r in caplog.records)
+    finally:
+        await one.aclose()
+        await other.aclose()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110 -- polls state the listener changes
+        await asyncio.sleep(0.01)
 
 
 def _spec(capacity: int) -> BucketSpec:

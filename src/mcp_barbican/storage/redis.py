@@ -10,6 +10,9 @@ Every write is one Lua script (atomic on the server) that also publishes its cha
 notice goes out exactly when a write happened. This process tells its own subscribers right
 after the script returns (the write's caller sees its change applied before the write returns);
 the listener task tells them the changes other processes publish, skipping its own by `origin`.
+When the change channel comes back after an outage, each followed table is read again and its
+subscribers told every record, and the deletion of every id they were told of that is gone
+(`RedisTable.known`), so a follower catches up on what it missed without a restart.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Generic
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, RedisError
 
 from mcp_barbican.exceptions import StorageError
 from mcp_barbican.logs import log_unexpected
@@ -211,13 +216,24 @@ class RedisTable(Generic[R]):
         self.key = storage.prefix + name
         self.expiry_key = storage.prefix + name + ":expiry"
         self.subscribers: Subscribers[R] = Subscribers()
+        #: The ids its subscribers may hold, with when each expires (None: never): what a resync deletes.
+        self.known: dict[str, float | None] = {}
 
     def _argv(self) -> builtins.list[str]:
         return [self.storage.origin, self.name, self.storage.channel]
 
     async def list(self) -> builtins.list[R]:
         values = await self.storage.call(lambda r: r.hvals(self.key))
-        return sorted((self.codec.decode(v) for v in values), key=_order)
+        return self._listed(self.codec.decode(v) for v in values)
+
+    def _listed(self, records: Iterable[R]) -> builtins.list[R]:
+        listed = sorted(records, key=_order)
+        for record in listed:
+            self.known[record.id] = self._expiry(record)
+        return listed
+
+    def _expiry(self, record: R) -> float | None:
+        return None
 
     async def get(self, record_id: str) -> R | None:
         value = await self.storage.call(lambda r: r.hget(self.key, record_id))
@@ -260,7 +276,20 @@ class RedisTable(Generic[R]):
         return unsubscribe
 
     def told(self, record_id: str, record: R | None) -> None:
+        if record is None:
+            self.known.pop(record_id, None)
+        else:
+            self.known[record_id] = self._expiry(record)
         self.subscribers.notify(Change(self.name, record_id, record))
+
+    async def resync(self) -> None:
+        """Tell the subscribers every record, and the deletion of every id they know that is gone."""
+        records = await self.list()
+        present = {record.id for record in records}
+        for record_id in [i for i in self.known if i not in present]:
+            self.told(record_id, None)
+        for record in records:
+            self.told(record.id, record)
 
     def heard(self, record_id: str, value: str | None) -> None:
         self.told(record_id, None if value is None else self.codec.decode(value))
@@ -278,7 +307,16 @@ class RedisRuleTable(RedisTable[IpRule]):
     async def list(self) -> builtins.list[IpRule]:
         argv = [*self._argv(), repr(self.clock())]
         flat = await self.storage.script(_LIST_RULES, [self.key, self.expiry_key], argv)
-        return sorted((self.codec.decode(v) for v in flat[1::2]), key=_order)
+        return self._listed(self.codec.decode(v) for v in flat[1::2])
+
+    def _expiry(self, record: IpRule) -> float | None:
+        return record.expires_at
+
+    def told(self, record_id: str, record: IpRule | None) -> None:
+        super().told(record_id, record)
+        if len(self.known) > 2 * self.max_rules:  # rules expire without a notice: forget those
+            now = self.clock()
+            self.known = {i: at for i, at in self.known.items() if at is None or at > now}
 
     async def get(self, record_id: str) -> IpRule | None:
         rule = await super().get(record_id)
@@ -363,7 +401,18 @@ class RedisStorage:
         clock: Callable[[], float] = time.time,
         server_time: bool = True,
     ) -> None:
-        self.redis: Redis = Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        # One immediate retry on a fresh connection: a pooled connection the server dropped (Redis restarted)
+        # fails its next command once, which must not reach a caller.
+        self.redis: Redis = Redis.from_url(
+            url,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[ConnectionError],
+        )
+        # The listener's own client retries nothing: it must see every disconnection, which redis-py
+        # would otherwise mend by subscribing again quietly, losing the changes made meanwhile.
+        self._listening_client: Redis = Redis.from_url(url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
         self.prefix = key_prefix
         self.channel = key_prefix + "changes"
         self.origin = secrets.token_hex(8)
@@ -416,8 +465,12 @@ class RedisStorage:
         failing = False
         while True:
             try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with self._listening_client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
+                    if self._listening.is_set():
+                        for table in self._tables.values():
+                            if len(table.subscribers):
+                                await table.resync()
                     self._listening.set()
                     if failing:
                         failing = False
@@ -425,7 +478,7 @@ class RedisStorage:
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             self._heard(message["data"])
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, StorageError) as exc:
                 if not failing:
                     failing = True
                     logger.warning("state store: lost the Redis change channel (%s); retrying", exc)
@@ -450,3 +503,4 @@ class RedisStorage:
             except asyncio.CancelledError:
                 pass
         await self.redis.aclose()
+        await self._listening_client.aclose()
