@@ -6,7 +6,7 @@ notices and `bucket:{namespace}:{name}:{key}` one rate-limit bucket. A stored re
 `created_at` (repr, exact), a newline, and the JSON of its other fields, so a `replace` keeps
 the stored `created_at` inside one script without a float going through Lua.
 
-Every write is one Lua script (atomic on the server) that also publishes its change, so a
+Every write is one Lua script (`redis_lua.py`, atomic on the server) that also publishes its change, so a
 notice goes out exactly when a write happened. This process tells its own subscribers right
 after the script returns (the write's caller sees its change applied before the write returns);
 the listener task tells them the changes other processes publish, skipping its own by `origin`.
@@ -46,6 +46,7 @@ from mcp_barbican.storage.records import (
     TableName,
     TokenRecord,
 )
+from mcp_barbican.storage.redis_lua import DELETE, LIST_RULES, REPLACE, TAKE, WRITE, WRITE_RULE
 
 __all__ = ["RedisBucketStore", "RedisStorage", "RedisTable"]
 
@@ -53,124 +54,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between attempts to listen again after the pub/sub connection failed.
 RETRY_SECONDS: Final = 1.0
-
-# ARGV[1] origin, ARGV[2] table name, ARGV[3] channel; then the script's own.
-_PUBLISH: Final = """
-local function tell(id, value)
-  redis.call('PUBLISH', ARGV[3], cjson.encode({ARGV[1], ARGV[2], id, value or cjson.null}))
-end
-"""
-# KEYS[1] hash. ARGV[4] id, ARGV[5] created_at, ARGV[6] body, ARGV[7] mode (put|create).
-_WRITE: Final = (
-    _PUBLISH
-    + """
-local value = ARGV[5] .. '\\n' .. ARGV[6]
-if ARGV[7] == 'create' then
-  if redis.call('HSETNX', KEYS[1], ARGV[4], value) == 0 then return 0 end
-else
-  redis.call('HSET', KEYS[1], ARGV[4], value)
-end
-tell(ARGV[4], value)
-return 1
-"""
-)
-# KEYS[1] hash, KEYS[2] expiry set. ARGV[4] id, ARGV[5] body, ARGV[6] now and ARGV[7] expires_at (both '' for
-# a table whose records never expire; expires_at '' for a rule that does not).
-_REPLACE: Final = (
-    _PUBLISH
-    + """
-local function purge()
-  if ARGV[6] == '' then return end
-  local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
-  for _, id in ipairs(due) do redis.call('HDEL', KEYS[1], id); redis.call('ZREM', KEYS[2], id) end
-end
-purge()
-local old = redis.call('HGET', KEYS[1], ARGV[4])
-if not old then return false end
-local value = string.sub(old, 1, string.find(old, '\\n', 1, true)) .. ARGV[5]
-redis.call('HSET', KEYS[1], ARGV[4], value)
-if ARGV[6] ~= '' then
-  if ARGV[7] ~= '' then redis.call('ZADD', KEYS[2], ARGV[7], ARGV[4]) else redis.call('ZREM', KEYS[2], ARGV[4]) end
-end
-tell(ARGV[4], value)
-return value
-"""
-)
-# KEYS[1] hash, KEYS[2] expiry set. ARGV[4] id.
-_DELETE: Final = (
-    _PUBLISH
-    + """
-redis.call('ZREM', KEYS[2], ARGV[4])
-if redis.call('HDEL', KEYS[1], ARGV[4]) == 0 then return 0 end
-tell(ARGV[4], nil)
-return 1
-"""
-)
-# KEYS[1] hash, KEYS[2] expiry set. ARGV[4] now.
-_LIST_RULES: Final = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
-for _, id in ipairs(due) do redis.call('HDEL', KEYS[1], id); redis.call('ZREM', KEYS[2], id) end
-return redis.call('HGETALL', KEYS[1])
-"""
-# KEYS[1] hash, KEYS[2] expiry set. ARGV[4] id, ARGV[5] created_at, ARGV[6] body, ARGV[7] expires_at or '',
-# ARGV[8] now, ARGV[9] max rules, ARGV[10] mode (put|create). Returns {written, evicted id or false}; -1: full.
-_WRITE_RULE: Final = (
-    _PUBLISH
-    + """
-local id, value = ARGV[4], ARGV[5] .. '\\n' .. ARGV[6]
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[8])
-for _, old in ipairs(due) do redis.call('HDEL', KEYS[1], old); redis.call('ZREM', KEYS[2], old) end
-local exists = redis.call('HEXISTS', KEYS[1], id) == 1
-if exists and ARGV[10] == 'create' then return {0, false} end
-if ARGV[7] ~= '' and tonumber(ARGV[7]) <= tonumber(ARGV[8]) then
-  redis.call('HDEL', KEYS[1], id); redis.call('ZREM', KEYS[2], id)
-  tell(id, value)
-  return {1, false}
-end
-local evicted = false
-if not exists and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[9]) then
-  local soonest = redis.call('ZRANGE', KEYS[2], 0, 0)
-  if #soonest == 0 then return -1 end
-  evicted = soonest[1]
-  redis.call('HDEL', KEYS[1], evicted); redis.call('ZREM', KEYS[2], evicted)
-  tell(evicted, nil)
-end
-redis.call('HSET', KEYS[1], id, value)
-if ARGV[7] ~= '' then redis.call('ZADD', KEYS[2], ARGV[7], id) else redis.call('ZREM', KEYS[2], id) end
-tell(id, value)
-return {1, evicted}
-"""
-)
-# KEYS: the buckets. ARGV[1] now ('' to read Redis TIME); then per bucket its lead and interval.
-# A bucket is its `due` (buckets.Bucket); an absent key is a full bucket. Returns {taken, level...} as strings.
-_TAKE: Final = """
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-local dues, taken = {}, 1
-for i, key in ipairs(KEYS) do
-  local lead, interval = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local due = tonumber(redis.call('GET', key) or '') or (now - lead)
-  dues[i] = due
-  if due > now then taken = 0 end
-end
-local out = {tostring(taken)}
-for i, key in ipairs(KEYS) do
-  local lead, interval = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local due = dues[i]
-  if taken == 1 then
-    local full_at = now - lead
-    if full_at > due then due = full_at end
-    due = due + interval
-    local ttl = math.ceil((due + lead - now) * 1000)
-    redis.call('SET', key, string.format('%.17g', due), 'PX', math.max(ttl, 1))
-  end
-  out[i + 1] = string.format('%.17g', 1 + (now - due) / interval)
-end
-return out
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,14 +130,14 @@ class RedisTable(Generic[R]):
 
     async def _write(self, record: R, mode: str) -> bool:
         argv = [*self._argv(), record.id, repr(record.created_at), Codec.body(record), mode]
-        if not await self.storage.script(_WRITE, [self.key], argv):
+        if not await self.storage.script(WRITE, [self.key], argv):
             return False
         self.told(record.id, record)
         return True
 
     async def replace(self, record: R) -> bool:
         stored = await self.storage.script(
-            _REPLACE, [self.key, self.expiry_key], [*self._argv(), *self._replacing(record)]
+            REPLACE, [self.key, self.expiry_key], [*self._argv(), *self._replacing(record)]
         )
         if stored is None:
             return False
@@ -265,7 +148,7 @@ class RedisTable(Generic[R]):
         return [record.id, Codec.body(record), "", ""]
 
     async def delete(self, record_id: str) -> bool:
-        if not await self.storage.script(_DELETE, [self.key, self.expiry_key], [*self._argv(), record_id]):
+        if not await self.storage.script(DELETE, [self.key, self.expiry_key], [*self._argv(), record_id]):
             return False
         self.told(record_id, None)
         return True
@@ -306,7 +189,7 @@ class RedisRuleTable(RedisTable[IpRule]):
 
     async def list(self) -> builtins.list[IpRule]:
         argv = [*self._argv(), repr(self.clock())]
-        flat = await self.storage.script(_LIST_RULES, [self.key, self.expiry_key], argv)
+        flat = await self.storage.script(LIST_RULES, [self.key, self.expiry_key], argv)
         return self._listed(self.codec.decode(v) for v in flat[1::2])
 
     def _expiry(self, record: IpRule) -> float | None:
@@ -330,7 +213,7 @@ class RedisRuleTable(RedisTable[IpRule]):
         expires = "" if record.expires_at is None else repr(record.expires_at)
         argv = [*self._argv(), record.id, repr(record.created_at), Codec.body(record), expires]
         argv += [repr(self.clock()), str(self.max_rules), mode]
-        result = await self.storage.script(_WRITE_RULE, [self.key, self.expiry_key], argv)
+        result = await self.storage.script(WRITE_RULE, [self.key, self.expiry_key], argv)
         if result == -1:
             raise RuleTableFull(f"{self.max_rules} permanent dynamic rules already; remove some first")
         written, evicted = result
@@ -370,7 +253,7 @@ class RedisBucketStore:
         for ref in refs:
             argv += [repr(ref.spec.lead), repr(ref.spec.interval)]
         try:
-            out = await self.storage.script(_TAKE, keys, argv, raw=True)
+            out = await self.storage.script(TAKE, keys, argv, raw=True)
         except RedisError as exc:
             if not self._failing:
                 self._failing = True
