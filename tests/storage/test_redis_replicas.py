@@ -1,0 +1,82 @@
+"""Two proxies on one Redis behave as one: a limit shared exactly, a ban set on one enforced by the other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.proxy import TOKEN, RunningProxy, demo_mcp, free_port, run_proxy
+from tests.storage.redis_server import redis_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+
+ADMIN_TOKEN = TOKEN + "-admin"
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[tuple[tuple[RunningProxy, int], tuple[RunningProxy, int]]]:
+    with redis_server() as url, contextlib.ExitStack() as stack:
+        started = []
+        for name in ("a", "b"):
+            directory = tmp_path / name
+            directory.mkdir()
+            admin_port = free_port()
+            server: dict[str, Any] = {
+                "storage": {"type": "redis", "url": url},
+                "admin": {"port": admin_port, "token": ADMIN_TOKEN},
+                "trusted_proxies": ["127.0.0.1/32"],
+                "security": {"auth_failure_ban": {"enabled": False}, "rate_limit": {"requests_per_minute": 10}},
+            }
+            started.append((stack.enter_context(run_proxy(directory, [demo_mcp("demo")], server=server)), admin_port))
+        yield started[0], started[1]
+
+
+def _call(client: httpx2.AsyncClient, proxy: RunningProxy, ip: str) -> Any:
+    headers = {
+        "authorization": f"Bearer {TOKEN}",
+        "x-forwarded-for": ip,
+        "accept": "application/json, text/event-stream",
+    }
+    body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    return client.post(proxy.url("demo"), headers=headers, json=body)
+
+
+async def test_a_limit_of_ten_admits_exactly_ten_across_both_replicas(
+    replicas: tuple[tuple[RunningProxy, int], tuple[RunningProxy, int]],
+) -> None:
+    proxies = [replicas[0][0], replicas[1][0]]
+    async with httpx2.AsyncClient(timeout=10) as client:
+        answers = await asyncio.gather(*(_call(client, proxies[n % 2], "10.1.1.1") for n in range(30)))
+    statuses = [answer.status_code for answer in answers]
+    assert statuses.count(429) == 20, statuses
+    assert {status for status in statuses if status != 429} <= {200, 400}, statuses
+
+
+async def test_a_ban_set_on_one_replica_is_enforced_by_the_other_within_a_second(
+    replicas: tuple[tuple[RunningProxy, int], tuple[RunningProxy, int]],
+) -> None:
+    (_, admin_a), (b, _) = replicas
+    async with httpx2.AsyncClient(timeout=10) as client:
+        assert (await _call(client, b, "10.9.9.9")).status_code != 403
+        answer = await client.post(
+            f"http://127.0.0.1:{admin_a}/admin/security/ip-rules",
+            headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+            json={"cidr": "10.9.9.9", "action": "deny"},
+        )
+        assert answer.status_code in (200, 201), answer.text
+        deadline = time.monotonic() + 1.0
+        status = 0
+        while time.monotonic() < deadline:
+            status = (await _call(client, b, "10.9.9.9")).status_code
+            if status == 403:
+                break
+            await asyncio.sleep(0.05)
+        assert status == 403, "replica b enforces the rule replica a's admin API wrote"
+        assert (await _call(client, b, "10.9.9.8")).status_code != 403, "another address is still served"
