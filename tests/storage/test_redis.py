@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import pytest
 
 from mcp_barbican.config import StorageConfig
 from mcp_barbican.storage import Change, IpRule, McpRecord, open_storage
+from mcp_barbican.storage import redis as redis_store
 from mcp_barbican.storage.buckets import BucketRef, BucketSpec
 from mcp_barbican.storage.notices import follow
 from mcp_barbican.storage.redis import RedisStorage
@@ -124,9 +126,10 @@ async def test_many_concurrent_takes_across_stores_admit_exactly_the_limit(url: 
 
 
 @pytest.mark.parametrize(("mode", "admitted"), [("open", True), ("closed", False)])
-async def test_rate_limits_follow_fail_mode_while_redis_is_down(
-    mode: str, admitted: bool, caplog: pytest.LogCaptureFixture
+async def test_rate_limits_follow_fail_mode_while_redis_is_down_and_recover(
+    mode: str, admitted: bool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(redis_store, "RETRY_SECONDS", 0.2)
     with redis_server() as url:
         config = StorageConfig.model_validate({"type": "redis", "url": url, "fail_mode": {"rate_limit": mode}})
         store = open_storage(config)
@@ -134,11 +137,26 @@ async def test_rate_limits_follow_fail_mode_while_redis_is_down(
         refs = [BucketRef(_spec(1), "10.0.0.1")]
         assert (await buckets.take(refs, NOW))[0]
         assert not (await buckets.take(refs, NOW))[0]
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
     try:
+        asked: list[str] = []
+        script = store.script  # type: ignore[attr-defined]
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            asked.append("take")
+            return await script(*args, **kwargs)
+
+        monkeypatch.setattr(store, "script", counted)
         with caplog.at_level(logging.WARNING):
             for _ in range(3):
                 assert (await buckets.take(refs, NOW))[0] is admitted
-        outages = [r.getMessage() for r in caplog.records if "Redis unreachable" in r.getMessage()]
-        assert len(outages) == 1, "one line per outage, not per request"
+            assert asked == ["take"], "while it fails, Redis is asked again only after RETRY_SECONDS"
+            outages = [r.getMessage() for r in caplog.records if "Redis unreachable" in r.getMessage()]
+            assert len(outages) == 1, "one line per outage, not per request"
+            with redis_server(port):  # back, and empty: the bucket is full again
+                await asyncio.sleep(0.3)
+                assert (await buckets.take(refs, NOW))[0], "recovered without a restart"
+                assert not (await buckets.take(refs, NOW))[0], "and limiting again"
+            assert any("Redis reachable again" in r.getMessage() for r in caplog.records)
     finally:
         await store.aclose()

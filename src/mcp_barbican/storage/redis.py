@@ -233,7 +233,9 @@ class RedisBucketStore:
     """Rate-limit buckets in Redis, taken all or nothing by one script (exact across replicas).
 
     "Now" is Redis TIME unless `server_time` is off (then the caller's `now`, for tests with a fixed
-    clock). While Redis is unreachable, `fail_open` decides: admit (levels unknown, read as full) or refuse.
+    clock). While Redis is unreachable, `fail_open` decides: admit (levels unknown, read as full) or refuse;
+    after a failure the store asks Redis again only every RETRY_SECONDS, so an unreachable server does not
+    add its connect timeout to every request.
     """
 
     def __init__(self, storage: RedisStorage, namespace: str, *, server_time: bool, fail_open: bool) -> None:
@@ -242,32 +244,35 @@ class RedisBucketStore:
         self.server_time = server_time
         self.fail_open = fail_open
         self._failing = False
+        self._retry_at = 0.0
 
     @property
     def local(self) -> MemoryBucketStore | None:
         return None
+
+    def _outage(self, refs: Sequence[BucketRef]) -> tuple[bool, list[float]]:
+        return self.fail_open, [float(ref.spec.capacity) if self.fail_open else 0.0 for ref in refs]
 
     async def take(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
         keys = [f"{self.prefix}{ref.spec.name}:{ref.key}" for ref in refs]
         argv = ["" if self.server_time else repr(now)]
         for ref in refs:
             argv += [repr(ref.spec.lead), repr(ref.spec.interval)]
+        if self._failing and time.monotonic() < self._retry_at:
+            return self._outage(refs)
         try:
             out = await self.storage.script(TAKE, keys, argv, raw=True)
         except RedisError as exc:
+            self._retry_at = time.monotonic() + RETRY_SECONDS
             if not self._failing:
                 self._failing = True
                 outcome = "admitting" if self.fail_open else "refusing"
                 logger.warning("rate limits: Redis unreachable (%s); %s requests until it returns", exc, outcome)
-            levels = [float(ref.spec.capacity) if self.fail_open else 0.0 for ref in refs]
-            return self.fail_open, levels
+            return self._outage(refs)
         if self._failing:
             self._failing = False
             logger.warning("rate limits: Redis reachable again")
-        levels = [
-            min(float(ref.spec.capacity), max(0.0, float(v) - TOKEN_EPSILON))
-            for ref, v in zip(refs, out[1:], strict=True)
-        ]
+        levels = [_level(ref, float(v)) for ref, v in zip(refs, out[1:], strict=True)]
         return out[0] == b"1", levels
 
 
