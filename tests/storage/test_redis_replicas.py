@@ -12,7 +12,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.proxy import TOKEN, RunningProxy, demo_mcp, free_port, run_proxy
+from tests.proxy import TOKEN, RunningProxy, demo_mcp, free_port, run_proxy, traceback_in
 from tests.storage.redis_server import redis_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -80,3 +80,31 @@ async def test_a_ban_set_on_one_replica_is_enforced_by_the_other_within_a_second
             await asyncio.sleep(0.05)
         assert status == 403, "replica b enforces the rule replica a's admin API wrote"
         assert (await _call(client, b, "10.9.9.8")).status_code != 403, "another address is still served"
+
+
+async def test_redis_stopped_mid_run_fails_as_configured_and_recovers(tmp_path: Path) -> None:
+    admin_port = free_port()
+    issue = f"http://127.0.0.1:{admin_port}/admin/tokens"
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    with contextlib.ExitStack() as stack:
+        with redis_server() as url:
+            server: dict[str, Any] = {
+                "storage": {"type": "redis", "url": url},
+                "admin": {"port": admin_port, "token": ADMIN_TOKEN},
+                "trusted_proxies": ["127.0.0.1/32"],
+                "security": {"rate_limit": {"requests_per_minute": 100}},
+            }
+            running = stack.enter_context(run_proxy(tmp_path, [demo_mcp("demo")], server=server))
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        async with httpx2.AsyncClient(timeout=10) as client:
+            down = await client.post(issue, headers=admin, json={})
+            assert down.status_code == 503, down.text
+            assert down.json()["error"] == "storage_unavailable"
+            assert "Redis" in down.json()["message"]
+            served = [(await _call(client, running, "10.2.2.2")).status_code for _ in range(3)]
+            assert 429 not in served and 500 not in served, "rate limits fail open by default"
+            with redis_server(port):
+                up = await client.post(issue, headers=admin, json={})
+                assert up.status_code == 201, "recovered without a restart"
+        assert traceback_in(running.log) is None
+        assert "rate limits: Redis unreachable" in running.log_text()
