@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from mcp_barbican.config import StorageConfig
+from mcp_barbican.exceptions import StorageError
 from mcp_barbican.storage import Change, IpRule, McpRecord, open_storage
 from mcp_barbican.storage import redis as redis_store
 from mcp_barbican.storage.buckets import BucketRef, BucketSpec
@@ -106,6 +107,19 @@ async def test_a_follower_catches_up_after_redis_comes_back(caplog: pytest.LogCa
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():  # noqa: ASYNC110 -- polls state the listener changes
         await asyncio.sleep(0.01)
+
+
+async def test_a_follower_of_an_unreachable_redis_gets_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_store, "SUBSCRIBE_SECONDS", 0.5)
+    with redis_server() as url:
+        pass  # a port nothing listens on any more
+    store = RedisStorage(url)
+    try:
+        message = r"^the Redis state store failed: cannot hear its changes: Error 111 connecting"
+        with pytest.raises(StorageError, match=message):
+            await follow(store.tokens, lambda _: None, lambda _: None)
+    finally:
+        await store.aclose()
 
 
 def _spec(capacity: int) -> BucketSpec:

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between attempts to listen again after the pub/sub connection failed.
 RETRY_SECONDS: Final = 1.0
+#: How long a read waits for the change listener to subscribe (Redis unreachable at start-up: an error).
+SUBSCRIBE_SECONDS: Final = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +315,7 @@ class RedisStorage:
         self._scripts: dict[str, Any] = {}
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self._listen_error = ""
 
     def buckets(self, namespace: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> RedisBucketStore:
         """`max_keys` does not apply: a bucket key expires when its bucket is full again."""
@@ -322,8 +325,11 @@ class RedisStorage:
         try:
             await self._ready()
             return await command(self.redis)
-        except (RedisError, TimeoutError) as exc:
+        except RedisError as exc:
             raise StorageError(f"the Redis state store failed: {exc}") from None
+        except TimeoutError:
+            why = f": {self._listen_error}" if self._listen_error else ""
+            raise StorageError(f"the Redis state store failed: cannot hear its changes{why}") from None
 
     async def script(self, source: str, keys: Sequence[str], argv: Sequence[str], *, raw: bool = False) -> Any:
         """Run one of this module's Lua scripts (by SHA, loaded on first use)."""
@@ -347,7 +353,7 @@ class RedisStorage:
         if self._listener is None and any(len(t.subscribers) for t in self._tables.values()):
             self.listen()
         if self._listener is not None and not self._listening.is_set():
-            await asyncio.wait_for(self._listening.wait(), timeout=5.0)
+            await asyncio.wait_for(self._listening.wait(), timeout=SUBSCRIBE_SECONDS)
 
     async def _listen(self) -> None:
         failing = False
@@ -367,6 +373,7 @@ class RedisStorage:
                         if message.get("type") == "message":
                             self._heard(message["data"])
             except (RedisError, OSError, StorageError) as exc:
+                self._listen_error = str(exc)
                 if not failing:
                     failing = True
                     logger.warning("state store: lost the Redis change channel (%s); retrying", exc)
