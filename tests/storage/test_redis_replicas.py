@@ -20,8 +20,18 @@ pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 ADMIN_TOKEN = TOKEN + "-admin"
 
 
+Replicas = tuple[tuple[RunningProxy, int], tuple[RunningProxy, int]]
+
+
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[tuple[tuple[RunningProxy, int], tuple[RunningProxy, int]]]:
+def replicas(tmp_path: Path) -> Iterator[Replicas]:
+    with two_replicas(tmp_path, per_minute=10) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def two_replicas(tmp_path: Path, *, per_minute: int) -> Iterator[Replicas]:
+    """Two proxies (with their admin ports) on one fresh Redis; a global limit of `per_minute`."""
     with redis_server() as url, contextlib.ExitStack() as stack:
         started = []
         for name in ("a", "b"):
@@ -32,15 +42,15 @@ def replicas(tmp_path: Path) -> Iterator[tuple[tuple[RunningProxy, int], tuple[R
                 "storage": {"type": "redis", "url": url},
                 "admin": {"port": admin_port, "token": ADMIN_TOKEN},
                 "trusted_proxies": ["127.0.0.1/32"],
-                "security": {"auth_failure_ban": {"enabled": False}, "rate_limit": {"requests_per_minute": 10}},
+                "security": {"auth_failure_ban": {"enabled": False}, "rate_limit": {"requests_per_minute": per_minute}},
             }
             started.append((stack.enter_context(run_proxy(directory, [demo_mcp("demo")], server=server)), admin_port))
         yield started[0], started[1]
 
 
-def _call(client: httpx2.AsyncClient, proxy: RunningProxy, ip: str) -> Any:
+def _call(client: httpx2.AsyncClient, proxy: RunningProxy, ip: str, token: str = TOKEN) -> Any:
     headers = {
-        "authorization": f"Bearer {TOKEN}",
+        "authorization": f"Bearer {token}",
         "x-forwarded-for": ip,
         "accept": "application/json, text/event-stream",
     }
@@ -49,7 +59,7 @@ def _call(client: httpx2.AsyncClient, proxy: RunningProxy, ip: str) -> Any:
 
 
 async def test_a_limit_of_ten_admits_exactly_ten_across_both_replicas(
-    replicas: tuple[tuple[RunningProxy, int], tuple[RunningProxy, int]],
+    replicas: Replicas,
 ) -> None:
     proxies = [replicas[0][0], replicas[1][0]]
     async with httpx2.AsyncClient(timeout=10) as client:
@@ -60,7 +70,7 @@ async def test_a_limit_of_ten_admits_exactly_ten_across_both_replicas(
 
 
 async def test_a_ban_set_on_one_replica_is_enforced_by_the_other_within_a_second(
-    replicas: tuple[tuple[RunningProxy, int], tuple[RunningProxy, int]],
+    replicas: Replicas,
 ) -> None:
     (_, admin_a), (b, _) = replicas
     async with httpx2.AsyncClient(timeout=10) as client:
@@ -108,3 +118,30 @@ async def test_redis_stopped_mid_run_fails_as_configured_and_recovers(tmp_path: 
                 assert up.status_code == 201, "recovered without a restart"
         assert traceback_in(running.log) is None
         assert "rate limits: Redis unreachable" in running.log_text()
+
+
+async def _accepted_within_a_second(client: httpx2.AsyncClient, proxy: RunningProxy, token: str, wanted: bool) -> bool:
+    """Whether `proxy` comes to accept (`wanted`) or refuse `token` within one second (a ping without a session
+    is a 400 once authenticated; 401 is the refusal)."""
+    deadline = time.monotonic() + 1.0
+    accepted = not wanted
+    while time.monotonic() < deadline:
+        accepted = (await _call(client, proxy, "10.3.3.3", token)).status_code != 401
+        if accepted == wanted:
+            break
+        await asyncio.sleep(0.05)
+    return accepted
+
+
+async def test_a_token_issued_on_one_replica_works_on_the_other_until_revoked_on_either(tmp_path: Path) -> None:
+    with two_replicas(tmp_path, per_minute=1000) as ((a, admin_a), (b, admin_b)):
+        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with httpx2.AsyncClient(timeout=10) as client:
+            issued = await client.post(f"http://127.0.0.1:{admin_a}/admin/tokens", headers=admin, json={"id": "shared"})
+            assert issued.status_code == 201, issued.text
+            token = issued.json()["token"]
+            assert (await _call(client, b, "10.3.3.3", "not-" + token)).status_code == 401
+            assert await _accepted_within_a_second(client, b, token, True), "b accepts a's token"
+            revoked = await client.delete(f"http://127.0.0.1:{admin_b}/admin/tokens/shared", headers=admin)
+            assert revoked.status_code == 204, revoked.text
+            assert not await _accepted_within_a_second(client, a, token, False), "a refuses what b revoked"
