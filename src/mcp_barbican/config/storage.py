@@ -53,9 +53,9 @@ class FailMode(Model):
     """What a Redis store does while Redis is unreachable, per feature.
 
     `rate_limit`: `open` admits requests whose buckets cannot be taken, `closed` refuses them (429); a log
-    line tells each outage. `auth`: `closed` (the only value yet) means writes of authentication state
-    (tokens, rules, registrations) fail with an error; the data plane keeps the issued tokens and rules it
-    last heard of. `open` is refused until an outage policy for authentication exists.
+    line tells each outage. `auth`: `closed` (the only value yet) means admin writes of tokens, rules and
+    registrations answer 503; the data plane keeps the issued tokens and rules it last heard of, and
+    catches up when Redis returns. `open` is refused until an outage policy for authentication exists.
     """
 
     auth: Literal["closed", "open"] = "closed"
