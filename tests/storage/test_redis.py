@@ -174,3 +174,26 @@ async def test_rate_limits_follow_fail_mode_while_redis_is_down_and_recover(
             assert any("Redis reachable again" in r.getMessage() for r in caplog.records)
     finally:
         await store.aclose()
+
+
+async def test_a_follower_ends_with_the_stored_record_when_replicas_write_one_id_at_once(url: str) -> None:
+    one, other = RedisStorage(url, key_prefix="race:"), RedisStorage(url, key_prefix="race:")
+    try:
+        followed: dict[str, McpRecord] = {}
+
+        def apply(change: Change[McpRecord]) -> None:
+            if change.record is not None:
+                followed[change.id] = change.record
+
+        await follow(one.mcps, lambda records: None, apply)
+        for round_ in range(20):
+            writes = [
+                (one if n % 2 else other).mcps.put(McpRecord("x", {"n": n}, NOW, NOW + round_)) for n in range(10)
+            ]
+            await asyncio.gather(*writes)
+            stored = await one.mcps.get("x")
+            await asyncio.sleep(0.05)
+            assert followed["x"] == stored, f"round {round_}: the follower holds what Redis holds"
+    finally:
+        await one.aclose()
+        await other.aclose()

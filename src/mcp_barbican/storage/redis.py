@@ -7,9 +7,10 @@ notices and `bucket:{namespace}:{name}:{key}` one rate-limit bucket. A stored re
 the stored `created_at` inside one script without a float going through Lua.
 
 Every write is one Lua script (`redis_lua.py`, atomic on the server) that also publishes its change, so a
-notice goes out exactly when a write happened. This process tells its own subscribers right
-after the script returns (the write's caller sees its change applied before the write returns);
-the listener task tells them the changes other processes publish, skipping its own by `origin`.
+notice goes out exactly when a write happened. Subscribers hear every change, this process's own
+included, from the listener task, so in the one order Redis made them (two replicas writing one id
+at once cannot leave a follower holding the older record); a write returns once its listener has
+told its change (`settle`), and tells it itself when no listener runs or hears it in time.
 When the change channel comes back after an outage, each followed table is read again and its
 subscribers told every record, and the deletion of every id they were told of that is gone
 (`RedisTable.known`), so a follower catches up on what it missed without a restart.
@@ -54,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between attempts to listen again after the pub/sub connection failed.
 RETRY_SECONDS: Final = 1.0
+#: How long a write waits for its own change to come back through the listener before telling it itself.
+SETTLE_SECONDS: Final = 1.0
 #: How long a read waits for the change listener to subscribe (Redis unreachable at start-up: an error).
 SUBSCRIBE_SECONDS: Final = 5.0
 
@@ -130,29 +133,36 @@ class RedisTable(Generic[R]):
     async def create(self, record: R) -> bool:
         return await self._write(record, "create")
 
+    def _keys(self) -> builtins.list[str]:
+        return [self.key, self.expiry_key, self.storage.sequence_key]
+
     async def _write(self, record: R, mode: str) -> bool:
         argv = [*self._argv(), record.id, repr(record.created_at), Codec.body(record), mode]
-        if not await self.storage.script(WRITE, [self.key], argv):
+        sequence = await self.storage.script(WRITE, [self.key, self.storage.sequence_key], argv)
+        if not sequence:
             return False
-        self.told(record.id, record)
+        if not await self.storage.settle(sequence):
+            self.told(record.id, record)
         return True
 
     async def replace(self, record: R) -> bool:
-        stored = await self.storage.script(
-            REPLACE, [self.key, self.expiry_key], [*self._argv(), *self._replacing(record)]
-        )
-        if stored is None:
+        replaced = await self.storage.script(REPLACE, self._keys(), [*self._argv(), *self._replacing(record)])
+        if replaced is None:
             return False
-        self.told(record.id, self.codec.decode(stored))
+        sequence, stored = replaced
+        if not await self.storage.settle(sequence):
+            self.told(record.id, self.codec.decode(stored))
         return True
 
     def _replacing(self, record: R) -> builtins.list[str]:
         return [record.id, Codec.body(record), "", ""]
 
     async def delete(self, record_id: str) -> bool:
-        if not await self.storage.script(DELETE, [self.key, self.expiry_key], [*self._argv(), record_id]):
+        sequence = await self.storage.script(DELETE, self._keys(), [*self._argv(), record_id])
+        if not sequence:
             return False
-        self.told(record_id, None)
+        if not await self.storage.settle(sequence):
+            self.told(record_id, None)
         return True
 
     def subscribe(self, listener: Listener[R]) -> Unsubscribe:
@@ -215,15 +225,17 @@ class RedisRuleTable(RedisTable[IpRule]):
         expires = "" if record.expires_at is None else repr(record.expires_at)
         argv = [*self._argv(), record.id, repr(record.created_at), Codec.body(record), expires]
         argv += [repr(self.clock()), str(self.max_rules), mode]
-        result = await self.storage.script(WRITE_RULE, [self.key, self.expiry_key], argv)
+        result = await self.storage.script(WRITE_RULE, self._keys(), argv)
         if result == -1:
             raise RuleTableFull(f"{self.max_rules} permanent dynamic rules already; remove some first")
-        written, evicted = result
-        if evicted:
-            self.told(evicted.decode(), None)
-        if written:
+        if not result[0]:
+            return False
+        _, evicted, sequence = result
+        if not await self.storage.settle(sequence):
+            if evicted:
+                self.told(evicted.decode(), None)
             self.told(record.id, record)
-        return bool(written)
+        return True
 
 
 def _level(ref: BucketRef, level: float) -> float:
@@ -305,6 +317,7 @@ class RedisStorage:
         self._listening_client: Redis = Redis.from_url(url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
         self.prefix = key_prefix
         self.channel = key_prefix + "changes"
+        self.sequence_key = key_prefix + "changes:sequence"
         self.origin = secrets.token_hex(8)
         self.rate_limit_fail_open = rate_limit_fail_open
         self.server_time = server_time
@@ -316,6 +329,10 @@ class RedisStorage:
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._listen_error = ""
+        #: Whether the listener is subscribed now, and the sequence of the last change it told.
+        self._connected = False
+        self._heard_sequence = 0
+        self._settling: builtins.list[tuple[int, asyncio.Future[None]]] = []
 
     def buckets(self, namespace: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> RedisBucketStore:
         """`max_keys` does not apply: a bucket key expires when its bucket is full again."""
@@ -361,6 +378,8 @@ class RedisStorage:
             try:
                 async with self._listening_client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
+                    self._heard_sequence = 0  # a restarted Redis counts from 0 again
+                    self._connected = True
                     if self._listening.is_set():
                         for table in self._tables.values():
                             if len(table.subscribers):
@@ -373,22 +392,50 @@ class RedisStorage:
                         if message.get("type") == "message":
                             self._heard(message["data"])
             except (RedisError, OSError, StorageError) as exc:
+                self._connected = False
                 self._listen_error = str(exc)
                 if not failing:
                     failing = True
                     logger.warning("state store: lost the Redis change channel (%s); retrying", exc)
             except Exception:
+                self._connected = False
                 log_unexpected(logger, "state store: the Redis change listener failed; retrying")
             await asyncio.sleep(RETRY_SECONDS)
 
     def _heard(self, data: bytes) -> None:
         try:
-            origin, table, record_id, value = json.loads(data)
-            if origin == self.origin:
-                return
+            _origin, table, record_id, value, sequence = json.loads(data)
             self._tables[table].heard(record_id, value)
         except Exception:
             log_unexpected(logger, "state store: an unreadable change notice on %s", self.channel)
+            return
+        self._heard_sequence = max(self._heard_sequence, sequence)
+        waiting = []
+        for awaited, future in self._settling:
+            if awaited <= self._heard_sequence:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((awaited, future))
+        self._settling = waiting
+
+    async def settle(self, sequence: int) -> bool:
+        """Wait until the listener has told change `sequence`; False if no listener hears changes now (or not
+        in time), and the writer tells its change itself."""
+        if not self._connected:
+            return False
+        if self._heard_sequence >= sequence:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (sequence, future)
+        self._settling.append(entry)
+        try:
+            await asyncio.wait_for(future, timeout=SETTLE_SECONDS)
+        except TimeoutError:
+            if entry in self._settling:
+                self._settling.remove(entry)
+            return False
+        return True
 
     async def aclose(self) -> None:
         if self._listener is not None:

@@ -1,7 +1,9 @@
 """The Lua scripts of the Redis store (`redis.py`): each write is one script, atomic on the server.
 
 Every table script takes ARGV[1] origin, ARGV[2] table name and ARGV[3] the change channel, then its
-own arguments, and publishes the change it made (JSON `[origin, table, id, stored value or null]`).
+own arguments; its last key is the change counter. It publishes each change it makes as the JSON
+`[origin, table, id, stored value or null, sequence]`, the sequence counting every change under the
+prefix, and returns the last sequence it told (so the writer can wait until its listener heard it).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from typing import Final
 
 __all__ = ["DELETE", "LIST_RULES", "REPLACE", "TAKE", "WRITE", "WRITE_RULE"]
 
-# ARGV[1] origin, ARGV[2] table name, ARGV[3] channel; then the script's own.
+# ARGV[1] origin, ARGV[2] table name, ARGV[3] channel; then the script's own. KEYS[#KEYS]: the change counter.
 _PUBLISH: Final = """
+local told = 0
 local function tell(id, value)
-  redis.call('PUBLISH', ARGV[3], cjson.encode({ARGV[1], ARGV[2], id, value or cjson.null}))
+  told = redis.call('INCR', KEYS[#KEYS])
+  redis.call('PUBLISH', ARGV[3], cjson.encode({ARGV[1], ARGV[2], id, value or cjson.null, told}))
 end
 """
 # KEYS[1] hash. ARGV[4] id, ARGV[5] created_at, ARGV[6] body, ARGV[7] mode (put|create).
@@ -27,7 +31,7 @@ else
   redis.call('HSET', KEYS[1], ARGV[4], value)
 end
 tell(ARGV[4], value)
-return 1
+return told
 """
 )
 # KEYS[1] hash, KEYS[2] expiry set. ARGV[4] id, ARGV[5] body, ARGV[6] now and ARGV[7] expires_at (both '' for
@@ -49,7 +53,7 @@ if ARGV[6] ~= '' then
   if ARGV[7] ~= '' then redis.call('ZADD', KEYS[2], ARGV[7], ARGV[4]) else redis.call('ZREM', KEYS[2], ARGV[4]) end
 end
 tell(ARGV[4], value)
-return value
+return {told, value}
 """
 )
 # KEYS[1] hash, KEYS[2] expiry set. ARGV[4] id.
@@ -59,7 +63,7 @@ DELETE: Final = (
 redis.call('ZREM', KEYS[2], ARGV[4])
 if redis.call('HDEL', KEYS[1], ARGV[4]) == 0 then return 0 end
 tell(ARGV[4], nil)
-return 1
+return told
 """
 )
 # KEYS[1] hash, KEYS[2] expiry set. ARGV[4] now.
@@ -81,7 +85,7 @@ if exists and ARGV[10] == 'create' then return {0, false} end
 if ARGV[7] ~= '' and tonumber(ARGV[7]) <= tonumber(ARGV[8]) then
   redis.call('HDEL', KEYS[1], id); redis.call('ZREM', KEYS[2], id)
   tell(id, value)
-  return {1, false}
+  return {1, false, told}
 end
 local evicted = false
 if not exists and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[9]) then
@@ -94,7 +98,7 @@ end
 redis.call('HSET', KEYS[1], id, value)
 if ARGV[7] ~= '' then redis.call('ZADD', KEYS[2], ARGV[7], id) else redis.call('ZREM', KEYS[2], id) end
 tell(id, value)
-return {1, evicted}
+return {1, evicted, told}
 """
 )
 # KEYS: the buckets. ARGV[1] now ('' to read Redis TIME); then per bucket its lead and interval.
