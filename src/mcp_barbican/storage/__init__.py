@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from mcp_barbican.storage.base import Storage, Table
 from mcp_barbican.storage.memory import MemoryStorage
 from mcp_barbican.storage.records import Change, IpRule, McpRecord, RuleTableFull, TokenRecord
-from mcp_barbican.storage.redis import RedisStorage
 from mcp_barbican.storage.sqlite import SqliteStorage
 
 if TYPE_CHECKING:
@@ -35,6 +34,8 @@ def open_storage(config: StorageConfig) -> Storage:
         return MemoryStorage()
     if config.type == "sqlite":
         return SqliteStorage(Path(config.path))
+    from mcp_barbican.storage.redis import RedisStorage  # redis-py is loaded only by those who use it
+
     assert config.url is not None  # the config requires it with type redis
     return RedisStorage(
         config.url.get_secret_value(),
