@@ -23,7 +23,7 @@ from mcp.server.mcpserver import MCPServer
 
 from mcp_barbican import __version__
 from mcp_barbican.cli import curl_example, main, python_example
-from mcp_barbican.config import REDIS_UNAVAILABLE, ProxyConfig
+from mcp_barbican.config import ProxyConfig
 from mcp_barbican.exceptions import ConfigError
 
 from .proxy import traceback_in
@@ -611,15 +611,15 @@ def test_config_check_lists_every_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert all(line.startswith("error: ") for line in lines)
 
 
-def test_config_check_and_serve_refuse_redis_alike(
+def test_config_check_and_serve_refuse_a_wrong_redis_url_alike(
     tmp_path: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    write_config(tmp_path, "server: {auth: {type: none}, storage: {type: redis, url: 'redis://h'}}\nmcps: []\n")
+    write_config(tmp_path, "server: {auth: {type: none}, storage: {type: redis, url: 'http://h'}}\nmcps: []\n")
     assert main(["config", "check"]) == 1
     check = capsys.readouterr().err
     assert main(["serve"]) == 1
     assert error_line(capsys.readouterr().err) == check.strip()
-    assert check.strip() == f"error: server.storage.type: {REDIS_UNAVAILABLE}"
+    assert check.strip() == "error: server.storage.url: must start with redis:// or rediss://"
     assert runner.configs == []
 
 

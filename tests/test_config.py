@@ -12,8 +12,8 @@ import trustme
 import yaml
 
 from mcp_barbican.config import (
+    AUTH_OPEN_UNAVAILABLE,
     MASK,
-    REDIS_UNAVAILABLE,
     TLS12_IANA_TO_OPENSSL,
     TLS13_SUITES,
     AuthConfig,
@@ -21,6 +21,7 @@ from mcp_barbican.config import (
     McpConfig,
     ProxyConfig,
     SqliteSink,
+    StorageConfig,
     check_bind,
     find_config,
     format_path,
@@ -523,7 +524,31 @@ MISTAKES = [
         "greater than or equal to 1",
         id="zero-rate",
     ),
-    pytest.param(server("storage: {type: redis}"), "server.storage.type", REDIS_UNAVAILABLE, id="redis-unavailable"),
+    pytest.param(server("storage: {type: redis}"), "server.storage.url", "required with type redis", id="redis-no-url"),
+    pytest.param(
+        server("storage: {type: redis, url: 'http://h:6379'}"),
+        "server.storage.url",
+        "must start with redis:// or rediss://",
+        id="redis-wrong-scheme",
+    ),
+    pytest.param(
+        server("storage: {type: redis, url: 'redis://h', fail_mode: {auth: open}}"),
+        "server.storage.fail_mode.auth",
+        AUTH_OPEN_UNAVAILABLE,
+        id="redis-auth-open-not-yet",
+    ),
+    pytest.param(
+        server("storage: {type: redis, url: 'redis://h', fail_mode: {rate_limit: maybe}}"),
+        "server.storage.fail_mode.rate_limit",
+        "open",
+        id="redis-fail-mode-value",
+    ),
+    pytest.param(
+        server("storage: {type: sqlite, key_prefix: 'x:'}"),
+        "server.storage.key_prefix",
+        "only used with type redis",
+        id="redis-prefix-without-redis",
+    ),
     pytest.param(
         server("storage: {type: memory, url: 'redis://h'}"),
         "server.storage.url",
@@ -789,6 +814,13 @@ def test_a_dumped_oauth2_block_beside_jwt_loads_again() -> None:
     }
     dumped = AuthConfig.model_validate(block).model_dump(mode="json")
     assert AuthConfig.model_validate(dumped).oauth2 == AuthConfig.model_validate(block).oauth2
+
+
+def test_a_redis_storage_block_loads_with_its_defaults_and_dumps_back() -> None:
+    redis = StorageConfig.model_validate({"type": "redis", "url": "rediss://user:pw@h:6380/2"})
+    assert (redis.key_prefix, redis.fail_mode.auth, redis.fail_mode.rate_limit) == ("barbican:", "closed", "open")
+    dumped = StorageConfig().model_dump(mode="json")
+    assert StorageConfig.model_validate(dumped) == StorageConfig(), "an sqlite block with every default loads"
 
 
 def test_full_config_masked_dump_matches_golden(full_files: None) -> None:

@@ -1,4 +1,4 @@
-"""The contract every state store keeps, run against each backend (Redis joins `BACKENDS` in issue 12).
+"""The contract every state store keeps, run against each backend (Redis against a real `redis-server`).
 
 Tables are tested through the one `Table` shape, for each kind of record; rules add expiry
 and a size bound; buckets add the all-or-nothing take.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,7 +19,9 @@ from mcp_barbican.storage import Change, IpRule, McpRecord, RuleTableFull, Stora
 from mcp_barbican.storage.buckets import BucketRef, BucketSpec
 from mcp_barbican.storage.memory import MemoryStorage
 from mcp_barbican.storage.records import TableName
+from mcp_barbican.storage.redis import RedisStorage
 from mcp_barbican.storage.sqlite import SqliteStorage
+from tests.storage.redis_server import redis_server
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +48,28 @@ def _sqlite(tmp_path: Path, *, clock: Clock, max_rules: int) -> Storage:
     return SqliteStorage(tmp_path / "state.db", clock=clock, max_rules=max_rules)
 
 
+_prefixes = itertools.count()
+
+
+def _redis(url: str) -> Opener:
+    """Stores on one server; each test's stores share a key prefix of their own (one server serves them all)."""
+    prefix = f"test{next(_prefixes)}:"
+
+    def open_redis(tmp_path: Path, *, clock: Clock, max_rules: int) -> Storage:
+        return RedisStorage(url, key_prefix=prefix, clock=clock, max_rules=max_rules, server_time=False)
+
+    return open_redis
+
+
 BACKENDS: dict[str, Opener] = {"memory": _memory, "sqlite": _sqlite}
+#: Backends that need a server, and the e2e mark (they start a process).
+SERVED = ("redis",)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
 
 
 class Opened:
@@ -65,9 +89,10 @@ class Opened:
         return store
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=[*sorted(BACKENDS), *(pytest.param(name, marks=pytest.mark.e2e) for name in SERVED)])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opened]:
-    opened = Opened(BACKENDS[request.param], tmp_path)
+    opener = _redis(request.getfixturevalue("redis_url")) if request.param == "redis" else BACKENDS[request.param]
+    opened = Opened(opener, tmp_path)
     yield opened
     for store in opened.opened:
         await store.aclose()

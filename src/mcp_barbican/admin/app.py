@@ -9,6 +9,7 @@ route is described in `/admin/openapi.json`, built from the same table that disp
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -24,7 +25,7 @@ from mcp_barbican.admin.routing import ERROR_CODES, Params, Raw, Reply, Route, e
 from mcp_barbican.asgi import BodyTooLarge, json_error, query_param, read_body, respond, respond_json
 from mcp_barbican.audit import EVENT_TYPES, AuditEvent, request_fields
 from mcp_barbican.config import SERVER_OWNER, McpConfig, format_path, masked_mcp, validate_model
-from mcp_barbican.exceptions import ConfigError, UpstreamError
+from mcp_barbican.exceptions import ConfigError, StorageError, UpstreamError
 from mcp_barbican.security.authorization import KINDS
 from mcp_barbican.security.iprules import new_rule
 from mcp_barbican.security.principal import principal_id
@@ -193,7 +194,11 @@ class AdminApp:
                 params = {**params, name: value}
         if route.caller:
             params = {**params, "caller": principal_id(scope) or "admin"}
-        status, payload = await route.handler(params, body)
+        try:
+            status, payload = await route.handler(params, body)
+        except StorageError as exc:  # the state store failed (Redis unreachable, a disk error): a 503, not a 500
+            logging.getLogger(__name__).warning("admin %s %s: %s", route.method, scope["path"], exc)
+            status, payload = error(503, "storage_unavailable", str(exc))
         if route.method != "GET" and self.core.audit.enabled:
             await self._audit(route, scope, status, params)
         if payload is None:

@@ -26,6 +26,7 @@ _REASONS = {
     405: "Method not allowed",
     409: "Conflict",
     413: "Body too large",
+    503: "The state store failed (Redis unreachable, a disk error)",
 }
 
 
@@ -46,7 +47,7 @@ def openapi_document(routes: Sequence[Route]) -> dict[str, Any]:
         else:
             content = {"application/json": {"schema": {"type": "object"}}}
             responses[str(route.status)] = {"description": "OK", "content": content}
-        for status in (*route.errors, 401, 403, 405):
+        for status in (*route.errors, 401, 403, 405, 503):
             responses[str(status)] = _error_response(status)
         operation: dict[str, Any] = {
             "summary": route.summary,

@@ -55,9 +55,10 @@ from mcp_barbican.config.security import (
 )
 from mcp_barbican.config.server import AdminConfig, ListenerLimits, MetricsConfig, ServerConfig
 from mcp_barbican.config.storage import (
-    REDIS_UNAVAILABLE,
+    AUTH_OPEN_UNAVAILABLE,
     AuditConfig,
     AuditSink,
+    FailMode,
     FileSink,
     SqliteSink,
     StdoutSink,
@@ -77,7 +78,8 @@ __all__ = [
     "CONFIG_FILE_NAMES",
     "JWT_ALGORITHMS",
     "MASK",
-    "REDIS_UNAVAILABLE",
+    "AUTH_OPEN_UNAVAILABLE",
+    "FailMode",
     "SERVER_OWNER",
     "TLS12_IANA_TO_OPENSSL",
     "TLS13_SUITES",

@@ -19,9 +19,10 @@ from mcp_barbican.config.fields import (
 )
 
 __all__ = [
-    "REDIS_UNAVAILABLE",
+    "AUTH_OPEN_UNAVAILABLE",
     "AuditConfig",
     "AuditSink",
+    "FailMode",
     "FileSink",
     "SqliteSink",
     "StdoutSink",
@@ -29,8 +30,8 @@ __all__ = [
     "SyslogSink",
 ]
 
-#: Why `storage.type: redis` is refused, by `config check` and `serve` alike.
-REDIS_UNAVAILABLE = "storage type redis is not available in this build yet; use sqlite (the default) or memory"
+#: Why `fail_mode.auth: open` is refused: nothing reads authentication state past an outage yet.
+AUTH_OPEN_UNAVAILABLE = "open is not available yet (issued tokens and rules keep their last-known state)"
 _SYSLOG_FACILITIES = frozenset(
     {"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp"}
     | {f"local{n}" for n in range(8)}
@@ -48,19 +49,49 @@ def _check_syslog_address(value: str) -> str:
     return text
 
 
+class FailMode(Model):
+    """What a Redis store does while Redis is unreachable, per feature.
+
+    `rate_limit`: `open` admits requests whose buckets cannot be taken, `closed` refuses them (429); a log
+    line tells each outage. `auth`: `closed` (the only value yet) means admin writes of tokens, rules and
+    registrations answer 503; the data plane keeps the issued tokens and rules it last heard of, and
+    catches up when Redis returns. `open` is refused until an outage policy for authentication exists.
+    """
+
+    auth: Literal["closed", "open"] = "closed"
+    rate_limit: Literal["open", "closed"] = "open"
+
+    @field_validator("auth")
+    @classmethod
+    def _check_auth(cls, value: str) -> str:
+        if value == "open":
+            raise ValueError(AUTH_OPEN_UNAVAILABLE)
+        return value
+
+
 class StorageConfig(Model):
-    """Where state (buckets, bans, tokens, registry) lives."""
+    """Where state (buckets, bans, tokens, registry) lives: `memory`, `sqlite` (`path`) or `redis` (`url`,
+    `key_prefix`, `fail_mode`), the last shared by replicas."""
 
     type: Literal["memory", "sqlite", "redis"] = "sqlite"
     path: NonEmptyStr = ".mcp-barbican/state.db"
     url: SecretStr | None = None
+    key_prefix: str = "barbican:"
+    fail_mode: FailMode = FailMode()
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.type == "redis":
-            raise LocatedError(("type",), REDIS_UNAVAILABLE)
-        if self.url is not None:
-            raise LocatedError(("url",), "only used with type redis")
+        if self.type != "redis":
+            # compared with the defaults, not by presence: a dumped config (`config check`) writes every default
+            for key in ("url", "key_prefix", "fail_mode"):
+                if getattr(self, key) != StorageConfig.model_fields[key].default:
+                    raise LocatedError((key,), "only used with type redis")
+            return self
+        if self.url is None:
+            raise LocatedError(("url",), "required with type redis (redis://host:6379/0 or rediss://...)")
+        scheme = self.url.get_secret_value().partition("://")[0].lower()
+        if scheme not in ("redis", "rediss"):
+            raise LocatedError(("url",), "must start with redis:// or rediss://")
         return self
 
 

@@ -1,6 +1,6 @@
 """Where state lives: registered MCPs, issued tokens, dynamic IP rules and bans, rate-limit buckets.
 
-`base.py` is the interface; `memory.py` and `sqlite.py` implement it; `open_storage` picks one.
+`base.py` is the interface; `memory.py`, `sqlite.py` and `redis.py` implement it; `open_storage` picks one.
 """
 
 from __future__ import annotations
@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mcp_barbican.config import REDIS_UNAVAILABLE
-from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.storage.base import Storage, Table
 from mcp_barbican.storage.memory import MemoryStorage
 from mcp_barbican.storage.records import Change, IpRule, McpRecord, RuleTableFull, TokenRecord
@@ -36,4 +34,11 @@ def open_storage(config: StorageConfig) -> Storage:
         return MemoryStorage()
     if config.type == "sqlite":
         return SqliteStorage(Path(config.path))
-    raise ConfigError(REDIS_UNAVAILABLE, path="server.storage.type")
+    from mcp_barbican.storage.redis import RedisStorage  # redis-py is loaded only by those who use it
+
+    assert config.url is not None  # the config requires it with type redis
+    return RedisStorage(
+        config.url.get_secret_value(),
+        key_prefix=config.key_prefix,
+        rate_limit_fail_open=config.fail_mode.rate_limit == "open",
+    )

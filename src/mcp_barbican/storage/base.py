@@ -18,8 +18,9 @@ own: `create` either inserts or reports that the id exists, so two concurrent cr
 one id cannot both win.
 
 Memory keeps everything in the process (tests, throwaway runs); SQLite (the default) keeps
-the tables in one file so they survive a restart; a Redis store, for replicas, is one more
-module implementing `Storage` (issue 12) and joins the contract tests in `tests/storage/`.
+the tables in one file so they survive a restart; Redis (`redis.py`) shares them, and the
+rate-limit buckets, between replicas. `tests/storage/test_contract.py` runs the same contract
+against each.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Change notices: how a change to the store reaches the in-process tables that follow it.
 
 Every table of every backend tells its changes through one `Subscribers`: the memory and
-SQLite stores right after their own writes, a shared store (Redis) also for changes that
-other replicas made. `follow` is how an in-process table (the dynamic rule index, the issued
-token book) loads a table and then keeps up with it without losing a change made meanwhile.
+SQLite stores right after their own writes, the Redis store from its change channel (the
+changes of every replica, its own included, in the order the server made them). `follow` is
+how an in-process table (the dynamic rule index, the issued token book) loads a table and
+then keeps up with it without losing a change made meanwhile.
 """
 
 from __future__ import annotations
