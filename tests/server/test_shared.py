@@ -18,6 +18,7 @@ import mcp_types as types
 import pytest
 
 from tests.proxy import RunningProxy, demo_mcp, mcp_client, run_proxy
+from tests.server.test_failures import stdio_children_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -275,8 +276,9 @@ def test_max_sessions_bounds_the_upstream_sessions_and_idle_ones_make_room(tmp_p
         assert _children(proxy) == []  # b's upstream closed after session_idle_timeout unused
 
 
-def _children(proxy: RunningProxy) -> list[Path]:
-    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proxy.process.pid]
+def _children(proxy: RunningProxy) -> list[int]:
+    """The MCP servers the proxy runs, without the guard beside each (upstream/process.py)."""
+    return stdio_children_of(proxy.process.pid)
 
 
 # An upstream of the stateless era over stdio that logs without saying for which request
