@@ -148,13 +148,6 @@ async def test_log_levels_are_kept_per_client(proxy: RunningProxy) -> None:
     assert len(chatty.logs) == 2 and all("slow" in line for line in chatty.logs)
 
 
-def _parent(proc: Path) -> int | None:
-    try:
-        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 async def _while_b_waits(proxy: RunningProxy, b: Recorder, then: Any) -> Any:
     """Run `then()` while principal b has an older request in flight on the same MCP."""
     result: Any = None
