@@ -14,6 +14,7 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from mcp_barbican.upstream.process import GUARD_NAME
 from tests.proxy import AUTH_HEADER, demo_mcp, mcp_client, run_proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -34,7 +35,9 @@ def children_of(pid: int) -> list[int]:
 
 def stdio_children_of(pid: int) -> list[int]:
     """The MCP servers a proxy runs, without the guard beside each (upstream.process)."""
-    return [child for child in children_of(pid) if b"guard.py" not in Path(f"/proc/{child}/cmdline").read_bytes()]
+    return [
+        child for child in children_of(pid) if GUARD_NAME.encode() not in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
 
 
 ADMIN_TOKEN = "readiness-admin-token-0123456789"

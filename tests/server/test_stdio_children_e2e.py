@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from mcp_barbican.upstream.process import GUARD_NAME
 from tests.proxy import RunningProxy, demo_mcp, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS, initialize
 from tests.server.test_failures import children_of
@@ -66,10 +67,10 @@ def session_processes(proxy: RunningProxy) -> set[int]:
     while True:
         found = descendants(proxy.process.pid)
         lines = [command_line(pid) for pid in found]
-        if (any("sleep 600" in line for line in lines) and any("guard.py" in line for line in lines)) or (
+        if (any("sleep 600" in line for line in lines) and any(GUARD_NAME in line for line in lines)) or (
             time.monotonic() > deadline
         ):
-            assert any("guard.py" in line for line in lines), lines
+            assert any(GUARD_NAME in line for line in lines), lines
             return found
         time.sleep(0.1)
 
