@@ -39,6 +39,11 @@ class Reach:
     failed: bool
 
     @functools.cached_property
+    def principal_ids(self) -> dict[str, str | None]:
+        """The principal id each reached MCP named (None: it has no authentication)."""
+        return {route.mcp.id: principal.id if principal is not None else None for route, principal in self.routes}
+
+    @functools.cached_property
     def principal(self) -> Principal | None:
         """The caller, the same whichever MCP is asked first: the least principal id of the reached MCPs."""
         found = [principal for _route, principal in self.routes if principal is not None]

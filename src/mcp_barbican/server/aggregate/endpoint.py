@@ -160,8 +160,8 @@ class FanEndpoint(McpEndpoint):
             return claimed is None or await self._verified(scope, send, claimed)  # not initialized: the relay says so
         named = routed(msg)
         scope[_NAMED_KEY] = named
-        members = fan.sync(scope[REACH_KEY])
         if named is not None:  # the common request: to one member, which may not need an exchange
+            members = fan.sync(scope[REACH_KEY])
             member = fan.members.get(named[0])
             if member is not None and member in members and member.runtime.identity.exchange is None:
                 outcome = await through(member.route.app, scope, msg)
@@ -169,7 +169,7 @@ class FanEndpoint(McpEndpoint):
                     await outcome.send_to(send)
                     return False
                 if claimed is not None:
-                    expected = claimed.principals.get(member.id)
+                    expected = claimed.reach.principal_ids.get(member.id) if claimed.reach is not None else None
                     if expected is None:  # an MCP without authentication vouches for nobody: check the claim
                         if not await self._verified(scope, send, claimed):
                             return False
@@ -206,11 +206,12 @@ class FanEndpoint(McpEndpoint):
         request_id = msg["id"]
         session.inflight[request_id] = Pending(session, request_id, 0, stream, msg["method"], None)
         one: _One | None = scope.get(_ONE_KEY)
+        fan = _fan(session)
         try:
             if one is not None:
-                await one[0].relay(one[1], {**msg, "params": one[2]}, stream, msg)
+                await fan.relay(one[0], one[1], one[2], msg, stream)
             else:
-                await _fan(session).request(scope.get(_ADMITTED_KEY, {}), msg, stream, scope.get(_NAMED_KEY))
+                await fan.request(scope.get(_ADMITTED_KEY, {}), msg, stream, scope.get(_NAMED_KEY))
         except UpstreamError as exc:
             stream.failed = True
             stream.push(jsonrpc.error_body(request_id, jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)

@@ -74,8 +74,7 @@ class FanSession(Session):
         #: The MCPs the session's credentials reached when it opened, and what decided it (Credentials.of).
         self.reach: Reach | None = None
         self.credentials: bytes | None = None
-        #: The principal id each reached MCP named when the session opened, and the route table's generation then.
-        self.principals: dict[str, str | None] = {}
+        #: The route table's generation when the session opened.
         self.generation = -1
 
     @property
@@ -165,12 +164,7 @@ class Fan:
             if scope is None:
                 Link.refuse_unknown(msg, stream)
                 return
-            try:
-                await self.members[named[0]].relay(scope, {**msg, "params": named[1]}, stream, msg)
-            except UpstreamError as exc:
-                stream.failed = True
-                message = f"upstream {named[0]!r} is unavailable: {exc}"
-                stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, message), final=True)
+            await self.relay(self.members[named[0]], scope, named[1], msg, stream)
         elif method in ROUTED:  # names nothing of an MCP the caller reaches
             Link.refuse_unknown(msg, stream)
         elif method == "ping":
@@ -182,6 +176,17 @@ class Fan:
         else:
             unknown = jsonrpc.error_body(msg["id"], jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}")
             stream.push(unknown, final=True)
+
+    async def relay(
+        self, member: Member, scope: Scope, params: dict[str, Any], msg: Message, stream: EventStream
+    ) -> None:
+        """Send a client's request to one member (`params` as it knows them); not reaching it is the answer."""
+        try:
+            await member.relay(scope, {**msg, "params": params}, stream, msg)
+        except UpstreamError as exc:
+            stream.failed = True
+            message = f"upstream {member.id!r} is unavailable: {exc}"
+            stream.push(jsonrpc.error_body(msg["id"], jsonrpc.UPSTREAM_ERROR, message), final=True)
 
     async def _listing(self, admitted: Mapping[str, Scope], msg: Message, stream: EventStream) -> None:
         method: str = msg["method"]

@@ -171,7 +171,6 @@ class FanRuntime:
         session.fan = fan
         session.reach = found
         session.credentials = scope.get(CREDENTIALS_KEY)
-        session.principals = {route.mcp.id: p.id if p is not None else None for route, p in found.routes}
         session.generation = self.generation
         answer = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
         stream.push(jsonrpc.dumps(answer), final=True, message=answer)
