@@ -126,7 +126,7 @@ class McpEndpoint:
         self.messages_path = messages_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gate = scope.get(GATE_KEY)
+        gate = scope.pop(GATE_KEY, None)  # taken out: the scope handed back must not hold its own receiver
         if gate is not None:
             gate(scope)
             return

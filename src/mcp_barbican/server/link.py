@@ -261,16 +261,22 @@ class Link:
         return self._next_id
 
     async def forward_request(
-        self, session: Session, msg: Message, stream: EventStream, access: Access | None = None
+        self,
+        session: Session,
+        msg: Message,
+        stream: EventStream,
+        access: Access | None = None,
+        asked: Message | None = None,
     ) -> None:
         """Send a client request upstream; its answer will arrive on `stream`.
 
         `access`: the caller's authorization (None: no policy). A name it denies is refused
-        exactly like a name the tool filter hides, whether or not the upstream has it.
+        exactly like a name the tool filter hides, whether or not the upstream has it, and the
+        refusal names what the client asked for (`asked`, when the proxy renamed it: `/mcp`).
         """
         method = msg["method"]
         if access is not None and not access.permits(method, msg.get("params")):
-            self.refuse_unknown(msg, stream)
+            self.refuse_unknown(asked or msg, stream)
             return
         if self.shared and method in LOCAL_IN_SHARED:
             await LOCAL_IN_SHARED[method](self, session, msg, stream)
@@ -280,7 +286,7 @@ class Link:
         else:
             await self.wait_ready()
         if method == "tools/call" and not self._tool_visible(msg):
-            self.refuse_unknown(msg, stream)
+            self.refuse_unknown(asked or msg, stream)
             return
         self._track_client_state(session, msg)
         upstream_id = self._new_id()
@@ -304,15 +310,10 @@ class Link:
 
     @staticmethod
     def refuse_unknown(msg: Message, stream: EventStream) -> None:
-        error = Link.unknown_error(msg)
-        stream.push(jsonrpc.error_body(msg["id"], error["code"], error["message"]), final=True)
-
-    @staticmethod
-    def unknown_error(msg: Message) -> dict[str, Any]:
-        """The JSON-RPC error of a name the caller may not use, as if it did not exist."""
+        """Answer a name the caller may not use as if it did not exist."""
         kind, name = target(msg["method"], msg.get("params")) or ("tools", "")
         code, text = _UNKNOWN[kind]
-        return {"code": code, "message": text.format(name)}
+        stream.push(jsonrpc.error_body(msg["id"], code, text.format(name)), final=True)
 
     def _track_client_state(self, session: Session, msg: Message) -> None:
         """Remember what an isolated link must restore after a restart."""

@@ -72,7 +72,6 @@ async def through(app: ASGIApp, scope: Scope, message: Message) -> Scope | Refus
     copy[GATE_KEY] = admitted.append
     refusal = Refusal()
     await app(copy, _replay(message), refusal.capture)
-    del copy[GATE_KEY]  # the scope holds the list that holds it: a cycle for the collector otherwise
     return admitted[0] if admitted else refusal
 
 

@@ -21,7 +21,6 @@ from mcp_barbican.jsonrpc import Message
 from mcp_barbican.security.authorization import ACCESS_KEY
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.server.aggregate.rewrite import rewrite_notification, rewrite_result
-from mcp_barbican.server.link import Link
 from mcp_barbican.server.quota import TooManySessions
 from mcp_barbican.server.runtime import CapacityError
 from mcp_barbican.server.session import Session
@@ -88,13 +87,11 @@ class Answer(Tap):
     A subclass rather than a closure: it is made for every routed request.
     """
 
-    def __init__(self, member: Member, stream: EventStream, msg: Message, asked: Message) -> None:
+    def __init__(self, member: Member, stream: EventStream, msg: Message) -> None:
         super().__init__(_nowhere)
         self.member = member
         self.stream = stream
-        #: The request as the member got it, and as the client sent it.
-        self.msg = msg
-        self.asked = asked
+        self.method = msg["method"]
         self.request_id = msg["id"]  # the link renumbers `msg` on its way up
 
     def push(self, data: bytes, *, final: bool = False, message: dict[str, Any] | None = None) -> None:
@@ -107,10 +104,7 @@ class Answer(Tap):
             return
         self.done = True
         self.member.fan.session.inflight.pop(self.request_id, None)
-        if "result" in answer and rewrite_result(self.member.id, self.msg["method"], answer["result"]):
-            data = jsonrpc.dumps(answer)
-        elif "error" in answer and answer["error"] == Link.unknown_error(self.msg):  # refused: the name it sent
-            answer["error"] = Link.unknown_error(self.asked)
+        if "result" in answer and rewrite_result(self.member.id, self.method, answer["result"]):
             data = jsonrpc.dumps(answer)
         stream.push(data, final=True, message=answer)
 
@@ -219,7 +213,7 @@ class Member:
         else:
             inner.touch()
         assert inner.link is not None
-        await inner.link.forward_request(inner, msg, Answer(self, stream, msg, asked), scope.get(ACCESS_KEY))
+        await inner.link.forward_request(inner, msg, Answer(self, stream, msg), scope.get(ACCESS_KEY), asked)
 
     async def ask(self, scope: Scope, msg: Message, stream: EventStream) -> Message:
         """The MCP's whole answer to a request (a merged listing's part); what else it sends goes to `stream`."""
