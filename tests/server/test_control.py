@@ -256,9 +256,15 @@ async def test_a_reload_whose_verifier_fails_to_start_changes_nothing(
     assert (await request(app, "/admin/mcps", OLD_ADMIN))[0] == 200
 
 
-async def test_a_stored_registration_the_store_refuses_is_not_served(proxy: tuple[ASGIApp, BarbicanApp]) -> None:
+async def test_a_registration_the_store_refuses_is_not_served(
+    proxy: tuple[ASGIApp, BarbicanApp], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _app, core = proxy
-    await core.storage.mcps.create(McpRecord("c", mcp("c"), 0.0, 0.0))  # stored elsewhere, not served here
+
+    async def taken(record: McpRecord) -> bool:  # another replica stored the id first; its notice is on its way
+        return False
+
+    monkeypatch.setattr(core.storage.mcps, "create", taken)
     routes = dict(core.routes)
     assert await core.registry.create(mcp("c")) == (409, "an MCP with id 'c' exists")
     assert core.routes == routes and consistent(core) == {"a", "b"}

@@ -139,12 +139,13 @@ class BarbicanApp:
         for route in self.routes.values():
             route.runtime.start()
         self.aggregate.start()
-        await self.registry.load()
+        await self.registry.start()  # serves the stored registrations, then follows the store
         self._background_tasks = [asyncio.ensure_future(job()) for job in self.background]
 
     async def shutdown(self) -> None:
         for task in self._background_tasks:
             task.cancel()
+        await self.registry.stop()
         await self.aggregate.aclose()
         for route in list(self.routes.values()):
             await route.runtime.aclose()
