@@ -3,7 +3,8 @@
 The merge rule: the config file owns its ids. The admin API registers MCPs under new ids
 only, and replaces or removes only the MCPs it registered (409 otherwise): an operator who
 edits the file and an operator who calls the API can never undo each other in silence. A
-stored registration whose id the file now also defines is not served; start-up logs it.
+stored registration whose id the file also defines (another replica registered it, or the
+file took the id since) is not served, and is logged once.
 
 A change touches only its own MCP: the new route is built and started before it is swapped
 in, so other MCPs' sessions never notice; a replaced or removed MCP's sessions end. Every
