@@ -20,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.proxy import (
     RunningProxy,
     demo_mcp,
+    free_port,
     run_everything_http,
     run_proxy,
     traceback_in,
@@ -279,3 +280,26 @@ def test_a_body_too_large_for_the_owner_is_refused_by_the_forwarder(pair: tuple[
     huge = "x" * (5 * 1024 * 1024)
     answer = call(b.url("demo"), session, "echo", message=huge)
     assert answer.status_code == 413, answer.text[:200]
+
+
+def test_redis_stopped_a_forwarded_request_gets_503_and_works_again_when_redis_returns(tmp_path: Path) -> None:
+    port = free_port()
+    with run_everything_http("streamableHttp") as http_url, contextlib.ExitStack() as stack:
+        redis = contextlib.ExitStack()
+        redis_url = redis.enter_context(redis_server(port))
+        a = stack.enter_context(replica(tmp_path / "a", redis_url, http_url, [OLD_KEY]))
+        b = stack.enter_context(replica(tmp_path / "b", redis_url, http_url, [OLD_KEY]))
+        owned = open_session(a.url("demo"))
+        resumable = open_session(a.url("web"))
+        assert echoed(call(b.url("demo"), owned, "echo", message="x")) == "x"
+        redis.close()
+        # Redis is down: the owner cannot be asked (503, try again); a resumable session needs no Redis.
+        answer = call(b.url("demo"), owned, "echo", message="y")
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
+        assert "no redis" in echoed(call(b.url("web"), resumable, "echo", message="no redis"))
+        with redis_server(port):
+            deadline = time.monotonic() + 15
+            while (answer := call(b.url("demo"), owned, "echo", message="z")).status_code != 200:
+                assert time.monotonic() < deadline, answer.text
+                time.sleep(0.3)
+            assert echoed(answer) == "z"

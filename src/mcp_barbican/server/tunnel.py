@@ -28,7 +28,7 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, RedisError
 
 from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import CLIENT_IP_KEY, BodyTooLarge, read_body, rpc_error
@@ -41,7 +41,7 @@ __all__ = ["Tunnel"]
 logger = logging.getLogger(__name__)
 
 #: How long a forwarder waits for the owner to start answering.
-ANSWER_START_SECONDS: Final = 60.0
+ANSWER_START_SECONDS: Final = 30.0
 #: A request older than this when it arrives is refused (a replayed or long-delayed message).
 MAX_AGE_SECONDS: Final = 30.0
 #: Answer parts a forwarder holds for a client that reads slowly; past it the answer is cut.
@@ -103,7 +103,14 @@ class Tunnel:
     """This replica's channel: requests it forwards to owners, and requests it serves for other replicas."""
 
     def __init__(self, url: str, *, key_prefix: str, sealer: Sealer, serve: Callable[[], ServeApp]) -> None:
-        self._redis: Redis = Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        # One immediate retry on a fresh connection: a pooled one that Redis dropped (a restart) fails once.
+        self._redis: Redis = Redis.from_url(
+            url,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[ConnectionError],
+        )
         self._listening_client: Redis = Redis.from_url(url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
         self._prefix = key_prefix + "tunnel:"
         self._sealer = sealer
@@ -115,6 +122,8 @@ class Tunnel:
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        #: Whether this replica hears its channel now: without it no answer can come back.
+        self._hearing = False
 
     @property
     def replica(self) -> str:
@@ -138,16 +147,16 @@ class Tunnel:
 
     # -- sending -----------------------------------------------------------------------
 
-    async def _publish(self, replica: str, message: dict[str, Any]) -> int:
-        """Receivers of `message` on `replica`'s channel (0: nobody listens there, or Redis failed)."""
+    async def _publish(self, replica: str, message: dict[str, Any]) -> int | None:
+        """Receivers of `message` on `replica`'s channel (0: nobody listens there; None: it could not be sent)."""
         if not self._sealer.active:  # the keys were taken away by a reload
-            return 0
+            return None
         data = self._sealer.sign(json.dumps(message, separators=(",", ":")).encode())
         try:
             receivers: int = await self._redis.publish(self._prefix + replica, data)
         except (RedisError, OSError) as exc:
             logger.warning("session tunnel: cannot publish to replica %s: %s", replica, exc)
-            return 0
+            return None
         return receivers
 
     # -- the forwarder's side ----------------------------------------------------------
@@ -159,6 +168,9 @@ class Tunnel:
         except BodyTooLarge:
             await rpc_error(send, 413, jsonrpc.INVALID_REQUEST, f"request body is over the limit of {body_limit} bytes")
             return
+        if not self._hearing:
+            await self._unreachable(send)
+            return
         ticket = secrets.token_hex(12)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._waiting[ticket] = queue
@@ -167,8 +179,12 @@ class Tunnel:
         finished = False
         watcher = asyncio.create_task(self._watch_client(receive, queue), name="tunnel-client")
         try:
-            if await self._publish(owner, request) == 0:
-                await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "Session not found")
+            receivers = await self._publish(owner, request)
+            if not receivers:
+                if receivers == 0:  # nobody listens for the owner: it is gone, and its sessions with it
+                    await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "Session not found")
+                else:
+                    await self._unreachable(send)
                 finished = True
                 return
             finished = await self._relay(queue, send)
@@ -177,6 +193,11 @@ class Tunnel:
             self._waiting.pop(ticket, None)
             if not finished:
                 await self._publish(owner, {"k": "end", "t": ticket})
+
+    @staticmethod
+    async def _unreachable(send: Send) -> None:
+        message = "the replica holding this session cannot be reached now (Redis)"
+        await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, message, None, [(b"retry-after", b"1")])
 
     async def _watch_client(self, receive: Receive, queue: asyncio.Queue[Any]) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -265,8 +286,8 @@ class Tunnel:
                 part = {"k": "body", "t": ticket, "d": _b64(out.get("body", b"")), "m": more}
             else:
                 return
-            if await self._publish(forwarder, part) == 0:
-                ended.set()  # the forwarder is gone: its client with it
+            if not await self._publish(forwarder, part):
+                ended.set()  # the forwarder is gone (its client with it), or cannot be told
 
         try:
             await self._serve()(_rebuilt_scope(message["s"]), receive, send)
@@ -286,6 +307,7 @@ class Tunnel:
             try:
                 async with self._listening_client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(channel)
+                    self._hearing = True
                     self._subscribed.set()
                     if failing:
                         failing = False
@@ -299,7 +321,16 @@ class Tunnel:
                     logger.warning("session tunnel: lost its Redis channel (%s); retrying", exc)
             except Exception:
                 log_unexpected(logger, "session tunnel: the listener failed; retrying")
+            self._deaf()
             await asyncio.sleep(RETRY_SECONDS)
+
+    def _deaf(self) -> None:
+        """The channel is lost: answers on their way may be lost with it, so the requests waiting for them end."""
+        self._hearing = False
+        for queue in self._waiting.values():
+            queue.put_nowait(_CLOSED)
+        for ended in self._served.values():
+            ended.set()
 
     def _heard(self, data: bytes) -> None:
         plain = self._sealer.verify(data)
