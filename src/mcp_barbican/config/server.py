@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Self
 
-from pydantic import AfterValidator, model_validator
+from pydantic import AfterValidator, SecretStr, model_validator
 
 from mcp_barbican.config.auth import AuthConfig
 from mcp_barbican.config.authorization import AuthorizationConfig
@@ -41,6 +41,19 @@ def _check_allowed_host(value: str) -> str:
     if ":" in bare and not host.startswith("["):
         host = f"[{bare}]"
     return f"{host}:{port}" if port else host
+
+
+#: A session key's least length: 32 characters of a random string carry at least 128 bits.
+MIN_SESSION_KEY_CHARS = 32
+
+
+def _check_session_key(value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value()) < MIN_SESSION_KEY_CHARS:
+        raise ValueError(f"must be at least {MIN_SESSION_KEY_CHARS} characters (a random string, e.g. 32 bytes base64)")
+    return value
+
+
+SessionKey = Annotated[SecretStr, AfterValidator(_check_session_key)]
 
 
 def _check_bind_host(value: str) -> str:
@@ -100,9 +113,16 @@ class ServerConfig(Model):
     #: How clients reach the proxy (scheme, host, optional path prefix): OAuth resource identifiers and metadata.
     public_url: HttpUrl | None = None
     authorization: AuthorizationConfig | None = None
+    #: Keys that seal session ids so any replica can continue a session; the first seals, all open (rotation:
+    #: add the new key second everywhere, then move it first, then drop the old one).
+    session_keys: tuple[SessionKey, ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        secrets = [key.get_secret_value() for key in self.session_keys]
+        for index, key in enumerate(secrets):
+            if key in secrets[:index]:
+                raise LocatedError(("session_keys", index), "repeats an earlier key")
         if self.admin.port is not None and self.admin.port == self.port:
             raise LocatedError(("admin", "port"), f"must differ from server.port ({self.port}), or be left unset")
         return self

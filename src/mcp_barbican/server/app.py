@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mcp_barbican.admin import AdminApp
-from mcp_barbican.asgi import get_header, json_error, respond_json
+from mcp_barbican.asgi import get_header, json_error, query_param, respond_json
 from mcp_barbican.audit import AuditTrail, build_sinks
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.logs import log_unexpected
@@ -42,7 +42,9 @@ from mcp_barbican.server.aggregate.runtime import FanRuntime
 from mcp_barbican.server.control import MCP_PREFIX, ControlPlane
 from mcp_barbican.server.reach import Reach, reach, refuse_unreached
 from mcp_barbican.server.registry import Registry
+from mcp_barbican.server.seal import configured_keys, owned_elsewhere
 from mcp_barbican.server.shields import Shields, resource_url
+from mcp_barbican.server.tunnel import Tunnel
 from mcp_barbican.storage import open_storage
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
@@ -99,9 +101,34 @@ class BarbicanApp:
             audit=self.shields.recording,
             challenge=self._aggregate_challenge,
         )
+        self.aggregate.sealer = self.shields.sealer
         self._reconfigure_aggregate(config)
         self.control.on_routes_change.append(self.aggregate.announce_change)
         self.control.on_server_change.append(self._reconfigure_aggregate)
+        self.control.on_server_change.append(lambda config: self.shields.sealer.set_keys(configured_keys(config)))
+        self.tunnel = self._tunnel(config)
+
+    def _tunnel(self, config: ProxyConfig) -> Tunnel | None:
+        """Requests for sessions another replica owns go to it through Redis (sealed ids and Redis needed)."""
+        storage = config.server.storage
+        if storage.type != "redis" or storage.url is None:
+            return None
+        if not self.shields.sealer.active:
+            logger.info("server.session_keys is not set: a session continues only on the replica that opened it")
+            return None
+        url = storage.url.get_secret_value()
+        return Tunnel(url, key_prefix=storage.key_prefix, sealer=self.shields.sealer, serve=lambda: self.guarded)
+
+    def _owner_elsewhere(self, scope: Scope) -> str | None:
+        """The replica that alone serves the request's session, when that is another one."""
+        if self.tunnel is None:
+            return None
+        header = get_header(scope, b"mcp-session-id")
+        session_id = header.decode("latin-1") if header is not None else query_param(scope, "session_id")
+        owner = owned_elsewhere(session_id, self.tunnel.replica) if session_id else None
+        if owner is None or self.shields.sealer.open(session_id or "") is None:
+            return None
+        return owner
 
     @property
     def config(self) -> ProxyConfig:
@@ -140,12 +167,16 @@ class BarbicanApp:
             route.runtime.start()
         self.aggregate.start()
         await self.registry.start()  # serves the stored registrations, then follows the store
+        if self.tunnel is not None:
+            await self.tunnel.start()
         self._background_tasks = [asyncio.ensure_future(job()) for job in self.background]
 
     async def shutdown(self) -> None:
         for task in self._background_tasks:
             task.cancel()
         await self.registry.stop()
+        if self.tunnel is not None:
+            await self.tunnel.aclose()
         await self.aggregate.aclose()
         for route in list(self.routes.values()):
             await route.runtime.aclose()
@@ -191,9 +222,21 @@ class BarbicanApp:
             if route is None:
                 await json_error(send, 404, "unknown_mcp", f"no MCP with id {mcp_id!r}")
                 return
+            owner = self._owner_elsewhere(scope)
+            if owner is not None:
+                assert self.tunnel is not None
+                limit = self.config.effective_security(route.mcp).limits.max_body_size
+                await self.tunnel.forward(scope, receive, send, owner, limit)
+                return
             scope["mcp_barbican.subpath"] = f"/{rest}" if rest else ""
             await route.app(scope, receive, send)
         elif path in AGGREGATE_PATHS:
+            owner = self._owner_elsewhere(scope)
+            if owner is not None:
+                assert self.tunnel is not None
+                limit = self.config.server.security.limits.max_body_size
+                await self.tunnel.forward(scope, receive, send, owner, limit)
+                return
             scope["mcp_barbican.subpath"] = AGGREGATE_PATHS[path]
             await self.aggregated_app(scope, receive, send)
         elif path == "/metrics":  # server.metrics.public: the admin API's handler, without its guard

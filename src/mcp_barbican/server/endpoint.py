@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from mcp_barbican.server.identity import UpstreamIdentity
     from mcp_barbican.server.link import Link
     from mcp_barbican.server.quota import SessionQuota
+    from mcp_barbican.server.seal import Sealer, SessionSeal
 
 #: Methods counted under their own name in the metrics; any other is "other" (labels stay bounded).
 METRIC_METHODS: Final = frozenset(
@@ -106,6 +107,15 @@ class Served(Protocol):
     async def close_session(self, session: Session) -> None: ...
 
     def get(self, session_id: str, principal: str | None) -> Session | None: ...
+
+    @property
+    def sealer(self) -> Sealer: ...
+
+    def seal_resumable(self, session: Session) -> None: ...
+
+    async def resume(
+        self, session_id: str, seal: SessionSeal, *, client_ip: str | None, who: object = None
+    ) -> Session | None: ...
 
     async def stateless(self) -> tuple[Link, Session]: ...
 
@@ -188,7 +198,21 @@ class McpEndpoint:
         if not session_id:
             await rpc_error(send, 400, jsonrpc.INVALID_REQUEST, "Bad Request: missing session id")
             return None
-        session = self.runtime.get(session_id, principal_id(scope))
+        principal = principal_id(scope)
+        session = self.runtime.get(session_id, principal)
+        if session is None:
+            seal = self.runtime.sealer.open(session_id)
+            if seal is not None and seal.principal == principal:  # another principal's session is not found
+                try:
+                    session = await self.runtime.resume(
+                        session_id, seal, client_ip=scope.get(CLIENT_IP_KEY), who=scope.get(PRINCIPAL_KEY)
+                    )
+                except TooManySessions as exc:
+                    await json_error(send, 429, "too_many_sessions", str(exc))
+                    return None
+                except CapacityError as exc:
+                    await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), None, [(b"retry-after", b"5")])
+                    return None
         if session is None:
             await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "Session not found")
         return session
@@ -272,6 +296,8 @@ class McpEndpoint:
             status = 502 if failure.get("error", {}).get("code") == jsonrpc.UPSTREAM_ERROR else 200
             await respond(send, status, stream.final_data, [(b"content-type", b"application/json")])
             return
+        if session.established:
+            self.runtime.seal_resumable(session)
         await stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
 
     async def _stateless(self, scope: Scope, send: Send, receive: Receive, msg: Message) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
@@ -173,14 +174,25 @@ class Link:
         if self.channel is not None:
             self.channel.protocol_version = result.get("protocolVersion")
 
-    async def aclose(self) -> None:
-        """Close the channel and end every stream still waiting on it."""
+    def resume(self, params: dict[str, Any], upstream_session: str | None) -> None:
+        """Continue an upstream session another replica initialized with `params` (from a sealed session id)."""
+        assert self.channel is not None
+        # Far from the ids the replica that opened it uses on the same upstream session.
+        self._next_id = secrets.randbelow(1 << 44) + (1 << 32)
+        self.channel.resume(upstream_session)
+        self._initialized(params, {"protocolVersion": params["protocolVersion"]})
+        self._ready.set()
+
+    async def aclose(self, *, keep_upstream: bool = False) -> None:
+        """Close the channel and end every stream still waiting on it (`keep_upstream`: leave the upstream
+        session open, for another replica continuing it)."""
         self._closing = True
         self._ready.clear()
         if self._restarter is not None:
             self._restarter.cancel()
         self._fail_all("the upstream session was closed")
         if self.channel is not None:
+            self.channel.keep_session = keep_upstream
             await self.channel.aclose()
 
     def _on_close(self, error: BaseException | None) -> None:

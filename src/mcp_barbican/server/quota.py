@@ -91,6 +91,12 @@ class SessionQuota:
             )
         return holder
 
+    def rename(self, holder: str, old: str, new: str) -> None:
+        """A counted session took a new id (sealed once its upstream session was known)."""
+        sessions = self.held.get(holder)
+        if sessions is not None and old in sessions:
+            sessions[new] = sessions.pop(old)
+
     def release(self, holder: str, session_id: str) -> None:
         sessions = self.held.get(holder)
         if sessions is not None:

@@ -25,6 +25,7 @@ from mcp_barbican.server.identity import UpstreamIdentity
 from mcp_barbican.server.link import PROXY_CLIENT_CAPABILITIES, Link
 from mcp_barbican.server.pool import CapacityError, SharedLinks
 from mcp_barbican.server.quota import Held, SessionQuota
+from mcp_barbican.server.seal import KIND_RESUMABLE, Sealer, SessionSeal, new_replica_id
 from mcp_barbican.server.session import Session, expired, sweep_interval
 from mcp_barbican.server.streams import EventStream
 from mcp_barbican.upstream import open_channel
@@ -78,12 +79,16 @@ class McpRuntime:
         #: What the upstream declared when last probed (None: never reached).
         self.capabilities: dict[str, Any] | None = None
         self.sessions: dict[str, Session] = {}
+        #: How session ids are made and opened (the listener's, shared by every MCP; set by its route).
+        self.sealer = Sealer([], new_replica_id())
         #: What the upstream learns of each caller (upstream_auth).
         self.identity = UpstreamIdentity(mcp.id, mcp.upstream_auth)
         self.shared = SharedLinks(self._open_shared, limit=mcp.max_sessions, idle_timeout=idle_timeout)
         self._stateless: tuple[Link, Session] | None = None
         self._legacy_verdict: tuple[float, Message] | None = None
         self._stateless_lock = asyncio.Lock()
+        #: Sealed sessions being continued here, so concurrent first requests share one upstream link.
+        self._resuming: dict[str, asyncio.Future[Session | None]] = {}
         self._control: Link | None = None
         self._control_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
@@ -110,7 +115,7 @@ class McpRuntime:
         for task in list(self._tasks):
             task.cancel()
         for session in list(self.sessions.values()):
-            await self.close_session(session)
+            await self.close_session(session, keep_upstream=session.resumable)  # another replica may continue it
         await self.shared.aclose()
         await self.identity.aclose()
         for link in (self._stateless[0] if self._stateless else None, self._control):
@@ -213,7 +218,7 @@ class McpRuntime:
         """A session for `principal` (None: no authentication, counted per `client_ip`); `who`: its Principal."""
         shared = self.mcp.session_mode == "shared"
         limit = MAX_SHARED_CLIENTS if shared else self.mcp.max_sessions
-        session = Session(self.id, principal, legacy_sse=legacy_sse)
+        session = Session(self.id, principal, legacy_sse=legacy_sse, session_id=self.sealer.new_id(self.id, principal))
         session.identity = self.identity.headers_for(who)
         holder = self.quota.hold(session, principal, client_ip, self._reclaim)
         if len(self.sessions) >= limit:
@@ -229,6 +234,84 @@ class McpRuntime:
         self.sessions[session.id] = session
         return session
 
+    @property
+    def resumable(self) -> bool:
+        """Whether another replica can continue this MCP's sessions itself (no process or stream to own)."""
+        return self.mcp.session_mode == "shared" or self.mcp.transport == "streamable-http"
+
+    def seal_resumable(self, session: Session) -> None:
+        """Give a just-initialized session an id any replica can continue, when the MCP allows it."""
+        link = session.link
+        if not self.sealer.active or not self.resumable or session.legacy_stream is not None or link is None:
+            return
+        upstream = None
+        if not link.shared and link.channel is not None:
+            upstream = link.channel.session_id
+        new_id = self.sealer.seal(
+            KIND_RESUMABLE,
+            mcp=self.id,
+            principal=session.principal,
+            upstream=upstream,
+            version=session.protocol_version,
+            capabilities=session.capabilities,
+        )
+        session.resumable = True
+        old, session.id = session.id, new_id
+        self.sessions[new_id] = self.sessions.pop(old, session)
+        if link.sessions.pop(old, None) is not None:
+            link.sessions[new_id] = session
+        if session.holder is not None:
+            self.quota.rename(session.holder, old, new_id)
+
+    async def resume(
+        self, session_id: str, seal: SessionSeal, *, client_ip: str | None, who: object = None
+    ) -> Session | None:
+        """Continue here a session another replica (or this one, before a restart) opened; None if it cannot be."""
+        if seal.kind != KIND_RESUMABLE or seal.mcp != self.id or not self.resumable:
+            return None
+        if session_id in self.sessions:  # resumed meanwhile by a concurrent request
+            return self.get(session_id, seal.principal)
+        pending = self._resuming.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Session | None] = asyncio.get_running_loop().create_future()
+        self._resuming[session_id] = future
+        try:
+            session = await self._resume(session_id, seal, client_ip, who)
+        except BaseException:
+            future.set_result(None)
+            raise
+        finally:
+            del self._resuming[session_id]
+        if not future.done():
+            future.set_result(session)
+        return session
+
+    async def _resume(self, session_id: str, seal: SessionSeal, client_ip: str | None, who: object) -> Session | None:
+        session = self.new_session(seal.principal, client_ip=client_ip, who=who)
+        self.sessions.pop(session.id)
+        if session.holder is not None:
+            self.quota.rename(session.holder, session.id, session_id)
+        session.id = session_id
+        self.sessions[session_id] = session
+        session.capabilities = dict(seal.capabilities)
+        session.protocol_version = seal.version
+        session.initialized = session.resumable = True
+        try:
+            if self.mcp.session_mode == "shared":
+                opener = functools.partial(self._open_shared, session.identity) if session.identity else None
+                link = await self.shared.acquire(session.principal, opener)
+            else:
+                link = self._new_link(shared=False, identity=session.identity)
+                await link.connect()
+                link.resume(_proxy_init_params(session.capabilities, seal.version), seal.upstream)
+        except (UpstreamError, CapacityError) as exc:
+            logger.info("session on %r could not be continued here: %s", self.id, exc)
+            await self.close_session(session)
+            return None
+        link.attach(session)
+        return session
+
     def _reclaim(self, held: Held) -> None:
         """Close one of a principal's idle sessions at once (its slot is free on return) to make room."""
         session = self.sessions.get(held.id)
@@ -241,7 +324,7 @@ class McpRuntime:
 
     async def _release_reclaimed(self, session: Session, link: Link) -> None:
         with contextlib.suppress(UpstreamError):
-            await self._release_link(session, link)
+            await self._release_link(session, link, keep_upstream=session.resumable)
 
     @property
     def start_timeout(self) -> float:
@@ -340,20 +423,21 @@ class McpRuntime:
         session.touch()
         return session
 
-    async def close_session(self, session: Session) -> None:
+    async def close_session(self, session: Session, *, keep_upstream: bool = False) -> None:
+        """End a session here (`keep_upstream`: leave its upstream session to the replicas that may continue it)."""
         link = self._retire(session)
         if link is not None:
-            await self._release_link(session, link)
+            await self._release_link(session, link, keep_upstream=keep_upstream)
 
     def _retire(self, session: Session) -> Link | None:
         """End the session here (its slot freed, its streams ended); the link it used, to release."""
         return session.link if session.end(self.sessions, self.quota) else None
 
-    async def _release_link(self, session: Session, link: Link) -> None:
+    async def _release_link(self, session: Session, link: Link, *, keep_upstream: bool = False) -> None:
         if link.shared:
             await link.detach(session)  # the link stays for the principal's next client (see expire)
         else:
-            await link.aclose()
+            await link.aclose(keep_upstream=keep_upstream)
 
     async def _sweep_idle(self) -> None:
         while True:
@@ -361,7 +445,7 @@ class McpRuntime:
             for session in expired(self.sessions.values(), self.idle_timeout):
                 logger.info("session on %r expired after %.0fs idle", self.id, self.idle_timeout)
                 with contextlib.suppress(UpstreamError):
-                    await self.close_session(session)
+                    await self.close_session(session, keep_upstream=session.resumable)
             with contextlib.suppress(UpstreamError):
                 await self.shared.expire()
 

@@ -46,8 +46,10 @@ def new_session_id() -> str:
 class Session:
     """One downstream MCP session."""
 
-    def __init__(self, mcp_id: str, principal: str | None, *, legacy_sse: bool = False) -> None:
-        self.id = new_session_id()
+    def __init__(
+        self, mcp_id: str, principal: str | None, *, legacy_sse: bool = False, session_id: str | None = None
+    ) -> None:
+        self.id = session_id or new_session_id()
         self.mcp_id = mcp_id
         self.principal = principal
         #: What this session's upstream requests carry of its principal (upstream_auth; None: nothing).
@@ -58,6 +60,8 @@ class Session:
         #: What the session counts against in the per-principal quota (None: not counted).
         self.holder: str | None = None
         self.initialized = False
+        #: Whether its id is sealed so any replica can continue it: ending it here leaves the upstream session be.
+        self.resumable = False
         self.protocol_version: str | None = None
         self.capabilities: dict[str, Any] = {}
         self.log_level: str | None = None

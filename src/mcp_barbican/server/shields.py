@@ -55,6 +55,7 @@ from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
 from mcp_barbican.security.resource import oauth_resource
 from mcp_barbican.security.tokens import IssuedTokens
 from mcp_barbican.server.quota import SessionQuota
+from mcp_barbican.server.seal import Sealer, configured_keys, new_replica_id
 from mcp_barbican.storage import IpRule, Storage, Table
 from mcp_barbican.storage.memory import MemoryStorage
 from mcp_barbican.storage.notices import Unsubscribe
@@ -102,6 +103,8 @@ class Shields:
         self.issued = IssuedTokens()
         #: Downstream sessions per principal, across every MCP (server.limits.max_sessions_per_principal).
         self.sessions = SessionQuota(config.server.limits)
+        #: How session ids are made and opened, by every MCP and the aggregated endpoint (server/seal.py).
+        self.sealer = Sealer(configured_keys(config), new_replica_id())
         self._bans: dict[BanConfig, AuthFailureTracker] = {}
         self._limiters: dict[str, RateLimiter] = {}
         self._unfollow: list[Unsubscribe] = []

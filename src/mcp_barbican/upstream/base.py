@@ -49,10 +49,21 @@ class UpstreamChannel(abc.ABC):
     #: The MCP protocol version negotiated by `initialize`; HTTP channels send it as the
     #: `MCP-Protocol-Version` header on every request after initialization.
     protocol_version: str | None = None
+    #: Set before `aclose` to leave the upstream session open for another replica that continues it.
+    keep_session: bool = False
 
     def __init__(self, on_message: MessageHandler, on_close: CloseHandler) -> None:
         self.on_message = on_message
         self.on_close = on_close
+
+    @property
+    def session_id(self) -> str | None:
+        """The upstream's own session id, for transports that have one."""
+        return None
+
+    def resume(self, session_id: str | None) -> None:
+        """Continue an upstream session another process initialized (only channels with session ids can)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot continue another process's session")
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -108,6 +108,9 @@ class StreamableHttpChannel(UpstreamChannel):
         """The upstream's `Mcp-Session-Id`, once the initialize response carried one."""
         return self._session_id
 
+    def resume(self, session_id: str | None) -> None:
+        self._session_id = session_id
+
     async def start(self) -> None:
         if self._started:
             raise RuntimeError("StreamableHttpChannel.start() called twice")
@@ -435,7 +438,7 @@ class StreamableHttpChannel(UpstreamChannel):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=self.delete_timeout)
-        if self._session_id is None or self._expired or self._http.closed:
+        if self._session_id is None or self._expired or self.keep_session or self._http.closed:
             return
         try:
             async with asyncio.timeout(self.delete_timeout):

@@ -68,8 +68,8 @@ def routed(msg: Message) -> Routed | None:
 class FanSession(Session):
     """A client session of the aggregated endpoint."""
 
-    def __init__(self, principal: str | None, *, legacy_sse: bool = False) -> None:
-        super().__init__(AGGREGATE_ID, principal, legacy_sse=legacy_sse)
+    def __init__(self, principal: str | None, *, legacy_sse: bool = False, session_id: str | None = None) -> None:
+        super().__init__(AGGREGATE_ID, principal, legacy_sse=legacy_sse, session_id=session_id)
         self.fan: Fan | None = None
         #: The MCPs the session's credentials reached when it opened, and what decided it (Credentials.of).
         self.reach: Reach | None = None

@@ -26,6 +26,7 @@ from mcp_barbican.server.quota import Held, SessionQuota
 from mcp_barbican.server.reach import Reach
 from mcp_barbican.server.requests import SUPPORTED_VERSIONS
 from mcp_barbican.server.runtime import LATEST_LEGACY_VERSION, CapacityError
+from mcp_barbican.server.seal import Sealer, SessionSeal, new_replica_id
 from mcp_barbican.server.session import expired, sweep_interval
 
 if TYPE_CHECKING:
@@ -109,6 +110,8 @@ class FanRuntime:
         #: The aggregated endpoint sends no identity of its own: each member's runtime sends its own.
         self.identity = UpstreamIdentity(AGGREGATE_ID, None)
         self.sessions: dict[str, FanSession] = {}
+        #: How session ids are made (the listener's; set by the app). Only this replica serves its sessions.
+        self.sealer = Sealer([], new_replica_id())
         self._start_timeout = start_timeout
         self._sweeper: asyncio.Task[None] | None = None
         #: Counts changes of the served MCPs: a remembered reach is good for one generation.
@@ -132,7 +135,7 @@ class FanRuntime:
     def new_session(
         self, principal: str | None, *, client_ip: str | None, legacy_sse: bool = False, who: object = None
     ) -> Session:
-        session = FanSession(principal, legacy_sse=legacy_sse)
+        session = FanSession(principal, legacy_sse=legacy_sse, session_id=self.sealer.new_id(AGGREGATE_ID, principal))
         holder = self.quota.hold(session, principal, client_ip, self._reclaim)
         if len(self.sessions) >= MAX_SESSIONS:
             self.quota.release(holder, session.id)
@@ -174,6 +177,14 @@ class FanRuntime:
         session.generation = self.generation
         answer = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
         stream.push(jsonrpc.dumps(answer), final=True, message=answer)
+
+    def seal_resumable(self, session: Session) -> None:
+        """Aggregated sessions stay with the replica that holds their members: their ids stay owned."""
+
+    async def resume(
+        self, session_id: str, seal: SessionSeal, *, client_ip: str | None, who: object = None
+    ) -> Session | None:
+        return None
 
     def get(self, session_id: str, principal: str | None) -> Session | None:
         session = self.sessions.get(session_id)
