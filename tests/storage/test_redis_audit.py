@@ -14,7 +14,11 @@ import httpx2
 import orjson
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
+from mcp_barbican.audit import AuditEvent
+from mcp_barbican.audit import stream as stream_module
+from mcp_barbican.audit.stream import RedisStreamSink
 from tests.proxy import RunningProxy, demo_mcp, free_port, run_proxy, traceback_in
 from tests.server.test_endpoint import MCP_HEADERS, initialize, sse_messages
 from tests.storage.redis_server import redis_server
@@ -44,7 +48,7 @@ def _tool_calls(url: str) -> Counter[str]:
 async def _until_calls(url: str, wanted: set[str], seconds: float = 15.0) -> Counter[str]:
     """The stream's tool calls once it holds every id in `wanted` (or after `seconds`), then a moment later."""
     deadline = time.monotonic() + seconds
-    while not wanted <= set(held := _tool_calls(url)) and time.monotonic() < deadline:
+    while not wanted <= set(held := _tool_calls(url)) and time.monotonic() < deadline:  # noqa: ASYNC110 -- polls Redis
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.3)  # anything written twice would show by now
     return _tool_calls(url) if wanted <= set(held) else held
@@ -126,3 +130,34 @@ async def test_events_made_while_redis_is_down_arrive_once_when_it_returns(tmp_p
     assert traceback_in(proxy.log) is None
     assert log.count("audit sink redis:barbican:audit: Redis unreachable") == 1, log
     assert "audit sink redis:barbican:audit: Redis reachable again" in log, log
+
+
+async def test_a_query_filters_and_pages_the_stream_newest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stream_module, "PAGE", 3)
+    with redis_server() as url:
+        client = AsyncRedis.from_url(url)
+        sink = RedisStreamSink(client, stream="q:audit", max_len=1000, max_pending=1000)
+        try:
+            events = [
+                AuditEvent(
+                    "tool_call" if n % 2 else "authentication",
+                    "x",
+                    True,
+                    user=f"u{n % 3}",
+                    mcp="demo",
+                    request_id=f"r{n}",
+                    timestamp=1_700_000_000 + n,
+                ).as_dict()
+                for n in range(20)
+            ]
+            await sink.write(events)
+            await sink.aclose()  # writes what is queued
+            assert [e["request_id"] for e in await sink.query(limit=4)] == ["r19", "r18", "r17", "r16"]
+            calls = await sink.query(type="tool_call", user="u1", limit=100)
+            assert [e["request_id"] for e in calls] == ["r19", "r13", "r7", "r1"]
+            since, until = events[5]["timestamp"], events[9]["timestamp"]
+            window = await sink.query(since=since, until=until, limit=100)
+            assert [e["request_id"] for e in window] == ["r8", "r7", "r6", "r5"]
+            assert await sink.query(mcp="other") == []
+        finally:
+            await client.aclose()
