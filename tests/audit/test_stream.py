@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import orjson
 import pytest
 from redis.asyncio import Redis
 
 from mcp_barbican.audit import AuditEvent, AuditTrail
+from mcp_barbican.audit.sinks import SqliteSink
 from mcp_barbican.audit.stream import RedisStreamSink
 from tests.proxy import free_port
 
@@ -45,4 +47,16 @@ async def test_an_unreachable_redis_keeps_the_newest_events_counts_the_rest_and_
         assert sink.dropped == 13, "what is still queued at shutdown is counted too"
         assert "4 events not written at shutdown" in caplog.text
     finally:
+        await client.aclose()
+
+
+async def test_admin_audit_reads_the_stream_when_both_a_stream_and_sqlite_are_configured(tmp_path: Path) -> None:
+    client = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    sqlite, stream = SqliteSink(tmp_path / "audit.db"), RedisStreamSink(client, stream="s", max_len=10, max_pending=10)
+    try:
+        assert AuditTrail([sqlite, stream]).queryable is stream, "the stream holds every replica's events"
+        assert AuditTrail([sqlite]).queryable is sqlite
+        assert AuditTrail([]).queryable is None
+    finally:
+        await sqlite.aclose()
         await client.aclose()

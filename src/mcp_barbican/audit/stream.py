@@ -58,13 +58,14 @@ class RedisStreamSink:
         self._pending: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
+        self._closing = False
         #: While failing: when the outage began, and the drop count then.
         self._outage: tuple[float, int] | None = None
 
     async def write(self, batch: list[Record]) -> None:
         self._pending.extend(orjson.dumps(record) for record in batch)
         self._bound()
-        if self._sender is None:
+        if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_forever(), name="audit-redis-stream")
         self._wake.set()
 
@@ -78,11 +79,12 @@ class RedisStreamSink:
     async def _send_forever(self) -> None:
         while True:
             if not self._pending:
+                if self._closing:
+                    return
                 self._wake.clear()
                 await self._wake.wait()
-            if await self._send_some():
-                continue
-            await asyncio.sleep(self.retry)
+            elif not await self._send_some():
+                await asyncio.sleep(self.retry)
 
     async def _send_some(self) -> bool:
         """Send one batch; False (the batch queued again, first) when Redis did not take it."""
@@ -92,6 +94,9 @@ class RedisStreamSink:
                 for event in batch:
                     pipe.xadd(self.stream, {"event": event}, maxlen=self.max_len, approximate=True)
                 await pipe.execute()
+        except asyncio.CancelledError:
+            self._pending.extendleft(reversed(batch))
+            raise
         except (RedisError, OSError) as exc:
             self._failed(batch, str(exc))
             return False
@@ -124,15 +129,17 @@ class RedisStreamSink:
 
     async def aclose(self) -> None:
         """Send what is queued (for up to CLOSE_SECONDS); what Redis did not take by then is counted dropped."""
-        if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
-            self._sender = None
-        deadline = time.monotonic() + CLOSE_SECONDS
-        while self._pending and time.monotonic() < deadline:
-            if not await self._send_some():
-                break
+        self._closing = True
+        self._wake.set()
+        sender = self._sender
+        if sender is not None and not sender.done():
+            _, running = await asyncio.wait({sender}, timeout=CLOSE_SECONDS)
+            if running:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+        elif self._pending:
+            await self._send_some()
         if self._pending:
             self.dropped += len(self._pending)
             logger.warning("audit sink %s: %d events not written at shutdown", self.name, len(self._pending))
