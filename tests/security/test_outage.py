@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 
@@ -103,3 +104,24 @@ def test_a_feature_that_notices_first_tells_the_outage_in_its_own_line(caplog: p
     assert [r.getMessage() for r in caplog.records] == [
         "rate limits: Redis unreachable (refused); refusing requests until it returns"
     ]
+
+
+@pytest.mark.anyio
+async def test_a_failed_command_is_probed_until_redis_answers_so_the_outage_ends_without_another_request() -> None:
+    answers = [ConnectionError("refused"), ConnectionError("refused"), None]
+
+    async def ping() -> None:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    health = StoreHealth(probe=ping, retry=0.01)
+    health.down("commands", "refused")
+    try:
+        for _ in range(200):
+            if health.up:
+                break
+            await asyncio.sleep(0.01)
+        assert health.up and answers == [], "up after the third probe"
+    finally:
+        await health.aclose()
