@@ -12,7 +12,6 @@ import trustme
 import yaml
 
 from mcp_barbican.config import (
-    AUTH_OPEN_UNAVAILABLE,
     MASK,
     TLS12_IANA_TO_OPENSSL,
     TLS13_SUITES,
@@ -532,10 +531,16 @@ MISTAKES = [
         id="redis-wrong-scheme",
     ),
     pytest.param(
-        server("storage: {type: redis, url: 'redis://h', fail_mode: {auth: open}}"),
-        "server.storage.fail_mode.auth",
-        AUTH_OPEN_UNAVAILABLE,
-        id="redis-auth-open-not-yet",
+        server("audit: {sinks: [{type: stdout}, {type: redis}]}"),
+        "server.audit.sinks[1]",
+        "type redis needs server.storage.type: redis",
+        id="redis-audit-sink-without-redis-storage",
+    ),
+    pytest.param(
+        server("storage: {type: redis, url: 'redis://h'}, audit: {sinks: [{type: redis, max_len: 0}]}"),
+        "server.audit.sinks[0].max_len",
+        "greater than or equal to 1",
+        id="redis-audit-sink-max-len",
     ),
     pytest.param(
         server("storage: {type: redis, url: 'redis://h', fail_mode: {rate_limit: maybe}}"),

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 __all__ = ["redis_server"]
 
@@ -29,13 +30,18 @@ def _answers(port: int) -> bool:
 
 
 @contextmanager
-def redis_server(port: int | None = None) -> Iterator[str]:
-    """Start `redis-server` (no persistence) on `port` (else a free one), yield its URL, stop it after."""
+def redis_server(port: int | None = None, *, keep_in: Path | None = None) -> Iterator[str]:
+    """Start `redis-server` on `port` (else a free one), yield its URL, stop it after. No persistence, unless
+    `keep_in`: then an append-only file there, so a server started again with it holds what the last one held."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (scripts/test installs it on Debian)")
     port = port or _free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    if keep_in is None:
+        args += ["--appendonly", "no"]
+    else:
+        args += ["--dir", str(keep_in), "--appendonly", "yes", "--appendfsync", "always"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10

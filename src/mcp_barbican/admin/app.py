@@ -452,7 +452,7 @@ class AdminApp:
     async def query_audit(self, params: Params, body: None) -> Reply:
         sink = self.core.audit.queryable
         if sink is None:
-            return error(409, "no_queryable_sink", "no audit sink of type sqlite is configured")
+            return error(409, "no_queryable_sink", "no audit sink of type sqlite or redis is configured")
         kind = params.get("type")
         if kind is not None and kind not in EVENT_TYPES:
             return error(400, "invalid_request", f"type: expected one of {', '.join(EVENT_TYPES)}")
@@ -487,7 +487,9 @@ class AdminApp:
         return 200, {"timestamp": iso(time.time()), "metrics": counts}
 
     async def prometheus(self, params: Params, body: None) -> Reply:
-        text = exposition(self.core.control.runtimes.values(), self.core.counters, self.core.audit)
+        text = exposition(
+            self.core.control.runtimes.values(), self.core.counters, self.core.audit, self.core.storage.health
+        )
         return 200, Raw(text, CONTENT_TYPE)
 
     async def security_metrics(self, params: Params, body: None) -> Reply:

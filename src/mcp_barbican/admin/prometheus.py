@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from mcp_barbican.storage.health import DECISIONS, FEATURES
+
 if TYPE_CHECKING:
     from mcp_barbican.admin.control import ServedMcp
     from mcp_barbican.audit.trail import AuditTrail
     from mcp_barbican.security.counters import SecurityCounters
+    from mcp_barbican.storage.health import StoreHealth
 
 __all__ = ["CONTENT_TYPE", "exposition"]
 
@@ -39,11 +42,16 @@ _SECURITY: Final = {
 
 class _Collector:
     def __init__(
-        self, runtimes: Iterable[ServedMcp] | None, counters: SecurityCounters, audit: AuditTrail | None
+        self,
+        runtimes: Iterable[ServedMcp] | None,
+        counters: SecurityCounters,
+        audit: AuditTrail | None,
+        health: StoreHealth | None,
     ) -> None:
         self.runtimes = runtimes
         self.counters = counters
         self.audit = audit
+        self.health = health
 
     def collect(self) -> Iterator[Metric]:
         runtimes = list(self.runtimes or ())
@@ -79,6 +87,8 @@ class _Collector:
             for sink, count in self.audit.failed.items():
                 failed.add_metric([sink], count)
             yield failed
+        if self.health is not None:
+            yield from _storage(self.health)
         last = snapshot["last_violation"]
         yield GaugeMetricFamily(
             "mcp_barbican_last_violation_timestamp_seconds",
@@ -87,8 +97,26 @@ class _Collector:
         )
 
 
-def exposition(runtimes: Iterable[ServedMcp], counters: SecurityCounters, audit: AuditTrail | None = None) -> bytes:
+def _storage(health: StoreHealth) -> Iterator[Metric]:
+    yield GaugeMetricFamily("mcp_barbican_storage_up", "1 while the state store answers", value=float(health.up))
+    decisions = CounterMetricFamily(
+        "mcp_barbican_storage_outage_decisions",
+        "Requests decided by fail_mode while the state store was unreachable",
+        labels=["feature", "decision"],
+    )
+    for feature in FEATURES:
+        for decision in DECISIONS:
+            decisions.add_metric([feature, decision], health.decisions.get((feature, decision), 0))
+    yield decisions
+
+
+def exposition(
+    runtimes: Iterable[ServedMcp],
+    counters: SecurityCounters,
+    audit: AuditTrail | None = None,
+    health: StoreHealth | None = None,
+) -> bytes:
     """The Prometheus text exposition of everything above."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(runtimes, counters, audit))
+    registry.register(_Collector(runtimes, counters, audit, health))
     return generate_latest(registry)

@@ -5,6 +5,8 @@ produce events instead of dropping them (backpressure). The writer takes what is
 batches and hands each batch to every sink; a sink that raises loses that batch for itself
 only: the failure is counted per sink and logged, and the other sinks still get it.
 `aclose` drains the queue and closes the sinks, so a clean shutdown loses nothing.
+The Redis stream sink (`stream.py`) is the exception that proves the rule: it queues on its own,
+so an unreachable Redis never slows requests, and counts what its bounded queue has to drop.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from mcp_barbican.audit.events import AuditEvent
 from mcp_barbican.audit.sinks import FileSink, Sink, SqliteSink, StdoutSink, SyslogSink
@@ -23,8 +25,9 @@ from mcp_barbican.logs import log_unexpected
 
 if TYPE_CHECKING:
     from mcp_barbican.config import AuditConfig, StorageConfig
+    from mcp_barbican.storage import Storage
 
-__all__ = ["MAX_BATCH", "AuditTrail", "build_sinks"]
+__all__ = ["MAX_BATCH", "AuditTrail", "Queryable", "build_sinks"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,24 @@ LINGER: Final = 0.02
 _LOG_EVERY: Final = 10.0
 
 
-def build_sinks(config: AuditConfig, storage: StorageConfig) -> list[Sink]:
+@runtime_checkable
+class Queryable(Protocol):
+    """A sink /admin/audit reads (newest first; see `SqliteSink.query`)."""
+
+    async def query(
+        self,
+        *,
+        type: str | None = None,
+        user: str | None = None,
+        mcp: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]: ...
+
+
+def build_sinks(config: AuditConfig, storage: StorageConfig, store: Storage | None = None) -> list[Sink]:
+    """The configured sinks; a `redis` sink writes through `store`'s Redis (the config requires a Redis store)."""
     sinks: list[Sink] = []
     for sink in config.sinks:
         if sink.type == "stdout":
@@ -45,6 +65,15 @@ def build_sinks(config: AuditConfig, storage: StorageConfig) -> list[Sink]:
             sinks.append(FileSink(Path(sink.path), max_bytes=int(sink.max_bytes), backups=sink.backups))
         elif sink.type == "syslog":
             sinks.append(SyslogSink(sink.address, facility=sink.facility))
+        elif sink.type == "redis":
+            from mcp_barbican.audit.stream import RedisStreamSink  # redis-py is loaded only by those who use it
+            from mcp_barbican.storage.redis import RedisStorage
+
+            assert isinstance(store, RedisStorage), "server.audit.sinks: redis needs server.storage.type: redis"
+            stream = sink.stream if sink.stream is not None else f"{store.prefix}audit"
+            sinks.append(
+                RedisStreamSink(store.redis, stream=stream, max_len=sink.max_len, max_pending=sink.max_pending)
+            )
         else:
             path = Path(sink.path) if sink.path is not None else Path(storage.path).parent / "audit.db"
             sinks.append(SqliteSink(path))
@@ -56,8 +85,7 @@ class AuditTrail:
         self.sinks = sinks
         self.arguments = arguments
         self.written = 0
-        #: Events each sink failed to write, by sink name.
-        self.failed: dict[str, int] = {sink.name: 0 for sink in sinks}
+        self._failed: dict[str, int] = {sink.name: 0 for sink in sinks}
         # A deque and two kinds of waiter rather than asyncio.Queue, whose put/get/task_done
         # cost a few µs per event on the request path: here emitting is an append.
         self._buffer: deque[AuditEvent] = deque()
@@ -76,8 +104,15 @@ class AuditTrail:
         return bool(self.sinks)
 
     @property
-    def queryable(self) -> SqliteSink | None:
-        return next((sink for sink in self.sinks if isinstance(sink, SqliteSink)), None)
+    def failed(self) -> dict[str, int]:
+        """Events each sink failed to write, by sink name (those a sink's own queue dropped included)."""
+        return {sink.name: self._failed[sink.name] + getattr(sink, "dropped", 0) for sink in self.sinks}
+
+    @property
+    def queryable(self) -> Queryable | None:
+        """The sink /admin/audit reads: the Redis stream if configured (every replica's events), else SQLite."""
+        found = [sink for sink in self.sinks if isinstance(sink, Queryable)]
+        return next((sink for sink in found if not isinstance(sink, SqliteSink)), found[0] if found else None)
 
     def start(self) -> None:
         if self.sinks and self._writer is None:
@@ -156,7 +191,7 @@ class AuditTrail:
             try:
                 await sink.write(records)
             except Exception as exc:
-                self.failed[sink.name] += len(records)
+                self._failed[sink.name] += len(records)
                 now = time.monotonic()
                 if now - self._last_log.get(sink.name, -_LOG_EVERY) >= _LOG_EVERY:
                     self._last_log[sink.name] = now
@@ -164,7 +199,7 @@ class AuditTrail:
                         "audit sink %s failed to write %d event(s) (%d so far): %s",
                         sink.name,
                         len(records),
-                        self.failed[sink.name],
+                        self._failed[sink.name],
                         exc,
                     )
         self.written += len(records)

@@ -55,11 +55,11 @@ from mcp_barbican.config.security import (
 )
 from mcp_barbican.config.server import AdminConfig, ListenerLimits, MetricsConfig, ServerConfig
 from mcp_barbican.config.storage import (
-    AUTH_OPEN_UNAVAILABLE,
     AuditConfig,
     AuditSink,
     FailMode,
     FileSink,
+    RedisSink,
     SqliteSink,
     StdoutSink,
     StorageConfig,
@@ -78,7 +78,6 @@ __all__ = [
     "CONFIG_FILE_NAMES",
     "JWT_ALGORITHMS",
     "MASK",
-    "AUTH_OPEN_UNAVAILABLE",
     "FailMode",
     "SERVER_OWNER",
     "TLS12_IANA_TO_OPENSSL",
@@ -123,6 +122,7 @@ __all__ = [
     "ServerConfig",
     "ServerTLSConfig",
     "Size",
+    "RedisSink",
     "SqliteSink",
     "StdoutSink",
     "StorageConfig",

@@ -125,4 +125,8 @@ class ServerConfig(Model):
                 raise LocatedError(("session_keys", index), "repeats an earlier key")
         if self.admin.port is not None and self.admin.port == self.port:
             raise LocatedError(("admin", "port"), f"must differ from server.port ({self.port}), or be left unset")
+        if self.storage.type != "redis":
+            for index, sink in enumerate(self.audit.sinks):
+                if sink.type == "redis":
+                    raise LocatedError(("audit", "sinks", index), "type redis needs server.storage.type: redis")
         return self

@@ -19,19 +19,17 @@ from mcp_barbican.config.fields import (
 )
 
 __all__ = [
-    "AUTH_OPEN_UNAVAILABLE",
     "AuditConfig",
     "AuditSink",
     "FailMode",
     "FileSink",
+    "RedisSink",
     "SqliteSink",
     "StdoutSink",
     "StorageConfig",
     "SyslogSink",
 ]
 
-#: Why `fail_mode.auth: open` is refused: nothing reads authentication state past an outage yet.
-AUTH_OPEN_UNAVAILABLE = "open is not available yet (issued tokens and rules keep their last-known state)"
 _SYSLOG_FACILITIES = frozenset(
     {"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp"}
     | {f"local{n}" for n in range(8)}
@@ -50,23 +48,20 @@ def _check_syslog_address(value: str) -> str:
 
 
 class FailMode(Model):
-    """What a Redis store does while Redis is unreachable, per feature.
+    """What a Redis store does while Redis is unreachable (its change channel is down or a command fails).
 
-    `rate_limit`: `open` admits requests whose buckets cannot be taken, `closed` refuses them (429); a log
-    line tells each outage. `auth`: `closed` (the only value yet) means admin writes of tokens, rules and
-    registrations answer 503; the data plane keeps the issued tokens and rules it last heard of, and
-    catches up when Redis returns. `open` is refused until an outage policy for authentication exists.
+    `rate_limit`: `open` admits requests whose buckets cannot be taken, `closed` refuses them (429).
+    `auth` is about tokens issued through the admin API (configured tokens, JWTs and OAuth do not
+    depend on the store): `closed` refuses a request presenting one with 503 `storage_unavailable`,
+    since a revocation may have been missed; `open` accepts the issued tokens last heard of (a token
+    known as revoked or expired stays refused). Dynamic IP rules and bans: the last-known set stays
+    enforced in both modes. Either way admin writes answer 503 until Redis returns, each decision is
+    counted (`mcp_barbican_storage_outage_decisions_total`), each feature logs one line per outage, and
+    everything catches up when Redis returns, without a restart.
     """
 
     auth: Literal["closed", "open"] = "closed"
     rate_limit: Literal["open", "closed"] = "open"
-
-    @field_validator("auth")
-    @classmethod
-    def _check_auth(cls, value: str) -> str:
-        if value == "open":
-            raise ValueError(AUTH_OPEN_UNAVAILABLE)
-        return value
 
 
 class StorageConfig(Model):
@@ -132,7 +127,20 @@ class SqliteSink(Model):
     path: NonEmptyStr | None = None
 
 
-AuditSink = Annotated[StdoutSink | FileSink | SyslogSink | SqliteSink, Field(discriminator="type")]
+class RedisSink(Model):
+    """Audit events on a Redis stream of the state store's Redis (needs `server.storage.type: redis`), one entry
+    per event (field `event`, its JSON), shared by every replica and read by /admin/audit. `stream` defaults to
+    `{key_prefix}audit`; `max_len` caps it approximately (oldest entries trimmed). While Redis is unreachable
+    up to `max_pending` events wait in memory and are written when it returns; beyond that the oldest are
+    dropped and counted (`mcp_barbican_audit_events_failed_total`)."""
+
+    type: Literal["redis"]
+    stream: NonEmptyStr | None = None
+    max_len: PositiveInt = 1_000_000
+    max_pending: PositiveInt = 100_000
+
+
+AuditSink = Annotated[StdoutSink | FileSink | SyslogSink | SqliteSink | RedisSink, Field(discriminator="type")]
 
 
 class AuditConfig(Model):

@@ -24,7 +24,7 @@ from mcp_barbican.audit.events import AuditEvent, EventType, request_fields
 from mcp_barbican.security.counters import SecurityCounters
 from mcp_barbican.security.pipeline import Head, Policy
 from mcp_barbican.security.principal import Principal
-from mcp_barbican.security.tokens import IssuedTokens
+from mcp_barbican.security.tokens import STORE_UNAVAILABLE, IssuedTokens
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -67,6 +67,13 @@ class AuthFailure:
     status: int = 401
     #: The scopes a 403 insufficient_scope asks for (RFC 6750 §3 `scope`).
     scope: str | None = None
+
+
+_STORE_DOWN: Final = AuthFailure(
+    "the state store is unreachable: tokens issued through the admin API are refused until it returns",
+    STORE_UNAVAILABLE,
+    503,
+)
 
 
 class Authenticator(Protocol):
@@ -164,7 +171,7 @@ class StaticTokens:
         if found is None:
             verdict, until = self.issued.lookup(presented, time.time())
             if isinstance(verdict, str):
-                return AuthFailure(verdict), 0.0
+                return (_STORE_DOWN if verdict == STORE_UNAVAILABLE else AuthFailure(verdict)), 0.0
             return (verdict, until) if verdict is not None else (AuthFailure("invalid token"), 0.0)
         if found.sha256 in self._revoked:
             return AuthFailure("token revoked"), 0.0
@@ -314,11 +321,14 @@ class Authenticate(Policy):
         await self.audit.emit(event)
 
     async def _refuse(self, scope: Scope, send: Send, failure: AuthFailure) -> None:
+        if self.audit is not None:
+            await self._audit(scope, "authentication", False, None, failure.reason)
+        if failure.status >= 500:  # the store is down: no fault of the client's, and no challenge to answer
+            await json_error(send, failure.status, failure.error, failure.reason)
+            return
         self.counters.authentication_failures += 1
         self.counters.violation()
         if self.on_failure is not None and failure.status < 403:  # a valid token short of a scope is no guess
             self.on_failure(scope.get(CLIENT_IP_KEY))
-        if self.audit is not None:
-            await self._audit(scope, "authentication", False, None, failure.reason)
         headers = [(b"www-authenticate", self.challenge(failure, scope).encode("latin-1"))]
         await json_error(send, failure.status, failure.error, failure.reason, headers)

@@ -5,6 +5,10 @@ by digest: an attacker controls the credential, not its digest, so the lookup's 
 nothing about any stored token (the same reason password stores may index by hash). The
 book follows the store's `tokens` table: loaded at start, then changed by each notice of the
 table (the admin API writes only to the store), so a revocation counts from the next request.
+
+While the store is unreachable the book may have missed a revocation: `fail_mode.auth` decides
+whether the issued tokens it holds are refused (`closed`, 503) or accepted as last known
+(`open`); see `outage_decision`.
 """
 
 from __future__ import annotations
@@ -19,16 +23,35 @@ from mcp_barbican.config import format_path
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.storage.base import Table
+from mcp_barbican.storage.health import Decision, StoreHealth
 from mcp_barbican.storage.notices import Unsubscribe, follow
 from mcp_barbican.storage.records import Change, TokenRecord
 
 if TYPE_CHECKING:
     from mcp_barbican.config import ProxyConfig
 
-__all__ = ["TOKEN_BYTES", "IssuedTokens", "check_listed_ids", "new_token"]
+__all__ = ["STORE_UNAVAILABLE", "TOKEN_BYTES", "IssuedTokens", "check_listed_ids", "new_token", "outage_decision"]
 
 #: 32 random bytes from the OS CSPRNG, URL-safe base64 (the seed's generator).
 TOKEN_BYTES: Final = 32
+#: The refusal of an issued token while the store is unreachable and `fail_mode.auth` is closed.
+STORE_UNAVAILABLE: Final = "storage_unavailable"
+
+Verdict = Principal | str | None
+
+
+def outage_decision(verdict: Verdict, *, store_up: bool, fail_open: bool) -> tuple[Verdict, Decision | None]:
+    """The verdict on an issued token given what the book says (`verdict`) and whether the store answers, and the
+    outage decision it took (None: no decision, the book's verdict stands).
+
+    Only an acceptance depends on the store: the book may have missed a revocation. A token it knows
+    as revoked or expired, or does not know, is refused whatever the store's state.
+    """
+    if store_up or not isinstance(verdict, Principal):
+        return verdict, None
+    if fail_open:
+        return verdict, "open"
+    return STORE_UNAVAILABLE, "closed"
 
 
 def new_token() -> tuple[str, str]:
@@ -45,6 +68,17 @@ class IssuedTokens:
         self._by_digest: dict[bytes, tuple[TokenRecord, Principal]] = {}
         #: Bumped by every change, so anything remembering an earlier verdict knows to forget it.
         self.generation = 0
+        #: The store's health, once watched, and whether its outages accept the last-known tokens.
+        self.health: StoreHealth | None = None
+        self.fail_open = False
+
+    def watch(self, health: StoreHealth, *, fail_open: bool) -> None:
+        """Decide by `fail_open` while `health` is down; remembered verdicts are forgotten when it changes."""
+        self.health, self.fail_open = health, fail_open
+        health.on_change.append(self._store_changed)
+
+    def _store_changed(self, up: bool) -> None:
+        self.generation += 1
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -88,9 +122,10 @@ class IssuedTokens:
     def records(self) -> list[TokenRecord]:
         return list(self._by_id.values())
 
-    def lookup(self, presented: bytes, now: float) -> tuple[Principal | str | None, float]:
-        """The principal of a presented digest, why it is refused (revoked, expired), or None if unknown;
-        and until when (epoch seconds) a principal stays valid."""
+    def lookup(self, presented: bytes, now: float) -> tuple[Verdict, float]:
+        """The principal of a presented digest, why it is refused (revoked, expired, STORE_UNAVAILABLE), or None
+        if unknown; and until when (epoch seconds) a principal stays valid (0 while the store is down: an
+        acceptance then is not remembered, each is decided and counted)."""
         entry = self._by_digest.get(presented)
         if entry is None:
             return None, 0.0
@@ -99,6 +134,12 @@ class IssuedTokens:
             return "token revoked", 0.0
         if record.expires_at is not None and now >= record.expires_at:
             return "token expired", 0.0
+        health = self.health
+        if health is not None and health.failing:
+            verdict, decision = outage_decision(principal, store_up=False, fail_open=self.fail_open)
+            if decision is not None:
+                health.decided("auth", decision)
+            return verdict, 0.0
         return principal, math.inf if record.expires_at is None else record.expires_at
 
 

@@ -67,9 +67,8 @@ class BarbicanApp:
     def __init__(self, config: ProxyConfig) -> None:
         self.storage = open_storage(config.server.storage)
         audit = config.server.audit
-        self.audit = AuditTrail(
-            build_sinks(audit, config.server.storage), queue_size=audit.queue_size, arguments=audit.arguments
-        )
+        sinks = build_sinks(audit, config.server.storage, self.storage)
+        self.audit = AuditTrail(sinks, queue_size=audit.queue_size, arguments=audit.arguments)
         self.shields = Shields(config, store=self.storage, audit=self.audit)
         self.counters = self.shields.counters
         #: The served MCPs and the live config: only the control plane changes them.

@@ -101,6 +101,7 @@ class Shields:
         self.verifiers: list[Verifier] = []
         #: Client tokens issued through the admin API; every token-auth MCP accepts them (within their scope).
         self.issued = IssuedTokens()
+        self.issued.watch(self.store.health, fail_open=config.server.storage.fail_mode.auth == "open")
         #: Downstream sessions per principal, across every MCP (server.limits.max_sessions_per_principal).
         self.sessions = SessionQuota(config.server.limits)
         #: How session ids are made and opened, by every MCP and the aggregated endpoint (server/seal.py).

@@ -29,6 +29,7 @@ import builtins
 from typing import Protocol
 
 from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, BucketStore
+from mcp_barbican.storage.health import StoreHealth
 from mcp_barbican.storage.notices import Listener, Unsubscribe
 from mcp_barbican.storage.records import IpRule, McpRecord, R, TokenRecord
 
@@ -76,6 +77,11 @@ class Storage(Protocol):
 
     @property
     def rules(self) -> Table[IpRule]: ...
+
+    @property
+    def health(self) -> StoreHealth:
+        """Whether the store answers, and what was decided while it did not (in-process stores: always up)."""
+        ...
 
     def buckets(self, namespace: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> BucketStore:
         """The bucket store of one rate limiter; `namespace` keeps its bucket names apart from other limiters'

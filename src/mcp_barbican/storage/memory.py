@@ -10,6 +10,7 @@ from typing import Generic
 
 from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, LocalBuckets, MemoryBucketStore
 from mcp_barbican.storage.expiry import ExpiryQueue
+from mcp_barbican.storage.health import StoreHealth
 from mcp_barbican.storage.notices import Listener, Subscribers, Unsubscribe
 from mcp_barbican.storage.records import (
     DEFAULT_MAX_RULES,
@@ -132,6 +133,7 @@ class MemoryStorage:
         self.tokens: MemoryTable[TokenRecord] = MemoryTable("tokens")
         self.rules = MemoryRuleTable(max_rules=max_rules, clock=clock)
         self._buckets = LocalBuckets()
+        self.health = StoreHealth()  # in-process: always up
 
     def buckets(self, namespace: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> MemoryBucketStore:
         return self._buckets.get(namespace, max_keys=max_keys)

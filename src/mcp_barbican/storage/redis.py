@@ -36,6 +36,7 @@ from redis.exceptions import ConnectionError, RedisError
 from mcp_barbican.exceptions import StorageError
 from mcp_barbican.logs import log_unexpected
 from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, TOKEN_EPSILON, BucketRef, MemoryBucketStore
+from mcp_barbican.storage.health import StoreHealth
 from mcp_barbican.storage.notices import Listener, Subscribers, Unsubscribe
 from mcp_barbican.storage.records import (
     DEFAULT_MAX_RULES,
@@ -264,7 +265,8 @@ class RedisBucketStore:
     def local(self) -> MemoryBucketStore | None:
         return None
 
-    def _outage(self, refs: Sequence[BucketRef]) -> tuple[bool, list[float]]:
+    def _outage(self, refs: Sequence[BucketRef], error: object = None) -> tuple[bool, list[float]]:
+        self.storage.health.decided("rate_limit", "open" if self.fail_open else "closed", error)
         return self.fail_open, [float(ref.spec.capacity) if self.fail_open else 0.0 for ref in refs]
 
     async def take(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
@@ -278,14 +280,12 @@ class RedisBucketStore:
             out = await self.storage.script(TAKE, keys, argv, raw=True)
         except RedisError as exc:
             self._retry_at = time.monotonic() + RETRY_SECONDS
-            if not self._failing:
-                self._failing = True
-                outcome = "admitting" if self.fail_open else "refusing"
-                logger.warning("rate limits: Redis unreachable (%s); %s requests until it returns", exc, outcome)
-            return self._outage(refs)
+            self._failing = True
+            self.storage.health.down("commands", exc, deciding="rate_limit")
+            return self._outage(refs, exc)
         if self._failing:
             self._failing = False
-            logger.warning("rate limits: Redis reachable again")
+            self.storage.health.restored("commands")
         levels = [_level(ref, float(v)) for ref, v in zip(refs, out[1:], strict=True)]
         return out[0] == b"1", levels
 
@@ -315,6 +315,8 @@ class RedisStorage:
         # The listener's own client retries nothing: it must see every disconnection, which redis-py
         # would otherwise mend by subscribing again quietly, losing the changes made meanwhile.
         self._listening_client: Redis = Redis.from_url(url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
+        #: Whether Redis answers (the listener and the commands), and the decisions taken while it does not.
+        self.health = StoreHealth(probe=lambda: self.redis.ping(), retry=RETRY_SECONDS)
         self.prefix = key_prefix
         self.channel = key_prefix + "changes"
         self.sequence_key = key_prefix + "changes:sequence"
@@ -341,12 +343,16 @@ class RedisStorage:
     async def call(self, command: Callable[[Redis], Any]) -> Any:
         try:
             await self._ready()
-            return await command(self.redis)
+            result = await command(self.redis)
         except RedisError as exc:
+            self.health.down("commands", exc)
             raise StorageError(f"the Redis state store failed: {exc}") from None
         except TimeoutError:
             why = f": {self._listen_error}" if self._listen_error else ""
             raise StorageError(f"the Redis state store failed: cannot hear its changes{why}") from None
+        if "commands" in self.health.failing:
+            self.health.restored("commands")
+        return result
 
     async def script(self, source: str, keys: Sequence[str], argv: Sequence[str], *, raw: bool = False) -> Any:
         """Run one of this module's Lua scripts (by SHA, loaded on first use)."""
@@ -373,7 +379,6 @@ class RedisStorage:
             await asyncio.wait_for(self._listening.wait(), timeout=SUBSCRIBE_SECONDS)
 
     async def _listen(self) -> None:
-        failing = False
         while True:
             try:
                 async with self._listening_client.pubsub(ignore_subscribe_messages=True) as pubsub:
@@ -385,21 +390,18 @@ class RedisStorage:
                             if len(table.subscribers):
                                 await table.resync()
                     self._listening.set()
-                    if failing:
-                        failing = False
-                        logger.warning("state store: hearing changes from Redis again")
+                    self.health.restored("changes")
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             self._heard(message["data"])
             except (RedisError, OSError, StorageError) as exc:
                 self._connected = False
                 self._listen_error = str(exc)
-                if not failing:
-                    failing = True
-                    logger.warning("state store: lost the Redis change channel (%s); retrying", exc)
+                self.health.down("changes", exc)
             except Exception:
                 self._connected = False
                 log_unexpected(logger, "state store: the Redis change listener failed; retrying")
+                self.health.down("changes", "the listener failed")
             await asyncio.sleep(RETRY_SECONDS)
 
     def _heard(self, data: bytes) -> None:
@@ -444,5 +446,6 @@ class RedisStorage:
                 await self._listener
             except asyncio.CancelledError:
                 pass
+        await self.health.aclose()
         await self.redis.aclose()
         await self._listening_client.aclose()

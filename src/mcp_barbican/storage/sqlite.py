@@ -26,6 +26,7 @@ from typing import Any, Final, Generic
 from mcp_barbican.exceptions import StorageError
 from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, LocalBuckets, MemoryBucketStore
 from mcp_barbican.storage.connection import SqliteThread, connect_private
+from mcp_barbican.storage.health import StoreHealth
 from mcp_barbican.storage.notices import Listener, Subscribers, Unsubscribe
 from mcp_barbican.storage.records import (
     DEFAULT_MAX_RULES,
@@ -261,6 +262,7 @@ class SqliteStorage:
         self.tokens: SqliteTable[TokenRecord] = SqliteTable("tokens", _TOKENS, self._thread)
         self.rules = SqliteRuleTable(self._thread, max_rules=max_rules, clock=clock)
         self._buckets = LocalBuckets()
+        self.health = StoreHealth()  # in-process: always up
 
     def buckets(self, namespace: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> MemoryBucketStore:
         return self._buckets.get(namespace, max_keys=max_keys)
