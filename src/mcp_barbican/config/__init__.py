@@ -41,6 +41,7 @@ from mcp_barbican.config.fields import (
     Size,
     TokenSecret,
 )
+from mcp_barbican.config.integrity import IntegrityConfig, ScanConfig
 from mcp_barbican.config.loader import CONFIG_FILE_NAMES, find_config, load_config, load_environ
 from mcp_barbican.config.mcp import UPSTREAM_PROTOCOL_VERSIONS, McpConfig, ToolFilter
 from mcp_barbican.config.present import MASK, config_schema, masked_dump, masked_mcp
@@ -99,6 +100,7 @@ __all__ = [
     "HeaderValue",
     "HeadersConfig",
     "HttpUrl",
+    "IntegrityConfig",
     "IpOrNetwork",
     "JwtConfig",
     "LimitsConfig",
@@ -118,6 +120,7 @@ __all__ = [
     "PositiveInt",
     "ProxyConfig",
     "RateLimitConfig",
+    "ScanConfig",
     "SecurityConfig",
     "ServerConfig",
     "ServerTLSConfig",

@@ -25,6 +25,7 @@ from mcp_barbican.config.fields import (
     check_header_name,
     scalar_to_str,
 )
+from mcp_barbican.config.integrity import IntegrityConfig
 from mcp_barbican.config.security import SecurityConfig
 from mcp_barbican.config.tls import UpstreamTLSConfig
 from mcp_barbican.config.upstream_auth import UpstreamAuthConfig
@@ -114,6 +115,8 @@ class McpConfig(Model):
     security: SecurityConfig | None = None
     tls: UpstreamTLSConfig | None = None
     upstream_auth: UpstreamAuthConfig | None = None
+    #: Tool pins, the definition scanner and argument checks (None: `server.integrity`).
+    integrity: IntegrityConfig | None = None
 
     #: Fields whose values `masked_dump()` hides (upstream API keys live there).
     SECRET_MAPS: ClassVar[frozenset[str]] = frozenset({"env", "headers"})

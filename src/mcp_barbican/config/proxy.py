@@ -11,6 +11,7 @@ from mcp_barbican.config.auth import AuthConfig, TokenEntry, sha256_hex
 from mcp_barbican.config.authorization import AuthorizationConfig
 from mcp_barbican.config.errors import Loc, LocatedError, format_path
 from mcp_barbican.config.fields import Model
+from mcp_barbican.config.integrity import IntegrityConfig
 from mcp_barbican.config.mcp import McpConfig
 from mcp_barbican.config.security import SecurityConfig
 from mcp_barbican.config.server import ServerConfig
@@ -131,6 +132,10 @@ class ProxyConfig(Model):
     def effective_authorization(self, mcp: McpConfig) -> AuthorizationConfig | None:
         """The authorization of `mcp`: its own block, else `server.authorization` (replaced, never merged)."""
         return mcp.authorization if mcp.authorization is not None else self.server.authorization
+
+    def effective_integrity(self, mcp: McpConfig) -> IntegrityConfig:
+        """The tool integrity of `mcp`: its own block, else `server.integrity` (replaced, never merged)."""
+        return mcp.integrity if mcp.integrity is not None else self.server.integrity
 
     def effective_security(self, mcp: McpConfig) -> SecurityConfig:
         """The security block of `mcp`: its own `security`, else `server.security`.

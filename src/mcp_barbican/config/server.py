@@ -22,6 +22,7 @@ from mcp_barbican.config.fields import (
     check_port_text,
     split_host_port,
 )
+from mcp_barbican.config.integrity import IntegrityConfig
 from mcp_barbican.config.security import SecurityConfig
 from mcp_barbican.config.storage import AuditConfig, StorageConfig
 from mcp_barbican.config.tls import ServerTLSConfig
@@ -116,6 +117,8 @@ class ServerConfig(Model):
     #: Keys that seal session ids so any replica can continue a session; the first seals, all open (rotation:
     #: add the new key second everywhere, then move it first, then drop the old one).
     session_keys: tuple[SessionKey, ...] = ()
+    #: Default tool integrity for every MCP without its own `integrity` block.
+    integrity: IntegrityConfig = IntegrityConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Self:
