@@ -44,6 +44,9 @@ class Reloader:
         self.load = load
         self.interval = interval
         self._signalled = asyncio.Event()
+        # Taken when the app is built, not when it starts: a worker forked later (a restart under
+        # `serve --workers`) still sees a change made since its config was loaded, and reloads.
+        self._seen = self._stamp()
 
     def _stamp(self) -> tuple[int, int, int] | None:
         try:
@@ -57,7 +60,7 @@ class Reloader:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self._signalled.set)
-        seen = self._stamp()
+        seen = self._seen
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
