@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import yaml
 
 from mcp_barbican.upstream.process import GUARD_NAME
 from tests.proxy import AUTH_HEADER, RunningProxy, demo_mcp, free_port, run_proxy, wait_for_log
@@ -25,6 +27,9 @@ from tests.storage.redis_server import redis_server
 from tests.storage.test_redis_replicas import ADMIN_TOKEN, workers_counters
 
 pytestmark = pytest.mark.e2e
+
+#: A ping without a session: 400 from a worker that serves the MCP, 404 from one that does not know it.
+PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
 
 
 @pytest.fixture
@@ -154,3 +159,36 @@ def test_sighup_reaches_every_worker_and_sigterm_stops_them_all(tmp_path: Path, 
         log = proxy.log_text()
         assert log.count("Application shutdown complete") == 2, log
         assert "every worker has exited" in log
+
+
+def test_a_start_up_failure_of_the_first_worker_stops_everything_before_another_starts(tmp_path: Path) -> None:
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"  # found only when the app starts, not in the config
+    path = tmp_path / "mcp-barbican.yaml"
+    server = {"port": free_port(), "auth": {"type": "none"}, "storage": {"type": "redis", "url": unreachable}}
+    path.write_text(json.dumps({"server": server, "mcps": []}))
+    run = [sys.executable, "-m", "mcp_barbican", "serve", "-c", str(path), "--workers", "2"]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert re.search(r"worker 1 \(pid \d+\) failed to start \(exit status 3\): stopping", done.stderr), done.stderr
+    assert "started worker 2" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_worker_restarted_after_the_config_file_changed_serves_the_new_config(tmp_path: Path, redis_url: str) -> None:
+    with run_proxy(tmp_path, [demo_mcp("demo")], server=_server(redis_url, free_port()), workers=2) as proxy:
+        path = tmp_path / "mcp-barbican.yaml"
+        config = yaml.safe_load(path.read_text())
+        config["mcps"].append(demo_mcp("extra"))
+        path.write_text(yaml.safe_dump(config))
+        for number in (1, 2):
+            wait_for_log(proxy, f"worker={number} mcp_barbican.server.reload: config reloaded (file change)")
+        first = _workers(proxy)[0]
+        os.kill(first, signal.SIGKILL)  # its replacement is forked from the supervisor, which loaded the old file
+        wait_for_log(proxy, f"(pid {first}) exited unexpectedly")
+        deadline = time.monotonic() + 30
+        while len(re.findall(r"accepts connections", proxy.log_text())) < 3:
+            assert time.monotonic() < deadline, proxy.log_text()
+            time.sleep(0.1)
+        with httpx2.Client(timeout=30, limits=httpx2.Limits(max_keepalive_connections=0)) as http:
+            answers = [http.post(proxy.url("extra"), headers=MCP_HEADERS, json=PING).status_code for _ in range(20)]
+        assert 404 not in answers, answers  # 404 unknown_mcp: a worker still on the old config

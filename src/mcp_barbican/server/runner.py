@@ -14,7 +14,7 @@ import uvicorn
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.server.app import BarbicanApp, build_app
 from mcp_barbican.server.protocol import listener_protocol
-from mcp_barbican.server.reload import Reloader
+from mcp_barbican.server.reload import Reloader, Stamp
 from mcp_barbican.server.tls import CertReloader, configure_uvicorn_tls, server_ssl_context
 
 if TYPE_CHECKING:
@@ -26,15 +26,19 @@ logger = logging.getLogger(__name__)
 
 
 def uvicorn_config(
-    config: ProxyConfig, *, reload: tuple[Path, Callable[[], ProxyConfig]] | None = None
+    config: ProxyConfig,
+    *,
+    reload: tuple[Path, Callable[[], ProxyConfig]] | None = None,
+    loaded: Stamp | None = None,
 ) -> tuple[uvicorn.Config, BarbicanApp]:
     """The uvicorn settings for a proxy config, and the app core (tests run it in-process).
 
-    `reload` is the config file and its loader: the app then re-reads it on SIGHUP and on change.
+    `reload` is the config file and its loader: the app then re-reads it on SIGHUP and on change
+    (on a change since `loaded`, the file's stamp when `config` was read, if given).
     """
     app, core = build_app(config)
     if reload is not None:
-        core.background.append(Reloader(core.registry, core.audit, *reload).run)
+        core.background.append(Reloader(core.registry, core.audit, *reload, seen=loaded).run)
     server_config = uvicorn.Config(
         app,
         host=config.server.host,

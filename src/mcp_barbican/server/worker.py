@@ -27,6 +27,7 @@ import uvicorn
 
 from mcp_barbican.exceptions import ConfigError, StorageError
 from mcp_barbican.logs import WORKER_ENV, log_unexpected
+from mcp_barbican.server.reload import Stamp, file_stamp
 from mcp_barbican.server.runner import bind_listeners, uvicorn_config
 from mcp_barbican.server.supervisor import Supervisor, fork_worker, new_session_key
 from mcp_barbican.server.tls import server_ssl_context
@@ -60,9 +61,11 @@ def serve_workers(
     enabled = tls is not None and tls.enabled
     if tls is not None and enabled:
         server_ssl_context(tls)  # certificate mistakes stop start-up here, once, not in each worker
+    loaded = file_stamp(reload[0]) if reload is not None else None
     sockets = bind_listeners(config, tls=enabled)
     try:
         plan = WorkerPlan(config, sockets, reload, new_session_key(), on_worker)
+        plan.loaded = loaded
         return Supervisor(count, fork_worker(functools.partial(worker_main, plan))).run()
     finally:
         for sock in sockets:
@@ -86,6 +89,8 @@ class WorkerPlan:
         self.session_key = session_key
         #: Run first in each worker with its number (the command line sets its log format there).
         self.on_start = on_start
+        #: The config file's stamp when the supervisor started: a worker forked after a change reloads it.
+        self.loaded: Stamp | None = None
 
 
 def worker_main(plan: WorkerPlan, number: int, parent: int, ready: int) -> NoReturn:
@@ -127,9 +132,28 @@ def _die_with(parent: int) -> None:
         os._exit(0)
 
 
+def _current_config(plan: WorkerPlan) -> tuple[ProxyConfig, Stamp | None]:
+    """The config to start with: the supervisor's, or the file again if it changed since (a restart after a reload)."""
+    if plan.reload is None:
+        return plan.config, None
+    path, load = plan.reload
+    stamp = file_stamp(path)
+    if stamp == plan.loaded:
+        return plan.config, stamp
+    try:
+        config = load()
+    except ConfigError as exc:
+        error = "; ".join(exc.lines())
+        logger.error("%s changed but does not load, starting with the config the supervisor read: %s", path, error)
+        return plan.config, stamp
+    logger.info("%s changed since the supervisor read it: starting with the file as it is now", path)
+    return config, stamp
+
+
 def _serve(plan: WorkerPlan, parent: int, ready: int) -> int:
     try:
-        server_config, core = uvicorn_config(plan.config, reload=plan.reload)
+        config, loaded = _current_config(plan)
+        server_config, core = uvicorn_config(config, reload=plan.reload, loaded=loaded)
     except (ConfigError, StorageError) as exc:
         for line in str(exc).splitlines():
             logger.error("start-up failed: %s", line)
