@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -192,3 +193,56 @@ def test_a_worker_restarted_after_the_config_file_changed_serves_the_new_config(
         with httpx2.Client(timeout=30, limits=httpx2.Limits(max_keepalive_connections=0)) as http:
             answers = [http.post(proxy.url("extra"), headers=MCP_HEADERS, json=PING).status_code for _ in range(20)]
         assert 404 not in answers, answers  # 404 unknown_mcp: a worker still on the old config
+
+
+def _answer(conn: socket.socket) -> bytes:
+    """One HTTP response read from `conn` (b"" if the worker closed it unanswered)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += conn.recv(65536)
+    return data
+
+
+def _open(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that send nothing yet, opened apart so the kernel hands them to either worker."""
+    opened = []
+    for _ in range(count):
+        opened.append(socket.create_connection(("127.0.0.1", port), timeout=15))
+        time.sleep(0.03)
+    return opened
+
+
+def _ask(conns: list[socket.socket], port: int) -> list[bytes]:
+    for conn in conns:
+        conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    return [_answer(conn) for conn in conns]
+
+
+def test_a_draining_worker_answers_a_request_on_a_connection_it_accepted_before_the_stop(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A connection the kernel handed to a worker just before it drains is served, not closed unanswered."""
+    with run_proxy(tmp_path, [demo_mcp("demo")], server=_server(redis_url, free_port()), workers=2) as proxy:
+        first = _open(proxy.port, 8)
+        os.kill(proxy.process.pid, signal.SIGUSR2)
+        old = re.findall(r"worker 1: pid \d+ serves, pid (\d+) drains", wait_for_log(proxy, "worker 1: pid"))[0]
+        time.sleep(0.5)  # the old worker 1 has stopped accepting and asked its connections to close
+        answers = _ask(first, proxy.port)
+        wait_for_log(proxy, f"worker 1 (pid {old}) drained and exited")
+        second = _open(proxy.port, 8)
+        wait_for_log(proxy, "worker 2: pid")
+        time.sleep(0.5)
+        answers += _ask(second, proxy.port)
+        wait_for_log(proxy, "rolling restart: done")
+        for conn in first + second:
+            conn.close()
+    assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers), answers
+    closing = [answer for answer in answers if b"connection: close" in answer.lower()]
+    assert closing, "some connections were on a draining worker (it answers, then closes)"

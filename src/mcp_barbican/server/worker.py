@@ -27,6 +27,7 @@ import uvicorn
 
 from mcp_barbican.exceptions import ConfigError, StorageError
 from mcp_barbican.logs import WORKER_ENV, log_unexpected
+from mcp_barbican.server.protocol import BarbicanHttpProtocol
 from mcp_barbican.server.reload import Stamp, file_stamp
 from mcp_barbican.server.runner import bind_listeners, uvicorn_config
 from mcp_barbican.server.supervisor import Supervisor, fork_worker, new_session_key
@@ -159,6 +160,8 @@ def _serve(plan: WorkerPlan, parent: int, ready: int) -> int:
             logger.error("start-up failed: %s", line)
         return 1
     core.background.append(functools.partial(watch_parent, parent))
+    # Another worker takes the listener's new connections meanwhile: draining answers what reached this one.
+    BarbicanHttpProtocol.drain_requests = True
     _Server(server_config, ready).run(sockets=plan.sockets)
     return 0
 
