@@ -246,3 +246,38 @@ def test_a_draining_worker_answers_a_request_on_a_connection_it_accepted_before_
     assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers), answers
     closing = [answer for answer in answers if b"connection: close" in answer.lower()]
     assert closing, "some connections were on a draining worker (it answers, then closes)"
+
+
+def _demo_children(worker: int) -> int:
+    return sum("mcp_barbican.demo" in command_line(pid) for pid in descendants(worker))
+
+
+def test_restarting_one_worker_leaves_the_sessions_of_the_other_untouched(tmp_path: Path, redis_url: str) -> None:
+    with run_proxy(tmp_path, [demo_mcp("demo")], server=_server(redis_url, free_port()), workers=2) as proxy:
+        second = int(re.findall(r"started worker 2 \(pid (\d+)\)", proxy.log_text())[0])
+        clients: list[httpx2.Client] = []
+        try:
+            for _ in range(20):  # a session (one keep-alive connection) until one lives in worker 2
+                client = httpx2.Client(headers=MCP_HEADERS, timeout=30)
+                clients.append(client)
+                before = _demo_children(second)
+                opened = client.post(proxy.url("demo"), json=INIT)
+                assert opened.status_code == 200, opened.text
+                if _demo_children(second) > before:
+                    break
+            else:
+                raise AssertionError("no session landed on worker 2")
+            session = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert client.post(proxy.url("demo"), json=initialized, headers=session).status_code == 202
+            os.kill(proxy.process.pid, signal.SIGUSR2)
+            wait_for_log(proxy, "rolling restart: worker 1 (pid")  # worker 1 replaced, and drained
+            listed = client.post(
+                proxy.url("demo"), json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=session
+            )
+            assert listed.status_code == 200, listed.text
+            assert "echo" in listed.text
+            wait_for_log(proxy, "rolling restart: done")
+        finally:
+            for client in clients:
+                client.close()
