@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ import pytest
 from mcp_barbican.cli import JsonFormatter, check_workers, main
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.logs import WORKER_ENV, worker_number
-from mcp_barbican.server.supervisor import describe_exit, new_session_key, restart_delay
+from mcp_barbican.server.supervisor import Supervisor, describe_exit, new_session_key, restart_delay
 
 
 @pytest.mark.parametrize(
@@ -86,3 +87,14 @@ def test_json_log_lines_carry_the_worker_number_in_a_worker_only() -> None:
     assert json.loads(JsonFormatter(2).format(record))["worker"] == 2
     assert "worker" not in json.loads(JsonFormatter().format(record))
     assert os.environ.get(WORKER_ENV) is None  # the test process is no worker
+
+
+def test_a_supervisor_that_cannot_fork_its_first_worker_stops_with_status_1(caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(number: int, ready: int, inherited: list[int]) -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)}
+    with caplog.at_level(logging.INFO):
+        assert Supervisor(2, refuse).run() == 1
+    assert "cannot start worker 1: Resource temporarily unavailable: stopping" in caplog.text
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers, "the supervisor restores the signals"

@@ -127,10 +127,7 @@ class Supervisor:
 
     def _step(self, wakeup: int) -> None:
         waiting = [w.ready_fd for w in self.workers.values() if w.ready_fd is not None]
-        try:
-            readable, _, _ = select.select([wakeup, *waiting], [], [], self._timeout())
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for safety
-            readable = []
+        readable, _, _ = select.select([wakeup, *waiting], [], [], self._timeout())  # retried on EINTR (PEP 475)
         if wakeup in readable:
             with contextlib.suppress(BlockingIOError):
                 for signum in os.read(wakeup, 64):
@@ -202,17 +199,38 @@ class Supervisor:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def _spawn(self, number: int) -> Worker:
-        reader, writer = os.pipe()
+    def _spawn(self, number: int) -> Worker | None:
+        """Fork worker `number`; None if the system refuses (out of processes or memory): it is tried again later."""
+        try:
+            reader, writer = os.pipe()
+        except OSError as exc:
+            self._cannot_start(number, exc)
+            return None
         inherited = [*self._wakeup, reader, *(w.ready_fd for w in self.workers.values() if w.ready_fd is not None)]
         try:
             pid = self._fork(number, writer, inherited)
+        except OSError as exc:
+            os.close(reader)
+            self._cannot_start(number, exc)
+            return None
         finally:
             os.close(writer)
         worker = Worker(number, pid, reader)
         self.workers[pid] = worker
         logger.info("started worker %d (pid %d)", number, pid)
         return worker
+
+    def _cannot_start(self, number: int, exc: OSError) -> None:
+        if self._booting:
+            logger.error("cannot start worker %d: %s: stopping", number, exc.strerror or exc)
+            self._failed = True
+            self._stop()
+            return
+        failures = self._failures.get(number, 0) + 1
+        self._failures[number] = failures
+        delay = restart_delay(failures)
+        logger.error("cannot start worker %d: %s; trying again in %.1fs", number, exc.strerror or exc, delay)
+        self._restart_at[number] = time.monotonic() + delay
 
     def _ready_byte(self, worker: Worker) -> None:
         assert worker.ready_fd is not None
@@ -226,6 +244,8 @@ class Supervisor:
             return
         worker.ready = True
         logger.info("worker %d (pid %d) accepts connections", worker.number, worker.pid)
+        if self._stop_deadline is not None:
+            return
         if self._booting:
             if worker.number == 1 and len(self.workers) == 1:
                 for number in range(2, self.count + 1):
@@ -318,8 +338,13 @@ class Supervisor:
             current = [w for w in self.workers.values() if w.number == number and not w.retiring]
             if not current:  # dead and waiting for its restart: the restart is its renewal
                 continue
-            self._roll_old = current[0]
-            self._roll_new = self._spawn(number)
+            new = self._spawn(number)
+            if new is None:  # the old one keeps serving; a restart is not due, it runs
+                self._restart_at.pop(number, None)
+                logger.error("rolling restart abandoned: worker %d could not be replaced", number)
+                self._roll.clear()
+                return
+            self._roll_old, self._roll_new = current[0], new
             self._roll_deadline = time.monotonic() + ROLL_READY_TIMEOUT
             return
         logger.info("rolling restart: done")
