@@ -193,7 +193,6 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
     #: never sent one (the kernel may have handed it over just before the stop), instead of closing it unanswered.
     #: One process serving alone keeps uvicorn's way.
     drain_requests: ClassVar[bool] = False
-    _served = False
     _close_after_request = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -242,15 +241,15 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         """A graceful stop (uvicorn calls it on each open connection)."""
-        idle = self.cycle is None or self.cycle.response_complete
-        if self.drain_requests and idle and (not self._served or self._head_bytes):
+        # No cycle yet: the first request has not arrived. A finished one and head bytes: the next is arriving.
+        fresh = self.cycle is None or (self.cycle.response_complete and self._head_bytes > 0)
+        if self.drain_requests and fresh:
             # Answered, then closed; one that never sends its head is closed by the sweeper (header_timeout).
             self._close_after_request = True
             return
         super().shutdown()
 
     def on_message_begin(self) -> None:
-        self._served = True
         super().on_message_begin()
         if self.tls_extension is None:
             self.scope["extensions"] = {HEAD_HEADERS_EXTENSION: {}}
