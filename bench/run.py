@@ -117,6 +117,12 @@ def _proc_stat(pid: int) -> list[str] | None:
     return raw[raw.rfind(")") + 2 :].split()
 
 
+def _children(parent: int) -> list[int]:
+    """Live direct children of `parent`."""
+    pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    return [pid for pid in pids if (fields := _proc_stat(pid)) is not None and int(fields[1]) == parent]
+
+
 def descendants(root: int) -> list[int]:
     """Live descendants of `root` (not including it), found through /proc parent links."""
     children: dict[int, list[int]] = {}
@@ -399,6 +405,8 @@ class Target:
     layers: dict[str, str] = field(default_factory=dict)
     #: The echo tool's name at this target's endpoint.
     tool: str = "echo"
+    #: `serve --workers N`: the process is a supervisor, and its own CPU is its workers' too.
+    workers: int = 1
 
     @property
     def http(self) -> bool:
@@ -422,7 +430,9 @@ class Lab:
 
     # -- starting ---------------------------------------------------------------------------
 
-    def start_barbican(self, key: str, config: str, extra_env: dict[str, str] | None = None) -> tuple[Proc, int, Path]:
+    def start_barbican(
+        self, key: str, config: str, extra_env: dict[str, str] | None = None, args: Sequence[str] = ()
+    ) -> tuple[Proc, int, Path]:
         port = free_port()
         state = self.state_root / key
         state.mkdir(parents=True, exist_ok=True)
@@ -434,10 +444,39 @@ class Lab:
             **(extra_env or {}),
         }
         proc = self.procs.start(
-            key, [*self.barbican_cmd, "serve", "-c", CONFIGS / config], cpu=SUT_CPU, env=env, cwd=state
+            key, [*self.barbican_cmd, "serve", "-c", CONFIGS / config, *args], cpu=SUT_CPU, env=env, cwd=state
         )
         wait_port(proc, port, 60)
         return proc, port, state
+
+    def start_redis(self, key: str) -> str:
+        """A throwaway redis-server (no persistence) on the system-under-test CPU; its URL."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise BenchError("redis-server is not installed (apt-get install -y redis-server)")
+        port = free_port()
+        argv = [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"]
+        proc = self.procs.start(key, argv, cpu=SUT_CPU)
+        wait_port(proc, port, 30)
+        return f"redis://{LOOPBACK}:{port}/0"
+
+    def redis_config(self, key: str, url: str) -> Path:
+        """s1.yaml with its state in Redis (a key prefix of its own) instead of SQLite."""
+        import yaml  # the project's own dependency; only these scenarios need it
+
+        config = yaml.safe_load((CONFIGS / "s1.yaml").read_text())
+        config["server"]["storage"] = {"type": "redis", "url": url, "key_prefix": f"{key}:"}
+        path = self.state_root / f"{key}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def wait_workers(self, proc: Proc, count: int, timeout: float = 60) -> None:
+        """Until the supervisor's log says all `count` workers serve."""
+        deadline = time.monotonic() + timeout
+        while f"{count} workers serving" not in proc.log_path.read_text(errors="replace"):
+            if not proc.alive() or time.monotonic() > deadline:
+                raise BenchError(f"{proc.name}: {count} workers did not start (see {proc.log_path})")
+            time.sleep(0.1)
 
     def authorization_config(self, key: str) -> Path:
         """s1-layers.yaml with configs/authorization.yaml's auth and policies laid over its MCP."""
@@ -503,6 +542,17 @@ class Lab:
             barbican=True,
             tool="everything__echo",
         )
+        s1_redis = Target(
+            "barbican-s1-redis", "mcp-barbican, security on, Redis storage", "S1", auth=bearer, barbican=True
+        )
+        s1_workers = Target(
+            "barbican-s1-workers2",
+            "mcp-barbican, security on, Redis storage, --workers 2",
+            "S1",
+            auth=bearer,
+            barbican=True,
+            workers=2,
+        )
         proxy = Target("mcp-proxy", "mcp-proxy 0.13.0", "S1")
         sg = Target("supergateway", "supergateway 4.0.0 --stateful", "S1")
         pump = Target("stdio-direct", "direct (stdio pump)", "S1")
@@ -510,6 +560,12 @@ class Lab:
         s2 = Target("barbican-s2", "mcp-barbican, security on", "S2", auth=bearer, barbican=True)
         s2_off = Target("barbican-s2-off", "mcp-barbican, security off", "S2", barbican=True)
         upstream_port: list[int] = []
+        redis_url: list[str] = []
+
+        def redis() -> str:
+            if not redis_url:
+                redis_url.append(self.start_redis("redis-server"))
+            return redis_url[0]
 
         def s2_upstream() -> int:
             if not upstream_port:
@@ -536,6 +592,18 @@ class Lab:
         def start_s1_aggregate() -> None:
             s1_aggregate.proc, port, s1_aggregate.state_dir = self.start_barbican("barbican-s1-aggregate", "s1.yaml")
             s1_aggregate.url = f"http://{LOOPBACK}:{port}/mcp"
+
+        def start_s1_redis() -> None:
+            config = self.redis_config("barbican-s1-redis", redis())
+            s1_redis.proc, port, s1_redis.state_dir = self.start_barbican("barbican-s1-redis", str(config))
+            s1_redis.url = f"http://{LOOPBACK}:{port}/mcp/everything"
+
+        def start_s1_workers() -> None:
+            config = self.redis_config("barbican-s1-workers2", redis())
+            started = self.start_barbican("barbican-s1-workers2", str(config), args=["--workers", "2"])
+            s1_workers.proc, port, s1_workers.state_dir = started
+            self.wait_workers(s1_workers.proc, 2)
+            s1_workers.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
         def start_proxy() -> None:
             proxy.proc, port = self.start_mcp_proxy("mcp-proxy")
@@ -564,6 +632,8 @@ class Lab:
         add(s1_layers, start_s1_layers)
         add(s1_authz, start_s1_authz)
         add(s1_aggregate, start_s1_aggregate)
+        add(s1_redis, start_s1_redis)
+        add(s1_workers, start_s1_workers)
         add(proxy, start_proxy)
         add(sg, start_sg)
         add(pump, lambda: None)
@@ -600,11 +670,11 @@ class Lab:
         else:
             assert target.url is not None
             with mcp_session(target) as session:
-                before = cpu_sample(target.proc)
+                before = cpu_sample(target.proc, workers=target.workers > 1)
                 host_before = host_sample(self.procs)
                 result = run_wrk(target.url, session, seconds)
                 host_after = host_sample(self.procs)
-                after = cpu_sample(target.proc)
+                after = cpu_sample(target.proc, workers=target.workers > 1)
             result.update(cpu_delta(before, after, result["good"], result["duration_us"] / 1e6))
             result.update(host_delta(host_before, host_after))
         result["pre_other_cores"] = pre_other
@@ -705,13 +775,20 @@ class CpuSample:
     tree: int
 
 
-def cpu_sample(proc: Proc | None) -> CpuSample | None:
+def cpu_sample(proc: Proc | None, *, workers: bool = False) -> CpuSample | None:
+    """`workers`: `proc` is a `serve --workers N` supervisor; "own" CPU is its own plus its workers'
+    (its direct children; a worker restarted mid-run would move its time into the supervisor's cutime)."""
     if proc is None:
         return None
     fields = _proc_stat(proc.pid)
     if fields is None:
         return None
     own = int(fields[11]) + int(fields[12])
+    if workers:
+        for pid in _children(proc.pid):
+            f = _proc_stat(pid)
+            if f is not None:
+                own += int(f[11]) + int(f[12])
     # Live processes' own + reaped children's time: a child reaped during the run moves its whole
     # time into its parent's cutime/cstime, so differences of this sum stay consistent.
     tree = 0
@@ -1142,6 +1219,8 @@ def report(res: Results) -> str:
         ("mcp-barbican security layers (no audit) / off", "barbican-s1-layers", "barbican-s1-off"),
         ("mcp-barbican layers + authorization / layers", "barbican-s1-authz", "barbican-s1-layers"),
         ("mcp-barbican aggregated /mcp / /mcp/{id}", "barbican-s1-aggregate", "barbican-s1"),
+        ("mcp-barbican Redis storage / SQLite", "barbican-s1-redis", "barbican-s1"),
+        ("mcp-barbican --workers 2 / one worker (both Redis)", "barbican-s1-workers2", "barbican-s1-redis"),
         ("supergateway / mcp-proxy", "supergateway", "mcp-proxy"),
         ("S2 mcp-barbican security on / direct", "barbican-s2", "s2-direct"),
         ("S2 mcp-barbican security off / direct", "barbican-s2-off", "s2-direct"),

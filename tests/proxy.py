@@ -89,8 +89,12 @@ def run_proxy(
     env: Mapping[str, str] | None = None,
     wait_ready: bool = True,
     auth: Mapping[str, Any] | None = None,
+    workers: int = 1,
 ) -> Iterator[RunningProxy]:
-    """Start mcp-barbican with these MCPs (token auth with TOKEN unless `auth` says otherwise)."""
+    """Start mcp-barbican with these MCPs (token auth with TOKEN unless `auth` says otherwise).
+
+    `workers` > 1 runs `serve --workers N` (a supervisor and N worker processes; it needs Redis storage).
+    """
     port = free_port()
     server_block = {"host": "127.0.0.1", "port": port, **(server or {})}
     port = int(server_block["port"])  # a test that must know it first (server.public_url) picks its own
@@ -100,10 +104,14 @@ def run_proxy(
     path = write_config(directory, {"server": server_block, "mcps": mcps})
     child_env = {**os.environ, **(env or {})}
     args = [sys.executable, "-m", "mcp_barbican", "serve", "-c", str(path)]
+    if workers != 1:
+        args += ["--workers", str(workers)]
     with _process(args, child_env, port, tag="proxy", cwd=directory) as (process, log):
         proxy = RunningProxy(f"http://127.0.0.1:{port}", port, log, process)
         if wait_ready:
             _wait_ready(proxy)
+            if workers > 1:
+                wait_for_log(proxy, f"{workers} workers serving")
         yield proxy
 
 
@@ -117,6 +125,16 @@ def _wait_ready(proxy: RunningProxy) -> None:
             raise RuntimeError(f"mcp-barbican exited early:\n{proxy.log_text()}")
         time.sleep(0.1)
     raise RuntimeError(f"mcp-barbican did not become ready:\n{proxy.log_text()}")
+
+
+def wait_for_log(proxy: RunningProxy, text: str, *, timeout: float = START_TIMEOUT) -> str:
+    """The proxy's log once it holds `text` (a RuntimeError with the log if it does not within `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while (log := proxy.log_text()).count(text) == 0:
+        if time.monotonic() > deadline or proxy.process.poll() is not None:
+            raise RuntimeError(f"the log never said {text!r}:\n{log}")
+        time.sleep(0.05)
+    return log
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import logging
@@ -31,7 +32,7 @@ from mcp_barbican.config.schema_docs import render_markdown
 from mcp_barbican.embedded import DEMO_MCP_ID, EmbeddedInfo, embedded_default
 from mcp_barbican.exceptions import ConfigError, StorageError
 
-__all__ = ["JsonFormatter", "curl_example", "main", "python_example"]
+__all__ = ["JsonFormatter", "check_workers", "curl_example", "main", "python_example"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ STATE_DIR_NAME = ".mcp-barbican"
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_TOKEN_BYTES, MAX_TOKEN_BYTES = 16, 512
+#: `serve --workers`: 1 serves in this process; more fork a supervisor's workers (a cap against a typo's fork storm).
+MAX_WORKERS = 64
 _NO_CONFIG = f"no config file found (looked for {', '.join(CONFIG_FILE_NAMES)}); pass -c FILE"
 
 
@@ -74,6 +77,13 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("-c", "--config", type=Path, metavar="FILE", help="config file (default: looked up in .)")
     serve.add_argument("--host", type=_host, help="bind address (overrides server.host)")
     serve.add_argument("--port", type=_port, help="bind port (overrides server.port)")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help=f"worker processes sharing the listener (1-{MAX_WORKERS}, default 1; more than 1 needs redis storage)",
+    )
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
     serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO")
     serve.add_argument(
@@ -118,6 +128,10 @@ def _port(text: str) -> int:
     return _bounded_int(text, 1, 65535)
 
 
+def _workers(text: str) -> int:
+    return _bounded_int(text, 1, MAX_WORKERS)
+
+
 def _token_length(text: str) -> int:
     return _bounded_int(text, MIN_TOKEN_BYTES, MAX_TOKEN_BYTES)
 
@@ -141,6 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config, info = _resolve_config(args.config, Path.cwd())
         config = _override_bind(config, args.host, args.port)
+        check_workers(args.workers, config.server.storage.type)
         for warning in check_bind(config, allow_unauthenticated=args.allow_unauthenticated):
             logger.warning("%s", warning)
     except ConfigError as exc:
@@ -149,7 +164,20 @@ def _serve(args: argparse.Namespace) -> int:
     if info is not None:
         _print_banner(_banner(config, info), args.log_format)
         return _run(config, None)
-    return _run(config, _reload_source(args, Path.cwd()))
+    reload = _reload_source(args, Path.cwd())
+    if args.workers > 1:
+        return _run_workers(config, reload, args)
+    return _run(config, reload)
+
+
+def check_workers(workers: int, storage_type: str) -> None:
+    """More than one worker shares its state through Redis: a ConfigError naming both settings otherwise."""
+    if workers > 1 and storage_type != "redis":
+        raise ConfigError(
+            f"--workers {workers} needs server.storage.type: redis (the workers share their state through it), "
+            f"not {storage_type}",
+            path="server.storage.type",
+        )
 
 
 def _reload_source(args: argparse.Namespace, cwd: Path) -> tuple[Path, Callable[[], ProxyConfig]] | None:
@@ -189,9 +217,25 @@ def _override_bind(config: ProxyConfig, host: str | None, port: int | None) -> P
     return config.model_copy(update={"server": config.server.model_copy(update=updates)})
 
 
-def _run(config: ProxyConfig, reload: tuple[Path, Callable[[], ProxyConfig]] | None) -> int:
-    runner = importlib.import_module("mcp_barbican.server.runner")
-    run: Callable[..., object] = runner.run
+def _run_workers(
+    config: ProxyConfig, reload: tuple[Path, Callable[[], ProxyConfig]] | None, args: argparse.Namespace
+) -> int:
+    """A supervisor and its workers; each worker's log lines carry its number."""
+
+    def on_worker(number: int) -> None:
+        _setup_logging(args.log_format, args.log_level, worker=number)
+
+    workers = importlib.import_module("mcp_barbican.server.worker")
+    return _run(config, reload, functools.partial(workers.serve_workers, count=args.workers, on_worker=on_worker))
+
+
+def _run(
+    config: ProxyConfig,
+    reload: tuple[Path, Callable[[], ProxyConfig]] | None,
+    run: Callable[..., object] | None = None,
+) -> int:
+    if run is None:
+        run = importlib.import_module("mcp_barbican.server.runner").run
     try:
         result = run(config, reload=reload)
     except (ConfigError, StorageError) as exc:
@@ -370,24 +414,33 @@ def _print_errors(exc: ConfigError) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, message (and exc when there is one)."""
+    """One JSON object per line: ts, level, logger, message (and exc when there is one; worker in a worker)."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         """Render `record` as a single JSON line."""
-        payload = {
+        payload: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            payload["worker"] = self.worker
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, ensure_ascii=False)
 
 
-def _setup_logging(log_format: str, level: str) -> None:
+def _setup_logging(log_format: str, level: str, *, worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
+    text_format = TEXT_LOG_FORMAT
+    if worker is not None:
+        text_format = TEXT_LOG_FORMAT.replace("%(name)s", f"worker={worker} %(name)s")
+    handler.setFormatter(JsonFormatter(worker) if log_format == "json" else logging.Formatter(text_format))
     handler.set_name("mcp-barbican-cli")
     root = logging.getLogger()
     # Replace only our own handler, so a second call (or a test harness's handler) is left alone.

@@ -7,9 +7,10 @@ who asks for it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
-__all__ = ["log_unexpected"]
+__all__ = ["WORKER_ENV", "log_unexpected", "worker_number"]
 
 
 def log_unexpected(logger: logging.Logger, message: str, *args: object) -> None:
@@ -18,3 +19,13 @@ def log_unexpected(logger: logging.Logger, message: str, *args: object) -> None:
     detail = f"{type(exc).__name__}: {exc}" if exc is not None else "no exception"
     logger.error(f"{message}: %s", *args, detail)
     logger.debug("traceback of the above", exc_info=True)
+
+
+#: Set by `serve --workers N` in each worker process: its number, 1 to N.
+WORKER_ENV = "MCP_BARBICAN_WORKER"
+
+
+def worker_number() -> int | None:
+    """This process's worker number under `serve --workers N`; None when one process serves alone."""
+    value = os.environ.get(WORKER_ENV, "")
+    return int(value) if value.isdigit() else None

@@ -1,4 +1,9 @@
-"""Two proxies on one Redis behave as one: a limit shared exactly, a ban set on one enforced by the other."""
+"""Two proxies on one Redis behave as one: a limit shared exactly, a ban set on one enforced by the other.
+
+Each test runs twice: against two replicas (two `serve` processes), and against one `serve --workers 2`
+(both "replicas" are the same address; new connections per request and the workers' own counters show
+that both workers answered).
+"""
 
 from __future__ import annotations
 
@@ -21,20 +26,22 @@ ADMIN_TOKEN = TOKEN + "-admin"
 
 
 Replicas = tuple[tuple[RunningProxy, int], tuple[RunningProxy, int]]
+#: Two replicas, or one `serve --workers 2` standing for both.
+KINDS = ("replicas", "workers")
 
 
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Replicas]:
-    with two_replicas(tmp_path, per_minute=10) as started:
+@pytest.fixture(params=KINDS)
+def replicas(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Replicas]:
+    with two_replicas(tmp_path, per_minute=10, kind=request.param) as started:
         yield started
 
 
 @contextlib.contextmanager
-def two_replicas(tmp_path: Path, *, per_minute: int) -> Iterator[Replicas]:
-    """Two proxies (with their admin ports) on one fresh Redis; a global limit of `per_minute`."""
+def two_replicas(tmp_path: Path, *, per_minute: int, kind: str = "replicas") -> Iterator[Replicas]:
+    """Two proxies (with their admin ports) on one fresh Redis, or one with two workers; a limit of `per_minute`."""
     with redis_server() as url, contextlib.ExitStack() as stack:
         started = []
-        for name in ("a", "b"):
+        for name in ("a", "b") if kind == "replicas" else ("workers",):
             directory = tmp_path / name
             directory.mkdir()
             admin_port = free_port()
@@ -44,38 +51,75 @@ def two_replicas(tmp_path: Path, *, per_minute: int) -> Iterator[Replicas]:
                 "trusted_proxies": ["127.0.0.1/32"],
                 "security": {"auth_failure_ban": {"enabled": False}, "rate_limit": {"requests_per_minute": per_minute}},
             }
-            started.append((stack.enter_context(run_proxy(directory, [demo_mcp("demo")], server=server)), admin_port))
-        yield started[0], started[1]
+            workers = 1 if kind == "replicas" else 2
+            proxy = stack.enter_context(run_proxy(directory, [demo_mcp("demo")], server=server, workers=workers))
+            started.append((proxy, admin_port))
+        yield started[0], started[-1]
+        if kind == "workers":
+            workers_counters(started[0][1])  # both workers answered on the shared listener
 
 
-def _call(client: httpx2.AsyncClient, proxy: RunningProxy, ip: str, token: str = TOKEN) -> Any:
+def client() -> httpx2.AsyncClient:
+    """A new connection per request, so that the kernel hands requests to either worker."""
+    return httpx2.AsyncClient(timeout=10, limits=httpx2.Limits(max_keepalive_connections=0))
+
+
+def workers_counters(admin_port: int) -> dict[int, dict[str, Any]]:
+    """Each worker's security counters, by worker number (asked on new connections until both answered)."""
+    found: dict[int, dict[str, Any]] = {}
+    with httpx2.Client(timeout=10, limits=httpx2.Limits(max_keepalive_connections=0)) as http:
+        for _ in range(200):
+            answer = http.get(
+                f"http://127.0.0.1:{admin_port}/admin/security/metrics",
+                headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+            )
+            assert answer.status_code == 200, answer.text
+            found[answer.json()["worker"]] = answer.json()
+            if len(found) == 2:
+                break
+    assert set(found) == {1, 2}, f"only worker(s) {sorted(found)} answered 200 new connections"
+    return found
+
+
+def _call(http: httpx2.AsyncClient, proxy: RunningProxy, ip: str, token: str = TOKEN) -> Any:
     headers = {
         "authorization": f"Bearer {token}",
         "x-forwarded-for": ip,
         "accept": "application/json, text/event-stream",
     }
     body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-    return client.post(proxy.url("demo"), headers=headers, json=body)
+    return http.post(proxy.url("demo"), headers=headers, json=body)
 
 
 async def test_a_limit_of_ten_admits_exactly_ten_across_both_replicas(
     replicas: Replicas,
 ) -> None:
     proxies = [replicas[0][0], replicas[1][0]]
-    async with httpx2.AsyncClient(timeout=10) as client:
-        answers = await asyncio.gather(*(_call(client, proxies[n % 2], "10.1.1.1") for n in range(30)))
+
+    async def call(n: int) -> Any:
+        # Started 5 ms apart, still overlapping: a burst of connections arriving at once would all be
+        # accepted by whichever worker wakes first (a shared accept queue is not balanced).
+        await asyncio.sleep(n * 0.005)
+        return await _call(http, proxies[n % 2], "10.1.1.1")
+
+    async with client() as http:
+        answers = await asyncio.gather(*(call(n) for n in range(30)))
     statuses = [answer.status_code for answer in answers]
     assert statuses.count(429) == 20, statuses
     assert {status for status in statuses if status != 429} <= {200, 400}, statuses
+    if proxies[0] is proxies[1]:  # two workers: each refused its share, and the shares add up
+        refused = {n: c["rate_limit_exceeded"] for n, c in workers_counters(replicas[0][1]).items()}
+        assert sum(refused.values()) == 20, refused
+        assert all(refused.values()), f"both workers served the test's requests: {refused}"
 
 
 async def test_a_ban_set_on_one_replica_is_enforced_by_the_other_within_a_second(
     replicas: Replicas,
 ) -> None:
     (_, admin_a), (b, _) = replicas
-    async with httpx2.AsyncClient(timeout=10) as client:
-        assert (await _call(client, b, "10.9.9.9")).status_code != 403
-        answer = await client.post(
+    async with client() as http:
+        assert (await _call(http, b, "10.9.9.9")).status_code != 403
+        answer = await http.post(
             f"http://127.0.0.1:{admin_a}/admin/security/ip-rules",
             headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
             json={"cidr": "10.9.9.9", "action": "deny"},
@@ -84,12 +128,14 @@ async def test_a_ban_set_on_one_replica_is_enforced_by_the_other_within_a_second
         deadline = time.monotonic() + 1.0
         status = 0
         while time.monotonic() < deadline:
-            status = (await _call(client, b, "10.9.9.9")).status_code
+            status = (await _call(http, b, "10.9.9.9")).status_code
             if status == 403:
                 break
             await asyncio.sleep(0.05)
         assert status == 403, "replica b enforces the rule replica a's admin API wrote"
-        assert (await _call(client, b, "10.9.9.8")).status_code != 403, "another address is still served"
+        later = [(await _call(http, b, "10.9.9.9")).status_code for _ in range(6)]
+        assert later == [403] * 6, "every later request is refused, whichever worker takes it"
+        assert (await _call(http, b, "10.9.9.8")).status_code != 403, "another address is still served"
 
 
 async def test_redis_stopped_mid_run_fails_as_configured_and_recovers(tmp_path: Path) -> None:
@@ -120,28 +166,31 @@ async def test_redis_stopped_mid_run_fails_as_configured_and_recovers(tmp_path: 
         assert "rate limits: Redis unreachable" in running.log_text()
 
 
-async def _accepted_within_a_second(client: httpx2.AsyncClient, proxy: RunningProxy, token: str, wanted: bool) -> bool:
+async def _accepted_within_a_second(http: httpx2.AsyncClient, proxy: RunningProxy, token: str, wanted: bool) -> bool:
     """Whether `proxy` comes to accept (`wanted`) or refuse `token` within one second (a ping without a session
     is a 400 once authenticated; 401 is the refusal)."""
     deadline = time.monotonic() + 1.0
     accepted = not wanted
     while time.monotonic() < deadline:
-        accepted = (await _call(client, proxy, "10.3.3.3", token)).status_code != 401
+        accepted = (await _call(http, proxy, "10.3.3.3", token)).status_code != 401
         if accepted == wanted:
             break
         await asyncio.sleep(0.05)
     return accepted
 
 
-async def test_a_token_issued_on_one_replica_works_on_the_other_until_revoked_on_either(tmp_path: Path) -> None:
-    with two_replicas(tmp_path, per_minute=1000) as ((a, admin_a), (b, admin_b)):
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_token_issued_on_one_replica_works_on_the_other_until_revoked_on_either(
+    tmp_path: Path, kind: str
+) -> None:
+    with two_replicas(tmp_path, per_minute=1000, kind=kind) as ((a, admin_a), (b, admin_b)):
         admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-        async with httpx2.AsyncClient(timeout=10) as client:
-            issued = await client.post(f"http://127.0.0.1:{admin_a}/admin/tokens", headers=admin, json={"id": "shared"})
+        async with client() as http:
+            issued = await http.post(f"http://127.0.0.1:{admin_a}/admin/tokens", headers=admin, json={"id": "shared"})
             assert issued.status_code == 201, issued.text
             token = issued.json()["token"]
-            assert (await _call(client, b, "10.3.3.3", "not-" + token)).status_code == 401
-            assert await _accepted_within_a_second(client, b, token, True), "b accepts a's token"
-            revoked = await client.delete(f"http://127.0.0.1:{admin_b}/admin/tokens/shared", headers=admin)
+            assert (await _call(http, b, "10.3.3.3", "not-" + token)).status_code == 401
+            assert await _accepted_within_a_second(http, b, token, True), "b accepts a's token"
+            revoked = await http.delete(f"http://127.0.0.1:{admin_b}/admin/tokens/shared", headers=admin)
             assert revoked.status_code == 204, revoked.text
-            assert not await _accepted_within_a_second(client, a, token, False), "a refuses what b revoked"
+            assert not await _accepted_within_a_second(http, a, token, False), "a refuses what b revoked"

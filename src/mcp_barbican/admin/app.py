@@ -26,6 +26,7 @@ from mcp_barbican.asgi import BodyTooLarge, json_error, query_param, read_body, 
 from mcp_barbican.audit import EVENT_TYPES, AuditEvent, request_fields
 from mcp_barbican.config import SERVER_OWNER, McpConfig, format_path, masked_mcp, validate_model
 from mcp_barbican.exceptions import ConfigError, StorageError, UpstreamError
+from mcp_barbican.logs import worker_number
 from mcp_barbican.security.authorization import KINDS
 from mcp_barbican.security.iprules import new_rule
 from mcp_barbican.security.principal import principal_id
@@ -484,7 +485,7 @@ class AdminApp:
             "total_errors": sum(runtime.stats.total_errors for runtime in runtimes),
             "max_connections": sum(runtime.mcp.max_sessions for runtime in runtimes),
         }
-        return 200, {"timestamp": iso(time.time()), "metrics": counts}
+        return 200, {"timestamp": iso(time.time()), "metrics": counts, **_this_worker()}
 
     async def prometheus(self, params: Params, body: None) -> Reply:
         text = exposition(
@@ -502,4 +503,11 @@ class AdminApp:
             "audit_events_written": self.core.audit.written,
             "audit_events_failed": dict(self.core.audit.failed),
             "timestamp": iso(time.time()),
+            **_this_worker(),
         }
+
+
+def _this_worker() -> dict[str, int]:
+    """Under `serve --workers N`, which worker's counters these are (each worker counts its own requests)."""
+    number = worker_number()
+    return {} if number is None else {"worker": number}

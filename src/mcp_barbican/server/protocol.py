@@ -189,6 +189,11 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
     _reads = 0
     _reads_seen = 0
     _body_since = 0.0
+    #: `serve --workers`: a graceful stop serves the request a connection is sending, or has yet to send if it
+    #: never sent one (the kernel may have handed it over just before the stop), instead of closing it unanswered.
+    #: One process serving alone keeps uvicorn's way.
+    drain_requests: ClassVar[bool] = False
+    _close_after_request = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -234,6 +239,16 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
         if self._head_open and self._head_bytes > self.max_header_bytes:
             self._refuse(_too_large(self.max_header_bytes))
 
+    def shutdown(self) -> None:
+        """A graceful stop (uvicorn calls it on each open connection)."""
+        # No cycle yet: the first request has not arrived. A finished one and head bytes: the next is arriving.
+        fresh = self.cycle is None or (self.cycle.response_complete and self._head_bytes > 0)
+        if self.drain_requests and fresh:
+            # Answered, then closed; one that never sends its head is closed by the sweeper (header_timeout).
+            self._close_after_request = True
+            return
+        super().shutdown()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self.tls_extension is None:
@@ -259,6 +274,8 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
         # The cycle's task has been created but not run yet, so it answers through our send.
         if cycle is not None and type(cycle) is RequestResponseCycle:
             cycle.__class__ = FastHeadCycle
+        if self._close_after_request and cycle is not None:
+            cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -23,9 +23,20 @@ if TYPE_CHECKING:
     from mcp_barbican.config import ProxyConfig
     from mcp_barbican.server.registry import Registry
 
-__all__ = ["Reloader"]
+__all__ = ["Reloader", "Stamp", "file_stamp"]
 
 logger = logging.getLogger(__name__)
+
+Stamp = tuple[int, int, int]
+
+
+def file_stamp(path: Path) -> Stamp | None:
+    """What tells a changed file apart: modification time, size, inode (None if it cannot be read)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size, info.st_ino)
 
 
 class Reloader:
@@ -37,6 +48,7 @@ class Reloader:
         load: Callable[[], ProxyConfig],
         *,
         interval: float = 1.0,
+        seen: Stamp | None = None,
     ) -> None:
         self.registry = registry
         self.audit = audit
@@ -44,20 +56,22 @@ class Reloader:
         self.load = load
         self.interval = interval
         self._signalled = asyncio.Event()
+        #: The file as it was when the running config was loaded, if known before `run`: a worker
+        #: forked later from a supervisor that loaded the file reloads a change made since.
+        self._seen = seen
+        # Taken when the app is built, not when it starts: a worker forked later (a restart under
+        # `serve --workers`) still sees a change made since its config was loaded, and reloads.
+        self._seen = self._stamp()
 
-    def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            info = self.path.stat()
-        except OSError:
-            return None
-        return (info.st_mtime_ns, info.st_size, info.st_ino)
+    def _stamp(self) -> Stamp | None:
+        return file_stamp(self.path)
 
     async def run(self) -> None:
         """Watch until cancelled (a background job of the app)."""
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self._signalled.set)
-        seen = self._stamp()
+        seen = self._seen
         try:
             while True:
                 with contextlib.suppress(TimeoutError):

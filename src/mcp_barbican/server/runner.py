@@ -14,27 +14,31 @@ import uvicorn
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.server.app import BarbicanApp, build_app
 from mcp_barbican.server.protocol import listener_protocol
-from mcp_barbican.server.reload import Reloader
+from mcp_barbican.server.reload import Reloader, Stamp
 from mcp_barbican.server.tls import CertReloader, configure_uvicorn_tls, server_ssl_context
 
 if TYPE_CHECKING:
     from mcp_barbican.config import ProxyConfig
 
-__all__ = ["bind", "run", "uvicorn_config"]
+__all__ = ["bind", "bind_listeners", "run", "uvicorn_config"]
 
 logger = logging.getLogger(__name__)
 
 
 def uvicorn_config(
-    config: ProxyConfig, *, reload: tuple[Path, Callable[[], ProxyConfig]] | None = None
+    config: ProxyConfig,
+    *,
+    reload: tuple[Path, Callable[[], ProxyConfig]] | None = None,
+    loaded: Stamp | None = None,
 ) -> tuple[uvicorn.Config, BarbicanApp]:
     """The uvicorn settings for a proxy config, and the app core (tests run it in-process).
 
-    `reload` is the config file and its loader: the app then re-reads it on SIGHUP and on change.
+    `reload` is the config file and its loader: the app then re-reads it on SIGHUP and on change
+    (on a change since `loaded`, the file's stamp when `config` was read, if given).
     """
     app, core = build_app(config)
     if reload is not None:
-        core.background.append(Reloader(core.registry, core.audit, *reload).run)
+        core.background.append(Reloader(core.registry, core.audit, *reload, seen=loaded).run)
     server_config = uvicorn.Config(
         app,
         host=config.server.host,
@@ -93,16 +97,27 @@ def _bind_failure(host: str, port: int, key: str, exc: OSError) -> str:
 def run(config: ProxyConfig, *, reload: tuple[Path, Callable[[], ProxyConfig]] | None = None) -> None:
     """Serve until interrupted (the admin API on its own listener when server.admin.port is set)."""
     server_config, _core = uvicorn_config(config, reload=reload)
-    scheme = "https" if server_config.is_ssl else "http"
+    sockets = bind_listeners(config, tls=server_config.is_ssl)
+    try:
+        uvicorn.Server(server_config).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def bind_listeners(config: ProxyConfig, *, tls: bool) -> list[socket.socket]:
+    """The main listener's sockets, and the admin listener's when it has its own port; logged once bound."""
+    scheme = "https" if tls else "http"
     host, port, admin_port = config.server.host, config.server.port, config.server.admin.port
     sockets = bind(host, port, "server.port")
     try:
         if admin_port is not None:
             sockets += bind(host, admin_port, "server.admin.port")
-        logger.info("mcp-barbican listening on %s://%s:%s", scheme, host, port)
-        if admin_port is not None:
-            logger.info("admin API listening on %s://%s:%s", scheme, host, admin_port)
-        uvicorn.Server(server_config).run(sockets=sockets)
-    finally:
+    except BaseException:
         for sock in sockets:
             sock.close()
+        raise
+    logger.info("mcp-barbican listening on %s://%s:%s", scheme, host, port)
+    if admin_port is not None:
+        logger.info("admin API listening on %s://%s:%s", scheme, host, admin_port)
+    return sockets
