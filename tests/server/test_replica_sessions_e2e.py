@@ -36,6 +36,7 @@ NEW_KEY = "new-session-key-0123456789-abcdefghij"
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-0123456789ab"
 ACCEPT = "application/json, text/event-stream"
+ADMIN = "admin-token-0123456789abcdef"
 
 
 def headers(token: str = ALICE, session: str | None = None) -> dict[str, str]:
@@ -303,3 +304,30 @@ def test_redis_stopped_a_forwarded_request_gets_503_and_works_again_when_redis_r
                 assert time.monotonic() < deadline, answer.text
                 time.sleep(0.3)
             assert echoed(answer) == "z"
+
+
+def test_sessions_work_whichever_worker_takes_each_request(backing: tuple[str, str], tmp_path: Path) -> None:
+    redis_url, http_url = backing
+    server = {**server_block(redis_url, []), "admin": {"token": ADMIN}}
+    del server["session_keys"]  # the supervisor makes the key its workers seal with
+    with run_proxy(tmp_path, mcps(http_url), server=server, workers=2) as proxy:
+        sessions = {mcp_id: open_session(proxy.url(mcp_id)) for mcp_id in ("demo", "web")}
+        for n in range(20):  # httpx2.post: a new connection each, which either worker may accept
+            for mcp_id, session in sessions.items():
+                assert f"call {n}" in echoed(call(proxy.url(mcp_id), session, "echo", message=f"call {n}"))
+            time.sleep(0.01)
+        served = _requests_per_worker(proxy)
+    assert traceback_in(proxy.log) is None
+    # The web MCP's sessions are continued by the worker that takes the request: both counted some.
+    assert set(served) == {1, 2} and all(served.values()), served
+
+
+def _requests_per_worker(proxy: RunningProxy) -> dict[int, int]:
+    found: dict[int, int] = {}
+    for _ in range(200):
+        answer = httpx2.get(f"{proxy.base}/admin/metrics", headers={"authorization": f"Bearer {ADMIN}"})
+        assert answer.status_code == 200, answer.text
+        found[answer.json()["worker"]] = answer.json()["metrics"]["total_requests"]
+        if len(found) == 2:
+            break
+    return found
