@@ -316,18 +316,22 @@ def test_sessions_work_whichever_worker_takes_each_request(backing: tuple[str, s
             for mcp_id, session in sessions.items():
                 assert f"call {n}" in echoed(call(proxy.url(mcp_id), session, "echo", message=f"call {n}"))
             time.sleep(0.01)
-        served = _requests_per_worker(proxy)
+        served = _metrics_per_worker(proxy)
     assert traceback_in(proxy.log) is None
-    # The web MCP's sessions are continued by the worker that takes the request: both counted some.
-    assert set(served) == {1, 2} and all(served.values()), served
+    assert set(served) == {1, 2}, served
+    # The web MCP's sessions are continued by the worker that takes the request: both relayed some.
+    assert all(metrics["metrics"]["total_requests"] for metrics in served.values()), served
+    # The stdio session's requests that the other worker took reached the owner through the tunnel, each once.
+    forwards = [metrics["session_forwards"] for metrics in served.values()]
+    assert sum(f["forwarded"] for f in forwards) == sum(f["served"] for f in forwards) > 0, forwards
 
 
-def _requests_per_worker(proxy: RunningProxy) -> dict[int, int]:
-    found: dict[int, int] = {}
+def _metrics_per_worker(proxy: RunningProxy) -> dict[int, dict[str, Any]]:
+    found: dict[int, dict[str, Any]] = {}
     for _ in range(200):
         answer = httpx2.get(f"{proxy.base}/admin/metrics", headers={"authorization": f"Bearer {ADMIN}"})
         assert answer.status_code == 200, answer.text
-        found[answer.json()["worker"]] = answer.json()["metrics"]["total_requests"]
+        found[answer.json()["worker"]] = answer.json()
         if len(found) == 2:
             break
     return found

@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 STREAM = "barbican:audit"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def _server(url: str, admin_port: int) -> dict[str, Any]:
@@ -100,6 +101,32 @@ async def test_the_stream_holds_one_tool_call_event_per_request_across_two_repli
                 )
                 assert listed.status_code == 200, listed.text
                 assert sorted(e["request_id"] for e in listed.json()["events"]) == sorted(wanted)
+
+
+async def test_the_stream_holds_one_tool_call_event_per_request_across_two_workers(tmp_path: Path) -> None:
+    """A stdio session lives in one worker: calls the other worker takes reach it through the tunnel, audited once."""
+    calls = 40
+    admin_port = free_port()
+    with redis_server() as url, run_proxy(tmp_path, [demo_mcp()], server=_server(url, admin_port), workers=2) as proxy:
+        caller = Caller(proxy)
+        wanted = {f"call-{n}" for n in range(calls)}
+        fresh = httpx2.Limits(max_keepalive_connections=0)  # a new connection per call: either worker takes it
+        async with httpx2.AsyncClient(timeout=30, limits=fresh) as http:
+            statuses = []
+            for n in range(calls):
+                statuses.append(await caller.call(http, f"call-{n}"))
+                await asyncio.sleep(0.005)
+            assert statuses == [200] * calls
+            held = await _until_calls(url, wanted)
+            forwarded: dict[int, int] = {}
+            for _ in range(200):  # each worker's count, asked on new connections until both answered
+                metrics = (await http.get(f"http://127.0.0.1:{admin_port}/admin/metrics", headers=ADMIN)).json()
+                forwarded[metrics["worker"]] = metrics["session_forwards"]["forwarded"]
+                if len(forwarded) == 2:
+                    break
+        assert held == Counter(wanted), "exactly one tool_call event per request, whichever worker took it"
+        assert sum(forwarded.values()) > 0, f"some calls were taken by the worker without the session: {forwarded}"
+    assert traceback_in(proxy.log) is None
 
 
 async def test_events_made_while_redis_is_down_arrive_once_when_it_returns(tmp_path: Path) -> None:

@@ -250,3 +250,29 @@ async def test_after_redis_restarts_a_registration_on_one_replica_reaches_the_ot
             assert "after" in await echo(b, "after", "after")
             assert (await admin(client, admin_a, "DELETE", "/admin/mcps/after")).status_code == 204
             assert await until(served(client, b, "after", wanted=False), WITHIN) is not None
+
+
+async def test_with_two_workers_a_registration_and_a_removal_reach_both_within_a_second(tmp_path: Path) -> None:
+    with two_replicas(tmp_path, per_minute=100_000, kind="workers") as ((_, admin_port), _):
+        fresh = httpx2.Limits(max_keepalive_connections=0)  # a new connection per request: either worker takes it
+        async with httpx2.AsyncClient(timeout=30, limits=fresh) as client:
+
+            def served_everywhere(count: int) -> Callable[[], Awaitable[bool]]:
+                async def check() -> bool:
+                    seen: dict[int, int] = {}
+                    for _ in range(200):
+                        answer = await client.get(f"http://127.0.0.1:{admin_port}/admin/metrics", headers=ADMIN)
+                        seen[answer.json()["worker"]] = answer.json()["metrics"]["total_clients"]
+                        if len(seen) == 2:
+                            break
+                    return seen == {1: count, 2: count}
+
+                return check
+
+            assert await until(served_everywhere(1), WITHIN)
+            created = await admin(client, admin_port, "POST", "/admin/mcps", demo_mcp("joined"))
+            assert created.status_code == 201, created.text
+            took = await until(served_everywhere(2), WITHIN)
+            assert took is not None, "both workers serve the registration within a second"
+            assert (await admin(client, admin_port, "DELETE", "/admin/mcps/joined", None)).status_code == 204
+            assert await until(served_everywhere(1), WITHIN) is not None, "and both stop serving it"

@@ -485,12 +485,14 @@ class AdminApp:
             "total_errors": sum(runtime.stats.total_errors for runtime in runtimes),
             "max_connections": sum(runtime.mcp.max_sessions for runtime in runtimes),
         }
-        return 200, {"timestamp": iso(time.time()), "metrics": counts, **_this_worker()}
+        reply: dict[str, Any] = {"timestamp": iso(time.time()), "metrics": counts, **_this_worker()}
+        if self.core.tunnel is not None:  # requests for sessions another replica owns
+            reply["session_forwards"] = {"forwarded": self.core.tunnel.forwarded, "served": self.core.tunnel.served}
+        return 200, reply
 
     async def prometheus(self, params: Params, body: None) -> Reply:
-        text = exposition(
-            self.core.control.runtimes.values(), self.core.counters, self.core.audit, self.core.storage.health
-        )
+        core = self.core
+        text = exposition(core.control.runtimes.values(), core.counters, core.audit, core.storage.health, core.tunnel)
         return 200, Raw(text, CONTENT_TYPE)
 
     async def security_metrics(self, params: Params, body: None) -> Reply:

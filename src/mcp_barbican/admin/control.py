@@ -87,8 +87,18 @@ class ShieldsView(Protocol):
     def dynamic(self) -> DynamicRules: ...
 
 
+class SessionForwards(Protocol):
+    """Requests for sessions another replica owns: those this one passed on, and those it served for others."""
+
+    forwarded: int
+    served: int
+
+
 class AdminCore(Protocol):
     """Everything the admin API works on."""
+
+    @property
+    def tunnel(self) -> SessionForwards | None: ...
 
     @property
     def control(self) -> ControlPlane: ...

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from mcp_barbican.storage.health import DECISIONS, FEATURES
 
 if TYPE_CHECKING:
-    from mcp_barbican.admin.control import ServedMcp
+    from mcp_barbican.admin.control import ServedMcp, SessionForwards
     from mcp_barbican.audit.trail import AuditTrail
     from mcp_barbican.security.counters import SecurityCounters
     from mcp_barbican.storage.health import StoreHealth
@@ -47,11 +47,13 @@ class _Collector:
         counters: SecurityCounters,
         audit: AuditTrail | None,
         health: StoreHealth | None,
+        forwards: SessionForwards | None = None,
     ) -> None:
         self.runtimes = runtimes
         self.counters = counters
         self.audit = audit
         self.health = health
+        self.forwards = forwards
 
     def collect(self) -> Iterator[Metric]:
         runtimes = list(self.runtimes or ())
@@ -89,6 +91,15 @@ class _Collector:
             yield failed
         if self.health is not None:
             yield from _storage(self.health)
+        if self.forwards is not None:
+            forwards = CounterMetricFamily(
+                "mcp_barbican_session_forwards",
+                "Requests for a session another replica owns: passed to it, or served here for another",
+                labels=["role"],
+            )
+            forwards.add_metric(["forwarded"], self.forwards.forwarded)
+            forwards.add_metric(["served"], self.forwards.served)
+            yield forwards
         last = snapshot["last_violation"]
         yield GaugeMetricFamily(
             "mcp_barbican_last_violation_timestamp_seconds",
@@ -115,8 +126,9 @@ def exposition(
     counters: SecurityCounters,
     audit: AuditTrail | None = None,
     health: StoreHealth | None = None,
+    forwards: SessionForwards | None = None,
 ) -> bytes:
     """The Prometheus text exposition of everything above."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(runtimes, counters, audit, health))
+    registry.register(_Collector(runtimes, counters, audit, health, forwards))
     return generate_latest(registry)

@@ -124,6 +124,9 @@ class Tunnel:
         self._subscribed = asyncio.Event()
         #: Whether this replica hears its channel now: without it no answer can come back.
         self._hearing = False
+        #: Requests passed to their session's owner, and requests served here for another replica.
+        self.forwarded = 0
+        self.served = 0
 
     @property
     def replica(self) -> str:
@@ -180,6 +183,7 @@ class Tunnel:
         watcher = asyncio.create_task(self._watch_client(receive, queue), name="tunnel-client")
         try:
             receivers = await self._publish(owner, request)
+            self.forwarded += 1
             if not receivers:
                 if receivers == 0:  # nobody listens for the owner: it is gone, and its sessions with it
                     await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "Session not found")
@@ -255,6 +259,7 @@ class Tunnel:
             logger.warning("session tunnel: %d requests served for other replicas already; one refused", MAX_SERVED)
             return
         ended = self._served[ticket] = asyncio.Event()
+        self.served += 1
         task = asyncio.create_task(self._serve_one(message, ended), name="tunnel-serve")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
