@@ -40,8 +40,18 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message, RequestId
 from mcp_barbican.logs import log_unexpected
+from mcp_barbican.upstream.answers import Answer
 from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel, with_identity
-from mcp_barbican.upstream.http import MAX_EVENT_BYTES, SseError, SseParser, body_excerpt, read_limited, safe_url
+from mcp_barbican.upstream.http import (
+    CONNECTION_LIMIT,
+    MAX_EVENT_BYTES,
+    SseError,
+    SseParser,
+    excerpt,
+    safe_url,
+    session_settings,
+)
+from mcp_barbican.upstream.posting import PostPool, request_head
 
 __all__ = ["StreamableHttpChannel"]
 
@@ -91,6 +101,9 @@ class StreamableHttpChannel(UpstreamChannel):
         self._base_headers: CIMultiDict[str] = CIMultiDict(headers)
         self._post_key: tuple[str | None, str | None] | None = None
         self._post_headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self._post_prefix: bytes | None = None
+        self._pool: PostPool | None = None
+        self._answers: set[Answer] = set()
         self._session_id: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -127,30 +140,31 @@ class StreamableHttpChannel(UpstreamChannel):
             raise UpstreamClosed("the HTTP session is closed")
         method = message.get("method")
         request_id: RequestId | None = message["id"] if method is not None and "id" in message else None
-        headers = with_identity(_modern_headers(message, self._headers_for_post()), self._identity)
         session_sent = self._session_id is not None
         body = jsonrpc.dumps(message)
-        try:
-            resp = await self._http.post(self._url, data=body, headers=headers, allow_redirects=False)
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnavailable(f"cannot reach {safe_url(self._url)}: {_describe(exc)}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamClosed(f"POST to {safe_url(self._url)} failed: {_describe(exc)}") from exc
+        exchange = await self._posts().post(self._post_head(message, len(body)) + body)
         if self._closed:
-            resp.release()
+            exchange.release()
             raise UpstreamClosed("the upstream session closed while sending")
-        status = resp.status
+        status = exchange.status
         if 200 <= status < 300:
             if method == "initialize" and request_id is not None:
-                self._adopt_session(resp)
-            if status in (202, 204) or (request_id is None and resp.content_length == 0):
-                resp.release()
+                self._adopt_session(exchange.headers.get("mcp-session-id"))
+            if status in (202, 204) or (request_id is None and exchange.content_length == 0):
+                exchange.release()
                 if request_id is not None:
                     logger.debug("upstream answered a request with HTTP %d; its response should follow on GET", status)
             else:
-                task = self._spawn("post", self._consume, resp, request_id)
-                # covers a task cancelled before it ever ran (aclose right after send)
-                task.add_done_callback(lambda _: resp.release())
+                answer = Answer(
+                    exchange,
+                    request_id,
+                    deliver=self._deliver,
+                    on_done=self._answer_done,
+                    max_bytes=self._max_event_bytes,
+                    grace=self.stream_end_grace,
+                )
+                self._answers.add(answer)
+                answer.start()
             if method == "notifications/initialized":
                 self._start_listening()
             return
@@ -160,17 +174,36 @@ class StreamableHttpChannel(UpstreamChannel):
                     self._emit(_error(request_id, "the upstream session expired (HTTP 404)", status), request_id)
                 self._session_expired()
                 return
-            excerpt = ""
+            text = ""
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_EXCERPT_TIMEOUT):
-                    excerpt = await body_excerpt(resp)
+                    text = excerpt(await exchange.read(512))
         finally:
-            resp.release()
-        detail = f"upstream answered HTTP {status}" + (f": {excerpt}" if excerpt else f" {resp.reason or ''}".rstrip())
+            exchange.release()
+        detail = f"upstream answered HTTP {status}" + (f": {text}" if text else f" {exchange.reason}".rstrip())
         if request_id is not None:
             self._emit(_error(request_id, detail, status), request_id)
         else:
             logger.warning("%s rejected a %s: %s", safe_url(self._url), method or "response", detail)
+
+    def _posts(self) -> PostPool:
+        if self._pool is None:
+            tls, connect_timeout = session_settings(self._http)
+            label = safe_url(self._url)
+            self._pool = PostPool(self._url, tls, label=label, connect_timeout=connect_timeout, limit=CONNECTION_LIMIT)
+        return self._pool
+
+    def _post_head(self, message: Message, length: int) -> bytes:
+        """The request head of one POST: the cached session part, or built anew for per-call headers."""
+        cached = self._headers_for_post()
+        headers = with_identity(_modern_headers(message, cached), self._identity)
+        if headers is cached:
+            if self._post_prefix is None:
+                self._post_prefix = request_head(self._url, cached)
+            prefix = self._post_prefix
+        else:
+            prefix = request_head(self._url, headers)
+        return prefix + b"Content-Length: %d\r\n\r\n" % length
 
     def _headers_for_post(self) -> CIMultiDictProxy[str]:
         key = (self._session_id, self.protocol_version)
@@ -179,6 +212,7 @@ class StreamableHttpChannel(UpstreamChannel):
             headers["Content-Type"] = "application/json"
             self._post_headers = CIMultiDictProxy(headers)
             self._post_key = key
+            self._post_prefix = None
         return self._post_headers
 
     def _session_headers(self, accept: str) -> CIMultiDict[str]:
@@ -197,8 +231,7 @@ class StreamableHttpChannel(UpstreamChannel):
             headers[name] = value
         return headers
 
-    def _adopt_session(self, resp: aiohttp.ClientResponse) -> None:
-        session_id = resp.headers.get("Mcp-Session-Id")
+    def _adopt_session(self, session_id: str | None) -> None:
         if session_id is None:
             return
         if _SESSION_ID.fullmatch(session_id) is None:
@@ -208,37 +241,29 @@ class StreamableHttpChannel(UpstreamChannel):
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def _consume(self, resp: aiohttp.ClientResponse, request_id: RequestId | None) -> None:
-        """Relay the body of one POST; make sure a request gets an answer."""
-        answered = False
-        parser: SseParser | None = None
-        failure = ""
-        try:
-            content_type = resp.content_type
-            if content_type == "text/event-stream":
-                parser = SseParser(self._max_event_bytes)
-                answered = await self._pump(resp, parser, request_id)
-                failure = "the upstream ended the response stream without answering"
-            elif content_type == "application/json":
-                answered = self._deliver(await read_limited(resp, self._max_event_bytes), request_id)
-                failure = "the upstream's JSON body held no response to the request"
-            else:
-                failure = f"upstream answered HTTP {resp.status} with content type {content_type!r}"
-        except Exception as exc:  # whatever broke, the request still gets its answer below
-            failure = f"the upstream response stream failed: {_describe(exc)}"
-        finally:
-            resp.release()
-        if request_id is None or answered:
+    def _answer_done(self, answer: Answer) -> None:
+        """A POST body ended: make sure its request got an answer."""
+        self._answers.discard(answer)
+        request_id = answer.request_id
+        if request_id is None or answer.answered or self._closed:
             return
+        parser = answer.parser
         if parser is not None and parser.last_event_id:
-            try:
-                if await self._resume(request_id, parser.last_event_id, parser.retry):
-                    return
-            except Exception as exc:
-                log_unexpected(logger, "resuming a response stream failed")
-                failure += f"; resuming it failed: {_describe(exc)}"
-            else:
-                failure += "; resuming it failed"
+            self._spawn("resume", self._resume_or_fail, request_id, parser, answer.failure)
+            return
+        logger.info("request to %s failed: %s", safe_url(self._url), answer.failure)
+        self._emit(_error(request_id, answer.failure, None), request_id)
+
+    async def _resume_or_fail(self, request_id: RequestId, parser: SseParser, failure: str) -> None:
+        assert parser.last_event_id is not None
+        try:
+            if await self._resume(request_id, parser.last_event_id, parser.retry):
+                return
+        except Exception as exc:
+            log_unexpected(logger, "resuming a response stream failed")
+            failure += f"; resuming it failed: {_describe(exc)}"
+        else:
+            failure += "; resuming it failed"
         logger.info("request to %s failed: %s", safe_url(self._url), failure)
         self._emit(_error(request_id, failure, None), request_id)
 
@@ -415,6 +440,7 @@ class StreamableHttpChannel(UpstreamChannel):
         self._closed = True
         self._expired = True
         logger.warning("the upstream session at %s expired (HTTP 404)", safe_url(self._url))
+        self._drop_posts()
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
@@ -424,11 +450,19 @@ class StreamableHttpChannel(UpstreamChannel):
         except Exception:
             log_unexpected(logger, "on_close handler failed")
 
+    def _drop_posts(self) -> None:
+        for answer in list(self._answers):
+            answer.cancel()
+        self._answers.clear()
+        if self._pool is not None:
+            self._pool.close()
+
     async def aclose(self) -> None:
         if self._closing:
             return
         self._closing = True
         self._closed = True
+        self._drop_posts()
         current = asyncio.current_task()
         tasks = [task for task in self._tasks if task is not current]
         for task in tasks:
