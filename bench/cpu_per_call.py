@@ -10,8 +10,8 @@ repetition. Run from the repository root:
 
     python bench/cpu_per_call.py [--seconds 6] [--repeat 2] [--spy /tmp/s2.txt]
 
-`--spy FILE` records the S2 proxy with py-spy (`PY_SPY`, default `py-spy` on PATH) during the
-first S2 run, in raw (collapsed stack) format.
+`--spy PREFIX` records both proxies with py-spy (`PY_SPY`, default `py-spy` on PATH) during the
+first repetition into PREFIX-s1.txt and PREFIX-s2.txt, in raw (collapsed stack) format, 500 Hz.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="length of one timed run")
     parser.add_argument("--repeat", type=int, default=2, help="repetitions of S1, S2, direct")
-    parser.add_argument("--spy", help="py-spy raw output file for the S2 proxy's first run")
+    parser.add_argument("--spy", help="py-spy output prefix (first repetition)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="mcp-barbican-cpu-"))
@@ -89,8 +89,9 @@ def main() -> int:
         for target in (s1, s2, direct):
             measure(lab, target, 1.0)  # warm-up
         for rep in range(args.repeat):
-            a = measure(lab, s1, args.seconds)
-            b = measure(lab, s2, args.seconds, args.spy if rep == 0 else None)
+            spy = args.spy if rep == 0 else None
+            a = measure(lab, s1, args.seconds, f"{spy}-s1.txt" if spy else None)
+            b = measure(lab, s2, args.seconds, f"{spy}-s2.txt" if spy else None)
             c = measure(lab, direct, args.seconds)
             row = {
                 "s1_us": a["cpu_us_per_call"],

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import functools
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Final, cast
@@ -29,7 +30,7 @@ from yarl import URL
 from mcp_barbican import __version__
 from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
 
-__all__ = ["MAX_HEAD_BYTES", "Exchange", "PostPool", "request_head"]
+__all__ = ["MAX_HEAD_BYTES", "Exchange", "HeadHandler", "PostPool", "request_head"]
 
 #: Largest response head (status line and headers) accepted.
 MAX_HEAD_BYTES: Final = 64 * 1024
@@ -64,6 +65,10 @@ def request_head(url: URL, headers: Mapping[str, str]) -> bytes:
 
 
 EndHandler = Callable[[str | None], None]
+#: Called once per request: (the response, None, False) at its head, or (None, why, retryable)
+#: when the exchange broke first; retryable means the server closed a reused connection before
+#: sending a byte (its keep-alive ran out), so the request can go again on a fresh one.
+HeadHandler = Callable[["Exchange | None", str | None, bool], None]
 
 
 class Exchange:
@@ -162,26 +167,26 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._exchange: Exchange | None = None
-        self._head: asyncio.Future[Exchange] | None = None
+        self._on_head: HeadHandler | None = None
+        self._parsed_head: Exchange | None = None  # parsed, handed on once the chunk is through the parser
         self._head_size = 0
-        self._header_name = b""
         self._delimited = False  # the body has a length or is chunked (else it ends with the connection)
         self._received = False  # any byte of the current answer arrived
-        self._complete = False  # the current answer ended cleanly
         self.closed = False
         self.idle_since = 0.0
         self.used = False
 
     # -- driving ------------------------------------------------------------------------------
 
-    def begin(self, data: bytes) -> asyncio.Future[Exchange]:
+    def begin(self, data: bytes, on_head: HeadHandler) -> None:
+        """Send one request; `on_head` hears how it went (never from inside this call)."""
         assert self._transport is not None and self._exchange is None
         self._exchange = Exchange(self)
-        self._head = asyncio.get_running_loop().create_future()
+        self._on_head = on_head
+        self._parsed_head = None
         self._head_size = 0
-        self._received = self._complete = self._delimited = False
+        self._received = self._delimited = False
         self._transport.write(data)
-        return self._head
 
     @property
     def usable(self) -> bool:
@@ -208,13 +213,14 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.abort(f"unreadable HTTP answer: {exc.__context__ or exc}")
+            return
+        self._hand_on_head()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: no half-open connections
 
     def connection_lost(self, exc: Exception | None) -> None:
-        exchange = self._exchange
-        if exchange is not None and self._head is not None and self._head.done() and not self._delimited:
+        if self._exchange is not None and self._on_head is None and not self._delimited:
             self._end_exchange(None)  # a body that runs until the connection closes
         else:
             self._fail("the upstream closed the connection" + (f" ({exc})" if exc else ""))
@@ -244,7 +250,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         exchange = self._exchange
-        if exchange is None or self._head is None or self._head.done():
+        if exchange is None or self._on_head is None or self._parsed_head is not None:
             raise _Garbage("a second answer")  # pipelined bytes after the answer
         exchange.status = self._parser.get_status_code()
         if exchange.status < 200:
@@ -252,7 +258,7 @@ class _Connection(asyncio.Protocol):
         headers = exchange.headers
         self._delimited = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
         self._delimited = self._delimited or exchange.status in (204, 304)
-        self._head.set_result(exchange)
+        self._parsed_head = exchange
 
     def on_body(self, body: bytes) -> None:
         if self._exchange is not None:
@@ -261,7 +267,6 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._exchange is None:
             raise _Garbage("a second answer")
-        self._complete = True
         reusable = self._parser.should_keep_alive()
         self._end_exchange(None)
         if reusable:
@@ -276,11 +281,29 @@ class _Connection(asyncio.Protocol):
         if exchange is not None:
             exchange._finish(error)
 
+    def _hand_on_head(self) -> None:
+        exchange, self._parsed_head = self._parsed_head, None
+        if exchange is not None and self._on_head is not None:
+            on_head, self._on_head = self._on_head, None
+            on_head(exchange, None, False)
+
     def _fail(self, reason: str) -> None:
-        head, self._head = self._head, None
-        if head is not None and not head.done():
-            head.set_exception(_Broken(reason, retry=self.used and not self._received))
+        if self._parsed_head is not None:
+            self._hand_on_head()  # the head made it: the body breaks below
+        elif self._on_head is not None:
+            on_head, self._on_head = self._on_head, None
+            on_head(None, reason, self.used and not self._received)
         self._end_exchange(reason)
+
+
+def _settle(
+    head: asyncio.Future[tuple[Exchange | None, str | None, bool]],
+    exchange: Exchange | None,
+    reason: str | None,
+    retry: bool,
+) -> None:
+    if not head.done():
+        head.set_result((exchange, reason, retry))
 
 
 class _TooLarge(Exception):
@@ -289,12 +312,6 @@ class _TooLarge(Exception):
 
 class _Garbage(Exception):
     pass
-
-
-class _Broken(Exception):
-    def __init__(self, reason: str, *, retry: bool) -> None:
-        super().__init__(reason)
-        self.retry = retry
 
 
 class PostPool:
@@ -328,29 +345,45 @@ class PostPool:
         """Connections open now, idle or busy."""
         return len(self._open)
 
+    def failed(self, reason: str) -> str:
+        """The message for a POST that broke before its answer's head."""
+        return f"POST to {self._label} failed: {reason}"
+
     async def post(self, data: bytes) -> Exchange:
         """Send one request (head and body in `data`); returns at its response's head.
 
         Raises UpstreamUnavailable when no connection could be made, UpstreamClosed when the
         exchange broke before the head arrived.
         """
+        loop = asyncio.get_running_loop()
         for _ in range(2):
-            conn = await self._connection()
+            conn = await self.connection()
+            head: asyncio.Future[tuple[Exchange | None, str | None, bool]] = loop.create_future()
+            conn.begin(data, functools.partial(_settle, head))
             try:
-                return await conn.begin(data)
-            except _Broken as exc:
-                if not exc.retry:
-                    raise UpstreamClosed(f"POST to {self._label} failed: {exc}") from None
+                exchange, reason, retry = await head
             except asyncio.CancelledError:
                 conn.abort("the request was cancelled")
                 raise
-        raise UpstreamClosed(f"POST to {self._label} failed: the upstream closed the connection twice before answering")
+            if exchange is not None:
+                return exchange
+            if not retry:
+                raise UpstreamClosed(self.failed(str(reason)))
+        raise UpstreamClosed(self.failed("the upstream closed the connection twice before answering"))
 
-    async def _connection(self) -> _Connection:
-        while self._idle:  # the common case: no timeout to arm
+    def idle(self) -> _Connection | None:
+        """A kept-alive connection ready for a request, if there is one."""
+        while self._idle:
             conn = self._idle.pop()
             if conn.usable:
                 return conn
+        return None
+
+    async def connection(self) -> _Connection:
+        """A connection for one request: `begin()` it at once (raises UpstreamUnavailable, UpstreamClosed)."""
+        conn = self.idle()  # the common case: no timeout to arm
+        if conn is not None:
+            return conn
         waited = False
         try:
             async with asyncio.timeout(self._connect_timeout):

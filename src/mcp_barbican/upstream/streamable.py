@@ -27,17 +27,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from mcp_barbican import jsonrpc
-from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
+from mcp_barbican.exceptions import UpstreamClosed, UpstreamError, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message, RequestId
 from mcp_barbican.logs import log_unexpected
 from mcp_barbican.upstream.answers import Answer
@@ -51,7 +52,7 @@ from mcp_barbican.upstream.http import (
     safe_url,
     session_settings,
 )
-from mcp_barbican.upstream.posting import PostPool, request_head
+from mcp_barbican.upstream.posting import Exchange, PostPool, request_head
 
 __all__ = ["StreamableHttpChannel"]
 
@@ -62,6 +63,12 @@ _SESSION_ID: Final = re.compile(r"[\x21-\x7e]+")
 _RETRYABLE: Final = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 #: How long reading an error body may take.
 _EXCERPT_TIMEOUT: Final = 2.0
+
+
+class _Post(NamedTuple):
+    method: str | None
+    request_id: RequestId | None
+    session_sent: bool
 
 
 class StreamableHttpChannel(UpstreamChannel):
@@ -140,13 +147,53 @@ class StreamableHttpChannel(UpstreamChannel):
             raise UpstreamClosed("the HTTP session is closed")
         method = message.get("method")
         request_id: RequestId | None = message["id"] if method is not None and "id" in message else None
-        session_sent = self._session_id is not None
+        post = _Post(method, request_id, self._session_id is not None)
         body = jsonrpc.dumps(message)
-        exchange = await self._posts().post(self._post_head(message, len(body)) + body)
+        data = self._post_head(message, len(body)) + body
+        pool = self._posts()
+        conn = pool.idle() if request_id is not None else None
+        if conn is not None:
+            # A request on a kept-alive connection: its answer, an HTTP error included, reaches
+            # on_message, so there is no need to wait here for its head.
+            conn.begin(data, functools.partial(self._heard, post, data))
+            return
+        # Otherwise wait for the head: notifications and responses go out in order, and a new
+        # connection's failure (TLS refused after the handshake, say) is raised to the caller.
+        exchange = await pool.post(data)
         if self._closed:
             exchange.release()
             raise UpstreamClosed("the upstream session closed while sending")
+        self._answered(post, exchange)
+
+    def _heard(self, post: _Post, data: bytes, exchange: Exchange | None, failure: str | None, retry: bool) -> None:
+        if exchange is not None:
+            self._answered(post, exchange)
+        elif retry:
+            self._spawn("post", self._post_again, post, data)
+        elif post.request_id is not None:
+            self._fail_request(post.request_id, self._posts().failed(str(failure)))
+
+    async def _post_again(self, post: _Post, data: bytes) -> None:
+        """The request went out on a connection the upstream had just closed: once more on a fresh one."""
+        try:
+            exchange = await self._posts().post(data)
+        except UpstreamError as exc:
+            if post.request_id is not None:
+                self._fail_request(post.request_id, str(exc))
+            return
+        self._answered(post, exchange)
+
+    def _fail_request(self, request_id: RequestId, failure: str) -> None:
+        logger.info("request to %s failed: %s", safe_url(self._url), failure)
+        self._emit(_error(request_id, failure, None), request_id)
+
+    def _answered(self, post: _Post, exchange: Exchange) -> None:
+        """The head of a POST's answer arrived."""
+        if self._closed:
+            exchange.release()
+            return
         status = exchange.status
+        method, request_id = post.method, post.request_id
         if 200 <= status < 300:
             if method == "initialize" and request_id is not None:
                 self._adopt_session(exchange.headers.get("mcp-session-id"))
@@ -167,24 +214,29 @@ class StreamableHttpChannel(UpstreamChannel):
                 answer.start()
             if method == "notifications/initialized":
                 self._start_listening()
-            return
+        elif status == 404 and post.session_sent:
+            exchange.release()
+            if request_id is not None:
+                self._emit(_error(request_id, "the upstream session expired (HTTP 404)", status), request_id)
+            self._session_expired()
+        else:
+            self._spawn("refusal", self._refused, post, exchange)
+
+    async def _refused(self, post: _Post, exchange: Exchange) -> None:
+        """An HTTP error answer: the request gets an error naming the status and the start of the body."""
+        text = ""
         try:
-            if status == 404 and session_sent:
-                if request_id is not None:
-                    self._emit(_error(request_id, "the upstream session expired (HTTP 404)", status), request_id)
-                self._session_expired()
-                return
-            text = ""
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_EXCERPT_TIMEOUT):
                     text = excerpt(await exchange.read(512))
         finally:
             exchange.release()
+        status = exchange.status
         detail = f"upstream answered HTTP {status}" + (f": {text}" if text else f" {exchange.reason}".rstrip())
-        if request_id is not None:
-            self._emit(_error(request_id, detail, status), request_id)
+        if post.request_id is not None:
+            self._emit(_error(post.request_id, detail, status), post.request_id)
         else:
-            logger.warning("%s rejected a %s: %s", safe_url(self._url), method or "response", detail)
+            logger.warning("%s rejected a %s: %s", safe_url(self._url), post.method or "response", detail)
 
     def _posts(self) -> PostPool:
         if self._pool is None:
