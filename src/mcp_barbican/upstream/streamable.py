@@ -86,6 +86,8 @@ class StreamableHttpChannel(UpstreamChannel):
     stream_end_grace: float = 1.0
     #: Bound on the DELETE sent by aclose().
     delete_timeout: float = 2.0
+    #: Connections this session's POSTs may hold open at once.
+    post_connections: int = CONNECTION_LIMIT
 
     def __init__(
         self,
@@ -242,7 +244,9 @@ class StreamableHttpChannel(UpstreamChannel):
         if self._pool is None:
             tls, connect_timeout = session_settings(self._http)
             label = safe_url(self._url)
-            self._pool = PostPool(self._url, tls, label=label, connect_timeout=connect_timeout, limit=CONNECTION_LIMIT)
+            self._pool = PostPool(
+                self._url, tls, label=label, connect_timeout=connect_timeout, limit=self.post_connections
+            )
         return self._pool
 
     def _post_head(self, message: Message, length: int) -> bytes:
