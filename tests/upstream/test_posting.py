@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -36,6 +36,7 @@ class Server:
     url: str
     connections: int = 0
     open: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever no connection is open
 
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]], Awaitable[None]]
@@ -70,6 +71,7 @@ async def upstream(script: Script) -> AsyncIterator[Server]:
         writers.append(writer)
         server.connections += 1
         server.open += 1
+        server.idle.clear()
         try:
             writer.write(json_answer(await read_request(reader)))
             await script(reader, writer, await read_request(reader))
@@ -78,6 +80,8 @@ async def upstream(script: Script) -> AsyncIterator[Server]:
             pass
         finally:
             server.open -= 1
+            if not server.open:
+                server.idle.set()
             writer.close()
 
     listener = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -128,9 +132,7 @@ async def second_answer(server: Server, rec: Recorder) -> Message:
 
 async def gone(server: Server) -> None:
     """The upstream saw every connection closed."""
-    async with asyncio.timeout(5):
-        while server.open:
-            await asyncio.sleep(0.01)
+    await asyncio.wait_for(server.idle.wait(), 5)
 
 
 @pytest.fixture
