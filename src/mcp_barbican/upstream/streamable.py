@@ -1,18 +1,23 @@
 """Streamable HTTP upstreams, the session shape of MCP 2025-03-26 ... 2025-11-25.
 
-Every message is one POST to the MCP endpoint. `send()` returns once the upstream answered
-with response headers; the body (a JSON object or an SSE stream) is read by a background
-task, so any number of requests run concurrently on the shared keep-alive pool. Messages
-from a POST's body reach `on_message(message, request_id)`, the id being that of the POSTed
-request; the standalone GET stream (opened once `notifications/initialized` went through)
-delivers `on_message(message, None)`.
+Every message is one POST to the MCP endpoint, sent by the channel's own pooled HTTP/1.1
+client (upstream/posting.py: aiohttp's request machinery cost more CPU than the rest of a
+proxied call). A request on a kept-alive connection returns from `send()` once written;
+anything else (a notification, a response, a request that needs a new connection) returns
+once the upstream answered with response headers. The body (a JSON object or an SSE stream)
+is relayed by callbacks as it arrives (upstream/answers.py), so any number of requests run
+concurrently. Messages from a POST's body reach `on_message(message, request_id)`, the id
+being that of the POSTed request; the standalone GET stream (opened once
+`notifications/initialized` went through, upstream/getstream.py, on aiohttp) delivers
+`on_message(message, None)`.
 
 A request always gets an answer through `on_message`: the upstream's response, or a
 synthesized JSON-RPC error (`UPSTREAM_ERROR`) when the upstream answers with an HTTP error,
 an unusable body, or a stream that ends without the response and cannot be resumed
 (resumption: GET with `Last-Event-ID`, honouring `retry`, a bounded number of attempts).
 Exceptions from `send()`: UpstreamUnavailable when the upstream cannot be connected to,
-UpstreamClosed when the exchange broke or the channel is closed. Two cases are left to the
+UpstreamClosed when the exchange broke before the answer's head (on a kept-alive connection,
+a request gets that as an error answer instead) or the channel is closed. Two cases are left to the
 core: a 202 to a request (its answer is expected on the GET stream) and slow answers (the
 core times requests out).
 
@@ -43,11 +48,10 @@ from mcp_barbican.jsonrpc import Message, RequestId
 from mcp_barbican.logs import log_unexpected
 from mcp_barbican.upstream.answers import Answer
 from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel, with_identity
+from mcp_barbican.upstream.getstream import GetStreams, describe, upstream_error
 from mcp_barbican.upstream.http import (
     CONNECTION_LIMIT,
     MAX_EVENT_BYTES,
-    SseError,
-    SseParser,
     excerpt,
     safe_url,
     session_settings,
@@ -59,8 +63,6 @@ __all__ = ["StreamableHttpChannel"]
 logger = logging.getLogger(__name__)
 
 _SESSION_ID: Final = re.compile(r"[\x21-\x7e]+")
-#: GET answers worth retrying; any other error status ends the attempt for good.
-_RETRYABLE: Final = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 #: How long reading an error body may take.
 _EXCERPT_TIMEOUT: Final = 2.0
 
@@ -71,19 +73,9 @@ class _Post(NamedTuple):
     session_sent: bool
 
 
-class StreamableHttpChannel(UpstreamChannel):
+class StreamableHttpChannel(GetStreams, UpstreamChannel):
     """One Streamable HTTP MCP session."""
 
-    #: Delay before the first reconnect when the server gave no `retry`; doubles per failure.
-    reconnect_delay: float = 1.0
-    #: Cap on the computed backoff delay.
-    max_reconnect_delay: float = 30.0
-    #: Cap on a server-sent `retry` (the spec says to respect it; we still bound it).
-    max_retry_delay: float = 60.0
-    #: Consecutive reconnects that deliver nothing before giving up on a stream.
-    max_reconnect_attempts: int = 5
-    #: After a POST stream carried its response, how long the server gets to end the stream.
-    stream_end_grace: float = 1.0
     #: Bound on the DELETE sent by aclose().
     delete_timeout: float = 2.0
     #: Connections this session's POSTs may hold open at once.
@@ -187,7 +179,7 @@ class StreamableHttpChannel(UpstreamChannel):
 
     def _fail_request(self, request_id: RequestId, failure: str) -> None:
         logger.info("request to %s failed: %s", safe_url(self._url), failure)
-        self._emit(_error(request_id, failure, None), request_id)
+        self._emit(upstream_error(request_id, failure, None), request_id)
 
     def _answered(self, post: _Post, exchange: Exchange) -> None:
         """The head of a POST's answer arrived."""
@@ -219,7 +211,7 @@ class StreamableHttpChannel(UpstreamChannel):
         elif status == 404 and post.session_sent:
             exchange.release()
             if request_id is not None:
-                self._emit(_error(request_id, "the upstream session expired (HTTP 404)", status), request_id)
+                self._emit(upstream_error(request_id, "the upstream session expired (HTTP 404)", status), request_id)
             self._session_expired()
         else:
             self._spawn("refusal", self._refused, post, exchange)
@@ -236,7 +228,7 @@ class StreamableHttpChannel(UpstreamChannel):
         status = exchange.status
         detail = f"upstream answered HTTP {status}" + (f": {text}" if text else f" {exchange.reason}".rstrip())
         if post.request_id is not None:
-            self._emit(_error(post.request_id, detail, status), post.request_id)
+            self._emit(upstream_error(post.request_id, detail, status), post.request_id)
         else:
             logger.warning("%s rejected a %s: %s", safe_url(self._url), post.method or "response", detail)
 
@@ -308,40 +300,7 @@ class StreamableHttpChannel(UpstreamChannel):
             self._spawn("resume", self._resume_or_fail, request_id, parser, answer.failure)
             return
         logger.info("request to %s failed: %s", safe_url(self._url), answer.failure)
-        self._emit(_error(request_id, answer.failure, None), request_id)
-
-    async def _resume_or_fail(self, request_id: RequestId, parser: SseParser, failure: str) -> None:
-        assert parser.last_event_id is not None
-        try:
-            if await self._resume(request_id, parser.last_event_id, parser.retry):
-                return
-        except Exception as exc:
-            log_unexpected(logger, "resuming a response stream failed")
-            failure += f"; resuming it failed: {_describe(exc)}"
-        else:
-            failure += "; resuming it failed"
-        logger.info("request to %s failed: %s", safe_url(self._url), failure)
-        self._emit(_error(request_id, failure, None), request_id)
-
-    async def _pump(self, resp: aiohttp.ClientResponse, parser: SseParser, related: RequestId | None) -> bool:
-        """Relay an SSE body; True once the response to `related` went by.
-
-        After the response the server should end the stream; it gets `stream_end_grace`
-        seconds to do so before the connection is dropped.
-        """
-        answered = False
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(None) as deadline:
-                async for chunk in resp.content.iter_any():
-                    for event in parser.feed(chunk):
-                        if event.event == "message" and self._deliver(event.data, related) and not answered:
-                            answered = True
-                            deadline.reschedule(loop.time() + self.stream_end_grace)
-        except TimeoutError:
-            if not (answered and deadline.expired()):
-                raise
-        return answered
+        self._emit(upstream_error(request_id, answer.failure, None), request_id)
 
     def _deliver(self, data: bytes, related: RequestId | None) -> bool:
         """Parse and hand on one message; True when it is the response to `related`."""
@@ -374,111 +333,6 @@ class StreamableHttpChannel(UpstreamChannel):
             self.on_message(message, related)
         except Exception:
             log_unexpected(logger, "on_message handler failed")
-
-    async def _open_get(self, last_event_id: str | None) -> aiohttp.ClientResponse:
-        headers = self._session_headers_now("text/event-stream")
-        if last_event_id:
-            headers["Last-Event-ID"] = last_event_id
-        async with asyncio.timeout(self._start_timeout):
-            return await self._http.get(self._url, headers=headers, allow_redirects=False)
-
-    def _delay(self, retry: int | None, failures: int) -> float:
-        if retry is not None:
-            return min(retry / 1000, self.max_retry_delay)
-        return min(self.reconnect_delay * float(2 ** max(failures - 1, 0)), self.max_reconnect_delay)
-
-    async def _resume(self, request_id: RequestId, last_event_id: str, retry: int | None) -> bool:
-        """Resume a POST stream with GET + Last-Event-ID until its response arrives.
-
-        True when the request got its answer (or the session expired and it got an error).
-        """
-        failures = 0
-        while not self._closed:
-            await asyncio.sleep(self._delay(retry, failures))
-            progress = False
-            try:
-                resp = await self._open_get(last_event_id)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                logger.info("resuming a response stream from %s failed: %s", safe_url(self._url), _describe(exc))
-            else:
-                status = resp.status
-                if status == 200 and resp.content_type == "text/event-stream":
-                    parser = SseParser(self._max_event_bytes)
-                    try:
-                        if await self._pump(resp, parser, request_id):
-                            return True
-                    except (aiohttp.ClientError, TimeoutError, SseError) as exc:
-                        logger.info("a resumed response stream failed: %s", _describe(exc))
-                    finally:
-                        resp.release()
-                    progress = parser.dispatched > 0
-                    last_event_id = parser.last_event_id or last_event_id
-                    retry = parser.retry if parser.retry is not None else retry
-                else:
-                    resp.release()
-                    if status == 404 and self._session_id is not None:
-                        self._emit(_error(request_id, "the upstream session expired (HTTP 404)", status), request_id)
-                        self._session_expired()
-                        return True
-                    if status not in _RETRYABLE:
-                        logger.info("upstream refused to resume a response stream (HTTP %d)", status)
-                        return False
-            failures = 0 if progress else failures + 1
-            if failures >= self.max_reconnect_attempts:
-                return False
-        return False
-
-    def _start_listening(self) -> None:
-        if not self._listening and not self._closed:
-            self._listening = True
-            self._spawn("get", self._listen)
-
-    async def _listen(self) -> None:
-        """Keep the standalone GET stream open: server requests and notifications."""
-        last_event_id: str | None = None
-        retry: int | None = None
-        failures = 0
-        while not self._closed:
-            progress = False
-            try:
-                resp = await self._open_get(last_event_id)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                logger.info("GET stream to %s failed: %s", safe_url(self._url), _describe(exc))
-            else:
-                status = resp.status
-                if status == 200 and resp.content_type == "text/event-stream":
-                    parser = SseParser(self._max_event_bytes)
-                    try:
-                        await self._pump(resp, parser, None)
-                        logger.debug("the upstream ended the GET stream")
-                    except (aiohttp.ClientError, TimeoutError, SseError) as exc:
-                        logger.info("GET stream from %s broke: %s", safe_url(self._url), _describe(exc))
-                    finally:
-                        resp.release()
-                    progress = parser.dispatched > 0
-                    last_event_id = parser.last_event_id or last_event_id
-                    retry = parser.retry if parser.retry is not None else retry
-                else:
-                    content_type = resp.content_type
-                    resp.release()
-                    if status == 405:
-                        logger.debug("the upstream offers no GET stream (HTTP 405)")
-                        return
-                    if status == 404 and self._session_id is not None:
-                        self._session_expired()
-                        return
-                    if status not in _RETRYABLE:
-                        logger.info(
-                            "the upstream refused the GET stream (HTTP %d, %s); continuing without it",
-                            status,
-                            content_type,
-                        )
-                        return
-            failures = 0 if progress else failures + 1
-            if failures >= self.max_reconnect_attempts:
-                logger.warning("gave up on the GET stream to %s after %d attempts", safe_url(self._url), failures)
-                return
-            await asyncio.sleep(self._delay(retry, failures))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -534,7 +388,7 @@ class StreamableHttpChannel(UpstreamChannel):
                 ) as resp:
                     logger.debug("DELETE of the upstream session answered HTTP %d", resp.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            logger.debug("DELETE of the upstream session failed: %s", _describe(exc))
+            logger.debug("DELETE of the upstream session failed: %s", describe(exc))
 
 
 async def _guard(func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
@@ -575,14 +429,3 @@ def _modern_headers(message: Message, headers: CIMultiDictProxy[str]) -> CIMulti
 
 def _answers(message: Message, related: RequestId | None) -> bool:
     return related is not None and "method" not in message and message.get("id") == related
-
-
-def _error(request_id: RequestId, message: str, status: int | None) -> Message:
-    return jsonrpc.error_response(
-        request_id, jsonrpc.UPSTREAM_ERROR, message, {"httpStatus": status} if status is not None else None
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
