@@ -24,7 +24,7 @@ from mcp_barbican.jsonrpc import Message
 from mcp_barbican.upstream.http import make_http_session
 from mcp_barbican.upstream.posting import MAX_HEAD_BYTES
 from mcp_barbican.upstream.streamable import StreamableHttpChannel
-from tests.upstream.upstream_support import Recorder, request
+from tests.upstream.upstream_support import Recorder, leftover_tasks, request
 
 pytestmark = pytest.mark.anyio
 
@@ -361,3 +361,46 @@ async def test_pool_reuses_one_connection_for_sequential_requests(http: aiohttp.
     finally:
         listener.close()
     assert seen == [1]
+
+
+async def test_aclose_with_a_request_awaiting_its_head_leaves_nothing_behind(
+    quiet_log: pytest.LogCaptureFixture,
+) -> None:
+    asked = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
+        asked.set()  # and never answer
+
+    rec = Recorder()
+    async with upstream(script) as server:
+        async with channel(server.url, rec) as ch:
+            await ch.send(request(1, "tools/list"))
+            await rec.response(1)
+            await ch.send(request(2, "tools/call"))
+            await asyncio.wait_for(asked.wait(), 5)
+        await gone(server)
+        assert server.connections == 1  # not sent again after the close
+    assert leftover_tasks() == []
+    assert [m for m, _ in rec.messages if m.get("id") == 2] == []
+    assert_no_traceback(quiet_log)
+
+
+async def test_a_request_waiting_for_a_connection_fails_at_once_when_the_channel_closes() -> None:
+    asked = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
+        asked.set()  # and never answer
+
+    rec = Recorder()
+    async with upstream(script) as server, channel(server.url, rec, connect_timeout=60) as ch:
+        ch.post_connections = 1
+        await ch.send(request(1, "tools/list"))
+        await rec.response(1)
+        await ch.send(request(2, "tools/call"))
+        await asyncio.wait_for(asked.wait(), 5)
+        waiting = asyncio.create_task(ch.send(request(3, "tools/list")))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await ch.aclose()
+        with pytest.raises(UpstreamClosed):
+            await asyncio.wait_for(waiting, 5)

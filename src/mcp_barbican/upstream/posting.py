@@ -120,6 +120,8 @@ class Exchange:
 
         def data(chunk: bytes) -> None:
             nonlocal size
+            if size >= limit:
+                return
             parts.append(chunk)
             size += len(chunk)
             if size >= limit and not done.done():

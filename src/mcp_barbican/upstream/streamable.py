@@ -160,6 +160,10 @@ class StreamableHttpChannel(GetStreams, UpstreamChannel):
         self._answered(post, exchange)
 
     def _heard(self, post: _Post, data: bytes, exchange: Exchange | None, failure: str | None, retry: bool) -> None:
+        if self._closed:  # aclose() or an expired session dropped the connection
+            if exchange is not None:
+                exchange.release()
+            return
         if exchange is not None:
             self._answered(post, exchange)
         elif retry:
