@@ -30,11 +30,13 @@ from yarl import URL
 from mcp_barbican import __version__
 from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
 
-__all__ = ["MAX_HEAD_BYTES", "Exchange", "HeadHandler", "PostPool", "request_head"]
+__all__ = ["KEPT_HEADERS", "MAX_HEAD_BYTES", "Exchange", "HeadHandler", "PostPool", "request_head"]
 
 #: Largest response head (status line and headers) accepted.
 MAX_HEAD_BYTES: Final = 64 * 1024
 KEEPALIVE_SECONDS: Final = 30.0
+#: The response headers anyone reads (the others are only counted against MAX_HEAD_BYTES).
+KEPT_HEADERS: Final = frozenset({b"content-type", b"content-length", b"transfer-encoding", b"mcp-session-id"})
 
 USER_AGENT: Final = f"mcp-barbican/{__version__}"
 _FORBIDDEN: Final = frozenset("\r\n\x00")
@@ -80,7 +82,7 @@ class Exchange:
         self._conn: _Connection | None = conn
         self.status = 0
         self.reason = ""
-        #: Header names in lower case; repeated headers joined with ", ".
+        #: The KEPT_HEADERS the answer had, names in lower case; repeated headers joined with ", ".
         self.headers: dict[str, str] = {}
         self._buffered: list[bytes] = []
         self._ended = False
@@ -243,9 +245,10 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value) + 4)
-        if self._exchange is None:
+        lowered = name.lower()
+        if self._exchange is None or lowered not in KEPT_HEADERS:
             return
-        key = name.decode("latin-1").lower()
+        key = lowered.decode("latin-1")
         text = value.decode("latin-1")
         headers = self._exchange.headers
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
