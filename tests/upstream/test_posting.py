@@ -210,6 +210,21 @@ async def test_broken_answer_is_an_error_for_the_request(
     assert_no_traceback(quiet_log)
 
 
+async def test_a_header_that_never_ends_is_cut_off(quiet_log: pytest.LogCaptureFixture) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: ")
+        for _ in range(64):  # 4 MiB of one header's value, never ended
+            writer.write(b"a" * 65536)
+            await writer.drain()
+
+    rec = Recorder()
+    async with upstream(script) as server:
+        answer = await second_answer(server, rec)
+        assert f"more than {MAX_HEAD_BYTES} bytes of head or framing" in error_text(answer)
+        await gone(server)
+    assert_no_traceback(quiet_log)
+
+
 async def test_broken_answer_on_a_new_connection_is_raised() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
         raise AssertionError("never reached")

@@ -174,6 +174,7 @@ class _Connection(asyncio.Protocol):
         self._on_head: HeadHandler | None = None
         self._parsed_head: Exchange | None = None  # parsed, handed on once the chunk is through the parser
         self._head_size = 0
+        self._unparsed = 0  # bytes fed since the parser last got anywhere (headers done, body, end)
         self._delimited = False  # the body has a length or is chunked (else it ends with the connection)
         self._received = False  # any byte of the current answer arrived
         self.closed = False
@@ -188,7 +189,7 @@ class _Connection(asyncio.Protocol):
         self._exchange = Exchange(self)
         self._on_head = on_head
         self._parsed_head = None
-        self._head_size = 0
+        self._head_size = self._unparsed = 0
         self._received = self._delimited = False
         self._transport.write(data)
 
@@ -213,10 +214,15 @@ class _Connection(asyncio.Protocol):
             self.abort("the upstream sent data without a request")
             return
         self._received = True
+        self._unparsed += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.abort(f"unreadable HTTP answer: {exc.__context__ or exc}")
+            return
+        if self._unparsed > MAX_HEAD_BYTES:
+            # httptools buffers a header (or trailer) until it ends: bound what it may hold
+            self.abort(f"unreadable HTTP answer: more than {MAX_HEAD_BYTES} bytes of head or framing")
             return
         self._hand_on_head()
 
@@ -264,14 +270,17 @@ class _Connection(asyncio.Protocol):
         self._delimited = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
         self._delimited = self._delimited or exchange.status in (204, 304)
         self._parsed_head = exchange
+        self._unparsed = 0
 
     def on_body(self, body: bytes) -> None:
+        self._unparsed = 0
         if self._exchange is not None:
             self._exchange._data(body)
 
     def on_message_complete(self) -> None:
         if self._exchange is None:
             raise _Garbage("a second answer")
+        self._unparsed = 0
         reusable = self._parser.should_keep_alive()
         self._end_exchange(None)
         if reusable:
