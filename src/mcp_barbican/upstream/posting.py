@@ -310,6 +310,12 @@ class _Connection(asyncio.Protocol):
         self._end_exchange(reason)
 
 
+@functools.cache
+def _default_context() -> ssl.SSLContext:
+    """The system's verifying context, built once (loading the trust store costs milliseconds)."""
+    return ssl.create_default_context()
+
+
 def _settle(
     head: asyncio.Future[tuple[Exchange | None, str | None, bool]],
     exchange: Exchange | None,
@@ -345,7 +351,7 @@ class PostPool:
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._ssl: ssl.SSLContext | None = None
         if url.scheme == "https":
-            self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
+            self._ssl = ssl_context if ssl_context is not None else _default_context()
         self._connect_timeout = connect_timeout
         self._limit = limit
         self._idle: list[_Connection] = []
