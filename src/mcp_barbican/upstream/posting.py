@@ -1,14 +1,18 @@
 """A lean HTTP/1.1 client for the POSTs of one Streamable HTTP channel.
 
-aiohttp's request machinery (header multidicts, a StreamReader and a task per response) cost
-more proxy CPU than the rest of a proxied call together (docs/performance.md, "HTTP upstream
-CPU"). This client does one thing: send a prebuilt request head plus body on a pooled
-keep-alive connection and hand the response back as a head (status, headers) followed by
-body callbacks, parsed by httptools (llhttp) in the protocol's `data_received`.
+Through aiohttp (request and response objects, header multidicts, a StreamReader and a task
+per answer) the HTTP hop cost about as much proxy CPU as the whole rest of a proxied call
+(docs/performance.md, "HTTP upstream CPU"). This client does one thing: send a prebuilt
+request head plus body on a pooled keep-alive connection and hand the answer back as a head
+(status, the headers the channel reads) followed by body callbacks, parsed by httptools
+(llhttp) in the protocol's `data_received`. No redirects are followed, no compression is
+asked for, interim (1xx) answers are refused.
 
 Bounds: at most `limit` connections (callers wait up to the connect timeout for a free one),
-a response head of at most MAX_HEAD_BYTES, connecting (TCP and TLS) within `connect_timeout`;
-idle connections are closed after KEEPALIVE_SECONDS. The body size is the caller's to bound.
+a response head of at most MAX_HEAD_BYTES (and as much unparsed framing: a header or trailer
+that never ends), connecting (TCP and TLS) within `connect_timeout`; idle connections are
+closed after KEEPALIVE_SECONDS. The body size is the caller's to bound, and so is the time an
+answer may take (the core times requests out; closing the channel drops its connections).
 A connection that answered in a way we cannot trust (bytes after the response, a parse error,
 an abort) is closed, never reused. A POST on a reused connection that the server closed before
 sending a single byte (its keep-alive ran out) is sent once more on a fresh connection.
@@ -98,10 +102,6 @@ class Exchange:
     def content_length(self) -> int | None:
         value = self.headers.get("content-length")
         return int(value) if value is not None and value.isdigit() else None
-
-    @property
-    def finished(self) -> bool:
-        return self._ended
 
     def attach(self, on_data: BodyHandler, on_end: EndHandler) -> None:
         """Receive the body: `on_data(chunk)` per chunk, then `on_end(None)`, or `on_end(reason)` if it broke."""
@@ -359,11 +359,6 @@ class PostPool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
-
-    @property
-    def connections(self) -> int:
-        """Connections open now, idle or busy."""
-        return len(self._open)
 
     def failed(self, reason: str) -> str:
         """The message for a POST that broke before its answer's head."""
