@@ -419,3 +419,47 @@ async def test_a_request_waiting_for_a_connection_fails_at_once_when_the_channel
         await ch.aclose()
         with pytest.raises(UpstreamClosed):
             await asyncio.wait_for(waiting, 5)
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "expected"),
+    [
+        (
+            "http://127.0.0.1:8080/mcp?x=1",
+            {"Accept": "application/json"},
+            [
+                b"POST /mcp?x=1 HTTP/1.1",
+                b"Host: 127.0.0.1:8080",
+                b"Accept: application/json",
+                b"User-Agent: mcp-barbican/",
+            ],
+        ),
+        (
+            "https://example.org/mcp",
+            {"User-Agent": "mine"},
+            [b"POST /mcp HTTP/1.1", b"Host: example.org", b"User-Agent: mine"],
+        ),
+        ("http://[::1]:9/m", {}, [b"POST /m HTTP/1.1", b"Host: [::1]:9", b"User-Agent: mcp-barbican/"]),
+        (
+            "http://u:p%40ss@h/m",
+            {},
+            [b"POST /m HTTP/1.1", b"Host: h", b"User-Agent: mcp-barbican/", b"Authorization: Basic dTpwQHNz"],
+        ),
+        (
+            "http://u:p@h/m",
+            {"Authorization": "Bearer t"},
+            [b"POST /m HTTP/1.1", b"Host: h", b"Authorization: Bearer t", b"User-Agent: mcp-barbican/"],
+        ),
+    ],
+)
+async def test_request_head(url: str, headers: dict[str, str], expected: list[bytes]) -> None:
+    from yarl import URL
+
+    from mcp_barbican.upstream.posting import request_head
+
+    head = request_head(URL(url), headers)
+    assert head.endswith(b"\r\n") and not head.endswith(b"\r\n\r\n")
+    lines = head.split(b"\r\n")[:-1]
+    assert len(lines) == len(expected)
+    for line, start in zip(lines, expected, strict=True):
+        assert line.startswith(start), (line, start)
