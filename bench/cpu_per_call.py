@@ -8,7 +8,13 @@ runs the same closed-loop client (wrk, 8 connections) against each in turn, `--r
 reads the proxy's utime+stime from /proc/PID/stat around each run. Ratios are taken within one
 repetition. Run from the repository root:
 
-    python bench/cpu_per_call.py [--seconds 6] [--repeat 2] [--spy /tmp/s2.txt]
+    python bench/cpu_per_call.py [--seconds 6] [--repeat 2] [--rate N] [--spy PREFIX]
+
+Closed-loop CPU per call depends on the rate reached (per-call costs that batch, such as the
+audit writer's hand-off, shrink as the rate grows), and S2's rate is bounded by its upstream,
+which shares CPU 1 with the client. `--rate N` drives every target open loop at the same N
+calls/s with bench/mcprate.py instead, so the two proxies batch alike; the throughput columns
+then only show that the rate was held.
 
 `--spy PREFIX` records both proxies with py-spy (`PY_SPY`, default `py-spy` on PATH) during the
 first repetition into PREFIX-s1.txt and PREFIX-s2.txt, in raw (collapsed stack) format, 500 Hz.
@@ -31,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run
 
 
-def measure(lab: run.Lab, target: run.Target, seconds: float, spy: str | None = None) -> dict[str, Any]:
+def measure(
+    lab: run.Lab, target: run.Target, seconds: float, spy: str | None = None, rate: int | None = None
+) -> dict[str, Any]:
     assert target.url is not None
     spying: subprocess.Popen[bytes] | None = None
     with run.mcp_session(target) as session:
@@ -40,7 +48,13 @@ def measure(lab: run.Lab, target: run.Target, seconds: float, spy: str | None = 
             exe = os.environ.get("PY_SPY", "py-spy")
             argv = [exe, "record", "-r", "500", "--nonblocking", "-f", "raw", "-o", spy, "-p", str(target.proc.pid)]
             spying = subprocess.Popen([*argv, "-d", f"{seconds:g}"], stdout=subprocess.DEVNULL)
-        result = run.run_wrk(target.url, session, seconds)
+        if rate:
+            result = run.run_rate(session, rate, seconds)
+            result["rps"] = result["good"] / seconds
+            result["errors"] = result.get("bad", 0)
+            result["duration_us"] = seconds * 1e6
+        else:
+            result = run.run_wrk(target.url, session, seconds)
         after = run.cpu_sample(target.proc)
     if spying is not None:
         spying.wait(timeout=60)
@@ -53,6 +67,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="length of one timed run")
     parser.add_argument("--repeat", type=int, default=2, help="repetitions of S1, S2, direct")
+    parser.add_argument("--rate", type=int, help="open loop at this many calls/s (bench/mcprate.py) instead of wrk")
     parser.add_argument("--spy", help="py-spy output prefix (first repetition)")
     args = parser.parse_args()
 
@@ -90,9 +105,9 @@ def main() -> int:
             measure(lab, target, 1.0)  # warm-up
         for rep in range(args.repeat):
             spy = args.spy if rep == 0 else None
-            a = measure(lab, s1, args.seconds, f"{spy}-s1.txt" if spy else None)
-            b = measure(lab, s2, args.seconds, f"{spy}-s2.txt" if spy else None)
-            c = measure(lab, direct, args.seconds)
+            a = measure(lab, s1, args.seconds, f"{spy}-s1.txt" if spy else None, args.rate)
+            b = measure(lab, s2, args.seconds, f"{spy}-s2.txt" if spy else None, args.rate)
+            c = measure(lab, direct, args.seconds, rate=args.rate)
             row = {
                 "s1_us": a["cpu_us_per_call"],
                 "s2_us": b["cpu_us_per_call"],
