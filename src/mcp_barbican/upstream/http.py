@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import weakref
 from typing import Final, NamedTuple
 
 import aiohttp
@@ -27,9 +28,11 @@ __all__ = [
     "SseEvent",
     "SseParser",
     "body_excerpt",
+    "excerpt",
     "make_http_session",
     "read_limited",
     "safe_url",
+    "session_settings",
 ]
 
 #: Largest SSE event (or JSON body) accepted from an upstream: results can embed big resources.
@@ -57,7 +60,7 @@ def make_http_session(ssl_context: ssl.SSLContext | None, *, connect_timeout: fl
         ssl=ssl_context if ssl_context is not None else True,
         keepalive_timeout=KEEPALIVE_SECONDS,
     )
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout, sock_read=None),
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -65,6 +68,23 @@ def make_http_session(ssl_context: ssl.SSLContext | None, *, connect_timeout: fl
         auto_decompress=True,
         headers={"User-Agent": USER_AGENT},
     )
+    _SESSION_TLS[session] = (ssl_context, connect_timeout)
+    return session
+
+
+#: What make_http_session() was given, for the channels' own POST connections (upstream/posting.py).
+_SESSION_TLS: weakref.WeakKeyDictionary[aiohttp.ClientSession, tuple[ssl.SSLContext | None, float]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def session_settings(session: aiohttp.ClientSession) -> tuple[ssl.SSLContext | None, float]:
+    """The TLS context (None: the default verifying one) and connect timeout `session` was made with."""
+    found = _SESSION_TLS.get(session)
+    if found is not None:
+        return found
+    sock_connect = session.timeout.sock_connect
+    return None, sock_connect if sock_connect is not None else 30.0
 
 
 def safe_url(url: URL) -> str:
@@ -97,6 +117,11 @@ async def body_excerpt(resp: aiohttp.ClientResponse, limit: int = 512, width: in
         raw = await resp.content.read(limit)
     except (aiohttp.ClientError, TimeoutError):
         return ""
+    return excerpt(raw, width)
+
+
+def excerpt(raw: bytes, width: int = 200) -> str:
+    """`raw` (part of a body) as one short line."""
     text = _WHITESPACE.sub(" ", raw.decode("utf-8", "replace")).strip()
     return text if len(text) <= width else text[: width - 3] + "..."
 

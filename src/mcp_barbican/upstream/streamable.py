@@ -1,18 +1,23 @@
 """Streamable HTTP upstreams, the session shape of MCP 2025-03-26 ... 2025-11-25.
 
-Every message is one POST to the MCP endpoint. `send()` returns once the upstream answered
-with response headers; the body (a JSON object or an SSE stream) is read by a background
-task, so any number of requests run concurrently on the shared keep-alive pool. Messages
-from a POST's body reach `on_message(message, request_id)`, the id being that of the POSTed
-request; the standalone GET stream (opened once `notifications/initialized` went through)
-delivers `on_message(message, None)`.
+Every message is one POST to the MCP endpoint, sent by the channel's own pooled HTTP/1.1
+client (upstream/posting.py: aiohttp's request machinery cost more CPU than the rest of a
+proxied call). A request on a kept-alive connection returns from `send()` once written;
+anything else (a notification, a response, a request that needs a new connection) returns
+once the upstream answered with response headers. The body (a JSON object or an SSE stream)
+is relayed by callbacks as it arrives (upstream/answers.py), so any number of requests run
+concurrently. Messages from a POST's body reach `on_message(message, request_id)`, the id
+being that of the POSTed request; the standalone GET stream (opened once
+`notifications/initialized` went through, upstream/getstream.py, on aiohttp) delivers
+`on_message(message, None)`.
 
 A request always gets an answer through `on_message`: the upstream's response, or a
 synthesized JSON-RPC error (`UPSTREAM_ERROR`) when the upstream answers with an HTTP error,
 an unusable body, or a stream that ends without the response and cannot be resumed
 (resumption: GET with `Last-Event-ID`, honouring `retry`, a bounded number of attempts).
 Exceptions from `send()`: UpstreamUnavailable when the upstream cannot be connected to,
-UpstreamClosed when the exchange broke or the channel is closed. Two cases are left to the
+UpstreamClosed when the exchange broke before the answer's head (on a kept-alive connection,
+a request gets that as an error answer instead) or the channel is closed. Two cases are left to the
 core: a 202 to a request (its answer is expected on the GET stream) and slow answers (the
 core times requests out).
 
@@ -27,48 +32,54 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from mcp_barbican import jsonrpc
-from mcp_barbican.exceptions import UpstreamClosed, UpstreamUnavailable
+from mcp_barbican.exceptions import UpstreamClosed, UpstreamError, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message, RequestId
 from mcp_barbican.logs import log_unexpected
+from mcp_barbican.upstream.answers import Answer
 from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel, with_identity
-from mcp_barbican.upstream.http import MAX_EVENT_BYTES, SseError, SseParser, body_excerpt, read_limited, safe_url
+from mcp_barbican.upstream.getstream import GetStreams, describe, upstream_error
+from mcp_barbican.upstream.http import (
+    CONNECTION_LIMIT,
+    MAX_EVENT_BYTES,
+    excerpt,
+    safe_url,
+    session_settings,
+)
+from mcp_barbican.upstream.posting import Exchange, PostPool, request_head
 
 __all__ = ["StreamableHttpChannel"]
 
 logger = logging.getLogger(__name__)
 
 _SESSION_ID: Final = re.compile(r"[\x21-\x7e]+")
-#: GET answers worth retrying; any other error status ends the attempt for good.
-_RETRYABLE: Final = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 #: How long reading an error body may take.
 _EXCERPT_TIMEOUT: Final = 2.0
 
 
-class StreamableHttpChannel(UpstreamChannel):
+class _Post(NamedTuple):
+    method: str | None
+    request_id: RequestId | None
+    session_sent: bool
+
+
+class StreamableHttpChannel(GetStreams, UpstreamChannel):
     """One Streamable HTTP MCP session."""
 
-    #: Delay before the first reconnect when the server gave no `retry`; doubles per failure.
-    reconnect_delay: float = 1.0
-    #: Cap on the computed backoff delay.
-    max_reconnect_delay: float = 30.0
-    #: Cap on a server-sent `retry` (the spec says to respect it; we still bound it).
-    max_retry_delay: float = 60.0
-    #: Consecutive reconnects that deliver nothing before giving up on a stream.
-    max_reconnect_attempts: int = 5
-    #: After a POST stream carried its response, how long the server gets to end the stream.
-    stream_end_grace: float = 1.0
     #: Bound on the DELETE sent by aclose().
     delete_timeout: float = 2.0
+    #: Connections this session's POSTs may hold open at once.
+    post_connections: int = CONNECTION_LIMIT
 
     def __init__(
         self,
@@ -91,6 +102,9 @@ class StreamableHttpChannel(UpstreamChannel):
         self._base_headers: CIMultiDict[str] = CIMultiDict(headers)
         self._post_key: tuple[str | None, str | None] | None = None
         self._post_headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self._post_prefix: bytes | None = None
+        self._pool: PostPool | None = None
+        self._answers: set[Answer] = set()
         self._session_id: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -130,50 +144,121 @@ class StreamableHttpChannel(UpstreamChannel):
             raise UpstreamClosed("the HTTP session is closed")
         method = message.get("method")
         request_id: RequestId | None = message["id"] if method is not None and "id" in message else None
-        headers = with_identity(_modern_headers(message, self._headers_for_post()), self._identity)
-        session_sent = self._session_id is not None
+        post = _Post(method, request_id, self._session_id is not None)
         body = jsonrpc.dumps(message)
-        try:
-            resp = await self._http.post(self._url, data=body, headers=headers, allow_redirects=False)
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnavailable(f"cannot reach {safe_url(self._url)}: {_describe(exc)}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamClosed(f"POST to {safe_url(self._url)} failed: {_describe(exc)}") from exc
+        data = self._post_head(message, len(body)) + body
+        pool = self._posts()
+        conn = pool.idle() if request_id is not None else None
+        if conn is not None:
+            # A request on a kept-alive connection: its answer, an HTTP error included, reaches
+            # on_message, so there is no need to wait here for its head.
+            conn.begin(data, functools.partial(self._heard, post, data))
+            return
+        # Otherwise wait for the head: notifications and responses go out in order, and a new
+        # connection's failure (TLS refused after the handshake, say) is raised to the caller.
+        exchange = await pool.post(data)
         if self._closed:
-            resp.release()
+            exchange.release()
             raise UpstreamClosed("the upstream session closed while sending")
-        status = resp.status
+        self._answered(post, exchange)
+
+    def _heard(self, post: _Post, data: bytes, exchange: Exchange | None, failure: str | None, retry: bool) -> None:
+        if self._closed:  # aclose() or an expired session dropped the connection
+            if exchange is not None:
+                exchange.release()
+            return
+        if exchange is not None:
+            self._answered(post, exchange)
+        elif retry:
+            self._spawn("post", self._post_again, post, data)
+        elif post.request_id is not None:
+            self._fail_request(post.request_id, self._posts().failed(str(failure)))
+
+    async def _post_again(self, post: _Post, data: bytes) -> None:
+        """The request went out on a connection the upstream had just closed: once more on a fresh one."""
+        try:
+            exchange = await self._posts().post(data)
+        except UpstreamError as exc:
+            if post.request_id is not None:
+                self._fail_request(post.request_id, str(exc))
+            return
+        self._answered(post, exchange)
+
+    def _fail_request(self, request_id: RequestId, failure: str) -> None:
+        logger.info("request to %s failed: %s", safe_url(self._url), failure)
+        self._emit(upstream_error(request_id, failure, None), request_id)
+
+    def _answered(self, post: _Post, exchange: Exchange) -> None:
+        """The head of a POST's answer arrived."""
+        if self._closed:
+            exchange.release()
+            return
+        status = exchange.status
+        method, request_id = post.method, post.request_id
         if 200 <= status < 300:
             if method == "initialize" and request_id is not None:
-                self._adopt_session(resp)
-            if status in (202, 204) or (request_id is None and resp.content_length == 0):
-                resp.release()
+                self._adopt_session(exchange.headers.get("mcp-session-id"))
+            if status in (202, 204) or (request_id is None and exchange.content_length == 0):
+                exchange.release()
                 if request_id is not None:
                     logger.debug("upstream answered a request with HTTP %d; its response should follow on GET", status)
             else:
-                task = self._spawn("post", self._consume, resp, request_id)
-                # covers a task cancelled before it ever ran (aclose right after send)
-                task.add_done_callback(lambda _: resp.release())
+                answer = Answer(
+                    exchange,
+                    request_id,
+                    deliver=self._deliver,
+                    on_done=self._answer_done,
+                    max_bytes=self._max_event_bytes,
+                    grace=self.stream_end_grace,
+                )
+                self._answers.add(answer)
+                answer.start()
             if method == "notifications/initialized":
                 self._start_listening()
-            return
+        elif status == 404 and post.session_sent:
+            exchange.release()
+            if request_id is not None:
+                self._emit(upstream_error(request_id, "the upstream session expired (HTTP 404)", status), request_id)
+            self._session_expired()
+        else:
+            self._spawn("refusal", self._refused, post, exchange)
+
+    async def _refused(self, post: _Post, exchange: Exchange) -> None:
+        """An HTTP error answer: the request gets an error naming the status and the start of the body."""
+        text = ""
         try:
-            if status == 404 and session_sent:
-                if request_id is not None:
-                    self._emit(_error(request_id, "the upstream session expired (HTTP 404)", status), request_id)
-                self._session_expired()
-                return
-            excerpt = ""
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_EXCERPT_TIMEOUT):
-                    excerpt = await body_excerpt(resp)
+                    text = excerpt(await exchange.read(512))
         finally:
-            resp.release()
-        detail = f"upstream answered HTTP {status}" + (f": {excerpt}" if excerpt else f" {resp.reason or ''}".rstrip())
-        if request_id is not None:
-            self._emit(_error(request_id, detail, status), request_id)
+            exchange.release()
+        status = exchange.status
+        detail = f"upstream answered HTTP {status}" + (f": {text}" if text else f" {exchange.reason}".rstrip())
+        if post.request_id is not None:
+            self._emit(upstream_error(post.request_id, detail, status), post.request_id)
         else:
-            logger.warning("%s rejected a %s: %s", safe_url(self._url), method or "response", detail)
+            logger.warning("%s rejected a %s: %s", safe_url(self._url), post.method or "response", detail)
+
+    def _posts(self) -> PostPool:
+        if self._pool is None:
+            tls, connect_timeout = session_settings(self._http)
+            label = safe_url(self._url)
+            self._pool = PostPool(
+                self._url, tls, label=label, connect_timeout=connect_timeout, limit=self.post_connections
+            )
+        return self._pool
+
+    def _post_head(self, message: Message, length: int) -> bytes:
+        """The request head of one POST: the cached session part, or built anew for per-call headers."""
+        cached = self._headers_for_post()
+        headers = with_identity(_modern_headers(message, cached), self._identity)
+        if headers is cached:
+            if self._post_prefix is None:
+                self._post_prefix = request_head(self._url, cached)
+            prefix = self._post_prefix
+        else:
+            prefix = request_head(self._url, headers)
+        return prefix + b"Content-Length: %d\r\n\r\n" % length
 
     def _headers_for_post(self) -> CIMultiDictProxy[str]:
         key = (self._session_id, self.protocol_version)
@@ -182,6 +267,7 @@ class StreamableHttpChannel(UpstreamChannel):
             headers["Content-Type"] = "application/json"
             self._post_headers = CIMultiDictProxy(headers)
             self._post_key = key
+            self._post_prefix = None
         return self._post_headers
 
     def _session_headers(self, accept: str) -> CIMultiDict[str]:
@@ -200,8 +286,7 @@ class StreamableHttpChannel(UpstreamChannel):
             headers[name] = value
         return headers
 
-    def _adopt_session(self, resp: aiohttp.ClientResponse) -> None:
-        session_id = resp.headers.get("Mcp-Session-Id")
+    def _adopt_session(self, session_id: str | None) -> None:
         if session_id is None:
             return
         if _SESSION_ID.fullmatch(session_id) is None:
@@ -211,59 +296,18 @@ class StreamableHttpChannel(UpstreamChannel):
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def _consume(self, resp: aiohttp.ClientResponse, request_id: RequestId | None) -> None:
-        """Relay the body of one POST; make sure a request gets an answer."""
-        answered = False
-        parser: SseParser | None = None
-        failure = ""
-        try:
-            content_type = resp.content_type
-            if content_type == "text/event-stream":
-                parser = SseParser(self._max_event_bytes)
-                answered = await self._pump(resp, parser, request_id)
-                failure = "the upstream ended the response stream without answering"
-            elif content_type == "application/json":
-                answered = self._deliver(await read_limited(resp, self._max_event_bytes), request_id)
-                failure = "the upstream's JSON body held no response to the request"
-            else:
-                failure = f"upstream answered HTTP {resp.status} with content type {content_type!r}"
-        except Exception as exc:  # whatever broke, the request still gets its answer below
-            failure = f"the upstream response stream failed: {_describe(exc)}"
-        finally:
-            resp.release()
-        if request_id is None or answered:
+    def _answer_done(self, answer: Answer) -> None:
+        """A POST body ended: make sure its request got an answer."""
+        self._answers.discard(answer)
+        request_id = answer.request_id
+        if request_id is None or answer.answered or self._closed:
             return
+        parser = answer.parser
         if parser is not None and parser.last_event_id:
-            try:
-                if await self._resume(request_id, parser.last_event_id, parser.retry):
-                    return
-            except Exception as exc:
-                log_unexpected(logger, "resuming a response stream failed")
-                failure += f"; resuming it failed: {_describe(exc)}"
-            else:
-                failure += "; resuming it failed"
-        logger.info("request to %s failed: %s", safe_url(self._url), failure)
-        self._emit(_error(request_id, failure, None), request_id)
-
-    async def _pump(self, resp: aiohttp.ClientResponse, parser: SseParser, related: RequestId | None) -> bool:
-        """Relay an SSE body; True once the response to `related` went by.
-
-        After the response the server should end the stream; it gets `stream_end_grace`
-        seconds to do so before the connection is dropped.
-        """
-        answered = False
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(None) as deadline:
-                async for chunk in resp.content.iter_any():
-                    for event in parser.feed(chunk):
-                        if event.event == "message" and self._deliver(event.data, related) and not answered:
-                            answered = True
-                            deadline.reschedule(loop.time() + self.stream_end_grace)
-        except TimeoutError:
-            if not (answered and deadline.expired()):
-                raise
-        return answered
+            self._spawn("resume", self._resume_or_fail, request_id, parser, answer.failure)
+            return
+        logger.info("request to %s failed: %s", safe_url(self._url), answer.failure)
+        self._emit(upstream_error(request_id, answer.failure, None), request_id)
 
     def _deliver(self, data: bytes, related: RequestId | None) -> bool:
         """Parse and hand on one message; True when it is the response to `related`."""
@@ -297,111 +341,6 @@ class StreamableHttpChannel(UpstreamChannel):
         except Exception:
             log_unexpected(logger, "on_message handler failed")
 
-    async def _open_get(self, last_event_id: str | None) -> aiohttp.ClientResponse:
-        headers = self._session_headers_now("text/event-stream")
-        if last_event_id:
-            headers["Last-Event-ID"] = last_event_id
-        async with asyncio.timeout(self._start_timeout):
-            return await self._http.get(self._url, headers=headers, allow_redirects=False)
-
-    def _delay(self, retry: int | None, failures: int) -> float:
-        if retry is not None:
-            return min(retry / 1000, self.max_retry_delay)
-        return min(self.reconnect_delay * float(2 ** max(failures - 1, 0)), self.max_reconnect_delay)
-
-    async def _resume(self, request_id: RequestId, last_event_id: str, retry: int | None) -> bool:
-        """Resume a POST stream with GET + Last-Event-ID until its response arrives.
-
-        True when the request got its answer (or the session expired and it got an error).
-        """
-        failures = 0
-        while not self._closed:
-            await asyncio.sleep(self._delay(retry, failures))
-            progress = False
-            try:
-                resp = await self._open_get(last_event_id)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                logger.info("resuming a response stream from %s failed: %s", safe_url(self._url), _describe(exc))
-            else:
-                status = resp.status
-                if status == 200 and resp.content_type == "text/event-stream":
-                    parser = SseParser(self._max_event_bytes)
-                    try:
-                        if await self._pump(resp, parser, request_id):
-                            return True
-                    except (aiohttp.ClientError, TimeoutError, SseError) as exc:
-                        logger.info("a resumed response stream failed: %s", _describe(exc))
-                    finally:
-                        resp.release()
-                    progress = parser.dispatched > 0
-                    last_event_id = parser.last_event_id or last_event_id
-                    retry = parser.retry if parser.retry is not None else retry
-                else:
-                    resp.release()
-                    if status == 404 and self._session_id is not None:
-                        self._emit(_error(request_id, "the upstream session expired (HTTP 404)", status), request_id)
-                        self._session_expired()
-                        return True
-                    if status not in _RETRYABLE:
-                        logger.info("upstream refused to resume a response stream (HTTP %d)", status)
-                        return False
-            failures = 0 if progress else failures + 1
-            if failures >= self.max_reconnect_attempts:
-                return False
-        return False
-
-    def _start_listening(self) -> None:
-        if not self._listening and not self._closed:
-            self._listening = True
-            self._spawn("get", self._listen)
-
-    async def _listen(self) -> None:
-        """Keep the standalone GET stream open: server requests and notifications."""
-        last_event_id: str | None = None
-        retry: int | None = None
-        failures = 0
-        while not self._closed:
-            progress = False
-            try:
-                resp = await self._open_get(last_event_id)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                logger.info("GET stream to %s failed: %s", safe_url(self._url), _describe(exc))
-            else:
-                status = resp.status
-                if status == 200 and resp.content_type == "text/event-stream":
-                    parser = SseParser(self._max_event_bytes)
-                    try:
-                        await self._pump(resp, parser, None)
-                        logger.debug("the upstream ended the GET stream")
-                    except (aiohttp.ClientError, TimeoutError, SseError) as exc:
-                        logger.info("GET stream from %s broke: %s", safe_url(self._url), _describe(exc))
-                    finally:
-                        resp.release()
-                    progress = parser.dispatched > 0
-                    last_event_id = parser.last_event_id or last_event_id
-                    retry = parser.retry if parser.retry is not None else retry
-                else:
-                    content_type = resp.content_type
-                    resp.release()
-                    if status == 405:
-                        logger.debug("the upstream offers no GET stream (HTTP 405)")
-                        return
-                    if status == 404 and self._session_id is not None:
-                        self._session_expired()
-                        return
-                    if status not in _RETRYABLE:
-                        logger.info(
-                            "the upstream refused the GET stream (HTTP %d, %s); continuing without it",
-                            status,
-                            content_type,
-                        )
-                        return
-            failures = 0 if progress else failures + 1
-            if failures >= self.max_reconnect_attempts:
-                logger.warning("gave up on the GET stream to %s after %d attempts", safe_url(self._url), failures)
-                return
-            await asyncio.sleep(self._delay(retry, failures))
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     def _spawn(self, name: str, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> asyncio.Task[None]:
@@ -418,6 +357,7 @@ class StreamableHttpChannel(UpstreamChannel):
         self._closed = True
         self._expired = True
         logger.warning("the upstream session at %s expired (HTTP 404)", safe_url(self._url))
+        self._drop_posts()
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
@@ -427,11 +367,19 @@ class StreamableHttpChannel(UpstreamChannel):
         except Exception:
             log_unexpected(logger, "on_close handler failed")
 
+    def _drop_posts(self) -> None:
+        for answer in list(self._answers):
+            answer.cancel()
+        self._answers.clear()
+        if self._pool is not None:
+            self._pool.close()
+
     async def aclose(self) -> None:
         if self._closing:
             return
         self._closing = True
         self._closed = True
+        self._drop_posts()
         current = asyncio.current_task()
         tasks = [task for task in self._tasks if task is not current]
         for task in tasks:
@@ -447,7 +395,7 @@ class StreamableHttpChannel(UpstreamChannel):
                 ) as resp:
                     logger.debug("DELETE of the upstream session answered HTTP %d", resp.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            logger.debug("DELETE of the upstream session failed: %s", _describe(exc))
+            logger.debug("DELETE of the upstream session failed: %s", describe(exc))
 
 
 async def _guard(func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
@@ -488,14 +436,3 @@ def _modern_headers(message: Message, headers: CIMultiDictProxy[str]) -> CIMulti
 
 def _answers(message: Message, related: RequestId | None) -> bool:
     return related is not None and "method" not in message and message.get("id") == related
-
-
-def _error(request_id: RequestId, message: str, status: int | None) -> Message:
-    return jsonrpc.error_response(
-        request_id, jsonrpc.UPSTREAM_ERROR, message, {"httpStatus": status} if status is not None else None
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
