@@ -12,6 +12,7 @@ the URL and why, logged, counted and reported (`on_refused`, which audits `egres
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import socket
 import weakref
@@ -33,6 +34,9 @@ logger = logging.getLogger(__name__)
 MAX_REDIRECTS: Final = 5
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 
+#: The URL a pinned session is fetching, so a refusal at connect time names it rather than host:port.
+_fetching: contextvars.ContextVar[str | None] = contextvars.ContextVar("egress_fetching", default=None)
+
 #: What a refusal reports: the URL (or host:port at connect time), why, and what fetched it.
 RefusalHook = Callable[[str, str, str], None]
 
@@ -47,7 +51,9 @@ class EgressRefused(aiohttp.ClientConnectionError):
 
 
 def _shown(url: URL) -> str:
-    return str(url.with_user(None).with_password(None).with_query(None).with_fragment(None))
+    if not url.absolute:
+        return str(url.with_query(None).with_fragment(None))
+    return str(url.with_user(None).with_query(None).with_fragment(None))
 
 
 class Egress:
@@ -89,7 +95,7 @@ class Egress:
         self, host: str, port: int, *, family: socket.AddressFamily = socket.AF_UNSPEC, purpose: str = "a fetch"
     ) -> list[ResolveResult]:
         """What `host` resolves to, every address checked; EgressRefused if any is refused or none is found."""
-        target = f"{host}:{port}"
+        target = _fetching.get() or f"{host}:{port}"
         literal = host_address(host)
         if literal is not None:
             found: list[ResolveResult] = [
@@ -123,12 +129,15 @@ class Egress:
         shown = _shown(parsed)
         if parsed.scheme not in ("http", "https") or not parsed.raw_host:
             raise self.refuse(shown, "not an http(s) URL with a host", purpose)
+        token = _fetching.set(shown)
         try:
             await self.addresses(parsed.raw_host, parsed.port or 0, purpose=purpose)
         except EgressRefused as exc:
             raise EgressRefused(shown, exc.reason) from None
         except OSError as exc:
             raise EgressRefused(shown, f"{parsed.raw_host} does not resolve: {exc.strerror or exc}") from None
+        finally:
+            _fetching.reset(token)
 
     # -- fetching ----------------------------------------------------------------------
 
@@ -160,7 +169,11 @@ class Egress:
                 self._check_literal(target, purpose)
             else:
                 await self.check_url(target, purpose)
-            response = await session.request(method, target, headers=headers, allow_redirects=False, **kwargs)
+            token = _fetching.set(_shown(target))
+            try:
+                response = await session.request(method, target, headers=headers, allow_redirects=False, **kwargs)
+            finally:
+                _fetching.reset(token)
             location = response.headers.get("Location")
             if response.status not in _REDIRECTS or location is None or redirects >= max_redirects:
                 return response

@@ -61,7 +61,7 @@ async def discover_jwks_uri(session: aiohttp.ClientSession, issuer: str) -> str:
     problems = []
     for url in metadata_urls(issuer):
         try:
-            return jwks_uri_from_metadata(await fetch_json(session, url, MAX_METADATA_BYTES), issuer)
+            return jwks_uri_from_metadata(await fetch_json(session, url, MAX_METADATA_BYTES, "OAuth metadata"), issuer)
         except (ValueError, aiohttp.ClientError, TimeoutError) as exc:
             problems.append(f"{url}: {str(exc) or type(exc).__name__}")
     raise ValueError("no usable authorization server metadata (" + "; ".join(problems) + ")")

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from mcp_barbican import egress
 from mcp_barbican.security.auth import AuthFailure
 from mcp_barbican.security.jwks import ClientSessions, read_json_body
 from mcp_barbican.security.principal import Principal
@@ -161,7 +162,7 @@ class Introspector:
         self._auth = aiohttp.BasicAuth(
             quote(config.client_id, safe=""), quote(config.client_secret.get_secret_value(), safe="")
         )
-        self._session = ClientSessions(http)
+        self._session = ClientSessions(http, "OAuth introspection")
         self._clock = clock
         self._inflight: dict[bytes, asyncio.Future[Principal | AuthFailure]] = {}
 
@@ -206,14 +207,17 @@ class Introspector:
 
     async def _post(self, credential: str) -> Mapping[str, Any]:
         form = {"token": credential, "token_type_hint": "access_token"}
-        async with self._session().post(
+        response = await egress.installed().request(
+            self._session(),
+            "POST",
             self.url,
+            purpose="OAuth introspection",
             data=form,
             auth=self._auth,
             timeout=self._timeout,
-            allow_redirects=False,
             headers={"Accept": "application/json"},
-        ) as response:
+        )
+        async with response:
             body = await read_json_body(response, MAX_RESPONSE_BYTES)
         document = orjson.loads(body)
         if not isinstance(document, dict):
