@@ -6,6 +6,7 @@ attempts is recorded (`connections`) so a test can assert that a refused address
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -58,12 +59,15 @@ STUB = {
 
 @pytest.fixture
 def connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Every address aiohttp tries to connect to."""
+    """Every address aiohttp tries to connect to; anything but loopback fails without a packet sent."""
     tried: list[str] = []
     original = aiohappyeyeballs.start_connection
 
     async def recording(addr_infos: Any, **kwargs: Any) -> socket.socket:
-        tried.extend(str(info[4][0]) for info in addr_infos)
+        addresses = [str(info[4][0]) for info in addr_infos]
+        tried.extend(addresses)
+        if any(not ipaddress.ip_address(address).is_loopback for address in addresses):
+            raise OSError(f"the test sends nothing off the machine (asked for {addresses})")
         return await original(addr_infos, **kwargs)
 
     monkeypatch.setattr(aiohappyeyeballs, "start_connection", recording)
