@@ -16,10 +16,15 @@ import aiohappyeyeballs
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from pydantic import SecretStr
 
 from mcp_barbican import egress as egress_module
-from mcp_barbican.config import EgressConfig
+from mcp_barbican.config import EgressConfig, IntrospectionConfig
+from mcp_barbican.config.upstream_auth import TokenExchangeConfig
 from mcp_barbican.egress import Egress, EgressRefused
+from mcp_barbican.security.discovery import DiscoveredJwks
+from mcp_barbican.security.introspection import UNAVAILABLE, IntrospectionRules, Introspector
+from mcp_barbican.upstream.exchange import ExchangeFailed, TokenExchange
 from tests.security.test_jwks import Clock, jwks_verifier
 
 METADATA = "169.254.169.254"
@@ -231,3 +236,39 @@ async def test_a_jwks_url_resolving_to_a_metadata_address_is_refused_in_one_line
     assert stub_egress[1].seen == [
         ("http://metadata.test/jwks", "resolves to 169.254.169.254: a cloud metadata address", "JWKS")
     ]
+
+
+@pytest.mark.anyio
+async def test_oauth_metadata_introspection_and_token_exchange_pass_the_policy(
+    stub_egress: tuple[Egress, Refusals], connections: list[str]
+) -> None:
+    discovered = DiscoveredJwks("http://metadata.test", allowed=frozenset({"RS256"}), ttl=300.0, cooldown=30.0)
+    await discovered.start()
+    await discovered.aclose()
+    assert discovered.keys == () and discovered.fetches_failed == 1
+
+    rules = IntrospectionRules(frozenset({"https://mcp.example.com"}))
+    config = IntrospectionConfig(
+        url=f"http://{METADATA}/introspect", client_id="proxy", client_secret=SecretStr("s3cret")
+    )
+    introspector = Introspector(config, rules)
+    assert await introspector.authenticate("some-token") is UNAVAILABLE
+    await introspector.aclose()
+
+    exchange = TokenExchange(
+        TokenExchangeConfig(
+            token_endpoint="http://split.test/token", client_id="proxy", client_secret=SecretStr("s3cret")
+        )
+    )
+    with pytest.raises(ExchangeFailed, match="refused by the egress policy") as caught:
+        await exchange.ensure("alice", "subject-token")
+    assert caught.value.status == 503
+    await exchange.aclose()
+
+    assert [(target, purpose) for target, _, purpose in stub_egress[1].seen] == [
+        ("http://metadata.test/.well-known/oauth-authorization-server", "OAuth metadata"),
+        ("http://metadata.test/.well-known/openid-configuration", "OAuth metadata"),
+        (f"http://{METADATA}/introspect", "OAuth introspection"),
+        ("http://split.test/token", "token exchange"),
+    ]
+    assert connections == []

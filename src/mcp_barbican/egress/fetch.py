@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 MAX_REDIRECTS: Final = 5
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 
-#: The URL a pinned session is fetching, so a refusal at connect time names it rather than host:port.
-_fetching: contextvars.ContextVar[str | None] = contextvars.ContextVar("egress_fetching", default=None)
+#: The URL being fetched and what for, so a refusal at connect time names them rather than host:port.
+_fetching: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("egress_fetching", default=None)
 
 #: What a refusal reports: the URL (or host:port at connect time), why, and what fetched it.
 RefusalHook = Callable[[str, str, str], None]
@@ -95,7 +95,10 @@ class Egress:
         self, host: str, port: int, *, family: socket.AddressFamily = socket.AF_UNSPEC, purpose: str = "a fetch"
     ) -> list[ResolveResult]:
         """What `host` resolves to, every address checked; EgressRefused if any is refused or none is found."""
-        target = _fetching.get() or f"{host}:{port}"
+        target = f"{host}:{port}"
+        fetching = _fetching.get()
+        if fetching is not None:
+            target, purpose = fetching
         literal = host_address(host)
         if literal is not None:
             found: list[ResolveResult] = [
@@ -129,7 +132,7 @@ class Egress:
         shown = _shown(parsed)
         if parsed.scheme not in ("http", "https") or not parsed.raw_host:
             raise self.refuse(shown, "not an http(s) URL with a host", purpose)
-        token = _fetching.set(shown)
+        token = _fetching.set((shown, purpose))
         try:
             await self.addresses(parsed.raw_host, parsed.port or 0, purpose=purpose)
         except EgressRefused as exc:
@@ -169,7 +172,7 @@ class Egress:
                 self._check_literal(target, purpose)
             else:
                 await self.check_url(target, purpose)
-            token = _fetching.set(_shown(target))
+            token = _fetching.set((_shown(target), purpose))
             try:
                 response = await session.request(method, target, headers=headers, allow_redirects=False, **kwargs)
             finally:

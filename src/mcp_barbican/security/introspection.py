@@ -159,9 +159,10 @@ class Introspector:
         self._inactive_ttl = config.inactive_cache_ttl
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
         # RFC 6749 §2.3.1: client_secret_basic form-encodes both parts before Base64.
-        self._auth = aiohttp.BasicAuth(
+        authorization = aiohttp.encode_basic_auth(
             quote(config.client_id, safe=""), quote(config.client_secret.get_secret_value(), safe="")
         )
+        self._headers = {"Accept": "application/json", "Authorization": authorization}
         self._session = ClientSessions(http, "OAuth introspection")
         self._clock = clock
         self._inflight: dict[bytes, asyncio.Future[Principal | AuthFailure]] = {}
@@ -213,9 +214,8 @@ class Introspector:
             self.url,
             purpose="OAuth introspection",
             data=form,
-            auth=self._auth,
             timeout=self._timeout,
-            headers={"Accept": "application/json"},
+            headers=self._headers,
         )
         async with response:
             body = await read_json_body(response, MAX_RESPONSE_BYTES)

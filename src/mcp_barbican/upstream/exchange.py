@@ -100,13 +100,13 @@ class TokenExchange:
             form["audience"] = config.audience
         if config.scope is not None:
             form["scope"] = config.scope
-        auth = aiohttp.BasicAuth(config.client_id, config.client_secret.get_secret_value())
+        authorization = aiohttp.encode_basic_auth(config.client_id, config.client_secret.get_secret_value(), "latin1")
         timeout = aiohttp.ClientTimeout(total=config.timeout)
         self.exchanges += 1
         try:
             resp = await egress.installed().request(
-                self._session(), "POST", config.token_endpoint, purpose="token exchange", data=form, auth=auth,
-                timeout=timeout,
+                self._session(), "POST", config.token_endpoint, purpose="token exchange", data=form,
+                headers={"Authorization": authorization}, timeout=timeout,
             )  # fmt: skip
             async with resp:
                 body = await resp.content.read(_MAX_RESPONSE)
