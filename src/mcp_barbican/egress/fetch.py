@@ -186,6 +186,13 @@ class Egress:
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                 method, kwargs = "GET", {key: value for key, value in kwargs.items() if key not in ("data", "json")}
 
+    def check_literal(self, url: str | URL, purpose: str) -> None:
+        """Refuse (EgressRefused) a URL that is not http(s) or whose host is a refused IP literal, without DNS.
+
+        For what cannot wait for a resolver: aiohttp connects to an IP literal without asking one.
+        """
+        self._check_literal(URL(url) if isinstance(url, str) else url, purpose)
+
     def _check_literal(self, url: URL, purpose: str) -> None:
         if url.scheme not in ("http", "https") or not url.raw_host:
             raise self.refuse(_shown(url), "not an http(s) URL with a host", purpose)

@@ -181,6 +181,7 @@ class Registry:
             refused = self._refused_transport(mcp)
             if refused is not None:
                 raise ConfigError(refused[1])
+            self._check_literal(mcp)
         except ConfigError as exc:
             reason = "; ".join(exc.lines())
             if served:
@@ -214,6 +215,17 @@ class Registry:
         if mcp.transport == "stdio" and not self.control.config.server.admin.allow_stdio:
             return 403, "stdio registrations start processes and are disabled (server.admin.allow_stdio: false)"
         return None
+
+    @staticmethod
+    def _check_literal(mcp: McpConfig) -> None:
+        """A stored URL whose host is a refused IP literal: a name is checked when connecting (the pinned
+        resolver), but aiohttp connects to a literal without asking a resolver."""
+        if mcp.url is None:
+            return
+        try:
+            egress.installed().check_literal(mcp.url, f"the stored registration of MCP {mcp.id!r}")
+        except egress.EgressRefused as exc:
+            raise ConfigError(str(exc), path="url") from None
 
     async def _check_egress(self, mcp: McpConfig) -> None:
         """An upstream URL the egress policy refuses (resolved now) is a ConfigError at `url`: answered 400."""
