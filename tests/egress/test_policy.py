@@ -6,8 +6,9 @@ import ipaddress
 
 import pytest
 
-from mcp_barbican.config import EgressConfig
+from mcp_barbican.config import EgressConfig, ProxyConfig, validate_model
 from mcp_barbican.egress import EgressPolicy, host_address
+from mcp_barbican.exceptions import ConfigError
 
 METADATA = "169.254.169.254"
 
@@ -122,3 +123,19 @@ def test_allow_never_lifts_an_always_refused_range() -> None:
 )
 def test_private_ranges_deny_and_allow(policy: EgressPolicy, address: str, refused: bool) -> None:
     assert (policy.refusal(ipaddress.ip_address(address)) is not None) is refused
+
+
+@pytest.mark.parametrize(
+    ("egress", "path"),
+    [
+        ({"deny": ["not-a-network"]}, "server.egress.deny"),
+        ({"allow": ["10.0.0.0/33"]}, "server.egress.allow"),
+        ({"allow_private": "sometimes"}, "server.egress.allow_private"),
+        ({"deny_all": True}, "server.egress.deny_all"),
+    ],
+)
+def test_egress_config_mistakes_name_their_key_path(egress: dict[str, object], path: str) -> None:
+    data = {"server": {"auth": {"type": "none"}, "egress": egress}, "mcps": [{"id": "a", "command": "x"}]}
+    with pytest.raises(ConfigError) as caught:
+        validate_model(ProxyConfig, data)
+    assert caught.value.path.startswith(path), str(caught.value)

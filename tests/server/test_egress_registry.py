@@ -92,3 +92,12 @@ async def test_only_api_registered_mcps_connect_through_the_pinned_resolver(
         await session.get("http://loopback.test/mcp")
     assert connections == []
     assert resolver.asked[-1] == "loopback.test"
+
+
+async def test_a_reload_changes_the_policy_in_place(core: BarbicanApp) -> None:
+    assert egress.installed() is core.egress and core.egress.policy.allow_private
+    server = core.control.config.server.model_copy(update={"egress": EgressConfig(allow_private=False)})
+    await core.registry.apply_file(core.control.config.model_copy(update={"server": server}))
+    assert not core.egress.policy.allow_private
+    with pytest.raises(ConfigError, match="allow_private is false"):
+        await core.registry.create(http_mcp("x", "http://127.0.0.1:9/mcp"))
