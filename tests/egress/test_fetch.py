@@ -191,12 +191,20 @@ async def test_a_jwks_url_resolving_to_a_metadata_address_is_refused_in_one_line
 
 @pytest.mark.anyio
 async def test_oauth_metadata_introspection_and_token_exchange_pass_the_policy(
-    stub_egress: tuple[Egress, Refusals], connections: list[str]
+    stub_egress: tuple[Egress, Refusals], connections: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     discovered = DiscoveredJwks("http://metadata.test", allowed=frozenset({"RS256"}), ttl=300.0, cooldown=30.0)
-    await discovered.start()
+    with caplog.at_level(logging.WARNING, logger="mcp_barbican.security.jwks"):
+        await discovered.start()
     await discovered.aclose()
     assert discovered.keys == () and discovered.fetches_failed == 1
+    assert caplog.records[-1].getMessage() == (
+        "JWKS http://metadata.test: fetch failed (no usable authorization server metadata ("
+        "http://metadata.test/.well-known/oauth-authorization-server: refused by the egress policy "
+        "(resolves to 169.254.169.254: a cloud metadata address); "
+        "http://metadata.test/.well-known/openid-configuration: refused by the egress policy "
+        "(resolves to 169.254.169.254: a cloud metadata address))); no keys yet; next try in 30s at the earliest"
+    )
 
     rules = IntrospectionRules(frozenset({"https://mcp.example.com"}))
     config = IntrospectionConfig(
