@@ -151,6 +151,11 @@ async def test_a_local_change_is_not_applied_again_by_its_echo(core: BarbicanApp
         pytest.param(
             McpRecord("bad", {"id": "bad", "command": "x", "surprise": 1}, 1.0, 1.0), "surprise", id="unknown"
         ),
+        pytest.param(
+            McpRecord("bad", {"id": "bad", "url": "http://0xA9FEA9FE/mcp", "auth": {"type": "none"}}, 1.0, 1.0),
+            "url: http://0xa9fea9fe/mcp: refused by the egress policy (a cloud metadata address)",
+            id="egress-refused-literal",
+        ),
     ],
 )
 async def test_a_bogus_stored_registration_is_refused_in_one_line(

@@ -142,3 +142,25 @@ def _group_members(group: int) -> list[int]:
             except (OSError, IndexError, ValueError):
                 continue
     return found
+
+
+async def test_a_spawn_is_logged_with_its_command_line_and_variable_names_never_values(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "sk-live-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c"
+    channel = StdioChannel(
+        lambda m, r: None,
+        lambda e: None,
+        command=sys.executable,
+        args=["-c", ECHO, "two words"],
+        env={"SERVICE_API_KEY": secret},
+        name="spawned",
+    )
+    with caplog.at_level("INFO", logger="mcp_barbican.upstream.stdio"):
+        await channel.start()
+    await channel.aclose()
+    started = [record.getMessage() for record in caplog.records if "started pid" in record.getMessage()]
+    assert len(started) == 1 and caplog.records[0].levelname == "INFO"
+    assert f"{sys.executable} -c '{ECHO}' 'two words'" in started[0]
+    assert "SERVICE_API_KEY" in started[0] and "PATH" in started[0]
+    assert secret not in caplog.text

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from mcp_barbican.admin.authorization import access_for, call_refusal, explain, principal_for
 from mcp_barbican.admin.models import MAX_SECONDS, IpRuleRequest, RotateRequest, TokenRequest, ToolCallRequest
 from mcp_barbican.admin.openapi import openapi_document
-from mcp_barbican.admin.present import compozy_names, instant, iso, rule_json, token_json
+from mcp_barbican.admin.present import compozy_names, instant, iso, rule_json, spawn_details, token_json
 from mcp_barbican.admin.prometheus import CONTENT_TYPE, exposition
 from mcp_barbican.admin.routing import ERROR_CODES, Params, Raw, Reply, Route, error
 from mcp_barbican.asgi import BodyTooLarge, json_error, query_param, read_body, respond, respond_json
@@ -36,6 +36,8 @@ from mcp_barbican.storage import RuleTableFull, TokenRecord
 from mcp_barbican.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from mcp_barbican.admin.control import AdminCore, ServedMcp
 
 __all__ = ["ADMIN_BODY_LIMIT", "AdminApp"]
@@ -201,7 +203,8 @@ class AdminApp:
             logging.getLogger(__name__).warning("admin %s %s: %s", route.method, scope["path"], exc)
             status, payload = error(503, "storage_unavailable", str(exc))
         if route.method != "GET" and self.core.audit.enabled:
-            await self._audit(route, scope, status, params)
+            registered = route.path.startswith("/admin/mcps") and route.method in ("POST", "PUT") and status < 400
+            await self._audit(route, scope, status, {**params, **spawn_details(body)} if registered else params)
         if payload is None:
             await respond(send, status)
         elif isinstance(payload, Raw):
@@ -209,7 +212,7 @@ class AdminApp:
         else:
             await respond_json(send, status, payload)
 
-    async def _audit(self, route: Route, scope: Scope, status: int, params: Params) -> None:
+    async def _audit(self, route: Route, scope: Scope, status: int, params: Mapping[str, Any]) -> None:
         event = AuditEvent(
             "token" if route.path.startswith("/admin/tokens") else "admin",
             f"{route.method} {route.path}",

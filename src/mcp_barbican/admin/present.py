@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mcp_barbican.storage import IpRule, TokenRecord
 
-__all__ = ["compozy_names", "instant", "iso", "rule_json", "token_json"]
+__all__ = ["compozy_names", "instant", "iso", "rule_json", "spawn_details", "token_json"]
 
 
 def iso(seconds: float | None) -> str | None:
@@ -65,3 +66,16 @@ def instant(text: str | None) -> str | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return moment.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def spawn_details(body: object) -> dict[str, Any]:
+    """What a stdio registration will run, for its audit event: the command, its arguments and the names of
+    the variables it gets (never their values). Nothing for another body."""
+    definition = compozy_names(body) if isinstance(body, dict) else {}
+    command = definition.get("command")
+    if not isinstance(command, str):
+        return {}
+    args = [str(arg) for arg in definition.get("args") or ()]
+    env = definition.get("env")
+    names = sorted(str(name) for name in env) if isinstance(env, dict) else []
+    return {"spawn": {"command": command, "args": args, "command_line": shlex.join([command, *args]), "env": names}}

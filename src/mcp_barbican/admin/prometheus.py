@@ -36,6 +36,7 @@ _SECURITY: Final = {
     "authorization_denied": "Calls, reads and requests refused by an authorization policy",
     "tokens_generated": "Client tokens issued through the admin API",
     "tokens_revoked": "Client tokens revoked through the admin API",
+    "egress_refused": "URLs the proxy would have fetched on its own account, refused by server.egress",
     "security_violations": "Refused requests of any kind",
 }
 

@@ -26,6 +26,7 @@ from mcp_barbican.config.auth import (
 )
 from mcp_barbican.config.authorization import AuthorizationConfig, Grants, PolicyRule, compile_condition
 from mcp_barbican.config.checks import check_bind, check_files
+from mcp_barbican.config.egress import EgressConfig
 from mcp_barbican.config.errors import Loc, ModelT, format_path, validate_model
 from mcp_barbican.config.fields import (
     Duration,
@@ -100,6 +101,7 @@ __all__ = [
     "HeaderValue",
     "HeadersConfig",
     "HttpUrl",
+    "EgressConfig",
     "IntegrityConfig",
     "IpOrNetwork",
     "JwtConfig",

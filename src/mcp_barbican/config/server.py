@@ -8,6 +8,7 @@ from pydantic import AfterValidator, SecretStr, model_validator
 
 from mcp_barbican.config.auth import AuthConfig
 from mcp_barbican.config.authorization import AuthorizationConfig
+from mcp_barbican.config.egress import EgressConfig
 from mcp_barbican.config.errors import LocatedError
 from mcp_barbican.config.fields import (
     HttpUrl,
@@ -119,6 +120,8 @@ class ServerConfig(Model):
     session_keys: tuple[SessionKey, ...] = ()
     #: Default tool integrity for every MCP without its own `integrity` block.
     integrity: IntegrityConfig = IntegrityConfig()
+    #: What the proxy may fetch on its own account (JWKS, OAuth, token exchange, API-registered upstreams).
+    egress: EgressConfig = EgressConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -27,6 +27,7 @@ class SecurityCounters:
     authorization_denied: int = 0
     tokens_generated: int = 0
     tokens_revoked: int = 0
+    egress_refused: int = 0
     security_violations: int = 0
     last_violation: float | None = field(default=None)
 
@@ -48,6 +49,7 @@ class SecurityCounters:
             "authorization_denied": self.authorization_denied,
             "tokens_generated": self.tokens_generated,
             "tokens_revoked": self.tokens_revoked,
+            "egress_refused": self.egress_refused,
             "security_violations": self.security_violations,
             "last_violation": self.last_violation,
         }

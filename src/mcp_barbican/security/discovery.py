@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from mcp_barbican.egress import EgressRefused
 from mcp_barbican.security.jwks import MAX_JWKS_BYTES, JwksCache, fetch_json
 
 __all__ = ["MAX_METADATA_BYTES", "DiscoveredJwks", "discover_jwks_uri", "jwks_uri_from_metadata", "metadata_urls"]
@@ -61,9 +62,10 @@ async def discover_jwks_uri(session: aiohttp.ClientSession, issuer: str) -> str:
     problems = []
     for url in metadata_urls(issuer):
         try:
-            return jwks_uri_from_metadata(await fetch_json(session, url, MAX_METADATA_BYTES), issuer)
+            return jwks_uri_from_metadata(await fetch_json(session, url, MAX_METADATA_BYTES, "OAuth metadata"), issuer)
         except (ValueError, aiohttp.ClientError, TimeoutError) as exc:
-            problems.append(f"{url}: {str(exc) or type(exc).__name__}")
+            refused = isinstance(exc, EgressRefused)  # its message names the URL already
+            problems.append(str(exc) if refused else f"{url}: {str(exc) or type(exc).__name__}")
     raise ValueError("no usable authorization server metadata (" + "; ".join(problems) + ")")
 
 

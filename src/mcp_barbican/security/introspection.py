@@ -23,6 +23,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from mcp_barbican import egress
 from mcp_barbican.security.auth import AuthFailure
 from mcp_barbican.security.jwks import ClientSessions, read_json_body
 from mcp_barbican.security.principal import Principal
@@ -158,10 +159,11 @@ class Introspector:
         self._inactive_ttl = config.inactive_cache_ttl
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
         # RFC 6749 §2.3.1: client_secret_basic form-encodes both parts before Base64.
-        self._auth = aiohttp.BasicAuth(
+        authorization = aiohttp.encode_basic_auth(
             quote(config.client_id, safe=""), quote(config.client_secret.get_secret_value(), safe="")
         )
-        self._session = ClientSessions(http)
+        self._headers = {"Accept": "application/json", "Authorization": authorization}
+        self._session = ClientSessions(http, "OAuth introspection")
         self._clock = clock
         self._inflight: dict[bytes, asyncio.Future[Principal | AuthFailure]] = {}
 
@@ -206,14 +208,16 @@ class Introspector:
 
     async def _post(self, credential: str) -> Mapping[str, Any]:
         form = {"token": credential, "token_type_hint": "access_token"}
-        async with self._session().post(
+        response = await egress.installed().request(
+            self._session(),
+            "POST",
             self.url,
+            purpose="OAuth introspection",
             data=form,
-            auth=self._auth,
             timeout=self._timeout,
-            allow_redirects=False,
-            headers={"Accept": "application/json"},
-        ) as response:
+            headers=self._headers,
+        )
+        async with response:
             body = await read_json_body(response, MAX_RESPONSE_BYTES)
         document = orjson.loads(body)
         if not isinstance(document, dict):

@@ -22,6 +22,7 @@ import aiohttp
 import jwt
 import orjson
 
+from mcp_barbican import egress
 from mcp_barbican.keys import PUBLIC_KEY_TYPES, PublicKey, compatible_algorithms
 
 __all__ = [
@@ -113,28 +114,34 @@ def parse_jwks(document: object, allowed: frozenset[str], limit: int = MAX_JWKS_
 # The cache
 
 
-async def fetch_json(session: aiohttp.ClientSession, url: str, max_bytes: int) -> object:
-    """GET `url` as JSON: status 200, at most `max_bytes`, within JWKS_FETCH_TIMEOUT; ValueError otherwise."""
+async def fetch_json(session: aiohttp.ClientSession, url: str, max_bytes: int, purpose: str = "JWKS") -> object:
+    """GET `url` as JSON: status 200, at most `max_bytes`, within JWKS_FETCH_TIMEOUT; ValueError otherwise.
+
+    The URL passes the egress policy (EgressRefused, an aiohttp.ClientError, names it and why).
+    """
     timeout = aiohttp.ClientTimeout(total=JWKS_FETCH_TIMEOUT)
     # No redirects: the configured URL is the trusted source, not wherever it points.
-    async with session.get(
-        url, timeout=timeout, allow_redirects=False, headers={"Accept": "application/json"}
-    ) as response:
+    response = await egress.installed().request(
+        session, "GET", url, purpose=purpose, timeout=timeout, headers={"Accept": "application/json"}
+    )
+    async with response:
         return orjson.loads(await read_json_body(response, max_bytes))
 
 
 class ClientSessions:
-    """The aiohttp session to fetch with: the one `http` gives (tests), else one of its own, opened on first use."""
+    """The aiohttp session to fetch with: the one `http` gives (tests), else one of its own, opened on first use
+    (its connections go through the egress policy's resolver)."""
 
-    def __init__(self, http: Callable[[], aiohttp.ClientSession] | None = None) -> None:
+    def __init__(self, http: Callable[[], aiohttp.ClientSession] | None = None, purpose: str = "JWKS") -> None:
         self._http = http
+        self._purpose = purpose
         self._own: aiohttp.ClientSession | None = None
 
     def __call__(self) -> aiohttp.ClientSession:
         if self._http is not None:
             return self._http()
         if self._own is None or self._own.closed:
-            self._own = aiohttp.ClientSession()
+            self._own = egress.installed().session(self._purpose)
         return self._own
 
     async def aclose(self) -> None:

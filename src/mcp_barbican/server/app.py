@@ -17,9 +17,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from mcp_barbican import egress
 from mcp_barbican.admin import AdminApp
 from mcp_barbican.asgi import get_header, json_error, query_param, respond_json
-from mcp_barbican.audit import AuditTrail, build_sinks
+from mcp_barbican.audit import AuditEvent, AuditTrail, build_sinks
+from mcp_barbican.egress import Egress
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.logs import log_unexpected
 from mcp_barbican.security.addresses import IpSet
@@ -69,6 +71,9 @@ class BarbicanApp:
         audit = config.server.audit
         sinks = build_sinks(audit, config.server.storage, self.storage)
         self.audit = AuditTrail(sinks, queue_size=audit.queue_size, arguments=audit.arguments)
+        #: What the proxy may fetch on its own account; everything that fetches reads the installed one.
+        self.egress = Egress(config.server.egress, on_refused=self._egress_refused)
+        egress.install(self.egress)
         self.shields = Shields(config, store=self.storage, audit=self.audit)
         self.counters = self.shields.counters
         #: The served MCPs and the live config: only the control plane changes them.
@@ -105,7 +110,15 @@ class BarbicanApp:
         self.control.on_routes_change.append(self.aggregate.announce_change)
         self.control.on_server_change.append(self._reconfigure_aggregate)
         self.control.on_server_change.append(lambda config: self.shields.sealer.set_keys(configured_keys(config)))
+        self.control.on_server_change.append(lambda config: self.egress.configure(config.server.egress))
         self.tunnel = self._tunnel(config)
+
+    def _egress_refused(self, target: str, reason: str, purpose: str) -> None:
+        self.counters.egress_refused += 1
+        details = {"purpose": purpose, "reason": reason}
+        self.audit.emit_soon(
+            AuditEvent("egress", "egress.refused", False, resource=target, error=reason, details=details)
+        )
 
     def _tunnel(self, config: ProxyConfig) -> Tunnel | None:
         """Requests for sessions another replica owns go to it through Redis (sealed ids and Redis needed)."""

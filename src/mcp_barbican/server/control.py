@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING
 
+from mcp_barbican import egress
 from mcp_barbican.asgi import get_header
 from mcp_barbican.config import McpConfig, ProxyConfig
 from mcp_barbican.security.addresses import client_ip
@@ -41,9 +42,15 @@ MCP_PREFIX = "/mcp/"
 class McpRoute:
     """One MCP's runtime, its guarded endpoint, and what the MCP list needs to know."""
 
-    def __init__(self, mcp: McpConfig, config: ProxyConfig, shields: Shields) -> None:
+    def __init__(self, mcp: McpConfig, config: ProxyConfig, shields: Shields, source: Source = "config") -> None:
         self.mcp = mcp
-        self.runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout, quota=shields.sessions)
+        # The config file's upstreams are the operator's choice; the admin API's pass the egress policy.
+        self.runtime = McpRuntime(
+            mcp,
+            idle_timeout=config.server.session_idle_timeout,
+            quota=shields.sessions,
+            egress=egress.installed() if source == "api" else None,
+        )
         self.runtime.sealer = shields.sealer
         self.auth = config.effective_auth(mcp)
         endpoint = McpEndpoint(
@@ -126,9 +133,9 @@ class ControlPlane:
             for route in retired:
                 await self._retire(route)
 
-    def build(self, mcp: McpConfig, config: ProxyConfig) -> McpRoute:
+    def build(self, mcp: McpConfig, config: ProxyConfig, source: Source = "config") -> McpRoute:
         """A route built against `config` (not yet served), which need not be the live one."""
-        return McpRoute(mcp, config, self.shields)
+        return McpRoute(mcp, config, self.shields, source)
 
     async def _retire(self, route: McpRoute) -> None:
         await route.runtime.aclose()
@@ -166,7 +173,7 @@ class Change:
         previous = self._built.pop(mcp.id, None)
         if previous is not None:
             await self._plane._retire(previous[0])
-        route = self._plane.build(mcp, self.config)
+        route = self._plane.build(mcp, self.config, source)
         self._built[mcp.id] = (route, source)
         self._dropped.discard(mcp.id)
         if isinstance(route.authenticator, Verifier):

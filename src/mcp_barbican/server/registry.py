@@ -27,6 +27,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from mcp_barbican import egress
 from mcp_barbican.config import McpConfig, ProxyConfig, check_files, validate_model
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.logs import log_unexpected
@@ -180,6 +181,7 @@ class Registry:
             refused = self._refused_transport(mcp)
             if refused is not None:
                 raise ConfigError(refused[1])
+            self._check_literal(mcp)
         except ConfigError as exc:
             reason = "; ".join(exc.lines())
             if served:
@@ -214,8 +216,29 @@ class Registry:
             return 403, "stdio registrations start processes and are disabled (server.admin.allow_stdio: false)"
         return None
 
+    @staticmethod
+    def _check_literal(mcp: McpConfig) -> None:
+        """A stored URL whose host is a refused IP literal: a name is checked when connecting (the pinned
+        resolver), but aiohttp connects to a literal without asking a resolver."""
+        if mcp.url is None:
+            return
+        try:
+            egress.installed().check_literal(mcp.url, f"the stored registration of MCP {mcp.id!r}")
+        except egress.EgressRefused as exc:
+            raise ConfigError(str(exc), path="url") from None
+
+    async def _check_egress(self, mcp: McpConfig) -> None:
+        """An upstream URL the egress policy refuses (resolved now) is a ConfigError at `url`: answered 400."""
+        if mcp.url is None:
+            return
+        try:
+            await egress.installed().check_url(mcp.url, f"the registration of MCP {mcp.id!r}")
+        except egress.EgressRefused as exc:
+            raise ConfigError(str(exc), path="url") from None
+
     async def create(self, definition: dict[str, Any]) -> tuple[int, str]:
         mcp = self.validate(definition)
+        await self._check_egress(mcp)
         refused = self._refused_transport(mcp)
         if refused is not None:
             return refused
@@ -231,6 +254,7 @@ class Registry:
 
     async def replace(self, mcp_id: str, definition: dict[str, Any]) -> tuple[int, str]:
         mcp = self.validate({**definition, "id": mcp_id})
+        await self._check_egress(mcp)
         refused = self._refused_transport(mcp)
         if refused is not None:
             return refused

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from mcp_barbican.config import McpConfig, ToolFilter
+    from mcp_barbican.egress import Egress
     from mcp_barbican.types import Scope
 
 __all__ = ["LATEST_LEGACY_VERSION", "CapacityError", "McpRuntime"]
@@ -64,8 +65,12 @@ def _proxy_init_params(capabilities: dict[str, Any], version: str | None = None)
 class McpRuntime:
     """Status, links and sessions of one MCP."""
 
-    def __init__(self, mcp: McpConfig, *, idle_timeout: float, quota: SessionQuota) -> None:
+    def __init__(
+        self, mcp: McpConfig, *, idle_timeout: float, quota: SessionQuota, egress: Egress | None = None
+    ) -> None:
         self.mcp = mcp
+        #: The egress policy its HTTP connections pass (an MCP registered through the admin API), else None.
+        self.egress = egress
         self.id = mcp.id
         self.idle_timeout = idle_timeout
         #: Sessions per principal, shared by every MCP of the listener.
@@ -133,7 +138,8 @@ class McpRuntime:
         if self._http is None:
             from mcp_barbican.upstream.http import make_http_session
 
-            self._http = make_http_session(self._ssl, connect_timeout=self.mcp.start_timeout)
+            resolver = None if self.egress is None else self.egress.resolver(f"MCP {self.id!r}")
+            self._http = make_http_session(self._ssl, connect_timeout=self.mcp.start_timeout, resolver=resolver)
         return self._http
 
     def _new_link(self, *, shared: bool, guess_unrelated: bool = True, identity: IdentityHeaders | None = None) -> Link:

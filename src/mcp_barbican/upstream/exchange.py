@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import aiohttp
 import orjson
 
+from mcp_barbican import egress
 from mcp_barbican.exceptions import UpstreamError
 
 if TYPE_CHECKING:
@@ -99,15 +100,19 @@ class TokenExchange:
             form["audience"] = config.audience
         if config.scope is not None:
             form["scope"] = config.scope
-        auth = aiohttp.BasicAuth(config.client_id, config.client_secret.get_secret_value())
+        authorization = aiohttp.encode_basic_auth(config.client_id, config.client_secret.get_secret_value(), "latin1")
         timeout = aiohttp.ClientTimeout(total=config.timeout)
         self.exchanges += 1
         try:
-            async with self._session().post(
-                config.token_endpoint, data=form, auth=auth, timeout=timeout, allow_redirects=False
-            ) as resp:
+            resp = await egress.installed().request(
+                self._session(), "POST", config.token_endpoint, purpose="token exchange", data=form,
+                headers={"Authorization": authorization}, timeout=timeout,
+            )  # fmt: skip
+            async with resp:
                 body = await resp.content.read(_MAX_RESPONSE)
                 status = resp.status
+        except egress.EgressRefused as exc:
+            raise ExchangeFailed(f"token endpoint {exc}", 503) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ExchangeFailed(f"token endpoint unreachable ({type(exc).__name__})", 503) from None
         token, lifetime = _parse(status, body)
@@ -119,7 +124,7 @@ class TokenExchange:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
-            self._http = aiohttp.ClientSession()
+            self._http = egress.installed().session("token exchange")
         return self._http
 
     async def aclose(self) -> None:

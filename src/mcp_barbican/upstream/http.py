@@ -17,6 +17,7 @@ import weakref
 from typing import Final, NamedTuple
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from mcp_barbican import __version__
@@ -47,18 +48,22 @@ _BOM: Final = b"\xef\xbb\xbf"
 _WHITESPACE = re.compile(r"\s+")
 
 
-def make_http_session(ssl_context: ssl.SSLContext | None, *, connect_timeout: float) -> aiohttp.ClientSession:
+def make_http_session(
+    ssl_context: ssl.SSLContext | None, *, connect_timeout: float, resolver: AbstractResolver | None = None
+) -> aiohttp.ClientSession:
     """The session of one upstream MCP server; every channel of that server shares it.
 
     `ssl_context` is `client_ssl_context()`'s, built when the MCP is set up (its files are read
     then, never on a request); None means aiohttp's default verifying context. Only connecting
     (TCP and TLS handshake) is bounded by `connect_timeout`: reads are not, because SSE streams
-    stay idle for long stretches (the core times requests out itself).
+    stay idle for long stretches (the core times requests out itself). `resolver`: the egress policy's
+    (`Egress.resolver()`) for an MCP registered through the admin API, so it connects to checked addresses only.
     """
     connector = aiohttp.TCPConnector(
         limit=CONNECTION_LIMIT,
         ssl=ssl_context if ssl_context is not None else True,
         keepalive_timeout=KEEPALIVE_SECONDS,
+        resolver=resolver,
     )
     session = aiohttp.ClientSession(
         connector=connector,

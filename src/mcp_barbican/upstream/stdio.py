@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -86,7 +87,13 @@ class StdioChannel(UpstreamChannel):
         except OSError as exc:
             self._closed = True
             raise UpstreamUnavailable(f"cannot start {self._command!r}: {exc.strerror or exc}") from exc
-        self._log.debug("started pid %s", self._proc.pid)
+        # Spawns are made visible (the MCP spec asks proxies to): what runs, and the names of what it is given.
+        self._log.info(
+            "started pid %s: %s (environment: %s)",
+            self._proc.pid,
+            shlex.join((self._command, *self._args)),
+            ", ".join(sorted(self._env)) or "empty",
+        )
         try:
             self._proc.watch()
         except OSError as exc:  # no room for one more process, say
