@@ -22,6 +22,7 @@ from mcp_barbican.config import McpConfig, ProxyConfig
 from mcp_barbican.security.addresses import client_ip
 from mcp_barbican.security.auth import AuthFailure, Verifier, bearer_credential
 from mcp_barbican.security.authorization import ANONYMOUS
+from mcp_barbican.security.callguard import CallGuard
 from mcp_barbican.security.mtls import CertificateIdentity
 from mcp_barbican.server.endpoint import McpEndpoint
 from mcp_barbican.server.runtime import McpRuntime
@@ -43,7 +44,10 @@ class McpRoute:
 
     def __init__(self, mcp: McpConfig, config: ProxyConfig, shields: Shields) -> None:
         self.mcp = mcp
-        self.runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout, quota=shields.sessions)
+        guard = CallGuard.build(mcp.id, config.effective_integrity(mcp), shields.recording)
+        self.runtime = McpRuntime(
+            mcp, idle_timeout=config.server.session_idle_timeout, quota=shields.sessions, guard=guard
+        )
         self.runtime.sealer = shields.sealer
         self.auth = config.effective_auth(mcp)
         endpoint = McpEndpoint(
