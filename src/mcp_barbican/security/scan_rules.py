@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 __all__ = [
     "MAX_DESCRIPTION_BYTES",
+    "NEEDLES",
     "RULES",
     "RULES_BY_ID",
     "TEXT_PATTERNS",
@@ -58,7 +59,6 @@ RULES: Final[tuple[Rule, ...]] = (
 )
 RULES_BY_ID: Final = {rule.id: rule for rule in RULES}
 
-_I = re.IGNORECASE
 #: Within one sentence: no period or newline between the parts of a phrase.
 _GAP = r"[^.\n]{0,60}?"
 _GAP_LONG = r"[^.\n]{0,100}?"
@@ -76,7 +76,44 @@ _OUT = (
 )
 _INTO_ARG = r"\b(?:as|in|into|to)\b[^.\n]{0,30}?\b(?:argument|parameter|param|field|sidenote|note|url|request|query)\b"
 
-TEXT_PATTERNS: Final[dict[str, re.Pattern[str]]] = {
+
+class Searcher(Protocol):
+    def search(self, string: str) -> re.Match[str] | None: ...
+
+
+class _SensitiveSource:
+    """`exfiltration.sensitive-file`: a sensitive source with a way out in the same sentence (a verb that sends it
+    before, or one after, or "as the ... parameter" after; or "read <dotfile> and ..."). Found from the source
+    outwards over short windows: one pattern that could start at any verb cost ten times as much."""
+
+    _source = re.compile(_SENSITIVE)
+    _out = re.compile(_OUT)
+    _after = re.compile(_OUT + "|" + _INTO_ARG)
+    _read = re.compile(r"\b(?:read|cat|open|dump|print)\b")
+    _file = re.compile(r"~/\.ssh|\.ssh/|id_|~/\.aws|\.env|mcp\.json|\.cursor/")
+    _then = re.compile(r"\b(?:and|then)\b")
+
+    def search(self, string: str) -> re.Match[str] | None:
+        for match in self._source.finditer(string):
+            start, end = match.span()
+            before = string[max(0, start - 100) : start]
+            before = before[max(before.rfind("."), before.rfind("\n")) + 1 :]
+            after = string[end : end + 100]
+            after = after[: min(_cut(after, "."), _cut(after, "\n"))]
+            if self._out.search(before) or self._after.search(after):
+                return match
+            if self._read.search(before) and self._file.match(match.group()) and self._then.search(after):
+                return match
+        return None
+
+
+def _cut(text: str, char: str) -> int:
+    at = text.find(char)
+    return len(text) if at < 0 else at
+
+
+#: The text rules' patterns. They run over lowercased text (no IGNORECASE: it costs two to four times as much).
+TEXT_PATTERNS: Final[dict[str, Searcher]] = {
     "unicode.tag-chars": re.compile("[\U000e0000-\U000e007f]+"),
     "unicode.bidi-control": re.compile("[\u202a-\u202e\u2066-\u2069]"),
     # ZWJ and ZWNJ are legitimate in emoji sequences and in Indic and Persian text: flagged between Latin letters.
@@ -86,15 +123,13 @@ TEXT_PATTERNS: Final[dict[str, re.Pattern[str]]] = {
     "unicode.variation-run": re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]{2,}"),
     "instruction.hidden-tag": re.compile(
         r"<\s*/?\s*(?:important|system|system[-_ ]?(?:prompt|message|reminder)|instructions?|secret|hidden|admin"
-        r"|assistant[-_ ]?instructions?)\s*>|\[/?INST\]|<\|im_start\|>|<\|system\|>",
-        _I,
+        r"|assistant[-_ ]?instructions?)\s*>|\[/?inst\]|<\|im_start\|>|<\|system\|>"
     ),
     "instruction.override": re.compile(
         r"\b(?:ignore|disregard|forget|override|bypass)\b\s+(?:all\s+|any\s+|the\s+|your\s+)*"
         r"(?:previous|prior|above|earlier|preceding|former|existing|original|system|other)\s+"
         r"(?:instructions?|prompts?|rules|directions|directives|guidelines|messages|context)"
-        r"|\bnew (?:system )?instructions\s*:|\byou are now (?:in|a|an|the)\b|\bfrom now on,? you\b",
-        _I,
+        r"|\bnew (?:system )?instructions\s*:|\byou are now (?:in|a|an|the)\b|\bfrom now on,? you\b"
     ),
     "instruction.conceal": re.compile(
         r"\b(?:do not|don't|never|must not|should not)\s+(?:tell|inform|mention\b[^.\n]{0,40}?\bto|reveal"
@@ -103,8 +138,7 @@ TEXT_PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"(?:user|human)s?\b"
         r"|\b(?:keep|hide)\s+(?:this|it|these|that)\b[^.\n]{0,30}?\bfrom\s+(?:the\s+)?(?:user|human)s?\b"
         r"|\bthe\s+(?:user|human)\s+(?:must|should|will|need)\s+(?:not|never)\s+(?:know|see|notice|be told)\b"
-        r"|\b(?:silently|secretly|covertly)\s+(?:send|forward|copy|add|include|call|read|upload)\b",
-        _I,
+        r"|\b(?:silently|secretly|covertly)\s+(?:send|forward|copy|add|include|call|read|upload)\b"
     ),
     "instruction.line-jump": re.compile(
         r"\bbefore\s+(?:using|calling|invoking|running|executing)\s+(?:any|every|all|each)\s+(?:other\s+)?"
@@ -112,8 +146,7 @@ TEXT_PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         r"|\b(?:this|the)\s+tool\s+(?:must|should|has to|needs to)\s+(?:always\s+)?be\s+(?:called|used|run|invoked)"
         r"\s+(?:first|before)\b"
         r"|\b(?:always|first)\s+(?:call|use|run|invoke)\s+this\s+tool\s+(?:first|before)\b"
-        r"|\bmust\s+be\s+(?:called|invoked|used)\s+before\s+(?:any|every|all)\b",
-        _I,
+        r"|\bmust\s+be\s+(?:called|invoked|used)\s+before\s+(?:any|every|all)\b"
     ),
     "shadowing.behavior-change": re.compile(
         r"\b(?:when|whenever|each time|every time|if)\b[^.\n]{0,40}?\b(?:any|every|all|another|other|the\s+[\w.-]+)"
@@ -127,25 +160,15 @@ TEXT_PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         + _GAP
         + r"\bto\b\s+\S+@\S+"
         r"|\binstead of\s+(?:calling|using|invoking)\s+(?:the\s+)?[\w.-]+\b[^.\n]{0,20}?\b(?:call|use|invoke)\b"
-        r"|\b(?:other|all other|every other)\s+tools?\s+(?:must|should)\b",
-        _I,
+        r"|\b(?:other|all other|every other)\s+tools?\s+(?:must|should)\b"
     ),
     "exfiltration.templated-url": re.compile(
         r"\bhttps?://[^\s\"'<>]*?(?:\?|&)[^\s\"'<>#]*?=(?:\{\{?[^}\s]{1,64}\}\}?|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?"
         r"|<[A-Za-z_ ]{1,40}>|%s)"
         r"|\bhttps?://[^\s\"'<>]*?(?:\{\{?|\$\{?|<)\s*(?:[\w.]*?(?:content|contents|data|secret|key|token|file"
-        r"|conversation|history|env|password|credential|ssh|message|chat|prompt|cookie)[\w.]*)\s*(?:\}\}?|>)?",
-        _I,
+        r"|conversation|history|env|password|credential|ssh|message|chat|prompt|cookie)[\w.]*)\s*(?:\}\}?|>)?"
     ),
-    "exfiltration.sensitive-file": re.compile(
-        _OUT + _GAP_LONG + _SENSITIVE + "|" + _SENSITIVE + _GAP_LONG + r"(?:" + _OUT + r"|" + _INTO_ARG + r")"
-        r"|\b(?:read|cat|open|dump|print)\b"
-        + _GAP
-        + r"(?:~/\.ssh|id_rsa|id_ed25519|~/\.aws|\.env\b|mcp\.json)"
-        + _GAP_LONG
-        + r"\b(?:and|then)\b",
-        _I,
-    ),
+    "exfiltration.sensitive-file": _SensitiveSource(),
     "exfiltration.encode-and-send": re.compile(
         r"\b(?:base64|base-64|hex|rot13|url)[- ]?(?:encode|encoded|encoding)\b"
         + _GAP_LONG
@@ -154,10 +177,38 @@ TEXT_PATTERNS: Final[dict[str, re.Pattern[str]]] = {
         + r"\b(?:send|sending|append|appending|include|including|pass|passing|put"
         r"|embed|embedding|post|posting|upload|uploading|add|adding)\b"
         r"|\b(?:encode|encrypt|obfuscate)\b" + _GAP + r"\b(?:before|then)\s+(?:sending|send|uploading|posting"
-        r"|including)\b",
-        _I,
+        r"|including)\b"
     ),
 }
+
+#: Per text rule, lowercase words of which a text must hold one before its pattern runs (None: any non-ASCII text).
+#: A substring test is far cheaper than a pattern that may match anywhere: most text holds none of them.
+NEEDLES: Final[dict[str, tuple[str, ...] | None]] = {
+    "unicode.tag-chars": None,
+    "unicode.bidi-control": None,
+    "unicode.zero-width": None,
+    "unicode.variation-run": None,
+    "instruction.hidden-tag": ("<", "[inst", "[/inst"),
+    "instruction.override": (
+        "ignore", "disregard", "forget", "override", "bypass", "new instructions", "new system", "you are now",
+        "from now on",
+    ),
+    "instruction.conceal": ("user", "human", "person", "operator", "silently", "secretly", "covertly"),
+    "instruction.line-jump": ("before", "first"),
+    "shadowing.behavior-change": (
+        "tool", "recipient", "destination", "address", "phone", "account", "webhook", "bcc", "cc", "forward", "copy",
+        "send", "instead of",
+    ),
+    "exfiltration.templated-url": ("http",),
+    "exfiltration.sensitive-file": (
+        "ssh", "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", ".aws", ".env", ".netrc", ".npmrc", ".pgpass",
+        ".git-credentials", "/etc/", "mcp.json", ".cursor", "claude_desktop", "credential", "private key", "api key",
+        "api_key", "api-key", "apikey", "secret key", "access token", "password", "cookie", "keychain", "seed phrase",
+        "history", "system prompt", "environment variables",
+    ),
+    "exfiltration.encode-and-send": ("encod", "encrypt", "obfuscat"),
+}  # fmt: skip
+assert NEEDLES.keys() == TEXT_PATTERNS.keys()
 
 _IDENTIFIER_HINT = re.compile(r"[_\-.0-9]|[a-z][A-Z]")
 

@@ -9,6 +9,7 @@ as far as the bounds go and says so with a `scan.truncated` finding.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from typing import Any, Final, Literal
 
 from mcp_barbican.security.scan_rules import (
     MAX_DESCRIPTION_BYTES,
+    NEEDLES,
     RULES,
     RULES_BY_ID,
     TEXT_PATTERNS,
+    Searcher,
     deceptive_name,
     identifier_like,
 )
@@ -49,11 +52,14 @@ _EXCERPT: Final = 80
 _STRUCTURAL: Final = frozenset({"type", "$ref", "$schema", "$id", "$anchor", "format", "pattern", "required"})
 #: Schema keywords whose object keys are property names.
 _NAMED: Final = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
-_TEXT_RULES_DEFINITION: Final = tuple(TEXT_PATTERNS.items())
-_TEXT_RULES_RESULT: Final = tuple((rid, pattern) for rid, pattern in TEXT_PATTERNS.items() if RULES_BY_ID[rid].results)
-_UNICODE_RULES: Final = frozenset(rid for rid in TEXT_PATTERNS if rid.startswith("unicode."))
-#: A word of prose, or a quoted one (`echo`, 'echo'): the candidates for another tool's name.
-_TOKEN: Final = re.compile(r"[`'\"“‘]([\w.\-]{1,128})[`'\"”’]|(\w[\w.\-]{0,127})")
+_TextRule = tuple[str, Searcher, tuple[str, ...] | None]
+_TEXT_RULES_DEFINITION: Final[tuple[_TextRule, ...]] = tuple(
+    (rule_id, pattern, NEEDLES[rule_id]) for rule_id, pattern in TEXT_PATTERNS.items()
+)
+_TEXT_RULES_RESULT: Final = tuple(rule for rule in _TEXT_RULES_DEFINITION if RULES_BY_ID[rule[0]].results)
+#: A word of prose or an identifier (`send_email`, `srv__read`, `api.v1-get`): candidates for another tool's name.
+_WORD: Final = re.compile(r"\w+(?:[.\-]\w+)*")
+_QUOTES: Final = (("`", "`"), ("'", "'"), ('"', '"'), ("“", "”"), ("‘", "’"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +102,10 @@ class _Collector:
         self.texts.append((where, value))
 
     def name(self, where: str, value: str) -> None:
+        """A name: checked for look-alike letters, and read as text only for the Unicode rules (it has no prose)."""
         self.names.append((where, value[:256]))
-        self.text(where, value)
+        if not value.isascii():
+            self.text(where, value)
 
     def walk(self, where: str, value: Any, depth: int = 0, *, schema: bool = False) -> None:
         """Every string under `value`; under a schema, property names as names and structural keywords skipped."""
@@ -107,13 +115,17 @@ class _Collector:
             return
         if isinstance(value, str):
             self.text(where, value)
-        elif isinstance(value, Mapping):
+        elif isinstance(value, dict):
             for key, item in value.items():
+                if item is None or isinstance(item, (bool, int, float)):
+                    continue
                 key = str(key)
                 if schema and key in _STRUCTURAL:
                     continue
                 path = f"{where}.{key}" if where else key
-                if schema and key in _NAMED and isinstance(item, Mapping):
+                if isinstance(item, str):
+                    self.text(path, item)
+                elif schema and key in _NAMED and isinstance(item, dict):
                     for name, sub in item.items():
                         self.name(f"{path}.{name}", str(name))
                         self.walk(f"{path}.{name}", sub, depth + 2, schema=True)
@@ -124,17 +136,42 @@ class _Collector:
                 self.walk(f"{where}[{index}]", item, depth + 1, schema=schema)
 
 
-def _scan_texts(texts: list[tuple[str, str]], rules: tuple[tuple[str, Any], ...], *, sized: bool) -> Iterator[Finding]:
-    for where, text in texts:
-        ascii_only = text.isascii()
-        for rule_id, pattern in rules:
-            if ascii_only and rule_id in _UNICODE_RULES:
-                continue
-            match = pattern.search(text)
+def _scan_texts(texts: list[tuple[str, str]], rules: tuple[_TextRule, ...], *, sized: bool) -> Iterator[Finding]:
+    """Each rule over each text (lowercased), its pattern run only on texts holding one of its needles."""
+    lowered = [text.lower() for _, text in texts]
+    joined = "\n".join(lowered)
+    starts: list[int] = []
+    offset = 0
+    for low in lowered:
+        starts.append(offset)
+        offset += len(low) + 1
+    non_ascii = None if joined.isascii() else {i for i, (_, text) in enumerate(texts) if not text.isascii()}
+    for rule_id, pattern, needles in rules:
+        holding = (non_ascii or ()) if needles is None else _holding(joined, starts, needles)
+        for index in sorted(holding):
+            where, text = texts[index]
+            low = lowered[index]
+            match = pattern.search(low)
             if match is not None:
-                yield _finding(rule_id, where, _excerpt(text, match.start(), match.end()))
-        if sized and len(text) > MAX_DESCRIPTION_BYTES // 4 and len(text.encode()) > MAX_DESCRIPTION_BYTES:
-            yield _finding("size.oversized-description", where, f"{len(text.encode())} bytes")
+                shown = text if len(text) == len(low) else low
+                yield _finding(rule_id, where, _excerpt(shown, match.start(), match.end()))
+    if sized:
+        for where, text in texts:
+            if len(text) > MAX_DESCRIPTION_BYTES // 4 and len(text.encode()) > MAX_DESCRIPTION_BYTES:
+                yield _finding("size.oversized-description", where, f"{len(text.encode())} bytes")
+
+
+def _holding(joined: str, starts: list[int], needles: tuple[str, ...]) -> set[int]:
+    """The indexes of the texts (joined, lowercased, at `starts`) that hold one of the needles."""
+    found: set[int] = set()
+    for needle in needles:
+        at = joined.find(needle)
+        while at >= 0:
+            index = bisect.bisect_right(starts, at) - 1
+            found.add(index)
+            following = index + 1
+            at = joined.find(needle, starts[following]) if following < len(starts) else -1
+    return found
 
 
 def _finding(rule_id: str, where: str, excerpt: str) -> Finding:
@@ -146,13 +183,14 @@ def _references(texts: list[tuple[str, str]], own: str, other_tools: Collection[
     if not other_tools:
         return
     others = other_tools if isinstance(other_tools, (set, frozenset)) else frozenset(other_tools)
+    if not others.intersection(_WORD.findall("\n".join(text for _, text in texts))) - {own}:
+        return
     for where, text in texts:
-        for match in _TOKEN.finditer(text):
-            token = match.group(1) or match.group(2)
-            quoted = match.group(1) is not None
-            token = token.rstrip(".-")
-            if token != own and token in others and (quoted or identifier_like(token)):
-                yield _finding("shadowing.tool-reference", where, _excerpt(text, match.start(), match.end()))
+        named = others.intersection(_WORD.findall(text))
+        for name in sorted(named - {own}):
+            if identifier_like(name) or any(f"{q}{name}{e}" in text for q, e in _QUOTES):
+                start = text.find(name)
+                yield _finding("shadowing.tool-reference", where, _excerpt(text, start, start + len(name)))
                 break
 
 

@@ -19,27 +19,38 @@ MAX_REDACT_BYTES: Final = 1024 * 1024
 _MAX_DEPTH: Final = 64
 _MAX_NODES: Final = 100_000
 
-_PATTERNS: Final[tuple[tuple[str, str], ...]] = (
+#: Per kind: literals one of which a text must hold (a substring test, far cheaper than the pattern), the pattern.
+_KINDS: Final[tuple[tuple[str, tuple[str, ...], str], ...]] = (
     (
         "private-key",
+        ("-----BEGIN",),
         r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----(?:[\s\S]{0,16384}?-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----"
         r"|[A-Za-z0-9+/=\s]*)",
     ),
-    ("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
-    ("aws-access-key", r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b"),
+    ("jwt", ("eyJ",), r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+    ("aws-access-key", ("AKIA", "ASIA", "ABIA", "ACCA"), r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b"),
     (
         "aws-secret-key",
+        ("secret", "SECRET", "Secret"),
         r"(?i:aws_?secret_?access_?key|aws_?secret_?key|secret_?access_?key)[\"']?\s*[:=]\s*[\"']?"
         r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])",
     ),
-    ("github-token", r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,255}\b|\bgithub_pat_[A-Za-z0-9_]{22,255}"),
-    ("slack-token", r"\bxox[abposr]-[A-Za-z0-9-]{10,250}|https://hooks\.slack\.com/services/[A-Za-z0-9/]{20,200}"),
-    ("stripe-key", r"\b(?:sk|rk)_live_[A-Za-z0-9]{16,247}\b"),
-    ("google-api-key", r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"),
-    ("url-password", r"(?<=://)[^/\s:@\"'<>]{1,128}:[^/\s@\"'<>]{1,128}@"),
+    (
+        "github-token",
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,255}\b|\bgithub_pat_[A-Za-z0-9_]{22,255}",
+    ),
+    (
+        "slack-token",
+        ("xox", "hooks.slack.com"),
+        r"\bxox[abposr]-[A-Za-z0-9-]{10,250}|https://hooks\.slack\.com/services/[A-Za-z0-9/]{20,200}",
+    ),
+    ("stripe-key", ("_live_",), r"\b(?:sk|rk)_live_[A-Za-z0-9]{16,247}\b"),
+    ("google-api-key", ("AIza",), r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"),
+    ("url-password", ("://",), r"://[^/\s:@\"'<>]{1,128}:([^/\s@\"'<>]{1,128})@"),
 )
-SECRET_KINDS: Final = tuple(kind for kind, _ in _PATTERNS)
-_COMBINED: Final = re.compile("|".join(f"({pattern})" for _, pattern in _PATTERNS))
+SECRET_KINDS: Final = tuple(kind for kind, _, _ in _KINDS)
+_COMPILED: Final = tuple((kind, anchors, re.compile(pattern)) for kind, anchors, pattern in _KINDS)
 #: A 40-character AWS secret access key: redacted when it stands near an access key id.
 _AWS_SECRET: Final = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 _AWS_WINDOW: Final = 200
@@ -51,22 +62,24 @@ def marker(kind: str) -> str:
 
 def _spans(text: str) -> list[tuple[int, int, str]]:
     """The secrets in `text`: (start, end, kind), in order, not overlapping."""
-    spans: list[tuple[int, int, str]] = []
-    for match in _COMBINED.finditer(text):
-        kind = SECRET_KINDS[(match.lastindex or 1) - 1]
-        start, end = match.span()
-        if kind == "url-password":  # keep the user name, drop the password
-            start = text.index(":", start) + 1
-            end -= 1
-        spans.append((start, end, kind))
-    keys = [span for span in spans if span[2] == "aws-access-key"]
+    found: list[tuple[int, int, str]] = []
+    for kind, anchors, pattern in _COMPILED:
+        if not any(anchor in text for anchor in anchors):
+            continue
+        for match in pattern.finditer(text):
+            # The password of a URL's userinfo (group 1): the user name stays.
+            start, end = match.span(1) if kind == "url-password" else match.span()
+            found.append((start, end, kind))
+    keys = [span for span in found if span[2] == "aws-access-key"]
     for key_start, key_end, _ in keys:
         window_start = max(0, key_start - _AWS_WINDOW)
-        for match in _AWS_SECRET.finditer(text, window_start, min(len(text), key_end + _AWS_WINDOW)):
-            secret = match.group()
-            if _looks_random(secret) and not any(s < match.end() and match.start() < e for s, e, _ in spans):
-                spans.append((match.start(), match.end(), "aws-secret-key"))
-    spans.sort()
+        window = _AWS_SECRET.finditer(text, window_start, min(len(text), key_end + _AWS_WINDOW))
+        found.extend((m.start(), m.end(), "aws-secret-key") for m in window if _looks_random(m.group()))
+    found.sort()
+    spans: list[tuple[int, int, str]] = []
+    for span in found:
+        if not spans or span[0] >= spans[-1][1]:
+            spans.append(span)
     return spans
 
 
