@@ -124,3 +124,16 @@ def test_a_result_is_redacted_in_place_then_scanned() -> None:
     ]
     g.check_result({"error": {"code": 1, "message": "x"}}, "leak", "p", "s")
     assert len(trail.events) == 2
+
+
+def test_an_error_answer_is_redacted_too() -> None:
+    g, trail = guard("off", "off", True)
+    error = {
+        "code": -32000,
+        "message": "connect failed: postgres://app:hunter2pass@db/x",
+        "data": {"k": "AKIAIOSFODNN7EXAMPLE"},
+    }
+    g.check_result({"error": error}, "leak", "p", "s")
+    assert error["message"] == "connect failed: postgres://app:[REDACTED:url-password]@db/x"
+    assert error["data"] == {"k": "[REDACTED:aws-access-key]"}
+    assert trail.events[0].details["rules"] == ["secret.aws-access-key", "secret.url-password"]

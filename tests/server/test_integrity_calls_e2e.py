@@ -238,6 +238,7 @@ def test_validate_block_on_server_everything_and_through_the_aggregated_endpoint
     assert texts(call(proxy, "everything", "echo", {"message": "hi"})) == "Echo: hi"
     via_aggregate = call(proxy, "", "block__add", {"a": 1}, path="/mcp")
     assert via_aggregate["error"]["code"] == -32602
+    assert via_aggregate["error"]["message"].startswith("Invalid arguments for tool 'block__add': arguments: ")
 
 
 def test_validate_block_holds_for_the_admin_rest_call(proxy: RunningProxy) -> None:

@@ -16,13 +16,14 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
 
-import jsonschema_rs
 import orjson
 
 from mcp_barbican.audit.events import AuditEvent
-from mcp_barbican.security.scanner import Finding, redact_secrets, scan_result
+from mcp_barbican.security.scanner import Finding, redact_error_secrets, redact_secrets, scan_result
 
 if TYPE_CHECKING:
+    import jsonschema_rs
+
     from mcp_barbican.audit.trail import AuditTrail
     from mcp_barbican.config.integrity import IntegrityConfig
 
@@ -52,6 +53,9 @@ def _compile(schema: dict[str, Any], digest: bytes, where: str) -> jsonschema_rs
     if digest in _compiled:
         _compiled.move_to_end(digest)
         return _compiled[digest]
+    # Imported on first use: it adds 6 MB to the process, which only `validate_arguments` needs.
+    import jsonschema_rs
+
     validator: jsonschema_rs.Validator | None
     try:
         validator = jsonschema_rs.validator_for(schema, retriever=_no_remote)
@@ -129,8 +133,11 @@ class CallGuard:
             digest = hashlib.sha256(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).digest()
             self._tools[name] = (schema, _compile(schema, digest, f"mcps[{self.mcp_id}] tool {name[:64]!r}"))
 
-    def check_arguments(self, params: Any, principal: str | None, session_id: str | None) -> Refusal | None:
-        """None to forward the call; a refusal (`block`) to answer -32602 with. `warn` audits and forwards."""
+    def check_arguments(
+        self, params: Any, principal: str | None, session_id: str | None, shown: Any = None
+    ) -> Refusal | None:
+        """None to forward the call; a refusal (`block`) to answer -32602 with. `warn` audits and forwards.
+        `shown`: the name the client called the tool by, when the proxy renamed it (`/mcp`)."""
         if self.validate == "off" or not isinstance(params, dict):
             return None
         name = params.get("name")
@@ -145,7 +152,7 @@ class CallGuard:
         self._emit("invalid_arguments", self.validate == "warn", str(name), principal, session_id, details)
         if self.validate == "warn":
             return None
-        return Refusal(f"Invalid arguments for tool {str(name)[:64]!r}: {path}: {message}")
+        return Refusal(f"Invalid arguments for tool {str(shown or name)[:128]!r}: {path}: {message}")
 
     # -- results -----------------------------------------------------------------------------
 
@@ -153,6 +160,10 @@ class CallGuard:
         """Redact (in place, before the answer is serialized) and scan one `tools/call` answer; audit both."""
         result = response.get("result")
         if not isinstance(result, dict):
+            if self.redact and "error" in response:
+                redacted = redact_error_secrets(response["error"])
+                if redacted:
+                    self._emit("redacted", True, tool, principal, session_id, _summary(redacted))
             return
         if self.redact:
             _, redacted = redact_secrets(result)

@@ -25,7 +25,7 @@ from mcp_barbican.security.scan_rules import (
     deceptive_name,
     identifier_like,
 )
-from mcp_barbican.security.secrets import redact_texts
+from mcp_barbican.security.secrets import redact_error, redact_texts
 
 __all__ = [
     "MAX_SCAN_BYTES",
@@ -33,6 +33,7 @@ __all__ = [
     "SEVERITIES",
     "Finding",
     "Severity",
+    "redact_error_secrets",
     "redact_secrets",
     "scan_prompt",
     "scan_result",
@@ -286,3 +287,10 @@ def redact_secrets(result: Any) -> tuple[Any, list[Finding]]:
     return result, [
         Finding(f"secret.{kind}", "high", where, f"[REDACTED:{kind}]") for where, kind in redact_texts(result)
     ]
+
+
+def redact_error_secrets(error: Any) -> list[Finding]:
+    """The same for a JSON-RPC error answering a tool call (its message and data), in place."""
+    if not isinstance(error, dict):
+        return []
+    return [Finding(f"secret.{kind}", "high", where, f"[REDACTED:{kind}]") for where, kind in redact_error(error)]

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, Final
 
-__all__ = ["MAX_REDACT_BYTES", "SECRET_KINDS", "marker", "redact_texts"]
+__all__ = ["MAX_REDACT_BYTES", "SECRET_KINDS", "marker", "redact_error", "redact_texts"]
 
 MAX_REDACT_BYTES: Final = 1024 * 1024
 _MAX_DEPTH: Final = 64
@@ -157,6 +157,16 @@ def redact_texts(result: dict[str, Any]) -> list[tuple[str, str]]:
         found += _redact_content(content, budget)
     if "structuredContent" in result:
         result["structuredContent"] = _redact_value(result["structuredContent"], "structuredContent", budget, 0, found)
+    return found
+
+
+def redact_error(error: dict[str, Any]) -> list[tuple[str, str]]:
+    """Redact a JSON-RPC error in place (its message and data: a failing tool may print its configuration)."""
+    budget = _Budget()
+    found: list[tuple[str, str]] = []
+    for key in ("message", "data"):
+        if key in error:
+            error[key] = _redact_value(error[key], f"error.{key}", budget, 0, found)
     return found
 
 

@@ -307,7 +307,8 @@ class Link:
             self.refuse_unknown(asked or msg, stream)
             return
         if method == "tools/call" and self.guard is not None:
-            refusal = self.guard.check_arguments(msg.get("params"), session.principal, session.id)
+            shown = target("tools/call", asked.get("params")) if asked is not None else None
+            refusal = self.guard.check_arguments(msg.get("params"), session.principal, session.id, shown and shown[1])
             if refusal is not None:
                 stream.push(jsonrpc.error_body(msg["id"], jsonrpc.INVALID_PARAMS, refusal), final=True)
                 return
