@@ -137,3 +137,27 @@ def test_an_error_answer_is_redacted_too() -> None:
     assert error["message"] == "connect failed: postgres://app:[REDACTED:url-password]@db/x"
     assert error["data"] == {"k": "[REDACTED:aws-access-key]"}
     assert trail.events[0].details["rules"] == ["secret.aws-access-key", "secret.url-password"]
+
+
+def test_a_schema_orjson_cannot_write_leaves_the_tool_unvalidated_without_raising(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    g, _ = guard()
+    g.learn(listing(("huge", {"type": "integer", "maximum": 10**30})))
+    assert g.check_arguments({"name": "huge", "arguments": 5}, "p", "s") is None
+    assert "cannot be read" in caplog.text
+
+
+def test_a_failing_check_withholds_the_result_when_redaction_is_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(result: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(callguard, "redact_secrets", broken)
+    g, _ = guard("off", "off", True)
+    response: dict[str, Any] = {"result": {"content": [{"type": "text", "text": "AKIAIOSFODNN7EXAMPLE"}]}}
+    g.check_result(response, "leak", "p", "s")
+    assert "result" not in response and response["error"]["code"] == -32603
+    assert "the result could not be checked: RuntimeError: boom" in caplog.text
+    assert "Traceback" not in caplog.text

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mcp_barbican.security.scan_rules import RULES, RULES_BY_ID
+from mcp_barbican.security.scan_rules import NEEDLES, RULES, RULES_BY_ID, TEXT_PATTERNS
 from mcp_barbican.security.scanner import MAX_SCAN_BYTES, SEVERITIES, Finding, scan_prompt, scan_result, scan_tool
 
 CORPUS: dict[str, Any] = yaml.safe_load((Path(__file__).parent / "scanner_corpus.yaml").read_text(encoding="utf-8"))
@@ -149,3 +149,21 @@ def test_a_huge_definition_is_bounded_too() -> None:
     schema = {"type": "object", "properties": {f"p{i}": {"description": "x" * 1000} for i in range(2000)}}
     findings = scan_tool({"name": "big", "description": "ok", "inputSchema": schema})
     assert "scan.truncated" in rules_hit(findings)
+
+
+def test_needles_never_hide_a_match_the_pattern_would_make() -> None:
+    """A rule's pattern runs only on text holding one of its needles: over every corpus text, whatever the pattern
+    matches holds one (the needles are words the pattern requires, not a sample of likely ones)."""
+    texts = [
+        tool_of(entry).get("description", "")
+        for examples in CORPUS["rules"].values()
+        for kind in ("positives", "near_misses")
+        for entry in examples[kind]
+    ]
+    texts += [tool["name"] for tool in map(tool_of, [e for ex in CORPUS["rules"].values() for e in ex["positives"]])]
+    for rule_id, pattern in TEXT_PATTERNS.items():
+        needles = NEEDLES[rule_id]
+        for text in texts:
+            low = text.lower()
+            if pattern.search(low) is not None:
+                assert (not low.isascii()) if needles is None else any(n in low for n in needles), (rule_id, text)

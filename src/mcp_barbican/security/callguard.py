@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from mcp_barbican.audit.events import AuditEvent
+from mcp_barbican.jsonrpc import INTERNAL_ERROR
+from mcp_barbican.logs import log_unexpected
 from mcp_barbican.security.scanner import Finding, redact_error_secrets, redact_secrets, scan_result
 
 if TYPE_CHECKING:
@@ -130,7 +132,13 @@ class CallGuard:
                                    self.mcp_id, MAX_TOOLS)  # fmt: skip
                     self._full_logged = True
                 continue
-            digest = hashlib.sha256(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).digest()
+            try:
+                digest = hashlib.sha256(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).digest()
+            except TypeError:  # not JSON orjson can write (an integer past 64 bits): the tool goes unvalidated
+                logger.warning("mcps[%s] tool %.64r: inputSchema cannot be read, its calls are not validated",
+                               self.mcp_id, name)  # fmt: skip
+                self._tools[name] = (schema, None)
+                continue
             self._tools[name] = (schema, _compile(schema, digest, f"mcps[{self.mcp_id}] tool {name[:64]!r}"))
 
     def check_arguments(
@@ -144,7 +152,12 @@ class CallGuard:
         known = self._tools.get(name) if isinstance(name, str) else None
         if known is None or known[1] is None:
             return None
-        failure = argument_error(known[1], params.get("arguments", {}))
+        try:
+            failure = argument_error(known[1], params.get("arguments", {}))
+        except (ValueError, TypeError, OverflowError):
+            log_unexpected(logger, "mcps[%s] tool %.64r: arguments could not be validated, the call passes",
+                           self.mcp_id, name)  # fmt: skip
+            return None
         if failure is None:
             return None
         path, message, keyword = failure
@@ -157,7 +170,20 @@ class CallGuard:
     # -- results -----------------------------------------------------------------------------
 
     def check_result(self, response: dict[str, Any], tool: str, principal: str | None, session_id: str | None) -> None:
-        """Redact (in place, before the answer is serialized) and scan one `tools/call` answer; audit both."""
+        """Redact (in place, before the answer is serialized) and scan one `tools/call` answer; audit both.
+
+        A failure of either (it has none known) is one log line; with redaction on the answer is then withheld
+        (an error goes to the client instead), since it may hold what redaction was there to remove.
+        """
+        try:
+            self._check_result(response, tool, principal, session_id)
+        except Exception:  # the upstream's message callback must not raise
+            log_unexpected(logger, "mcps[%s] tool %.64r: the result could not be checked", self.mcp_id, tool)
+            if self.redact:
+                response.pop("result", None)
+                response["error"] = {"code": INTERNAL_ERROR, "message": "the proxy could not check this tool result"}
+
+    def _check_result(self, response: dict[str, Any], tool: str, principal: str | None, session_id: str | None) -> None:
         result = response.get("result")
         if not isinstance(result, dict):
             if self.redact and "error" in response:
