@@ -167,3 +167,9 @@ def test_needles_never_hide_a_match_the_pattern_would_make() -> None:
             low = text.lower()
             if pattern.search(low) is not None:
                 assert (not low.isascii()) if needles is None else any(n in low for n in needles), (rule_id, text)
+
+
+@pytest.mark.parametrize("description", CORPUS["clean"])
+def test_ordinary_descriptions_hit_nothing_at_high(description: str) -> None:
+    findings = scan_tool({"name": "probe_tool", "description": description}, other_tools=OTHER_TOOLS | {"list_tables"})
+    assert [f for f in findings if SEVERITIES.index(f.severity) >= HIGH] == []

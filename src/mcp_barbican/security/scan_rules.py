@@ -84,7 +84,12 @@ class Searcher(Protocol):
 class _SensitiveSource:
     """`exfiltration.sensitive-file`: a sensitive source with a way out in the same sentence (a verb that sends it
     before, or one after, or "as the ... parameter" after; or "read <dotfile> and ..."). Found from the source
-    outwards over short windows: one pattern that could start at any verb cost ten times as much."""
+    outwards over short windows: one pattern that could start at any verb cost ten times as much.
+
+    A generic secret word (an API key, a password) counts only when it is someone's or everything of its kind
+    ("the user's API keys", "all credentials"): "send a request with the API key in the header" is how an
+    ordinary HTTP tool documents itself, "send the user's API keys" is not.
+    """
 
     _source = re.compile(_SENSITIVE)
     _out = re.compile(_OUT)
@@ -92,12 +97,21 @@ class _SensitiveSource:
     _read = re.compile(r"\b(?:read|cat|open|dump|print)\b")
     _file = re.compile(r"~/\.ssh|\.ssh/|id_|~/\.aws|\.env|mcp\.json|\.cursor/")
     _then = re.compile(r"\b(?:and|then)\b")
+    _generic = re.compile(
+        r"credentials?|private keys?|api[ _-]?keys?|secret keys?|access tokens?|passwords?|session cookies?"
+        r"|seed phrase|environment variables"
+    )
+    _owned = re.compile(
+        r"\b(?:user'?s|users'|all|every|any|your|their|his|her|stored|saved|local|cached|contents of)\b[^.\n]{0,25}$"
+    )
 
     def search(self, string: str) -> re.Match[str] | None:
         for match in self._source.finditer(string):
             start, end = match.span()
             before = string[max(0, start - 100) : start]
             before = before[max(before.rfind("."), before.rfind("\n")) + 1 :]
+            if self._generic.fullmatch(match.group()) and not self._owned.search(before):
+                continue
             after = string[end : end + 100]
             after = after[: min(_cut(after, "."), _cut(after, "\n"))]
             if self._out.search(before) or self._after.search(after):
