@@ -23,6 +23,7 @@ DISTRIBUTION_OF = {
     "dotenv": "python-dotenv",
     "prometheus_client": "prometheus-client",
     "cel_expr_python": "cel-expr-python",
+    "jsonschema_rs": "jsonschema-rs",
 }
 
 

@@ -25,6 +25,7 @@ EventType = Literal[
     "token",
     "config_reload",
     "egress",
+    "integrity",
 ]
 EVENT_TYPES: Final[tuple[str, ...]] = EventType.__args__  # type: ignore[attr-defined]
 

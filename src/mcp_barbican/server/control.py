@@ -23,6 +23,7 @@ from mcp_barbican.config import McpConfig, ProxyConfig
 from mcp_barbican.security.addresses import client_ip
 from mcp_barbican.security.auth import AuthFailure, Verifier, bearer_credential
 from mcp_barbican.security.authorization import ANONYMOUS
+from mcp_barbican.security.callguard import CallGuard
 from mcp_barbican.security.mtls import CertificateIdentity
 from mcp_barbican.server.endpoint import McpEndpoint
 from mcp_barbican.server.runtime import McpRuntime
@@ -44,12 +45,14 @@ class McpRoute:
 
     def __init__(self, mcp: McpConfig, config: ProxyConfig, shields: Shields, source: Source = "config") -> None:
         self.mcp = mcp
+        guard = CallGuard.build(mcp.id, config.effective_integrity(mcp), shields.recording)
         # The config file's upstreams are the operator's choice; the admin API's pass the egress policy.
         self.runtime = McpRuntime(
             mcp,
             idle_timeout=config.server.session_idle_timeout,
             quota=shields.sessions,
             egress=egress.installed() if source == "api" else None,
+            guard=guard,
         )
         self.runtime.sealer = shields.sealer
         self.auth = config.effective_auth(mcp)

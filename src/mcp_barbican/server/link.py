@@ -42,6 +42,7 @@ from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamCha
 
 if TYPE_CHECKING:
     from mcp_barbican.config import ToolFilter
+    from mcp_barbican.security.callguard import CallGuard
 
 __all__ = ["PROXY_CLIENT_CAPABILITIES", "ChannelFactory", "Link", "Pending"]
 
@@ -74,7 +75,7 @@ RESTART_BACKOFF: Final = (0.2, 2.0, 30.0)
 class Pending:
     """A client request waiting for its upstream response."""
 
-    __slots__ = ("access", "method", "original_id", "session", "stream", "timer", "token", "upstream_id")
+    __slots__ = ("access", "method", "original_id", "session", "stream", "timer", "token", "tool", "upstream_id")
 
     def __init__(
         self,
@@ -95,6 +96,8 @@ class Pending:
         #: The caller's authorization, which filters the listing this request asked for.
         self.access = access
         self.timer: asyncio.TimerHandle | None = None
+        #: The tool a `tools/call` names, when the guard reads its answer.
+        self.tool: str | None = None
 
 
 class Link:
@@ -111,6 +114,7 @@ class Link:
         on_state: Callable[[Link, str, str | None], None] | None = None,
         tool_filter: ToolFilter | None = None,
         guess_unrelated: bool = True,
+        guard: CallGuard | None = None,
     ) -> None:
         self.name = name
         self.shared = shared
@@ -122,6 +126,8 @@ class Link:
         self.request_timeout = request_timeout
         self._on_state = on_state
         self._tool_filter = tool_filter
+        #: Argument validation, result scanning and redaction (`integrity`); None when all are off.
+        self.guard = guard
         self.channel: UpstreamChannel | None = None
         self.sessions: dict[str, Session] = {}
         #: When the last session left (or the link opened): what shared mode reclaims first.
@@ -300,6 +306,12 @@ class Link:
         if method == "tools/call" and not self._tool_visible(msg):
             self.refuse_unknown(asked or msg, stream)
             return
+        if method == "tools/call" and self.guard is not None:
+            shown = target("tools/call", asked.get("params")) if asked is not None else None
+            refusal = self.guard.check_arguments(msg.get("params"), session.principal, session.id, shown and shown[1])
+            if refusal is not None:
+                stream.push(jsonrpc.error_body(msg["id"], jsonrpc.INVALID_PARAMS, refusal), final=True)
+                return
         self._track_client_state(session, msg)
         upstream_id = self._new_id()
         params = msg.get("params")
@@ -310,6 +322,8 @@ class Link:
                 token = meta["progressToken"]
                 meta["progressToken"] = upstream_id
         pending = Pending(session, msg["id"], upstream_id, stream, method, token, access)
+        if method == "tools/call" and self.guard is not None and self.guard.watches_results:
+            pending.tool = str(params.get("name", "")) if isinstance(params, dict) else ""
         self._pending[upstream_id] = pending
         session.inflight[msg["id"]] = pending
         timeout = self._start_timeout if method == "initialize" else self.request_timeout
@@ -417,6 +431,11 @@ class Link:
             self._filter_tools(msg)
         if pending.access is not None and pending.method in LISTINGS:
             pending.access.filter_listing(pending.method, msg.get("result"))
+        if self.guard is not None:
+            if pending.tool is not None:
+                self.guard.check_result(msg, pending.tool, pending.session.principal, pending.session.id)
+            elif pending.method == "tools/list":
+                self.guard.learn(msg.get("result"))
         if pending.method == "initialize" and "result" in msg:
             self._initialized(self.init_params or {}, msg["result"])
             pending.session.protocol_version = msg["result"].get("protocolVersion")

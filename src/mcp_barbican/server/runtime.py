@@ -16,7 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from mcp_barbican import __version__
+from mcp_barbican import __version__, jsonrpc
 from mcp_barbican.exceptions import UpstreamError, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.metrics import RequestStats
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from mcp_barbican.config import McpConfig, ToolFilter
     from mcp_barbican.egress import Egress
+    from mcp_barbican.security.callguard import CallGuard
     from mcp_barbican.types import Scope
 
 __all__ = ["LATEST_LEGACY_VERSION", "CapacityError", "McpRuntime"]
@@ -52,6 +53,8 @@ PROBE_BACKOFF: Final = (1.0, 2.0, 60.0)
 ERA_VERDICT_SECONDS: Final = 600.0
 #: Most tools/list pages the probe follows to count tools.
 MAX_TOOL_PAGES: Final = 20
+#: Who an admin REST tool call's integrity events name (the admin API audits the caller itself).
+ADMIN_CALLER: Final = "admin"
 
 
 def _proxy_init_params(capabilities: dict[str, Any], version: str | None = None) -> dict[str, Any]:
@@ -66,11 +69,19 @@ class McpRuntime:
     """Status, links and sessions of one MCP."""
 
     def __init__(
-        self, mcp: McpConfig, *, idle_timeout: float, quota: SessionQuota, egress: Egress | None = None
+        self,
+        mcp: McpConfig,
+        *,
+        idle_timeout: float,
+        quota: SessionQuota,
+        egress: Egress | None = None,
+        guard: CallGuard | None = None,
     ) -> None:
         self.mcp = mcp
         #: The egress policy its HTTP connections pass (an MCP registered through the admin API), else None.
         self.egress = egress
+        #: What `integrity` checks on tools/call (arguments, results), shared by every link; None: nothing.
+        self.guard = guard
         self.id = mcp.id
         self.idle_timeout = idle_timeout
         #: Sessions per principal, shared by every MCP of the listener.
@@ -152,6 +163,7 @@ class McpRuntime:
             on_state=self._on_link_state,
             tool_filter=self.mcp.tool_filter,
             guess_unrelated=guess_unrelated,
+            guard=self.guard,
         )
 
     def _on_link_state(self, link: Link, state: str, error: str | None) -> None:
@@ -475,7 +487,16 @@ class McpRuntime:
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """The upstream's response to `tools/call`, through the control session (the admin API's REST call)."""
         link = await self.control()
-        return await link.call("tools/call", {"name": name, "arguments": arguments}, timeout=self.mcp.request_timeout)
+        params = {"name": name, "arguments": arguments}
+        guard = self.guard
+        if guard is not None:
+            refusal = guard.check_arguments(params, ADMIN_CALLER, None)
+            if refusal is not None:
+                return jsonrpc.error_response(None, jsonrpc.INVALID_PARAMS, refusal)
+        response = await link.call("tools/call", params, timeout=self.mcp.request_timeout)
+        if guard is not None and guard.watches_results:
+            guard.check_result(response, name, ADMIN_CALLER, None)
+        return response
 
     def _upstream_sessions(self) -> int:
         if self.mcp.session_mode == "shared":
@@ -495,6 +516,8 @@ async def _tools(link: Link, timeout: float, tool_filter: ToolFilter | None) -> 
     for _ in range(MAX_TOOL_PAGES):
         response = await link.call("tools/list", {"cursor": cursor} if cursor else {}, timeout=timeout)
         result = response.get("result") or {}
+        if link.guard is not None:
+            link.guard.learn(result)
         found += [
             tool
             for tool in result.get("tools") or []
