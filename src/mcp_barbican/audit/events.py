@@ -15,7 +15,16 @@ from mcp_barbican.asgi import CLIENT_IP_KEY
 __all__ = ["EVENT_TYPES", "AuditEvent", "EventType", "arguments_for_audit", "request_fields", "rfc3339"]
 
 EventType = Literal[
-    "authentication", "authorization", "rate_limit", "ip_block", "ban", "tool_call", "admin", "token", "config_reload"
+    "authentication",
+    "authorization",
+    "rate_limit",
+    "ip_block",
+    "ban",
+    "tool_call",
+    "admin",
+    "token",
+    "config_reload",
+    "integrity",
 ]
 EVENT_TYPES: Final[tuple[str, ...]] = EventType.__args__  # type: ignore[attr-defined]
 

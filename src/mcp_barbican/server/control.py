@@ -43,7 +43,10 @@ class McpRoute:
 
     def __init__(self, mcp: McpConfig, config: ProxyConfig, shields: Shields) -> None:
         self.mcp = mcp
-        self.runtime = McpRuntime(mcp, idle_timeout=config.server.session_idle_timeout, quota=shields.sessions)
+        pins = shields.pins.guard(mcp.id, config.effective_integrity(mcp))
+        self.runtime = McpRuntime(
+            mcp, idle_timeout=config.server.session_idle_timeout, quota=shields.sessions, pins=pins
+        )
         self.runtime.sealer = shields.sealer
         self.auth = config.effective_auth(mcp)
         endpoint = McpEndpoint(

@@ -16,7 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from mcp_barbican import __version__
+from mcp_barbican import __version__, jsonrpc
 from mcp_barbican.exceptions import UpstreamError, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.metrics import RequestStats
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from mcp_barbican.config import McpConfig, ToolFilter
+    from mcp_barbican.security.pins import ToolPins
     from mcp_barbican.types import Scope
 
 __all__ = ["LATEST_LEGACY_VERSION", "CapacityError", "McpRuntime"]
@@ -64,7 +65,9 @@ def _proxy_init_params(capabilities: dict[str, Any], version: str | None = None)
 class McpRuntime:
     """Status, links and sessions of one MCP."""
 
-    def __init__(self, mcp: McpConfig, *, idle_timeout: float, quota: SessionQuota) -> None:
+    def __init__(
+        self, mcp: McpConfig, *, idle_timeout: float, quota: SessionQuota, pins: ToolPins | None = None
+    ) -> None:
         self.mcp = mcp
         self.id = mcp.id
         self.idle_timeout = idle_timeout
@@ -97,10 +100,17 @@ class McpRuntime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_task: asyncio.Task[None] | None = None
         self._closing = False
+        #: The MCP's tool pins (shared with the runtime this one replaces, if any).
+        self.pins = pins
+        self._relisting: asyncio.Task[None] | None = None
+        self._relist_again = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.pins is not None:
+            self.pins.on_visible_change.append(self.announce_tools_changed)
+            self.pins.on_forgotten.append(self.relist)
         self._probe_task = self._spawn(self._probe_until_ready(), f"probe-{self.id}")
         self._spawn(self._sweep_idle(), f"sweep-{self.id}")
 
@@ -112,6 +122,13 @@ class McpRuntime:
 
     async def aclose(self) -> None:
         self._closing = True
+        if self.pins is not None:
+            for listeners, listener in (
+                (self.pins.on_visible_change, self.announce_tools_changed),
+                (self.pins.on_forgotten, self.relist),
+            ):
+                if listener in listeners:
+                    listeners.remove(listener)
         for task in list(self._tasks):
             task.cancel()
         for session in list(self.sessions.values()):
@@ -146,6 +163,8 @@ class McpRuntime:
             on_state=self._on_link_state,
             tool_filter=self.mcp.tool_filter,
             guess_unrelated=guess_unrelated,
+            pins=self.pins,
+            on_tools_changed=self.relist if self.pins is not None and self.pins.active else None,
         )
 
     def _on_link_state(self, link: Link, state: str, error: str | None) -> None:
@@ -186,7 +205,7 @@ class McpRuntime:
             declared = result.get("capabilities")
             self.capabilities = declared if isinstance(declared, dict) else {}
             if "tools" in result.get("capabilities", {}):
-                self.tool_count = len(await _tools(link, self.mcp.request_timeout, self.mcp.tool_filter))
+                self.tool_count = len(await _tools(link, self.mcp.request_timeout, self.mcp.tool_filter, self.pins))
         except BaseException:
             await link.aclose()
             raise
@@ -466,6 +485,36 @@ class McpRuntime:
     async def list_tools(self) -> list[dict[str, Any]]:
         return await list_upstream_tools(self)
 
+    # -- tool integrity ------------------------------------------------------------------
+
+    def relist(self) -> None:
+        """List the upstream's tools again through the control link (after list_changed, or a reset of the
+        pins): a full listing, so removals and renames are decided. One at a time; a request meanwhile runs once
+        more after it."""
+        if self._closing or self.status != "ready":
+            return
+        if self._relisting is not None and not self._relisting.done():
+            self._relist_again = True
+            return
+        self._relisting = self._spawn(self._relist(), f"relist-{self.id}")
+
+    async def _relist(self) -> None:
+        self._relist_again = True
+        while self._relist_again and not self._closing:
+            self._relist_again = False
+            try:
+                await list_upstream_tools(self)
+            except (UpstreamError, OSError) as exc:
+                logger.info("upstream %r: tools not listed again after a change: %s", self.id, exc)
+                return
+
+    def announce_tools_changed(self) -> None:
+        """The tools clients may see changed (a pin approved, a tool held back): tell every session."""
+        data = jsonrpc.dumps({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        for session in list(self.sessions.values()):
+            if not session.closed:
+                session.get_stream.push(data)
+
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """The upstream's response to `tools/call`, through the control session (the admin API's REST call)."""
         link = await self.control()
@@ -480,10 +529,13 @@ class McpRuntime:
 async def list_upstream_tools(runtime: McpRuntime) -> list[dict[str, Any]]:
     """Every tool of the upstream that its filter lets clients see, through the control session."""
     link = await runtime.control()
-    return await _tools(link, runtime.mcp.request_timeout, runtime.mcp.tool_filter)
+    return await _tools(link, runtime.mcp.request_timeout, runtime.mcp.tool_filter, runtime.pins)
 
 
-async def _tools(link: Link, timeout: float, tool_filter: ToolFilter | None) -> list[dict[str, Any]]:
+async def _tools(
+    link: Link, timeout: float, tool_filter: ToolFilter | None, pins: ToolPins | None = None
+) -> list[dict[str, Any]]:
+    """Every page of the listing (at most MAX_TOOL_PAGES), through the pins when they are on."""
     found: list[dict[str, Any]] = []
     cursor: str | None = None
     for _ in range(MAX_TOOL_PAGES):
@@ -497,4 +549,6 @@ async def _tools(link: Link, timeout: float, tool_filter: ToolFilter | None) -> 
         cursor = result.get("nextCursor")
         if not cursor:
             break
+    if pins is not None and pins.active:
+        return pins.screened(found, full=not cursor)
     return found
