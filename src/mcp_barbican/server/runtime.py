@@ -16,11 +16,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from mcp_barbican import __version__, jsonrpc
+from mcp_barbican import __version__
 from mcp_barbican.exceptions import UpstreamError, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.metrics import RequestStats
-from mcp_barbican.security.tools import tool_allowed
 from mcp_barbican.server.identity import UpstreamIdentity
 from mcp_barbican.server.link import PROXY_CLIENT_CAPABILITIES, Link
 from mcp_barbican.server.pool import CapacityError, SharedLinks
@@ -28,6 +27,7 @@ from mcp_barbican.server.quota import Held, SessionQuota
 from mcp_barbican.server.seal import KIND_RESUMABLE, Sealer, SessionSeal, new_replica_id
 from mcp_barbican.server.session import Session, expired, sweep_interval
 from mcp_barbican.server.streams import EventStream
+from mcp_barbican.server.tooling import ToolWatch, list_tools
 from mcp_barbican.upstream import open_channel
 from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel
 from mcp_barbican.upstream.tls import client_ssl_context
@@ -35,7 +35,7 @@ from mcp_barbican.upstream.tls import client_ssl_context
 if TYPE_CHECKING:
     import aiohttp
 
-    from mcp_barbican.config import McpConfig, ToolFilter
+    from mcp_barbican.config import McpConfig
     from mcp_barbican.security.pins import ToolPins
     from mcp_barbican.types import Scope
 
@@ -50,8 +50,6 @@ MAX_SHARED_CLIENTS: Final = 10_000
 PROBE_BACKOFF: Final = (1.0, 2.0, 60.0)
 #: How long a legacy-only upstream's answer to `server/discover` is reused.
 ERA_VERDICT_SECONDS: Final = 600.0
-#: Most tools/list pages the probe follows to count tools.
-MAX_TOOL_PAGES: Final = 20
 
 
 def _proxy_init_params(capabilities: dict[str, Any], version: str | None = None) -> dict[str, Any]:
@@ -102,15 +100,12 @@ class McpRuntime:
         self._closing = False
         #: The MCP's tool pins (shared with the runtime this one replaces, if any).
         self.pins = pins
-        self._relisting: asyncio.Task[None] | None = None
-        self._relist_again = False
+        self.tool_watch = ToolWatch(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.pins is not None:
-            self.pins.on_visible_change.append(self.announce_tools_changed)
-            self.pins.on_forgotten.append(self.relist)
+        self.tool_watch.start()
         self._probe_task = self._spawn(self._probe_until_ready(), f"probe-{self.id}")
         self._spawn(self._sweep_idle(), f"sweep-{self.id}")
 
@@ -122,13 +117,7 @@ class McpRuntime:
 
     async def aclose(self) -> None:
         self._closing = True
-        if self.pins is not None:
-            for listeners, listener in (
-                (self.pins.on_visible_change, self.announce_tools_changed),
-                (self.pins.on_forgotten, self.relist),
-            ):
-                if listener in listeners:
-                    listeners.remove(listener)
+        self.tool_watch.stop()
         for task in list(self._tasks):
             task.cancel()
         for session in list(self.sessions.values()):
@@ -164,7 +153,7 @@ class McpRuntime:
             tool_filter=self.mcp.tool_filter,
             guess_unrelated=guess_unrelated,
             pins=self.pins,
-            on_tools_changed=self.relist if self.pins is not None and self.pins.active else None,
+            on_tools_changed=self.tool_watch.relist if self.pins is not None and self.pins.active else None,
         )
 
     def _on_link_state(self, link: Link, state: str, error: str | None) -> None:
@@ -205,7 +194,7 @@ class McpRuntime:
             declared = result.get("capabilities")
             self.capabilities = declared if isinstance(declared, dict) else {}
             if "tools" in result.get("capabilities", {}):
-                self.tool_count = len(await _tools(link, self.mcp.request_timeout, self.mcp.tool_filter, self.pins))
+                self.tool_count = len(await list_tools(link, self.mcp.request_timeout, self.mcp.tool_filter, self.pins))
         except BaseException:
             await link.aclose()
             raise
@@ -485,36 +474,6 @@ class McpRuntime:
     async def list_tools(self) -> list[dict[str, Any]]:
         return await list_upstream_tools(self)
 
-    # -- tool integrity ------------------------------------------------------------------
-
-    def relist(self) -> None:
-        """List the upstream's tools again through the control link (after list_changed, or a reset of the
-        pins): a full listing, so removals and renames are decided. One at a time; a request meanwhile runs once
-        more after it."""
-        if self._closing or self.status != "ready":
-            return
-        if self._relisting is not None and not self._relisting.done():
-            self._relist_again = True
-            return
-        self._relisting = self._spawn(self._relist(), f"relist-{self.id}")
-
-    async def _relist(self) -> None:
-        self._relist_again = True
-        while self._relist_again and not self._closing:
-            self._relist_again = False
-            try:
-                await list_upstream_tools(self)
-            except (UpstreamError, OSError) as exc:
-                logger.info("upstream %r: tools not listed again after a change: %s", self.id, exc)
-                return
-
-    def announce_tools_changed(self) -> None:
-        """The tools clients may see changed (a pin approved, a tool held back): tell every session."""
-        data = jsonrpc.dumps({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
-        for session in list(self.sessions.values()):
-            if not session.closed:
-                session.get_stream.push(data)
-
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """The upstream's response to `tools/call`, through the control session (the admin API's REST call)."""
         link = await self.control()
@@ -527,28 +486,6 @@ class McpRuntime:
 
 
 async def list_upstream_tools(runtime: McpRuntime) -> list[dict[str, Any]]:
-    """Every tool of the upstream that its filter lets clients see, through the control session."""
+    """Every tool of the upstream that its filter (and its pins) let clients see, through the control session."""
     link = await runtime.control()
-    return await _tools(link, runtime.mcp.request_timeout, runtime.mcp.tool_filter, runtime.pins)
-
-
-async def _tools(
-    link: Link, timeout: float, tool_filter: ToolFilter | None, pins: ToolPins | None = None
-) -> list[dict[str, Any]]:
-    """Every page of the listing (at most MAX_TOOL_PAGES), through the pins when they are on."""
-    found: list[dict[str, Any]] = []
-    cursor: str | None = None
-    for _ in range(MAX_TOOL_PAGES):
-        response = await link.call("tools/list", {"cursor": cursor} if cursor else {}, timeout=timeout)
-        result = response.get("result") or {}
-        found += [
-            tool
-            for tool in result.get("tools") or []
-            if isinstance(tool, dict) and tool_allowed(tool_filter, str(tool.get("name", "")))
-        ]
-        cursor = result.get("nextCursor")
-        if not cursor:
-            break
-    if pins is not None and pins.active:
-        return pins.screened(found, full=not cursor)
-    return found
+    return await list_tools(link, runtime.mcp.request_timeout, runtime.mcp.tool_filter, runtime.pins)
