@@ -86,6 +86,11 @@ async def test_the_tools_beyond_the_bound_are_hidden(monkeypatch: pytest.MonkeyP
     assert names == ["t0", "t1", "t2"]
     await _settled()
     assert len(await store.pins.list()) == 3
+    # An upstream churning names never grows the table: each new name beyond the bound is hidden, not stored.
+    for round_ in range(3):
+        assert _listed(pins, *(_tool(f"r{round_}-{i}") for i in range(3))) == []
+    await _settled()
+    assert len(await store.pins.list()) == 3
 
 
 async def test_an_approval_and_a_reset_reach_the_decision_through_the_store() -> None:

@@ -48,8 +48,8 @@ def hides(config: IntegrityConfig, record: PinRecord | None, observed_sha: str) 
     """Whether a tool observed with `observed_sha` is kept from clients, given its pin record."""
     if config.pin == "off":
         return False
-    if record is None:  # beyond the per-MCP bound: nothing to hold it to
-        return True
+    if record is None:  # not pinned yet (the pins were just reset: the next listing is the baseline)
+        return config.pin == "approve"
     if record.sha256 == observed_sha:
         return False
     if config.scan.definitions == "block" and record.pending_sha256 == observed_sha and blocking(record.findings):
@@ -193,6 +193,13 @@ class ToolPins:
             return  # pending already, and reported when first seen
         findings = self._findings(seen, others)
         held = self.config.scan.definitions == "block" and blocking(findings)
+        if record is None and len(self.records) >= MAX_TOOLS_PER_MCP:
+            self.excess.add(seen.name)  # hidden: nothing to hold it to
+            if self._first_report(seen.name, "bound"):
+                logger.warning(
+                    "MCP %r: %d tools pinned already; %r is hidden", self.mcp_id, len(self.records), seen.name
+                )
+            return
         if change.change == "added" and baseline and not held:
             self._store(PinRecord(self._id(seen.name), self.mcp_id, seen.name, seen.sha256, dict(seen.definition)))
             return
