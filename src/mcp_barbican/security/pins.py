@@ -254,7 +254,8 @@ class ToolPins:
 
     def _emit(self, action: str, tool: str, details: dict[str, Any]) -> None:
         if self.audit is not None:
-            event = AuditEvent("integrity", action, False, f"/mcp/{self.mcp_id}", mcp=self.mcp_id, tool=tool)
+            done = action in ("integrity.approved", "integrity.reset")  # an admin's act, not a suspicion
+            event = AuditEvent("integrity", action, done, f"/mcp/{self.mcp_id}", mcp=self.mcp_id, tool=tool)
             event.details = details
             self.audit.emit_soon(event)
 
