@@ -72,11 +72,32 @@ async def test_a_name_listed_twice_is_hidden_both_times_and_reported() -> None:
     assert _listed(warn, _tool("echo"), _tool("echo", "twin")) == ["echo", "echo"]
 
 
-async def test_a_look_alike_name_is_a_new_tool_held_back() -> None:
-    pins, *_ = await _book()
+async def test_a_look_alike_name_replacing_a_tool_is_a_rename_held_back() -> None:
+    pins, _store, audit, _ = await _book()
     assert _listed(pins, _tool("echo")) == ["echo"]
-    assert _listed(pins, _tool("echo"), _tool("\u0435cho")) == ["echo"]
+    assert _listed(pins, _tool("\u0435cho")) == []  # Cyrillic e: the same body under another name
     assert pins.hidden == {"\u0435cho"}
+    assert [(e.tool, e.details["change"]) for e in audit.events] == [("\u0435cho", "renamed")]
+    assert audit.events[0].details["renamed_from"] == "echo"
+
+
+async def test_a_new_tool_under_tofu_is_trusted_on_first_sight_and_reported() -> None:
+    pins, _store, audit, counters = await _book()
+    assert _listed(pins, _tool("echo")) == ["echo"]  # the first listing: nothing reported
+    assert _listed(pins, _tool("echo"), _tool("ECHO", "Another.")) == ["echo", "ECHO"]
+    assert [(e.tool, e.details["change"], e.details["hidden"]) for e in audit.events] == [("ECHO", "added", False)]
+    assert counters.integrity_changes == {("m", "added"): 1}
+
+
+async def test_a_tool_listed_again_after_its_removal_is_no_longer_pending() -> None:
+    pins, store, *_ = await _book()
+    _listed(pins, _tool("a"), _tool("b"))
+    _listed(pins, _tool("a"))
+    await _settled()
+    assert [r.change for r in await pins.stored() if r.tool == "b"] == ["removed"]
+    assert _listed(pins, _tool("a"), _tool("b")) == ["a", "b"]
+    await _settled()
+    assert [r.change for r in await store.pins.list()] == ["", ""]
 
 
 async def test_the_tools_beyond_the_bound_are_hidden(monkeypatch: pytest.MonkeyPatch) -> None:

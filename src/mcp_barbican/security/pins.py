@@ -162,7 +162,15 @@ class ToolPins:
             approved = {name: (record.sha256, record.definition) for name, record in self.records.items()}
             for change in compare(approved, listing, duplicates, full=full):
                 self._apply(change, baseline=baseline, others=others)
+            self._returned(listing)
         self._recompute()
+
+    def _returned(self, listing: Mapping[str, Observed]) -> None:
+        """A tool pending as removed that is listed again as approved is no longer pending."""
+        for name, seen in listing.items():
+            record = self.records.get(name)
+            if record is not None and record.change == "removed" and record.sha256 == seen.sha256:
+                self._store(dataclasses.replace(record, change="", diff="", observed_at=time.time()))
 
     def _findings(self, seen: Observed, others: frozenset[str]) -> list[dict[str, Any]]:
         if self.config.scan.definitions == "off":
@@ -189,7 +197,7 @@ class ToolPins:
             return
         seen = change.observed
         assert seen is not None
-        if record is not None and record.pending_sha256 == seen.sha256:
+        if record is not None and record.pending_sha256 == seen.sha256 and record.change == change.change:
             return  # pending already, and reported when first seen
         findings = self._findings(seen, others)
         held = self.config.scan.definitions == "block" and blocking(findings)
@@ -200,8 +208,11 @@ class ToolPins:
                     "MCP %r: %d tools pinned already; %r is hidden", self.mcp_id, len(self.records), seen.name
                 )
             return
-        if change.change == "added" and baseline and not held:
+        if change.change == "added" and self.config.pin == "tofu" and not held:  # trusted on first sight
             self._store(PinRecord(self._id(seen.name), self.mcp_id, seen.name, seen.sha256, dict(seen.definition)))
+            if not baseline:
+                details = {"diff": diff(None, seen.definition), "sha256": seen.sha256, "renamed_from": None}
+                self._report(seen.name, "added", "added:" + seen.sha256, details)
             return
         before = record.definition if record is not None else None
         if change.renamed_from and change.renamed_from in self.records:
