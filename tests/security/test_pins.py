@@ -89,6 +89,27 @@ async def test_a_new_tool_under_tofu_is_trusted_on_first_sight_and_reported() ->
     assert counters.integrity_changes == {("m", "added"): 1}
 
 
+async def test_only_the_proxys_own_listing_tells_a_removal() -> None:
+    pins, store, *_ = await _book()
+    _listed(pins, _tool("a"), _tool("b", "Only for clients that declare sampling."))
+    result: dict[str, Any] = {"tools": [_tool("a")]}
+    pins.screen(result, full=True)  # a client's listing, without pages
+    await _settled()
+    assert [r.change for r in await store.pins.list()] == ["", ""]
+    _listed(pins, _tool("a"))
+    await _settled()
+    assert [(r.tool, r.change) for r in await store.pins.list()] == [("a", ""), ("b", "removed")]
+
+
+async def test_a_clients_listing_tells_a_rename() -> None:
+    pins, _store, audit, _ = await _book()
+    _listed(pins, _tool("a"), _tool("b", "Bee."))
+    result: dict[str, Any] = {"tools": [_tool("a"), _tool("b2", "Bee.")]}
+    pins.screen(result, full=True)
+    assert [t["name"] for t in result["tools"]] == ["a"]
+    assert [(e.tool, e.details["change"]) for e in audit.events] == [("b2", "renamed")]
+
+
 async def test_a_tool_listed_again_after_its_removal_is_no_longer_pending() -> None:
     pins, store, *_ = await _book()
     _listed(pins, _tool("a"), _tool("b"))

@@ -107,8 +107,13 @@ class ToolPins:
 
     # -- the listing path ------------------------------------------------------------------
 
-    def screen(self, result: Any, *, full: bool) -> None:
-        """Observe a `tools/list` result and drop the hidden tools from it (in place)."""
+    def screen(self, result: Any, *, full: bool, own: bool = False) -> None:
+        """Observe a `tools/list` result and drop the hidden tools from it (in place).
+
+        `full`: the listing has every tool (no page before or after it), so a tool it lacks that has a pinned
+        twin in it was renamed; `own`: the proxy listed through its own session, so a tool it lacks was removed
+        (a client's listing may lack tools the upstream shows only to clients declaring some capability).
+        """
         if not self.active or not isinstance(result, dict):
             return
         tools = result.get("tools")
@@ -120,9 +125,11 @@ class ToolPins:
             logger.warning("MCP %r: a tools/list answer that cannot be hashed; its tools are hidden", self.mcp_id)
             result["tools"] = []
             return
+        if own:
+            digest += ":own"
         if digest != self._last_digest:
             self._last_digest = digest
-            self._observe(tools, full=full)
+            self._observe(tools, full=full, own=own)
         if self.hidden:
             hidden = self.hidden
             result["tools"] = [t for t in tools if not (isinstance(t, dict) and _name(t) in hidden)]
@@ -130,11 +137,11 @@ class ToolPins:
     def screened(self, tools: list[dict[str, Any]], *, full: bool) -> list[dict[str, Any]]:
         """`screen` for a listing the proxy gathered itself (the control link's, all pages)."""
         result: dict[str, Any] = {"tools": tools}
-        self.screen(result, full=full)
+        self.screen(result, full=full, own=True)
         listed: list[dict[str, Any]] = result["tools"]
         return listed
 
-    def _observe(self, tools: list[Any], *, full: bool) -> None:
+    def _observe(self, tools: list[Any], *, full: bool, own: bool) -> None:
         listing, duplicates = observe(tools)
         self.excess = set()
         if len(listing) > MAX_TOOLS_PER_MCP:
@@ -161,7 +168,8 @@ class ToolPins:
             baseline = self.config.pin == "tofu" and not self.records
             approved = {name: (record.sha256, record.definition) for name, record in self.records.items()}
             for change in compare(approved, listing, duplicates, full=full):
-                self._apply(change, baseline=baseline, others=others)
+                if change.change != "removed" or own:
+                    self._apply(change, baseline=baseline, others=others)
             self._returned(listing)
         self._recompute()
 
