@@ -15,7 +15,7 @@ import httpx2
 import pytest
 from mcp import types
 
-from tests.proxy import RunningProxy, free_port, mcp_client, run_proxy
+from tests.proxy import RunningProxy, free_port, mcp_client, run_proxy, traceback_in
 from tests.server.test_pins_e2e import names, set_tools, shifting, tool
 from tests.storage.redis_server import redis_server
 
@@ -89,3 +89,31 @@ async def test_a_change_seen_on_one_replica_is_pending_on_the_other_and_approved
             assert names(await on_b.list_tools()) == {"echo", "other"}, f"after {took:.3f} s"
             assert "called echo" in (await on_b.call_tool("echo", {})).content[0].text  # type: ignore[union-attr]
             assert (await pins(http, admin_b))["pending"] == []
+
+
+async def test_while_redis_is_down_the_pins_hold_and_the_admin_routes_answer_503(tmp_path: Path) -> None:
+    state = tmp_path / "tools.json"
+    set_tools(state, tool("echo"))
+    data = tmp_path / "redis"
+    data.mkdir()
+    port, admin_port = free_port(), free_port()
+    pins_url = f"http://127.0.0.1:{admin_port}/admin/mcps/shift/pins"
+    async with contextlib.AsyncExitStack() as stack:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            with redis_server(port, keep_in=data) as url:
+                server: dict[str, Any] = {
+                    "storage": {"type": "redis", "url": url},
+                    "admin": {"port": admin_port, "token": ADMIN_TOKEN},
+                }
+                proxy = stack.enter_context(run_proxy(tmp_path, [shifting(state)], server=server))
+                client = await stack.enter_async_context(mcp_client(proxy.url("shift")))
+                assert names(await client.list_tools()) == {"echo"}
+                assert (await http.get(pins_url, headers=ADMIN)).json()["pinned"]
+            set_tools(state, tool("echo", "Changed while Redis is down."))
+            assert names(await client.list_tools()) == set()  # the last-known pins still decide
+            for method, path in (("GET", ""), ("POST", "/approve"), ("POST", "/reset")):
+                answer = await http.request(method, pins_url + path, headers=ADMIN)
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["error"] == "storage_unavailable"
+    assert traceback_in(proxy.log) is None
+    assert "a tool pin could not be stored" in proxy.log_text()
