@@ -173,11 +173,20 @@ async def test_the_aggregated_endpoint_and_the_admin_listing_hide_it_too(tmp_pat
         set_tools(state, tool("echo", "Changed."), tool("other"))
         listed = (await admin(proxy, "GET", "/admin/tools")).json()
         assert {t["name"] for t in listed["tools"]} == {"other"}
-        async with mcp_client(f"{proxy.base}/mcp") as client:
+        changed = asyncio.Event()
+
+        async def on_message(message: Any) -> None:
+            if isinstance(message, types.ToolListChangedNotification):
+                changed.set()
+
+        async with mcp_client(f"{proxy.base}/mcp", message_handler=on_message) as client:
             assert names(await client.list_tools()) == {"shift__other"}
             with pytest.raises(MCPError, match="Unknown tool"):
                 await client.call_tool("shift__echo", {})
+            changed.clear()
             assert (await admin(proxy, "POST", "/admin/mcps/shift/pins/approve")).status_code == 200
+            with anyio.fail_after(10):
+                await changed.wait()  # the aggregated session hears it through its member's session
             assert names(await client.list_tools()) == {"shift__echo", "shift__other"}
             assert "called echo" in (await client.call_tool("shift__echo", {})).content[0].text  # type: ignore[union-attr]
 
