@@ -190,3 +190,27 @@ async def test_scan_warn_reports_a_flagged_tool_and_lists_it(monkeypatch: pytest
     assert _listed(pins, flagged, _tool("other")) == ["evil", "other"]  # another listing: no second report
     findings = [e for e in audit.events if e.action == "integrity.finding"]
     assert len(findings) == 1 and findings[0].tool == "evil"
+
+
+async def test_the_scanner_sees_every_other_name_of_the_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, set[str]] = {}
+
+    def record(tool: Any, *, other_tools: Any = ()) -> list[Finding]:
+        seen[tool["name"]] = set(other_tools)
+        assert tool["name"] not in other_tools and len(other_tools) == len(seen[tool["name"]])
+        return []
+
+    monkeypatch.setattr(pins_module, "scan_tool", record)
+    pins, *_ = await _book()
+    _listed(pins, _tool("a"), _tool("b"), _tool("c"))
+    assert seen == {"a": {"b", "c"}, "b": {"a", "c"}, "c": {"a", "b"}}
+
+
+async def test_a_mass_change_is_one_event_per_tool_and_a_bounded_log(caplog: pytest.LogCaptureFixture) -> None:
+    pins, _store, audit, counters = await _book()
+    _listed(pins, *(_tool(f"t{i}") for i in range(200)))
+    with caplog.at_level("WARNING", logger="mcp_barbican.security.pins"):
+        assert _listed(pins, *(_tool(f"t{i}", "Changed.") for i in range(200))) == []
+    assert len(audit.events) == 200 and counters.integrity_changes == {("m", "changed"): 200}
+    assert len(caplog.records) == pins_module.MAX_LOGGED + 1
+    assert caplog.records[-1].getMessage() == "MCP 'm': 190 more tool changes (see the audit trail)"

@@ -15,7 +15,7 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 from mcp_barbican.audit import AuditEvent, AuditTrail
@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 MAX_TOOLS_PER_MCP: Final = 10_000
 #: (tool, hash) pairs remembered as reported, per MCP: each distinct definition is reported once.
 MAX_REPORTED: Final = 4096
+#: Log lines per listing that changes (each change is an audit event; the log gets a summary past these).
+MAX_LOGGED: Final = 10
 _BLOCKING: Final = frozenset({"high", "critical"})
 
 
@@ -62,6 +64,25 @@ def hides(config: IntegrityConfig, record: PinRecord | None, observed_sha: str) 
 def _name(tool: dict[str, Any]) -> str:
     name = tool.get("name")
     return name if isinstance(name, str) else ""
+
+
+class _Others(Collection[str]):
+    """The names of a listing but one, without copying them (a listing of n tools scans in O(n), not O(n^2))."""
+
+    __slots__ = ("_all", "_but")
+
+    def __init__(self, names: frozenset[str], but: str) -> None:
+        self._all = names
+        self._but = but
+
+    def __contains__(self, name: object) -> bool:
+        return name != self._but and name in self._all
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in self._all if name != self._but)
+
+    def __len__(self) -> int:
+        return len(self._all) - (self._but in self._all)
 
 
 def _finding(finding: Finding) -> dict[str, Any]:
@@ -97,8 +118,10 @@ class ToolPins:
         self.on_visible_change: list[Callable[[], None]] = []
         self.on_forgotten: list[Callable[[], None]] = []
         self._last_digest: str | None = None
+        self._logged = 0
         self._reported: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
-        self._writes: collections.deque[PinRecord | str] = collections.deque()
+        #: Records waiting for the store, the latest per tool (a store that is down never grows it past the tools).
+        self._writes: dict[str, PinRecord] = {}
         self._writer: asyncio.Task[None] | None = None
 
     @property
@@ -142,6 +165,7 @@ class ToolPins:
         return listed
 
     def _observe(self, tools: list[Any], *, full: bool, own: bool) -> None:
+        self._logged = 0
         listing, duplicates = observe(tools)
         self.excess = set()
         if len(listing) > MAX_TOOLS_PER_MCP:
@@ -171,6 +195,8 @@ class ToolPins:
                 if change.change != "removed" or own:
                     self._apply(change, baseline=baseline, others=others)
             self._returned(listing)
+        if self._logged > MAX_LOGGED:
+            logger.warning("MCP %r: %d more tool changes (see the audit trail)", self.mcp_id, self._logged - MAX_LOGGED)
         self._recompute()
 
     def _returned(self, listing: Mapping[str, Observed]) -> None:
@@ -183,7 +209,7 @@ class ToolPins:
     def _findings(self, seen: Observed, others: frozenset[str]) -> list[dict[str, Any]]:
         if self.config.scan.definitions == "off":
             return []
-        findings = [_finding(f) for f in scan_tool(seen.definition, other_tools=others - {seen.name})]
+        findings = [_finding(f) for f in scan_tool(seen.definition, other_tools=_Others(others, seen.name))]
         if findings and self._first_report(seen.name, "finding:" + seen.sha256):
             self._emit("integrity.finding", seen.name, {"sha256": seen.sha256, "findings": findings})
         return findings
@@ -262,7 +288,10 @@ class ToolPins:
         counted = (self.mcp_id, change)
         self.counters.integrity_changes[counted] = self.counters.integrity_changes.get(counted, 0) + 1
         held = tool in self.hidden or self._would_hide(tool)
-        logger.warning("MCP %r: tool %r %s%s", self.mcp_id, tool, change, " (hidden until approved)" if held else "")
+        self._logged += 1
+        if self._logged <= MAX_LOGGED:
+            hint = " (hidden until approved)" if held else ""
+            logger.warning("MCP %r: tool %r %s%s", self.mcp_id, tool, change, hint)
         self._emit("integrity.changed", tool, {"change": change, "hidden": held, **details})
 
     def _would_hide(self, tool: str) -> bool:
@@ -295,26 +324,40 @@ class ToolPins:
 
     def _store(self, record: PinRecord) -> None:
         self.records[record.tool] = record
-        self._writes.append(record)
+        self._writes.pop(record.tool, None)
+        self._writes[record.tool] = record
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write(), name=f"pins-{self.mcp_id}")
 
     async def _write(self) -> None:
         while self._writes:
-            record = self._writes.popleft()
+            record = self._writes.pop(next(iter(self._writes)))
             try:
-                await self.table.put(record) if isinstance(record, PinRecord) else await self.table.delete(record)
+                await self.table.put(record)
             except StorageError as exc:
                 logger.warning("MCP %r: a tool pin could not be stored: %s", self.mcp_id, exc)
             except Exception:
                 log_unexpected(logger, "MCP %r: a tool pin could not be stored", self.mcp_id)
 
-    def heard(self, *, deleted: bool = False) -> None:
-        """The store told a change of this MCP's pins (the book updated `records`)."""
+    def heard(self, tool: str | None = None, *, deleted: bool = False) -> None:
+        """The store told a change of this MCP's pins (the book updated `records`): of `tool`, or of all."""
         self._last_digest = None
-        self._recompute()
+        if tool is None:
+            self._recompute()
+        else:
+            self._recompute_one(tool)
         if deleted and not self.records and self.config.pin == "tofu":
             for listener in tuple(self.on_forgotten):
+                listener()
+
+    def _recompute_one(self, tool: str) -> None:
+        seen = self.observed.get(tool)
+        if seen is None or tool in self.duplicates or tool in self.excess:
+            return
+        hidden = hides(self.config, self.records.get(tool), seen.sha256)
+        if hidden != (tool in self.hidden):
+            self.hidden = self.hidden | {tool} if hidden else self.hidden - {tool}
+            for listener in tuple(self.on_visible_change):
                 listener()
 
     def reconfigure(self, config: IntegrityConfig) -> None:
@@ -429,10 +472,12 @@ class PinBook:
     def _apply(self, change: Change[PinRecord]) -> None:
         mcp_id, _, tool = change.id.partition("/")
         records = self._records.setdefault(mcp_id, {})
+        if records.get(tool) == change.record:
+            return  # this process's own write (it holds the record already), or nothing new
         if change.record is None:
             records.pop(tool, None)
         else:
             records[tool] = change.record
         guard = self.guards.get(mcp_id)
         if guard is not None:
-            guard.heard(deleted=change.record is None)
+            guard.heard(tool, deleted=change.record is None)
