@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from mcp_barbican.storage import Change, IpRule, McpRecord, RuleTableFull, Storage, Table, TokenRecord
+from mcp_barbican.storage import Change, IpRule, McpRecord, PinRecord, RuleTableFull, Storage, Table, TokenRecord
 from mcp_barbican.storage.buckets import BucketRef, BucketSpec
 from mcp_barbican.storage.memory import MemoryStorage
 from mcp_barbican.storage.records import TableName
@@ -118,11 +118,18 @@ def _rule(record_id: str, n: int = 0, created: float = NOW) -> IpRule:
     return IpRule(record_id, f"10.0.0.{n}", "deny", None, f"rule {n}", created)
 
 
+def _pin(record_id: str, n: int = 0, created: float = NOW) -> PinRecord:
+    definition = {"name": record_id, "description": f"v{n}", "inputSchema": {"type": "object"}}
+    findings = [{"rule": "r", "severity": "high", "where": "description", "excerpt": "x"}] if n else []
+    return PinRecord(record_id, "m", record_id, f"{n:064x}", definition, "", None, "", "", "", findings, n, created)
+
+
 #: Each table, and how to make the n-th variant of a record of it.
 TABLES: dict[TableName, tuple[Callable[[Storage], Table[Any]], Callable[..., Any]]] = {
     "mcps": (lambda s: s.mcps, _mcp),
     "tokens": (lambda s: s.tokens, _token),
     "rules": (lambda s: s.rules, _rule),
+    "pins": (lambda s: s.pins, _pin),
 }
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from mcp_barbican.admin.authorization import access_for, call_refusal, explain, principal_for
 from mcp_barbican.admin.models import MAX_SECONDS, IpRuleRequest, RotateRequest, TokenRequest, ToolCallRequest
 from mcp_barbican.admin.openapi import openapi_document
+from mcp_barbican.admin.pins import PinRoutes
 from mcp_barbican.admin.present import compozy_names, instant, iso, rule_json, spawn_details, token_json
 from mcp_barbican.admin.prometheus import CONTENT_TYPE, exposition
 from mcp_barbican.admin.routing import ERROR_CODES, Params, Raw, Reply, Route, error
@@ -66,6 +67,7 @@ class AdminApp:
                 validate=False,
             ),
             Route("GET", "/admin/mcps/{id}", self.get_mcp, "One MCP", errors=(404,)),
+            *PinRoutes(core).routes(),
             Route(
                 "PUT",
                 "/admin/mcps/{id}",

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from mcp_barbican.metrics import RequestStats
     from mcp_barbican.security.counters import SecurityCounters
     from mcp_barbican.security.iprules import DynamicRules
+    from mcp_barbican.security.pins import ToolPins
     from mcp_barbican.security.tokens import IssuedTokens
     from mcp_barbican.storage import IpRule, Storage, Table
 
@@ -38,6 +39,10 @@ class ServedMcp(Protocol):
     def stats(self) -> RequestStats: ...
     @property
     def sessions(self) -> Sized: ...
+    @property
+    def pins(self) -> ToolPins | None:
+        """Its tool pins (None: not kept for it)."""
+        ...
 
     def describe(self) -> dict[str, Any]:
         """Status, tool count and sessions as plain data."""

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mcp_barbican.config import Duration, IpOrNetwork, McpId, PositiveDuration
 
-__all__ = ["IpRuleRequest", "RotateRequest", "TokenRequest", "ToolCallRequest"]
+__all__ = ["IpRuleRequest", "PinApproval", "RotateRequest", "TokenRequest", "ToolCallRequest"]
 
 _TOKEN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -70,3 +70,9 @@ class ToolCallRequest(_Model):
     principal: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     #: Roles that principal holds besides those of a listed or issued token (a JWT's, a certificate's).
     roles: tuple[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^,]+$")], ...] = ()
+
+
+class PinApproval(_Model):
+    """The pending tool changes to approve (no body, or no `tools`: every pending change of the MCP)."""
+
+    tools: Annotated[list[Annotated[str, Field(max_length=1000)]], Field(max_length=10_000)] | None = None

@@ -80,6 +80,12 @@ class _Collector:
         snapshot = self.counters.snapshot()
         for name, help_text in _SECURITY.items():
             yield CounterMetricFamily(f"mcp_barbican_{name}", help_text, value=snapshot[name])
+        changes = CounterMetricFamily(
+            "mcp_barbican_integrity_changes", "Tool definition changes seen (tool pinning)", labels=["mcp", "change"]
+        )
+        for (mcp_id, change), count in sorted(self.counters.integrity_changes.items()):
+            changes.add_metric([mcp_id, change], count)
+        yield changes
         if self.audit is not None and self.audit.enabled:
             yield CounterMetricFamily(
                 "mcp_barbican_audit_events_written", "Audit events handed to the sinks", value=self.audit.written

@@ -30,6 +30,8 @@ class SecurityCounters:
     egress_refused: int = 0
     security_violations: int = 0
     last_violation: float | None = field(default=None)
+    #: Tool definition changes seen, by (mcp, change): added, changed, removed, renamed, duplicate.
+    integrity_changes: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def violation(self) -> None:
         """Any refused request counts as a violation too (the guide's SecurityViolations)."""

@@ -46,6 +46,7 @@ class McpRoute:
     def __init__(self, mcp: McpConfig, config: ProxyConfig, shields: Shields, source: Source = "config") -> None:
         self.mcp = mcp
         guard = CallGuard.build(mcp.id, config.effective_integrity(mcp), shields.recording)
+        pins = shields.pins.guard(mcp.id, config.effective_integrity(mcp))
         # The config file's upstreams are the operator's choice; the admin API's pass the egress policy.
         self.runtime = McpRuntime(
             mcp,
@@ -53,6 +54,7 @@ class McpRoute:
             quota=shields.sessions,
             egress=egress.installed() if source == "api" else None,
             guard=guard,
+            pins=pins,
         )
         self.runtime.sealer = shields.sealer
         self.auth = config.effective_auth(mcp)

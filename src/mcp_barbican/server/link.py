@@ -43,6 +43,7 @@ from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamCha
 if TYPE_CHECKING:
     from mcp_barbican.config import ToolFilter
     from mcp_barbican.security.callguard import CallGuard
+    from mcp_barbican.security.pins import ToolPins
 
 __all__ = ["PROXY_CLIENT_CAPABILITIES", "ChannelFactory", "Link", "Pending"]
 
@@ -75,7 +76,18 @@ RESTART_BACKOFF: Final = (0.2, 2.0, 30.0)
 class Pending:
     """A client request waiting for its upstream response."""
 
-    __slots__ = ("access", "method", "original_id", "session", "stream", "timer", "token", "tool", "upstream_id")
+    __slots__ = (
+        "access",
+        "method",
+        "original_id",
+        "paged",
+        "session",
+        "stream",
+        "timer",
+        "token",
+        "tool",
+        "upstream_id",
+    )
 
     def __init__(
         self,
@@ -98,6 +110,8 @@ class Pending:
         self.timer: asyncio.TimerHandle | None = None
         #: The tool a `tools/call` names, when the guard reads its answer.
         self.tool: str | None = None
+        #: A listing request for a later page (a page alone never tells that a tool was removed).
+        self.paged = False
 
 
 class Link:
@@ -115,6 +129,8 @@ class Link:
         tool_filter: ToolFilter | None = None,
         guess_unrelated: bool = True,
         guard: CallGuard | None = None,
+        pins: ToolPins | None = None,
+        on_tools_changed: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.shared = shared
@@ -128,6 +144,9 @@ class Link:
         self._tool_filter = tool_filter
         #: Argument validation, result scanning and redaction (`integrity`); None when all are off.
         self.guard = guard
+        #: The MCP's tool pins (one decision shared by every link of the runtime), and who re-lists on list_changed.
+        self._pins = pins if pins is not None and pins.active else None
+        self._on_tools_changed = on_tools_changed
         self.channel: UpstreamChannel | None = None
         self.sessions: dict[str, Session] = {}
         #: When the last session left (or the link opened): what shared mode reclaims first.
@@ -324,6 +343,8 @@ class Link:
         pending = Pending(session, msg["id"], upstream_id, stream, method, token, access)
         if method == "tools/call" and self.guard is not None and self.guard.watches_results:
             pending.tool = str(params.get("name", "")) if isinstance(params, dict) else ""
+        if method == "tools/list" and isinstance(params, dict) and params.get("cursor"):
+            pending.paged = True
         self._pending[upstream_id] = pending
         session.inflight[msg["id"]] = pending
         timeout = self._start_timeout if method == "initialize" else self.request_timeout
@@ -427,8 +448,13 @@ class Link:
             if future is not None and not future.done():
                 future.set_result(msg)
             return
-        if pending.method == "tools/list" and self._tool_filter is not None:
-            self._filter_tools(msg)
+        if pending.method == "tools/list":
+            if self._tool_filter is not None:
+                self._filter_tools(msg)
+            if self._pins is not None and "result" in msg:
+                result = msg["result"]
+                full = not pending.paged and isinstance(result, dict) and not result.get("nextCursor")
+                self._pins.screen(result, full=full)
         if pending.access is not None and pending.method in LISTINGS:
             pending.access.filter_listing(pending.method, msg.get("result"))
         if self.guard is not None:
@@ -444,7 +470,9 @@ class Link:
 
     def _tool_visible(self, msg: Message) -> bool:
         name = (msg.get("params") or {}).get("name")
-        return isinstance(name, str) and tool_allowed(self._tool_filter, name)
+        if not isinstance(name, str) or self._pins is not None and name in self._pins.hidden:
+            return False
+        return tool_allowed(self._tool_filter, name)
 
     def _filter_tools(self, msg: Message) -> None:
         result = msg.get("result")
@@ -545,6 +573,8 @@ class Link:
                 pending.stream.push(jsonrpc.dumps(msg))
             return
         if method.endswith("/list_changed"):
+            if method == "notifications/tools/list_changed" and self._on_tools_changed is not None:
+                self._on_tools_changed()
             data = jsonrpc.dumps(msg)
             for session in self.sessions.values():
                 session.get_stream.push(data)

@@ -20,7 +20,6 @@ from mcp_barbican import __version__, jsonrpc
 from mcp_barbican.exceptions import UpstreamError, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.metrics import RequestStats
-from mcp_barbican.security.tools import tool_allowed
 from mcp_barbican.server.identity import UpstreamIdentity
 from mcp_barbican.server.link import PROXY_CLIENT_CAPABILITIES, Link
 from mcp_barbican.server.pool import CapacityError, SharedLinks
@@ -28,6 +27,7 @@ from mcp_barbican.server.quota import Held, SessionQuota
 from mcp_barbican.server.seal import KIND_RESUMABLE, Sealer, SessionSeal, new_replica_id
 from mcp_barbican.server.session import Session, expired, sweep_interval
 from mcp_barbican.server.streams import EventStream
+from mcp_barbican.server.tooling import ToolWatch, list_tools
 from mcp_barbican.upstream import open_channel
 from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel
 from mcp_barbican.upstream.tls import client_ssl_context
@@ -35,9 +35,10 @@ from mcp_barbican.upstream.tls import client_ssl_context
 if TYPE_CHECKING:
     import aiohttp
 
-    from mcp_barbican.config import McpConfig, ToolFilter
+    from mcp_barbican.config import McpConfig
     from mcp_barbican.egress import Egress
     from mcp_barbican.security.callguard import CallGuard
+    from mcp_barbican.security.pins import ToolPins
     from mcp_barbican.types import Scope
 
 __all__ = ["LATEST_LEGACY_VERSION", "CapacityError", "McpRuntime"]
@@ -51,8 +52,6 @@ MAX_SHARED_CLIENTS: Final = 10_000
 PROBE_BACKOFF: Final = (1.0, 2.0, 60.0)
 #: How long a legacy-only upstream's answer to `server/discover` is reused.
 ERA_VERDICT_SECONDS: Final = 600.0
-#: Most tools/list pages the probe follows to count tools.
-MAX_TOOL_PAGES: Final = 20
 #: Who an admin REST tool call's integrity events name (the admin API audits the caller itself).
 ADMIN_CALLER: Final = "admin"
 
@@ -76,6 +75,7 @@ class McpRuntime:
         quota: SessionQuota,
         egress: Egress | None = None,
         guard: CallGuard | None = None,
+        pins: ToolPins | None = None,
     ) -> None:
         self.mcp = mcp
         #: The egress policy its HTTP connections pass (an MCP registered through the admin API), else None.
@@ -113,10 +113,14 @@ class McpRuntime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._probe_task: asyncio.Task[None] | None = None
         self._closing = False
+        #: The MCP's tool pins (shared with the runtime this one replaces, if any).
+        self.pins = pins
+        self.tool_watch = ToolWatch(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self.tool_watch.start()
         self._probe_task = self._spawn(self._probe_until_ready(), f"probe-{self.id}")
         self._spawn(self._sweep_idle(), f"sweep-{self.id}")
 
@@ -128,6 +132,7 @@ class McpRuntime:
 
     async def aclose(self) -> None:
         self._closing = True
+        self.tool_watch.stop()
         for task in list(self._tasks):
             task.cancel()
         for session in list(self.sessions.values()):
@@ -164,6 +169,8 @@ class McpRuntime:
             tool_filter=self.mcp.tool_filter,
             guess_unrelated=guess_unrelated,
             guard=self.guard,
+            pins=self.pins,
+            on_tools_changed=self.tool_watch.relist if self.pins is not None and self.pins.active else None,
         )
 
     def _on_link_state(self, link: Link, state: str, error: str | None) -> None:
@@ -204,7 +211,7 @@ class McpRuntime:
             declared = result.get("capabilities")
             self.capabilities = declared if isinstance(declared, dict) else {}
             if "tools" in result.get("capabilities", {}):
-                self.tool_count = len(await _tools(link, self.mcp.request_timeout, self.mcp.tool_filter))
+                self.tool_count = len(await list_tools(link, self.mcp.request_timeout, self.mcp.tool_filter, self.pins))
         except BaseException:
             await link.aclose()
             raise
@@ -505,25 +512,6 @@ class McpRuntime:
 
 
 async def list_upstream_tools(runtime: McpRuntime) -> list[dict[str, Any]]:
-    """Every tool of the upstream that its filter lets clients see, through the control session."""
+    """Every tool of the upstream that its filter (and its pins) let clients see, through the control session."""
     link = await runtime.control()
-    return await _tools(link, runtime.mcp.request_timeout, runtime.mcp.tool_filter)
-
-
-async def _tools(link: Link, timeout: float, tool_filter: ToolFilter | None) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    cursor: str | None = None
-    for _ in range(MAX_TOOL_PAGES):
-        response = await link.call("tools/list", {"cursor": cursor} if cursor else {}, timeout=timeout)
-        result = response.get("result") or {}
-        if link.guard is not None:
-            link.guard.learn(result)
-        found += [
-            tool
-            for tool in result.get("tools") or []
-            if isinstance(tool, dict) and tool_allowed(tool_filter, str(tool.get("name", "")))
-        ]
-        cursor = result.get("nextCursor")
-        if not cursor:
-            break
-    return found
+    return await list_tools(link, runtime.mcp.request_timeout, runtime.mcp.tool_filter, runtime.pins)

@@ -50,6 +50,7 @@ from mcp_barbican.security.jwt import JwtVerifier
 from mcp_barbican.security.limits import InputLimits
 from mcp_barbican.security.mtls import CertificateAuth, CertificateIdentity
 from mcp_barbican.security.oauth import metadata_url, resource_for, www_authenticate
+from mcp_barbican.security.pins import PinBook
 from mcp_barbican.security.pipeline import Pipeline, PolicyFactory
 from mcp_barbican.security.ratelimit import RateLimit, RateLimiter
 from mcp_barbican.security.resource import oauth_resource
@@ -106,12 +107,16 @@ class Shields:
         self.sessions = SessionQuota(config.server.limits)
         #: How session ids are made and opened, by every MCP and the aggregated endpoint (server/seal.py).
         self.sealer = Sealer(configured_keys(config), new_replica_id())
+        #: Every MCP's tool pins, following the store's pins table.
+        self.pins = PinBook(self.store.pins, audit=self.recording, counters=self.counters)
         self._bans: dict[BanConfig, AuthFailureTracker] = {}
         self._limiters: dict[str, RateLimiter] = {}
         self._unfollow: list[Unsubscribe] = []
 
     async def start(self) -> None:
         self._unfollow = [await self.dynamic.follow(self.store.rules), await self.issued.follow(self.store.tokens)]
+        await self.pins.start()
+        self._unfollow.append(self.pins.stop)
         self.log_bans()
         for verifier in self.verifiers:
             await verifier.start()

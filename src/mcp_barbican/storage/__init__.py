@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from mcp_barbican.storage.base import Storage, Table
 from mcp_barbican.storage.memory import MemoryStorage
-from mcp_barbican.storage.records import Change, IpRule, McpRecord, RuleTableFull, TokenRecord
+from mcp_barbican.storage.records import Change, IpRule, McpRecord, PinRecord, RuleTableFull, TokenRecord
 from mcp_barbican.storage.sqlite import SqliteStorage
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ __all__ = [
     "Change",
     "IpRule",
     "McpRecord",
+    "PinRecord",
     "RuleTableFull",
     "Storage",
     "Table",

@@ -6,8 +6,8 @@ One store holds every kind of state the proxy keeps, as keyed tables of the same
 - `tokens`: client tokens issued through the admin API (`TokenRecord`; revoking is a put);
 - `rules`: dynamic IP rules and automatic bans (`IpRule`); `list` and `get` see only the rules
   not yet expired, and the table is bounded (`RuleTableFull`);
-- tool pins (issue 13) will be one more `Table`, of pin records keyed `{mcp}/{tool}`, added
-  here and in each backend as the three above are;
+- `pins`: tool pins (`PinRecord`, keyed `{mcp}/{tool}`): what each tool of each MCP was approved as,
+  and the change awaiting an admin (`security.pins`; bounded there, per MCP);
 
 and the rate-limit buckets, whose one operation is an all-or-nothing take (`buckets.py`).
 
@@ -31,7 +31,7 @@ from typing import Protocol
 from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, BucketStore
 from mcp_barbican.storage.health import StoreHealth
 from mcp_barbican.storage.notices import Listener, Unsubscribe
-from mcp_barbican.storage.records import IpRule, McpRecord, R, TokenRecord
+from mcp_barbican.storage.records import IpRule, McpRecord, PinRecord, R, TokenRecord
 
 __all__ = ["Storage", "Table"]
 
@@ -77,6 +77,9 @@ class Storage(Protocol):
 
     @property
     def rules(self) -> Table[IpRule]: ...
+
+    @property
+    def pins(self) -> Table[PinRecord]: ...
 
     @property
     def health(self) -> StoreHealth:

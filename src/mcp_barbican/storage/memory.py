@@ -17,6 +17,7 @@ from mcp_barbican.storage.records import (
     Change,
     IpRule,
     McpRecord,
+    PinRecord,
     R,
     RuleTableFull,
     TableName,
@@ -132,6 +133,7 @@ class MemoryStorage:
         self.mcps: MemoryTable[McpRecord] = MemoryTable("mcps")
         self.tokens: MemoryTable[TokenRecord] = MemoryTable("tokens")
         self.rules = MemoryRuleTable(max_rules=max_rules, clock=clock)
+        self.pins: MemoryTable[PinRecord] = MemoryTable("pins")
         self._buckets = LocalBuckets()
         self.health = StoreHealth()  # in-process: always up
 

@@ -9,7 +9,7 @@ config models).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "IpRule",
     "Keyed",
     "McpRecord",
+    "PinRecord",
     "R",
     "RuleTableFull",
     "TableName",
@@ -26,8 +27,8 @@ __all__ = [
 ]
 
 Action = Literal["allow", "deny"]
-#: The tables of the store; every change notice names one. Tool pins (issue 13) will add "pins".
-TableName = Literal["mcps", "tokens", "rules"]
+#: The tables of the store; every change notice names one.
+TableName = Literal["mcps", "tokens", "rules", "pins"]
 
 
 class Keyed(Protocol):
@@ -89,6 +90,31 @@ class IpRule:
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class PinRecord:
+    """One tool of one MCP as pinned (`security.pins`), keyed `{mcp}/{tool}`.
+
+    `sha256`/`definition`: the approved definition ("" / None: none yet). `pending_sha256`/`pending`: the last
+    observed definition that differs from it, awaiting an admin ("" / None: nothing pending), with its `change`
+    (added, changed, removed, renamed; `renamed_from` for a rename), a bounded `diff`, the scanner's `findings`
+    and when it was seen (`observed_at`).
+    """
+
+    id: str
+    mcp: str
+    tool: str
+    sha256: str = ""
+    definition: dict[str, Any] | None = None
+    pending_sha256: str = ""
+    pending: dict[str, Any] | None = None
+    change: str = ""
+    renamed_from: str = ""
+    diff: str = ""
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    observed_at: float = 0.0
+    created_at: float = 0.0
 
 
 #: Dynamic rules kept at most; bans from a flood of distinct addresses must not grow memory forever.

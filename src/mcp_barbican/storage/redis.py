@@ -43,6 +43,7 @@ from mcp_barbican.storage.records import (
     Change,
     IpRule,
     McpRecord,
+    PinRecord,
     R,
     RuleTableFull,
     TableName,
@@ -88,6 +89,7 @@ _CODECS: Final[dict[TableName, Codec[Any]]] = {
     "mcps": Codec(lambda fields, created_at: McpRecord(**fields, created_at=created_at)),
     "tokens": Codec(_token),
     "rules": Codec(lambda fields, created_at: IpRule(**fields, created_at=created_at)),
+    "pins": Codec(lambda fields, created_at: PinRecord(**fields, created_at=created_at)),
 }
 
 
@@ -326,7 +328,13 @@ class RedisStorage:
         self.mcps: RedisTable[McpRecord] = RedisTable(self, "mcps")
         self.tokens: RedisTable[TokenRecord] = RedisTable(self, "tokens")
         self.rules = RedisRuleTable(self, max_rules=max_rules, clock=clock)
-        self._tables: dict[str, RedisTable[Any]] = {"mcps": self.mcps, "tokens": self.tokens, "rules": self.rules}
+        self.pins: RedisTable[PinRecord] = RedisTable(self, "pins")
+        self._tables: dict[str, RedisTable[Any]] = {
+            "mcps": self.mcps,
+            "tokens": self.tokens,
+            "rules": self.rules,
+            "pins": self.pins,
+        }
         self._scripts: dict[str, Any] = {}
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()

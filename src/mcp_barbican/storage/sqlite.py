@@ -15,6 +15,7 @@ like nginx's and Envoy's local limits, since a local limiter's state need not su
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import sqlite3
 import time
@@ -33,6 +34,7 @@ from mcp_barbican.storage.records import (
     Change,
     IpRule,
     McpRecord,
+    PinRecord,
     R,
     RuleTableFull,
     TableName,
@@ -52,6 +54,7 @@ CREATE TABLE IF NOT EXISTS mcps (
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, roles TEXT NOT NULL, mcps TEXT,
     expires_at REAL, created_at REAL NOT NULL, revoked_at REAL, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pins (id TEXT PRIMARY KEY, mcp TEXT NOT NULL, body TEXT NOT NULL, created_at REAL NOT NULL);
 """
 
 
@@ -109,6 +112,22 @@ _RULES: Final[Codec[IpRule]] = Codec(
     ("id", "cidr", "action", "expires_at", "reason", "created_at"),
     lambda r: (r.id, r.cidr, r.action, r.expires_at, r.reason, r.created_at),
     lambda row: IpRule(*row[:6]),
+)
+
+
+_PIN_BODY: Final = tuple(f.name for f in dataclasses.fields(PinRecord) if f.name not in ("id", "mcp", "created_at"))
+
+
+def _pin_row(record: PinRecord) -> tuple[Any, ...]:
+    body = {name: getattr(record, name) for name in _PIN_BODY}
+    return (record.id, record.mcp, json.dumps(body, separators=(",", ":")), record.created_at)
+
+
+_PINS: Final[Codec[PinRecord]] = Codec(
+    "pins",
+    ("id", "mcp", "body", "created_at"),
+    _pin_row,
+    lambda row: PinRecord(row[0], row[1], created_at=row[3], **json.loads(row[2])),
 )
 
 
@@ -261,6 +280,7 @@ class SqliteStorage:
         self.mcps: SqliteTable[McpRecord] = SqliteTable("mcps", _MCPS, self._thread)
         self.tokens: SqliteTable[TokenRecord] = SqliteTable("tokens", _TOKENS, self._thread)
         self.rules = SqliteRuleTable(self._thread, max_rules=max_rules, clock=clock)
+        self.pins: SqliteTable[PinRecord] = SqliteTable("pins", _PINS, self._thread)
         self._buckets = LocalBuckets()
         self.health = StoreHealth()  # in-process: always up
 
