@@ -77,8 +77,12 @@ async def test_a_look_alike_name_replacing_a_tool_is_a_rename_held_back() -> Non
     assert _listed(pins, _tool("echo")) == ["echo"]
     assert _listed(pins, _tool("\u0435cho")) == []  # Cyrillic e: the same body under another name
     assert pins.hidden == {"\u0435cho"}
-    assert [(e.tool, e.details["change"]) for e in audit.events] == [("\u0435cho", "renamed")]
-    assert audit.events[0].details["renamed_from"] == "echo"
+    changes = [e for e in audit.events if "change" in e.details]
+    assert [(e.tool, e.details["change"]) for e in changes] == [("\u0435cho", "renamed")]
+    assert changes[0].details["renamed_from"] == "echo"
+    # The scanner (scan.definitions: warn by default) reports the mixed-script name as well.
+    findings = [e for e in audit.events if "change" not in e.details]
+    assert any("unicode.homoglyph-name" in str(e.details) for e in findings), [e.details for e in findings]
 
 
 async def test_a_new_tool_under_tofu_is_trusted_on_first_sight_and_reported() -> None:

@@ -4,6 +4,7 @@ egress policy's pinned resolver. No traffic leaves the machine (tests/egress/sup
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,8 +13,9 @@ import pytest
 from mcp_barbican import egress
 from mcp_barbican.config import EgressConfig
 from mcp_barbican.egress import Egress, EgressRefused
-from mcp_barbican.exceptions import ConfigError
+from mcp_barbican.exceptions import ConfigError, UpstreamUnavailable
 from mcp_barbican.server.app import BarbicanApp, build_app
+from mcp_barbican.upstream.streamable import StreamableHttpChannel
 from tests.egress.support import STUB, StubResolver, record_connections
 from tests.server.test_control import config, mcp, mock_upstreams  # noqa: F401 - a fixture
 
@@ -101,3 +103,46 @@ async def test_a_reload_changes_the_policy_in_place(core: BarbicanApp) -> None:
     assert not core.egress.policy.allow_private
     with pytest.raises(ConfigError, match="allow_private is false"):
         await core.registry.create(http_mcp("x", "http://127.0.0.1:9/mcp"))
+
+
+async def test_the_posts_of_an_api_mcp_connect_to_checked_addresses_only(
+    core: BarbicanApp, stubbed: Egress, resolver: StubResolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await core.registry.create(http_mcp("api", "http://loopback.test/mcp")) == (201, "api")
+    runtime = core.routes["api"].runtime
+    tried: list[object] = []
+
+    async def recording(factory: object, host: object = None, port: object = None, **kwargs: object) -> None:
+        tried.append(host)
+        raise OSError("the test sends nothing")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", recording)
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    answers: list[dict[str, Any]] = []
+    channel = StreamableHttpChannel(  # the real channel (this module's upstreams are mocks), on the MCP's session
+        lambda message, related: answers.append(message),
+        lambda error: None,
+        url="http://loopback.test/mcp",
+        headers={},
+        http=runtime._http_session(),
+        start_timeout=1.0,
+    )
+    await channel.start()
+
+    async def failure() -> str:
+        try:
+            await channel.send(ping)
+        except UpstreamUnavailable as exc:
+            return str(exc)
+        for _ in range(100):
+            if answers:
+                return str(answers.pop()["error"]["message"])
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no answer; tried {tried}")
+
+    await failure()
+    assert tried == ["127.0.0.1"], "the POST connects to the address the policy checked, not the name"
+    resolver.table["loopback.test"] = ["169.254.169.254"]  # DNS rebinding after the registration's check
+    assert "cloud metadata" in await failure()
+    assert tried == ["127.0.0.1"], "no connection to the refused address"
+    await channel.aclose()

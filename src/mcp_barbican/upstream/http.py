@@ -73,23 +73,28 @@ def make_http_session(
         auto_decompress=True,
         headers={"User-Agent": USER_AGENT},
     )
-    _SESSION_TLS[session] = (ssl_context, connect_timeout)
+    _SESSION_TLS[session] = SessionSettings(ssl_context, connect_timeout, resolver)
     return session
 
 
-#: What make_http_session() was given, for the channels' own POST connections (upstream/posting.py).
-_SESSION_TLS: weakref.WeakKeyDictionary[aiohttp.ClientSession, tuple[ssl.SSLContext | None, float]] = (
-    weakref.WeakKeyDictionary()
-)
+class SessionSettings(NamedTuple):
+    """What make_http_session() was given, for the channels' own POST connections (upstream/posting.py)."""
+
+    ssl_context: ssl.SSLContext | None
+    connect_timeout: float
+    resolver: AbstractResolver | None
 
 
-def session_settings(session: aiohttp.ClientSession) -> tuple[ssl.SSLContext | None, float]:
-    """The TLS context (None: the default verifying one) and connect timeout `session` was made with."""
+_SESSION_TLS: weakref.WeakKeyDictionary[aiohttp.ClientSession, SessionSettings] = weakref.WeakKeyDictionary()
+
+
+def session_settings(session: aiohttp.ClientSession) -> SessionSettings:
+    """The TLS context (None: the default verifying one), connect timeout and resolver `session` was made with."""
     found = _SESSION_TLS.get(session)
     if found is not None:
         return found
     sock_connect = session.timeout.sock_connect
-    return None, sock_connect if sock_connect is not None else 30.0
+    return SessionSettings(None, sock_connect if sock_connect is not None else 30.0, None)
 
 
 def safe_url(url: URL) -> str:

@@ -28,7 +28,9 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import Final, cast
 
+import aiohttp
 import httptools
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from mcp_barbican import __version__
@@ -345,8 +347,11 @@ class PostPool:
         label: str,
         connect_timeout: float,
         limit: int,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         self._label = label  # the URL as logs may show it
+        #: The egress policy's resolver (an MCP registered through the admin API): connect to checked addresses only.
+        self._resolver = resolver
         self._host = url.raw_host or ""
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._ssl: ssl.SSLContext | None = None
@@ -425,7 +430,7 @@ class PostPool:
                 try:
                     await asyncio.get_running_loop().create_connection(
                         lambda: conn,
-                        self._host,
+                        await self._address(),
                         self._port,
                         ssl=self._ssl,
                         server_hostname=self._host if self._ssl is not None else None,
@@ -440,6 +445,16 @@ class PostPool:
         except OSError as exc:  # ssl.SSLError included
             raise UpstreamUnavailable(f"cannot reach {self._label}: {type(exc).__name__}: {exc}") from None
         return conn
+
+    async def _address(self) -> str:
+        """Where to connect: the host, or under the egress policy the first address it checked (the pin)."""
+        if self._resolver is None:
+            return self._host
+        try:
+            found = await self._resolver.resolve(self._host, self._port)
+        except aiohttp.ClientError as exc:  # the egress policy refused every address (EgressRefused)
+            raise UpstreamUnavailable(f"cannot reach {self._label}: {exc}") from None
+        return str(found[0]["host"])
 
     def close(self) -> None:
         """Close every connection; busy exchanges end with an error."""

@@ -241,10 +241,15 @@ class StreamableHttpChannel(GetStreams, UpstreamChannel):
 
     def _posts(self) -> PostPool:
         if self._pool is None:
-            tls, connect_timeout = session_settings(self._http)
+            tls, connect_timeout, resolver = session_settings(self._http)
             label = safe_url(self._url)
             self._pool = PostPool(
-                self._url, tls, label=label, connect_timeout=connect_timeout, limit=self.post_connections
+                self._url,
+                tls,
+                label=label,
+                connect_timeout=connect_timeout,
+                limit=self.post_connections,
+                resolver=resolver,
             )
         return self._pool
 
