@@ -85,12 +85,16 @@ async def test_a_look_alike_name_replacing_a_tool_is_a_rename_held_back() -> Non
     assert any("unicode.homoglyph-name" in str(e.details) for e in findings), [e.details for e in findings]
 
 
-async def test_a_new_tool_under_tofu_is_trusted_on_first_sight_and_reported() -> None:
+async def test_a_tool_new_after_the_baseline_is_hidden_under_block_and_reported() -> None:
     pins, _store, audit, counters = await _book()
-    assert _listed(pins, _tool("echo")) == ["echo"]  # the first listing: nothing reported
-    assert _listed(pins, _tool("echo"), _tool("ECHO", "Another.")) == ["echo", "ECHO"]
-    assert [(e.tool, e.details["change"], e.details["hidden"]) for e in audit.events] == [("ECHO", "added", False)]
+    assert _listed(pins, _tool("echo")) == ["echo"]  # the first listing is the baseline: nothing reported
+    assert _listed(pins, _tool("echo"), _tool("ECHO", "Another.")) == ["echo"]
+    assert [(e.tool, e.details["change"], e.details["hidden"]) for e in audit.events] == [("ECHO", "added", True)]
     assert counters.integrity_changes == {("m", "added"): 1}
+    warn, _store, audit, _ = await _book(on_change="warn")
+    assert _listed(warn, _tool("echo")) == ["echo"]
+    assert _listed(warn, _tool("echo"), _tool("ECHO", "Another.")) == ["echo", "ECHO"]
+    assert [(e.tool, e.details["change"], e.details["hidden"]) for e in audit.events] == [("ECHO", "added", False)]
 
 
 async def test_only_the_proxys_own_listing_tells_a_removal() -> None:

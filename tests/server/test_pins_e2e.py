@@ -131,12 +131,15 @@ async def test_list_changed_relists_and_reports_a_rename_and_an_addition(tmp_pat
             assert names(await client.list_tools()) == {"echo", "other"}
             set_tools(state, tool("echo"), tool("other_v2", "Another."), tool("extra", "New."), notify=True)
             # No client lists: the upstream's list_changed makes the proxy list through its own session.
-            pending = await until(lambda: [(p["tool"], p["change"], p["renamed_from"]) for p in pending_of(proxy)])
-            assert pending == [("other_v2", "renamed", "other")]
-            # A new tool is trusted on first sight under tofu (and reported); the renamed one waits.
-            assert names(await client.list_tools()) == {"echo", "extra"}
-            with pytest.raises(MCPError, match="Unknown tool"):
-                await client.call_tool("other_v2", {})
+            pending = await until(
+                lambda: sorted((p["tool"], p["change"], p["renamed_from"]) for p in pending_of(proxy))
+            )
+            assert pending == [("extra", "added", None), ("other_v2", "renamed", "other")]
+            # After the baseline, a new tool and a renamed one both wait for an admin under block.
+            assert names(await client.list_tools()) == {"echo"}
+            for hidden in ("other_v2", "extra"):
+                with pytest.raises(MCPError, match="Unknown tool"):
+                    await client.call_tool(hidden, {})
             assert (await admin(proxy, "POST", "/admin/mcps/shift/pins/approve")).status_code == 200
             assert names(await client.list_tools()) == {"echo", "other_v2", "extra"}
             pinned = (await admin(proxy, "GET", "/admin/mcps/shift/pins")).json()
@@ -144,7 +147,7 @@ async def test_list_changed_relists_and_reports_a_rename_and_an_addition(tmp_pat
             assert pinned["pending"] == []
         events = await until(lambda: [e for e in audit_of(proxy) if e["action"] == "integrity.changed"])
         assert sorted((e["tool"], e["details"]["change"], e["details"]["hidden"]) for e in events) == [
-            ("extra", "added", False),
+            ("extra", "added", True),
             ("other_v2", "renamed", True),
         ]
 

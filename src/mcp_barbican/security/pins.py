@@ -242,11 +242,8 @@ class ToolPins:
                     "MCP %r: %d tools pinned already; %r is hidden", self.mcp_id, len(self.records), seen.name
                 )
             return
-        if change.change == "added" and self.config.pin == "tofu" and not held:  # trusted on first sight
+        if change.change == "added" and self.config.pin == "tofu" and baseline and not held:  # the first listing
             self._store(PinRecord(self._id(seen.name), self.mcp_id, seen.name, seen.sha256, dict(seen.definition)))
-            if not baseline:
-                details = {"diff": diff(None, seen.definition), "sha256": seen.sha256, "renamed_from": None}
-                self._report(seen.name, "added", "added:" + seen.sha256, details)
             return
         before = record.definition if record is not None else None
         if change.renamed_from and change.renamed_from in self.records:

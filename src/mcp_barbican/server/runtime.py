@@ -205,7 +205,9 @@ class McpRuntime:
         link = self._new_link(shared=shared)
         try:
             await link.connect()
-            capabilities = PROXY_CLIENT_CAPABILITIES if shared else {}
+            # Every capability a client may declare: upstreams list some tools only to clients that declare one,
+            # and the pins' baseline must hold them all (a tool first seen later is new).
+            capabilities = PROXY_CLIENT_CAPABILITIES
             result = await link.handshake(_proxy_init_params(capabilities, self.mcp.proto))
             self.server_info = result.get("serverInfo")
             declared = result.get("capabilities")
@@ -416,7 +418,7 @@ class McpRuntime:
                 link = self._new_link(shared=False)
                 try:
                     await link.connect()
-                    await link.handshake(_proxy_init_params({}, self.mcp.proto))
+                    await link.handshake(_proxy_init_params(PROXY_CLIENT_CAPABILITIES, self.mcp.proto))
                 except BaseException:
                     await link.aclose()
                     raise
