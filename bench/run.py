@@ -470,6 +470,16 @@ class Lab:
         path.write_text(yaml.safe_dump(config))
         return path
 
+    def integrity_off_config(self, key: str) -> Path:
+        """s1.yaml with tool pins and the definition scanner off (the default config has both on)."""
+        import yaml  # the project's own dependency; only these scenarios need it
+
+        config = yaml.safe_load((CONFIGS / "s1.yaml").read_text())
+        config["server"]["integrity"] = {"pin": "off", "scan": {"definitions": "off"}}
+        path = self.state_root / f"{key}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
     def wait_workers(self, proc: Proc, count: int, timeout: float = 60) -> None:
         """Until the supervisor's log says all `count` workers serve."""
         deadline = time.monotonic() + timeout
@@ -553,6 +563,13 @@ class Lab:
             barbican=True,
             workers=2,
         )
+        s1_nointegrity = Target(
+            "barbican-s1-nointegrity",
+            "mcp-barbican, security on, tool pins and definition scanner off",
+            "S1",
+            auth=bearer,
+            barbican=True,
+        )
         proxy = Target("mcp-proxy", "mcp-proxy 0.13.0", "S1")
         sg = Target("supergateway", "supergateway 4.0.0 --stateful", "S1")
         pump = Target("stdio-direct", "direct (stdio pump)", "S1")
@@ -605,6 +622,12 @@ class Lab:
             self.wait_workers(s1_workers.proc, 2)
             s1_workers.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
+        def start_s1_nointegrity() -> None:
+            config = self.integrity_off_config("barbican-s1-nointegrity")
+            started = self.start_barbican("barbican-s1-nointegrity", str(config))
+            s1_nointegrity.proc, port, s1_nointegrity.state_dir = started
+            s1_nointegrity.url = f"http://{LOOPBACK}:{port}/mcp/everything"
+
         def start_proxy() -> None:
             proxy.proc, port = self.start_mcp_proxy("mcp-proxy")
             proxy.url = f"http://{LOOPBACK}:{port}/mcp"
@@ -634,6 +657,7 @@ class Lab:
         add(s1_aggregate, start_s1_aggregate)
         add(s1_redis, start_s1_redis)
         add(s1_workers, start_s1_workers)
+        add(s1_nointegrity, start_s1_nointegrity)
         add(proxy, start_proxy)
         add(sg, start_sg)
         add(pump, lambda: None)
@@ -1220,6 +1244,7 @@ def report(res: Results) -> str:
         ("mcp-barbican layers + authorization / layers", "barbican-s1-authz", "barbican-s1-layers"),
         ("mcp-barbican aggregated /mcp / /mcp/{id}", "barbican-s1-aggregate", "barbican-s1"),
         ("mcp-barbican Redis storage / SQLite", "barbican-s1-redis", "barbican-s1"),
+        ("mcp-barbican tool pins + scanner on / off", "barbican-s1", "barbican-s1-nointegrity"),
         ("mcp-barbican --workers 2 / one worker (both Redis)", "barbican-s1-workers2", "barbican-s1-redis"),
         ("supergateway / mcp-proxy", "supergateway", "mcp-proxy"),
         ("S2 mcp-barbican security on / direct", "barbican-s2", "s2-direct"),
