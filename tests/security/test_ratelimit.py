@@ -715,6 +715,9 @@ class SharedStore:
     def local(self) -> MemoryBucketStore | None:
         return None
 
+    def take_held(self, refs: Sequence[BucketRef]) -> bool:
+        return False  # holds nothing ahead of need: every take is awaited
+
     async def take(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
         self.takes += 1
         return self.inner.take_all(refs, now)

@@ -154,13 +154,14 @@ async def test_rate_limits_follow_fail_mode_while_redis_is_down_and_recover(
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     try:
         asked: list[str] = []
-        script = store.script  # type: ignore[attr-defined]
+        wire = store.wire  # type: ignore[attr-defined]  # the rate limits' own client
+        script = wire.script
 
         async def counted(*args: Any, **kwargs: Any) -> Any:
             asked.append("take")
             return await script(*args, **kwargs)
 
-        monkeypatch.setattr(store, "script", counted)
+        monkeypatch.setattr(wire, "script", counted)
         with caplog.at_level(logging.INFO):  # the outage's end is an INFO line
             for _ in range(3):
                 assert (await buckets.take(refs, NOW))[0] is admitted
@@ -197,3 +198,17 @@ async def test_a_follower_ends_with_the_stored_record_when_replicas_write_one_id
     finally:
         await one.aclose()
         await other.aclose()
+
+
+async def test_a_large_limit_leased_to_two_stores_admits_at_most_the_limit_and_close_to_it(url: str) -> None:
+    stores = [RedisStorage(url, key_prefix="lease:") for _ in range(2)]
+    try:
+        refs = [BucketRef(_spec(1_000), "10.0.0.2")]  # leased 10 tokens at a time
+        buckets = [store.buckets("limiter") for store in stores]
+        results = await asyncio.gather(*(buckets[n % 2].take(refs, 0.0) for n in range(1_500)))
+        admitted = sum(taken for taken, _ in results)
+        assert 1_000 - 2 * 10 <= admitted <= 1_000, "never more than the limit; short by at most the leases held"
+        assert sum(bucket.take_held(refs) for bucket in buckets) <= 2 * 10
+    finally:
+        for store in stores:
+            await store.aclose()

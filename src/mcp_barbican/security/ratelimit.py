@@ -229,8 +229,9 @@ class RateLimiter:
         cached lookup).
         """
         local = self._local
-        if local is None:
-            return False
+        if local is None:  # a shared store: its leases, if they hold a token of every bucket
+            refs = self.refs(RequestKeys(ip, principal, mcp))
+            return bool(refs) and self.store.take_held(refs)
         key = (ip, principal, mcp)
         entry = self._resolved.get(key)
         if entry is None or now >= entry[1] or entry[0] != local.evictions:

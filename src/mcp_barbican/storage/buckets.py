@@ -135,6 +135,11 @@ class BucketStore(Protocol):
     @property
     def local(self) -> MemoryBucketStore | None: ...
 
+    def take_held(self, refs: Sequence[BucketRef]) -> bool:
+        """A token from every bucket out of what this process holds already, without I/O (a shared store's
+        leases); False, taking nothing, when it cannot (then `take` decides)."""
+        ...
+
     async def take(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
         """If every bucket holds a token, take one from each. Returns whether it did, and the levels after."""
         ...
@@ -142,6 +147,9 @@ class BucketStore(Protocol):
 
 class MemoryBucketStore:
     """Bucket state in this process: one LRU table per bucket name, each capped at `max_keys`."""
+
+    def take_held(self, refs: Sequence[BucketRef]) -> bool:
+        return False  # `local` is the fast path of a store in this process
 
     def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         if max_keys < 1:

@@ -37,6 +37,7 @@ from mcp_barbican.exceptions import StorageError
 from mcp_barbican.logs import log_unexpected
 from mcp_barbican.storage.buckets import DEFAULT_MAX_KEYS, TOKEN_EPSILON, BucketRef, MemoryBucketStore
 from mcp_barbican.storage.health import StoreHealth
+from mcp_barbican.storage.leases import Leases
 from mcp_barbican.storage.notices import Listener, Subscribers, Unsubscribe
 from mcp_barbican.storage.records import (
     DEFAULT_MAX_RULES,
@@ -50,6 +51,7 @@ from mcp_barbican.storage.records import (
     TokenRecord,
 )
 from mcp_barbican.storage.redis_lua import DELETE, LIST_RULES, REPLACE, TAKE, WRITE, WRITE_RULE
+from mcp_barbican.storage.redis_wire import RespWire
 
 __all__ = ["RedisBucketStore", "RedisStorage", "RedisTable"]
 
@@ -255,13 +257,17 @@ class RedisBucketStore:
     add its connect timeout to every request.
     """
 
-    def __init__(self, storage: RedisStorage, namespace: str, *, server_time: bool, fail_open: bool) -> None:
+    def __init__(
+        self, storage: RedisStorage, namespace: str, *, server_time: bool, fail_open: bool, max_keys: int
+    ) -> None:
         self.storage = storage
         self.prefix = f"{storage.prefix}bucket:{namespace}:"
         self.server_time = server_time
         self.fail_open = fail_open
         self._failing = False
         self._retry_at = 0.0
+        #: Tokens this replica took ahead of need (storage/leases.py): most requests then ask Redis nothing.
+        self._leases = Leases(max_keys)
 
     @property
     def local(self) -> MemoryBucketStore | None:
@@ -271,25 +277,40 @@ class RedisBucketStore:
         self.storage.health.decided("rate_limit", "open" if self.fail_open else "closed", error)
         return self.fail_open, [float(ref.spec.capacity) if self.fail_open else 0.0 for ref in refs]
 
+    def take_held(self, refs: Sequence[BucketRef]) -> bool:
+        return self._leases.spend([f"{self.prefix}{ref.spec.name}:{ref.key}" for ref in refs]) is not None
+
     async def take(self, refs: Sequence[BucketRef], now: float) -> tuple[bool, list[float]]:
         keys = [f"{self.prefix}{ref.spec.name}:{ref.key}" for ref in refs]
+        held = self._leases.spend(keys)
+        if held is not None:  # a token of this replica's own for every bucket: Redis is not asked
+            return True, [_level(ref, level) for ref, level in zip(refs, held, strict=True)]
+        wanted = self._leases.wanted(refs, keys)
         argv = ["" if self.server_time else repr(now)]
-        for ref in refs:
-            argv += [repr(ref.spec.lead), repr(ref.spec.interval)]
+        for ref, want in zip(refs, wanted, strict=True):
+            argv += [repr(ref.spec.lead), repr(ref.spec.interval), str(want)]
         if self._failing and time.monotonic() < self._retry_at:
             return self._outage(refs)
         try:
-            out = await self.storage.script(TAKE, keys, argv, raw=True)
+            out = await self.storage.wire.script(TAKE, keys, argv)
         except RedisError as exc:
+            self._leases.asked(keys, wanted)
             self._retry_at = time.monotonic() + RETRY_SECONDS
             self._failing = True
             self.storage.health.down("commands", exc, deciding="rate_limit")
             return self._outage(refs, exc)
+        self._leases.asked(keys, wanted)
         if self._failing:
             self._failing = False
             self.storage.health.restored("commands")
-        levels = [_level(ref, float(v)) for ref, v in zip(refs, out[1:], strict=True)]
-        return out[0] == b"1", levels
+        levels = [float(v) for v in out[1::2]]
+        if out[0] != b"1":
+            held = self._leases.spend(keys)  # a lease granted meanwhile to a concurrent request of this replica
+            if held is not None:
+                return True, [_level(ref, level) for ref, level in zip(refs, held, strict=True)]
+            return False, [_level(ref, level) for ref, level in zip(refs, levels, strict=True)]
+        left = self._leases.granted(keys, [int(v) for v in out[2::2]], levels)
+        return True, [_level(ref, level) for ref, level in zip(refs, left, strict=True)]
 
 
 class RedisStorage:
@@ -317,6 +338,8 @@ class RedisStorage:
         # The listener's own client retries nothing: it must see every disconnection, which redis-py
         # would otherwise mend by subscribing again quietly, losing the changes made meanwhile.
         self._listening_client: Redis = Redis.from_url(url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
+        #: The request path's own client: every rate-limit take of a loop turn in one write (redis_wire.py).
+        self.wire = RespWire(url)
         #: Whether Redis answers (the listener and the commands), and the decisions taken while it does not.
         self.health = StoreHealth(probe=lambda: self.redis.ping(), retry=RETRY_SECONDS)
         self.prefix = key_prefix
@@ -345,8 +368,10 @@ class RedisStorage:
         self._settling: builtins.list[tuple[int, asyncio.Future[None]]] = []
 
     def buckets(self, namespace: str, *, max_keys: int = DEFAULT_MAX_KEYS) -> RedisBucketStore:
-        """`max_keys` does not apply: a bucket key expires when its bucket is full again."""
-        return RedisBucketStore(self, namespace, server_time=self.server_time, fail_open=self.rate_limit_fail_open)
+        """`max_keys` bounds the leases held here; a bucket key in Redis expires when its bucket is full again."""
+        return RedisBucketStore(
+            self, namespace, server_time=self.server_time, fail_open=self.rate_limit_fail_open, max_keys=max_keys
+        )
 
     async def call(self, command: Callable[[Redis], Any]) -> Any:
         try:
@@ -455,5 +480,6 @@ class RedisStorage:
             except asyncio.CancelledError:
                 pass
         await self.health.aclose()
+        await self.wire.aclose()
         await self.redis.aclose()
         await self._listening_client.aclose()

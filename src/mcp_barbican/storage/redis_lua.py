@@ -101,33 +101,45 @@ tell(id, value)
 return {1, evicted, told}
 """
 )
-# KEYS: the buckets. ARGV[1] now ('' to read Redis TIME); then per bucket its lead and interval.
-# A bucket is its `due` (buckets.Bucket); an absent key is a full bucket. Returns {taken, level...} as strings.
+# KEYS: the buckets. ARGV[1] now ('' to read Redis TIME); then per bucket its lead, interval and how many
+# tokens the caller wants from it (0: none, it holds one already; more than 1: a lease, granted as far as the
+# bucket holds, at least 1). All or nothing: every bucket wanted from must hold a token, else none is taken.
+# A bucket is its `due` (buckets.Bucket); an absent key is a full bucket.
+# Returns {taken, level1, granted1, level2, granted2, ...} as strings.
 TAKE: Final = """
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local dues, taken = {}, 1
+local dues, grants, taken = {}, {}, 1
 for i, key in ipairs(KEYS) do
-  local lead, interval = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local lead, interval, want = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
   local due = tonumber(redis.call('GET', key) or '') or (now - lead)
   dues[i] = due
-  if due > now then taken = 0 end
+  grants[i] = 0
+  if want > 0 then
+    if due > now then
+      taken = 0
+    else
+      local base = math.max(due, now - lead)
+      grants[i] = math.min(want, math.floor((now - base) / interval) + 1)
+    end
+  end
 end
 local out = {tostring(taken)}
 for i, key in ipairs(KEYS) do
-  local lead, interval = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local lead, interval = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
   local due = dues[i]
-  if taken == 1 then
-    local full_at = now - lead
-    if full_at > due then due = full_at end
-    due = due + interval
+  local grant = 0
+  if taken == 1 and grants[i] > 0 then
+    grant = grants[i]
+    due = math.max(due, now - lead) + grant * interval
     local ttl = math.ceil((due + lead - now) * 1000)
     redis.call('SET', key, string.format('%.17g', due), 'PX', math.max(ttl, 1))
   end
-  out[i + 1] = string.format('%.17g', 1 + (now - due) / interval)
+  out[2 * i] = string.format('%.17g', 1 + (now - due) / interval)
+  out[2 * i + 1] = tostring(grant)
 end
 return out
 """
