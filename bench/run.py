@@ -555,9 +555,24 @@ class Lab:
         s1_redis = Target(
             "barbican-s1-redis", "mcp-barbican, security on, Redis storage", "S1", auth=bearer, barbican=True
         )
+        s1_redis_shared = Target(
+            "barbican-s1-redis-shared",
+            "mcp-barbican, security on, Redis storage, shared upstream sessions",
+            "S1",
+            auth=bearer,
+            barbican=True,
+        )
         s1_workers = Target(
             "barbican-s1-workers2",
-            "mcp-barbican, security on, Redis storage, --workers 2",
+            "mcp-barbican, security on, Redis storage, shared upstream sessions, --workers 2",
+            "S1",
+            auth=bearer,
+            barbican=True,
+            workers=2,
+        )
+        s1_workers_isolated = Target(
+            "barbican-s1-workers2-isolated",
+            "mcp-barbican, security on, Redis storage, isolated stdio sessions, --workers 2 (half tunnelled)",
             "S1",
             auth=bearer,
             barbican=True,
@@ -615,12 +630,20 @@ class Lab:
             s1_redis.proc, port, s1_redis.state_dir = self.start_barbican("barbican-s1-redis", str(config))
             s1_redis.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
-        def start_s1_workers() -> None:
-            config = self.redis_config("barbican-s1-workers2", redis())
-            started = self.start_barbican("barbican-s1-workers2", str(config), args=["--workers", "2"])
-            s1_workers.proc, port, s1_workers.state_dir = started
-            self.wait_workers(s1_workers.proc, 2)
-            s1_workers.url = f"http://{LOOPBACK}:{port}/mcp/everything"
+        shared = {"BENCH_SESSION_MODE": "shared"}
+
+        def start_s1_redis_shared() -> None:
+            config = self.redis_config("barbican-s1-redis-shared", redis())
+            started = self.start_barbican("barbican-s1-redis-shared", str(config), shared)
+            s1_redis_shared.proc, port, s1_redis_shared.state_dir = started
+            s1_redis_shared.url = f"http://{LOOPBACK}:{port}/mcp/everything"
+
+        def start_workers(target: Target, env: dict[str, str] | None) -> None:
+            config = self.redis_config(target.key, redis())
+            started = self.start_barbican(target.key, str(config), env, args=["--workers", "2"])
+            target.proc, port, target.state_dir = started
+            self.wait_workers(target.proc, 2)
+            target.url = f"http://{LOOPBACK}:{port}/mcp/everything"
 
         def start_s1_nointegrity() -> None:
             config = self.integrity_off_config("barbican-s1-nointegrity")
@@ -656,7 +679,9 @@ class Lab:
         add(s1_authz, start_s1_authz)
         add(s1_aggregate, start_s1_aggregate)
         add(s1_redis, start_s1_redis)
-        add(s1_workers, start_s1_workers)
+        add(s1_redis_shared, start_s1_redis_shared)
+        add(s1_workers, lambda: start_workers(s1_workers, shared))
+        add(s1_workers_isolated, lambda: start_workers(s1_workers_isolated, None))
         add(s1_nointegrity, start_s1_nointegrity)
         add(proxy, start_proxy)
         add(sg, start_sg)
@@ -1245,7 +1270,16 @@ def report(res: Results) -> str:
         ("mcp-barbican aggregated /mcp / /mcp/{id}", "barbican-s1-aggregate", "barbican-s1"),
         ("mcp-barbican Redis storage / SQLite", "barbican-s1-redis", "barbican-s1"),
         ("mcp-barbican tool pins + scanner on / off", "barbican-s1", "barbican-s1-nointegrity"),
-        ("mcp-barbican --workers 2 / one worker (both Redis)", "barbican-s1-workers2", "barbican-s1-redis"),
+        (
+            "mcp-barbican --workers 2 / one worker (Redis, shared sessions)",
+            "barbican-s1-workers2",
+            "barbican-s1-redis-shared",
+        ),
+        (
+            "mcp-barbican --workers 2, isolated stdio sessions / one worker",
+            "barbican-s1-workers2-isolated",
+            "barbican-s1-redis",
+        ),
         ("supergateway / mcp-proxy", "supergateway", "mcp-proxy"),
         ("S2 mcp-barbican security on / direct", "barbican-s2", "s2-direct"),
         ("S2 mcp-barbican security off / direct", "barbican-s2-off", "s2-direct"),
