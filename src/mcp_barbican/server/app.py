@@ -46,12 +46,12 @@ from mcp_barbican.server.reach import Reach, reach, refuse_unreached
 from mcp_barbican.server.registry import Registry
 from mcp_barbican.server.seal import configured_keys, owned_elsewhere
 from mcp_barbican.server.shields import Shields, resource_url
-from mcp_barbican.server.tunnel import Tunnel
 from mcp_barbican.storage import open_storage
 from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from mcp_barbican.config import AuthConfig, ProxyConfig
+    from mcp_barbican.server.tunnel import Tunnel
 
 __all__ = ["BarbicanApp", "build_app"]
 
@@ -128,6 +128,8 @@ class BarbicanApp:
         if not self.shields.sealer.active:
             logger.info("server.session_keys is not set: a session continues only on the replica that opened it")
             return None
+        from mcp_barbican.server.tunnel import Tunnel  # redis-py is loaded only by those who use it
+
         url = storage.url.get_secret_value()
         return Tunnel(url, key_prefix=storage.key_prefix, sealer=self.shields.sealer, serve=lambda: self.guarded)
 

@@ -27,11 +27,6 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 if TYPE_CHECKING:
     from mcp_barbican.config import ProxyConfig
 
@@ -90,6 +85,9 @@ class SessionSeal:
 
 
 def _derive(secret: bytes, purpose: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes  # loaded only when sessions are sealed
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"mcp-barbican " + purpose).derive(secret)
 
 
@@ -97,6 +95,8 @@ class _Key:
     __slots__ = ("aead", "fingerprint", "mac", "secret")
 
     def __init__(self, secret: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # loaded only when sessions are sealed
+
         self.secret = secret
         self.aead = AESGCM(_derive(secret, b"session seal v1"))
         self.mac = _derive(secret, b"tunnel mac v1")
@@ -169,6 +169,8 @@ class Sealer:
         key = self._by_fingerprint.get(raw[:_FINGERPRINT])
         if key is None or len(raw) < _FINGERPRINT + _NONCE + _TAG:
             return None
+        from cryptography.exceptions import InvalidTag  # imported with AESGCM: a cached lookup
+
         try:
             nonce, sealed = raw[_FINGERPRINT : _FINGERPRINT + _NONCE], raw[_FINGERPRINT + _NONCE :]
             plain = key.aead.decrypt(nonce, sealed, prefix.encode())
@@ -183,7 +185,7 @@ class Sealer:
                 capabilities=payload.get("c") or {},
             )
         except (InvalidTag, ValueError, KeyError, TypeError):
-            return None
+            return None  # InvalidTag: altered, or sealed with another key of the same fingerprint
 
     # -- messages between replicas -----------------------------------------------------
 
