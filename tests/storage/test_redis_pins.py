@@ -117,3 +117,53 @@ async def test_while_redis_is_down_the_pins_hold_and_the_admin_routes_answer_503
                 assert answer.json()["error"] == "storage_unavailable"
     assert traceback_in(proxy.log) is None
     assert "a tool pin could not be stored" in proxy.log_text()
+
+
+async def _per_worker_pins(admin_port: int) -> dict[int, dict[str, Any]]:
+    """Each worker's own view of the pins: asked on one connection per try (one worker), until both answered."""
+    seen: dict[int, dict[str, Any]] = {}
+    for _ in range(200):
+        async with httpx2.AsyncClient(timeout=30) as http:  # one connection: both requests reach one worker
+            metrics = await http.get(f"http://127.0.0.1:{admin_port}/admin/metrics", headers=ADMIN)
+            seen[metrics.json()["worker"]] = await pins(http, admin_port)
+        if len(seen) == 2:
+            break
+    assert set(seen) == {1, 2}, f"only worker(s) {sorted(seen)} answered"
+    return seen
+
+
+async def test_with_two_workers_a_change_is_pending_in_both_and_an_approval_serves_it_in_both(tmp_path: Path) -> None:
+    state = tmp_path / "tools.json"
+    set_tools(state, tool("echo"), tool("other"))
+    admin_port = free_port()
+    with redis_server() as url:
+        server: dict[str, Any] = {
+            "storage": {"type": "redis", "url": url},
+            "admin": {"port": admin_port, "token": ADMIN_TOKEN},
+        }
+        with run_proxy(tmp_path, [shifting(state)], server=server, workers=2) as proxy:
+            async with mcp_client(proxy.url("shift")) as client:
+                assert names(await client.list_tools()) == {"echo", "other"}
+                set_tools(state, tool("echo", "Changed."), tool("other"))
+                assert names(await client.list_tools()) == {"other"}  # the worker that listed saw the change
+            for _ in range(100):
+                views = await _per_worker_pins(admin_port)
+                if all(view["pending"] for view in views.values()):
+                    break
+                await asyncio.sleep(0.05)
+            assert {n: [(p["tool"], p["change"]) for p in v["pending"]] for n, v in views.items()} == {
+                1: [("echo", "changed")],
+                2: [("echo", "changed")],
+            }
+            async with httpx2.AsyncClient(timeout=30) as http:
+                approved = await http.post(
+                    f"http://127.0.0.1:{admin_port}/admin/mcps/shift/pins/approve", headers=ADMIN
+                )
+                assert approved.status_code == 200, approved.text
+            start = time.monotonic()
+            while any(view["pending"] for view in (await _per_worker_pins(admin_port)).values()):
+                assert time.monotonic() - start < WITHIN, "both workers apply the approval within a second"
+                await asyncio.sleep(0.02)
+            async with mcp_client(proxy.url("shift")) as client:
+                assert names(await client.list_tools()) == {"echo", "other"}
+        assert traceback_in(proxy.log) is None
