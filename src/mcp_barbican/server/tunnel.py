@@ -25,15 +25,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, RedisError
+from redis.exceptions import RedisError
 
 from mcp_barbican import jsonrpc
 from mcp_barbican.asgi import CLIENT_IP_KEY, BodyTooLarge, read_body, rpc_error
 from mcp_barbican.logs import log_unexpected
 from mcp_barbican.server.seal import Sealer
+from mcp_barbican.storage.redis import command_client, listening_client
 from mcp_barbican.types import Message, Receive, Scope, Send
 
 __all__ = ["Tunnel"]
@@ -103,15 +101,8 @@ class Tunnel:
     """This replica's channel: requests it forwards to owners, and requests it serves for other replicas."""
 
     def __init__(self, url: str, *, key_prefix: str, sealer: Sealer, serve: Callable[[], ServeApp]) -> None:
-        # One immediate retry on a fresh connection: a pooled one that Redis dropped (a restart) fails once.
-        self._redis: Redis = Redis.from_url(
-            url,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[ConnectionError],
-        )
-        self._listening_client: Redis = Redis.from_url(url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
+        self._redis = command_client(url)
+        self._listening_client = listening_client(url)
         self._prefix = key_prefix + "tunnel:"
         self._sealer = sealer
         self._serve = serve

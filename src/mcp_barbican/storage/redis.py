@@ -313,6 +313,24 @@ class RedisBucketStore:
         return True, [_level(ref, level) for ref, level in zip(refs, left, strict=True)]
 
 
+def command_client(url: str) -> Redis:
+    """A client for commands, with one immediate retry on a fresh connection: a pooled connection the server
+    dropped (Redis restarted) fails its next command once, which must not reach a caller."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[ConnectionError],
+    )
+
+
+def listening_client(url: str) -> Redis:
+    """A client for a subscription, retrying nothing: it must see every disconnection, which redis-py would
+    otherwise mend by subscribing again quietly, losing the messages sent meanwhile."""
+    return Redis.from_url(url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
+
+
 class RedisStorage:
     """Every table in Redis, with change notices over pub/sub so every replica follows every change."""
 
@@ -326,18 +344,8 @@ class RedisStorage:
         clock: Callable[[], float] = time.time,
         server_time: bool = True,
     ) -> None:
-        # One immediate retry on a fresh connection: a pooled connection the server dropped (Redis restarted)
-        # fails its next command once, which must not reach a caller.
-        self.redis: Redis = Redis.from_url(
-            url,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[ConnectionError],
-        )
-        # The listener's own client retries nothing: it must see every disconnection, which redis-py
-        # would otherwise mend by subscribing again quietly, losing the changes made meanwhile.
-        self._listening_client: Redis = Redis.from_url(url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
+        self.redis = command_client(url)
+        self._listening_client = listening_client(url)
         #: The request path's own client: every rate-limit take of a loop turn in one write (redis_wire.py).
         self.wire = RespWire(url)
         #: Whether Redis answers (the listener and the commands), and the decisions taken while it does not.
