@@ -153,7 +153,8 @@ def unsigned(claims: dict[str, Any]) -> str:
 
 def token(**overrides: Any) -> str:
     now = int(time.time())
-    claims = {"iss": "https://issuer.test", "aud": "barbican", "sub": "alice", "exp": now + 300, "iat": now}
+    # A day: the parameters are made when the module is collected, which may be long before they run.
+    claims = {"iss": "https://issuer.test", "aud": "barbican", "sub": "alice", "exp": now + 86_400, "iat": now}
     claims.update(overrides)
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, HS_SECRET, algorithm="HS256")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -205,9 +207,12 @@ async def test_a_large_limit_leased_to_two_stores_admits_at_most_the_limit_and_c
     try:
         refs = [BucketRef(_spec(1_000), "10.0.0.2")]  # leased 10 tokens at a time
         buckets = [store.buckets("limiter") for store in stores]
+        started = time.monotonic()
         results = await asyncio.gather(*(buckets[n % 2].take(refs, 0.0) for n in range(1_500)))
+        refilled = math.ceil((time.monotonic() - started) * 1_000 / 60)  # the bucket refills meanwhile (Redis TIME)
         admitted = sum(taken for taken, _ in results)
-        assert 1_000 - 2 * 10 <= admitted <= 1_000, "never more than the limit; short by at most the leases held"
+        assert admitted <= 1_000 + refilled, "never more than the limit"
+        assert admitted >= 1_000 - 2 * 10, "short by at most the leases the two stores hold"
         assert sum(bucket.take_held(refs) for bucket in buckets) <= 2 * 10
     finally:
         for store in stores:
