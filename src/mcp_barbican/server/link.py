@@ -34,16 +34,14 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.exceptions import UpstreamClosed, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message, RequestId
 from mcp_barbican.security.authorization import LISTINGS, Access, target
-from mcp_barbican.security.tools import tool_allowed
 from mcp_barbican.server.session import Session
 from mcp_barbican.server.shared import LOCAL_IN_SHARED, UpstreamSettings, deliver_log
 from mcp_barbican.server.streams import EventStream
+from mcp_barbican.server.toolgate import ToolGate
 from mcp_barbican.upstream.base import CloseHandler, MessageHandler, UpstreamChannel
 
 if TYPE_CHECKING:
-    from mcp_barbican.config import ToolFilter
-    from mcp_barbican.security.callguard import CallGuard
-    from mcp_barbican.security.pins import ToolPins
+    pass
 
 __all__ = ["PROXY_CLIENT_CAPABILITIES", "ChannelFactory", "Link", "Pending"]
 
@@ -126,11 +124,8 @@ class Link:
         start_timeout: float,
         request_timeout: float,
         on_state: Callable[[Link, str, str | None], None] | None = None,
-        tool_filter: ToolFilter | None = None,
+        tools: ToolGate | None = None,
         guess_unrelated: bool = True,
-        guard: CallGuard | None = None,
-        pins: ToolPins | None = None,
-        on_tools_changed: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.shared = shared
@@ -141,12 +136,8 @@ class Link:
         self._start_timeout = start_timeout
         self.request_timeout = request_timeout
         self._on_state = on_state
-        self._tool_filter = tool_filter
-        #: Argument validation, result scanning and redaction (`integrity`); None when all are off.
-        self.guard = guard
-        #: The MCP's tool pins (one decision shared by every link of the runtime), and who re-lists on list_changed.
-        self._pins = pins if pins is not None and pins.active else None
-        self._on_tools_changed = on_tools_changed
+        #: The MCP's tool filter, pins and call guard (one for every link of the runtime).
+        self.tools = tools if tools is not None else ToolGate()
         self.channel: UpstreamChannel | None = None
         self.sessions: dict[str, Session] = {}
         #: When the last session left (or the link opened): what shared mode reclaims first.
@@ -322,12 +313,11 @@ class Link:
             self.init_params = msg.get("params") or {}
         else:
             await self.wait_ready()
-        if method == "tools/call" and not self._tool_visible(msg):
-            self.refuse_unknown(asked or msg, stream)
-            return
-        if method == "tools/call" and self.guard is not None:
-            shown = target("tools/call", asked.get("params")) if asked is not None else None
-            refusal = self.guard.check_arguments(msg.get("params"), session.principal, session.id, shown and shown[1])
+        if method == "tools/call":
+            if not self.tools.visible(msg.get("params")):
+                self.refuse_unknown(asked or msg, stream)
+                return
+            refusal = self.tools.refused_arguments(session, msg, asked)
             if refusal is not None:
                 stream.push(jsonrpc.error_body(msg["id"], jsonrpc.INVALID_PARAMS, refusal), final=True)
                 return
@@ -341,7 +331,7 @@ class Link:
                 token = meta["progressToken"]
                 meta["progressToken"] = upstream_id
         pending = Pending(session, msg["id"], upstream_id, stream, method, token, access)
-        if method == "tools/call" and self.guard is not None and self.guard.watches_results:
+        if method == "tools/call" and self.tools.watches_results:
             pending.tool = str(params.get("name", "")) if isinstance(params, dict) else ""
         if method == "tools/list" and isinstance(params, dict) and params.get("cursor"):
             pending.paged = True
@@ -449,40 +439,16 @@ class Link:
                 future.set_result(msg)
             return
         if pending.method == "tools/list":
-            if self._tool_filter is not None:
-                self._filter_tools(msg)
-            if self._pins is not None and "result" in msg:
-                result = msg["result"]
-                full = not pending.paged and isinstance(result, dict) and not result.get("nextCursor")
-                self._pins.screen(result, full=full)
+            self.tools.listing(msg, paged=pending.paged)
+        elif pending.tool is not None:
+            self.tools.result(msg, pending.tool, pending.session)
         if pending.access is not None and pending.method in LISTINGS:
             pending.access.filter_listing(pending.method, msg.get("result"))
-        if self.guard is not None:
-            if pending.tool is not None:
-                self.guard.check_result(msg, pending.tool, pending.session.principal, pending.session.id)
-            elif pending.method == "tools/list":
-                self.guard.learn(msg.get("result"))
         if pending.method == "initialize" and "result" in msg:
             self._initialized(self.init_params or {}, msg["result"])
             pending.session.protocol_version = msg["result"].get("protocolVersion")
             self._ready.set()
         self._finish(pending, msg)
-
-    def _tool_visible(self, msg: Message) -> bool:
-        name = (msg.get("params") or {}).get("name")
-        if not isinstance(name, str) or self._pins is not None and name in self._pins.hidden:
-            return False
-        return tool_allowed(self._tool_filter, name)
-
-    def _filter_tools(self, msg: Message) -> None:
-        result = msg.get("result")
-        tools = result.get("tools") if isinstance(result, dict) else None
-        if isinstance(tools, list):
-            result["tools"] = [  # type: ignore[index]
-                tool
-                for tool in tools
-                if isinstance(tool, dict) and tool_allowed(self._tool_filter, tool.get("name", ""))
-            ]
 
     def _finish(self, pending: Pending, msg: Message) -> None:
         self._forget(pending)
@@ -573,8 +539,8 @@ class Link:
                 pending.stream.push(jsonrpc.dumps(msg))
             return
         if method.endswith("/list_changed"):
-            if method == "notifications/tools/list_changed" and self._on_tools_changed is not None:
-                self._on_tools_changed()
+            if method == "notifications/tools/list_changed" and self.tools.on_changed is not None:
+                self.tools.on_changed()
             data = jsonrpc.dumps(msg)
             for session in self.sessions.values():
                 session.get_stream.push(data)

@@ -27,6 +27,7 @@ from mcp_barbican.server.quota import Held, SessionQuota
 from mcp_barbican.server.seal import KIND_RESUMABLE, Sealer, SessionSeal, new_replica_id
 from mcp_barbican.server.session import Session, expired, sweep_interval
 from mcp_barbican.server.streams import EventStream
+from mcp_barbican.server.toolgate import ToolGate
 from mcp_barbican.server.tooling import ToolWatch, list_tools
 from mcp_barbican.upstream import open_channel
 from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel
@@ -116,6 +117,8 @@ class McpRuntime:
         #: The MCP's tool pins (shared with the runtime this one replaces, if any).
         self.pins = pins
         self.tool_watch = ToolWatch(self)
+        #: The tool filter, pins and call guard every link of this MCP applies.
+        self.tools = ToolGate(mcp.tool_filter, guard=guard, pins=pins, on_changed=self.tool_watch.relist)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -166,11 +169,8 @@ class McpRuntime:
             start_timeout=self.mcp.start_timeout,
             request_timeout=self.mcp.request_timeout,
             on_state=self._on_link_state,
-            tool_filter=self.mcp.tool_filter,
+            tools=self.tools,
             guess_unrelated=guess_unrelated,
-            guard=self.guard,
-            pins=self.pins,
-            on_tools_changed=self.tool_watch.relist if self.pins is not None and self.pins.active else None,
         )
 
     def _on_link_state(self, link: Link, state: str, error: str | None) -> None:

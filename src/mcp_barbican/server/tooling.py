@@ -37,8 +37,8 @@ async def list_tools(
     for _ in range(MAX_TOOL_PAGES):
         response = await link.call("tools/list", {"cursor": cursor} if cursor else {}, timeout=timeout)
         result = response.get("result") or {}
-        if link.guard is not None:  # argument validators compiled from what the listing says
-            link.guard.learn(result)
+        if link.tools.guard is not None:  # argument validators compiled from what the listing says
+            link.tools.guard.learn(result)
         found += [
             tool
             for tool in result.get("tools") or []
