@@ -78,3 +78,16 @@ def test_while_a_lease_is_asked_for_a_concurrent_request_asks_for_one_token() ->
     assert held.wanted(refs, keys) == [1], "a second lease would let this replica hold two"
     held.asked(keys, first)
     assert held.wanted(refs, keys) == [10]
+
+
+def test_a_held_token_that_expired_while_redis_answered_is_not_spent(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    held = Leases(max_keys=10)
+    held.granted(["a"], [5], [0.0])  # a holds 4
+    refs, keys = [ref(1_000, "a"), ref(1_000, "b")], ["a", "b"]
+    wanted = held.wanted(refs, keys)
+    assert wanted == [0, 10]
+    clock[0] += 2 * leases_module.LEASE_SECONDS  # a's lease expires while Redis answers for b
+    assert held.granted(keys, [0, 10], [0.0, 0.0]) is None, "a has no token to spend: ask again"
+    assert held.wanted(refs, keys) == [10, 0], "b's grant is kept; a is asked for"

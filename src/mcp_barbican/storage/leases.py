@@ -49,7 +49,7 @@ class Leases:
         entry = self._held.get(key)
         if entry is None or entry[1] <= now:
             return 0
-        return entry[0]
+        return max(entry[0], 0)
 
     def spend(self, keys: Sequence[str]) -> list[float] | None:
         """One token from each key's lease, if every key holds one (else nothing spent): the levels left."""
@@ -87,16 +87,15 @@ class Leases:
             if want > 1:
                 self._asking.discard(key)
 
-    def granted(self, keys: Sequence[str], grants: Sequence[int], levels: Sequence[float]) -> list[float]:
-        """Add what Redis granted, spend one token of each key; the levels left (Redis's plus what is held)."""
+    def granted(self, keys: Sequence[str], grants: Sequence[int], levels: Sequence[float]) -> list[float] | None:
+        """Add what Redis granted, then spend one token of each key: the levels left (Redis's plus what is held).
+        None, spending nothing, when a key Redis was not asked for lost its held token meanwhile (it expired or
+        was evicted while Redis answered): the caller asks again."""
         now = time.monotonic()
-        out = []
         for key, grant, level in zip(keys, grants, levels, strict=True):
-            tokens = self._tokens(key, now) + grant - 1
-            until = now + LEASE_SECONDS if grant else self._held[key][1]  # a held token keeps its expiry
-            self._held[key] = (tokens, until, level)
-            self._held.move_to_end(key)
-            out.append(level + tokens)
+            if grant:
+                self._held[key] = (self._tokens(key, now) + grant, now + LEASE_SECONDS, level)
+        spent = self.spend(keys)
         while len(self._held) > self._max_keys:
             self._held.popitem(last=False)
-        return out
+        return spent

@@ -310,6 +310,8 @@ class RedisBucketStore:
                 return True, [_level(ref, level) for ref, level in zip(refs, held, strict=True)]
             return False, [_level(ref, level) for ref, level in zip(refs, levels, strict=True)]
         left = self._leases.granted(keys, [int(v) for v in out[2::2]], levels)
+        if left is None:  # a token held when Redis was asked expired meanwhile: ask for that bucket too
+            return await self.take(refs, now)
         return True, [_level(ref, level) for ref, level in zip(refs, left, strict=True)]
 
 
