@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mcp_barbican import egress
 from mcp_barbican.admin import AdminApp
 from mcp_barbican.asgi import get_header, json_error, query_param, respond_json
-from mcp_barbican.audit import AuditEvent, AuditTrail, build_sinks
+from mcp_barbican.audit import AuditEvent, AuditTrail, EventFeed, build_sinks
 from mcp_barbican.egress import Egress
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.logs import log_unexpected
@@ -70,6 +70,10 @@ class BarbicanApp:
         self.storage = open_storage(config.server.storage)
         audit = config.server.audit
         sinks = build_sinks(audit, config.server.storage, self.storage)
+        #: Live security events for /admin/events and the alerts: fed by the trail, so only when it records.
+        self.feed = EventFeed()
+        if sinks:
+            sinks.append(self.feed)
         self.audit = AuditTrail(sinks, queue_size=audit.queue_size, arguments=audit.arguments)
         #: What the proxy may fetch on its own account; everything that fetches reads the installed one.
         self.egress = Egress(config.server.egress, on_refused=self._egress_refused)
