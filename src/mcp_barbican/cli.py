@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from mcp_barbican import __version__
+from mcp_barbican import probe as probe_command
 from mcp_barbican.config import (
     CONFIG_FILE_NAMES,
     ProxyConfig,
@@ -64,6 +65,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_token(commands)
     _add_config(commands)
+    _add_probe(commands)
     return parser
 
 
@@ -115,6 +117,17 @@ def _add_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--format", choices=("json", "markdown"), default="json", help="markdown: docs/configuration.md"
     )
     schema.set_defaults(handler=_config_schema)
+
+
+def _add_probe(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    probe = commands.add_parser(
+        "probe",
+        help="test an MCP endpoint's defences and print a scorecard",
+        description=probe_command.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    probe_command.add_arguments(probe)
+    probe.set_defaults(handler=probe_command.command)
 
 
 def _host(text: str) -> str:

@@ -19,7 +19,7 @@ __all__ = ["KEEPALIVE_SECONDS", "SSE_HEADERS", "pump", "stream_answer"]
 KEEPALIVE_SECONDS: Final = 15.0
 SSE_HEADERS: Final = [
     (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache, no-transform"),
+    (b"cache-control", b"no-store, no-transform"),  # tool results are not for any cache to keep
     (b"x-accel-buffering", b"no"),
 ]
 
