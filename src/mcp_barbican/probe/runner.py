@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
 import dataclasses
-import hashlib
-import hmac
 import json
 import secrets
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -29,26 +26,29 @@ from mcp_barbican.probe.checks import (
     session_id_problems,
 )
 from mcp_barbican.probe.client import Response, Target, Unreachable, send
+from mcp_barbican.probe.messages import (
+    BAD_PROTOCOL_VERSION,
+    FOREIGN_HOST,
+    FOREIGN_ORIGIN,
+    JSON_HEADERS,
+    PROTOCOL_VERSION,
+    bad_credentials,
+    initialize,
+    jwt,
+    rpc,
+)
 from mcp_barbican.probe.tlsversions import tls_versions
 
 __all__ = ["MAX_BURST", "MAX_BODY_BYTES", "Options", "Report", "TargetUnreachable", "run"]
 
 MAX_BURST: Final = 200
 MAX_BODY_BYTES: Final = 64 * 1024 * 1024
-PROTOCOL_VERSION: Final = "2025-06-18"
-BAD_PROTOCOL_VERSION: Final = "1999-01-01"
-FOREIGN_ORIGIN: Final = "https://evil.example"
-FOREIGN_HOST: Final = "evil.example"
 #: Session ids gathered for the strength check (each session is closed again).
 SESSION_SAMPLES: Final = 4
 _BURST_CONCURRENCY: Final = 8
 #: 429s outside the burst are waited out at most this often in a run, each for at most MAX_RETRY_WAIT seconds.
 MAX_RETRIES: Final = 10
 MAX_RETRY_WAIT: Final = 3.0
-_JSON_HEADERS: Final[list[tuple[str, bytes | str]]] = [
-    ("Content-Type", "application/json"),
-    ("Accept", "application/json, text/event-stream"),
-]
 
 
 class TargetUnreachable(Exception):
@@ -84,48 +84,7 @@ class _Session:
         extra: list[tuple[str, bytes | str]] = [("MCP-Protocol-Version", version)]
         if self.id is not None:
             extra.append(("Mcp-Session-Id", self.id))
-        return [*_JSON_HEADERS, *self.auth, *extra]
-
-
-def _rpc(method: str, request_id: int | None = 1, params: Mapping[str, object] | None = None) -> dict[str, object]:
-    message: dict[str, object] = {"jsonrpc": "2.0", "method": method}
-    if request_id is not None:
-        message["id"] = request_id
-    if params is not None:
-        message["params"] = dict(params)
-    return message
-
-
-def _initialize() -> bytes:
-    params = {
-        "protocolVersion": PROTOCOL_VERSION,
-        "capabilities": {},
-        "clientInfo": {"name": "mcp-barbican-probe", "version": "1"},
-    }
-    return json.dumps(_rpc("initialize", 0, params)).encode()
-
-
-def _jwt(claims: dict[str, object], *, unsigned: bool = False) -> str:
-    def encode(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-    header = {"alg": "none" if unsigned else "HS256", "typ": "JWT"}
-    signing = f"{encode(json.dumps(header).encode())}.{encode(json.dumps(claims).encode())}"
-    if unsigned:
-        return f"{signing}."
-    mac = hmac.new(secrets.token_bytes(32), signing.encode(), hashlib.sha256).digest()
-    return f"{signing}.{encode(mac)}"
-
-
-def bad_credentials() -> dict[str, bytes]:
-    """The malformed Authorization values sent (label -> raw header value)."""
-    return {
-        "Bearer": b"Bearer",
-        "Bearer + space": b"Bearer ",
-        "Basic": b"Basic " + base64.b64encode(b"admin:admin"),
-        "InvalidFormat": b"InvalidFormat",
-        "non-ASCII": "Bearer t\u00f6k\u00e9n-\u00ff".encode("latin-1"),
-    }
+        return [*JSON_HEADERS, *self.auth, *extra]
 
 
 class _Probe:
@@ -187,7 +146,7 @@ class _Probe:
 
     async def run(self) -> Report:
         try:
-            first = await self.request([*_JSON_HEADERS, ("MCP-Protocol-Version", PROTOCOL_VERSION)], _initialize())
+            first = await self.request([*JSON_HEADERS, ("MCP-Protocol-Version", PROTOCOL_VERSION)], initialize())
         except Unreachable as exc:
             raise TargetUnreachable(str(exc)) from None
         if first.status == 200 and (first_id := first.header("mcp-session-id")):
@@ -269,9 +228,9 @@ class _Probe:
         auth = self.auth(self.options.token)
         if not auth and not 200 <= first.status < 300:
             return None
-        headers = [*_JSON_HEADERS, *auth, ("MCP-Protocol-Version", PROTOCOL_VERSION)]
+        headers = [*JSON_HEADERS, *auth, ("MCP-Protocol-Version", PROTOCOL_VERSION)]
         try:
-            answer = await self.request(headers, _initialize())
+            answer = await self.request(headers, initialize())
         except Unreachable:
             return None
         if answer.status != 200:
@@ -281,7 +240,7 @@ class _Probe:
         if session.id is not None:
             self.opened.append(session)
         with contextlib.suppress(Unreachable):
-            await self.request(session.headers(), json.dumps(_rpc("notifications/initialized", None)).encode())
+            await self.request(session.headers(), json.dumps(rpc("notifications/initialized", None)).encode())
         return session
 
     async def check_valid(self, session: _Session | None, first: Response) -> Response:
@@ -292,7 +251,7 @@ class _Probe:
             status = (self.last_open or first).status
             self.found("auth.valid", f"initialize with the token answered {status}")
             return first
-        answer = await self.request(session.headers(), json.dumps(_rpc("tools/list", 2)).encode())
+        answer = await self.request(session.headers(), json.dumps(rpc("tools/list", 2)).encode())
         if answer.status == 200 and b'"result"' in answer.body:
             self.passed("auth.valid", "initialize then tools/list answered 200 with a result")
         else:
@@ -316,8 +275,8 @@ class _Probe:
 
     async def check_origin(self, session: _Session | None) -> None:
         auth = session.auth if session else []
-        headers = [*_JSON_HEADERS, *auth, ("Origin", FOREIGN_ORIGIN), ("MCP-Protocol-Version", PROTOCOL_VERSION)]
-        answer = await self.request(headers, _initialize())
+        headers = [*JSON_HEADERS, *auth, ("Origin", FOREIGN_ORIGIN), ("MCP-Protocol-Version", PROTOCOL_VERSION)]
+        answer = await self.request(headers, initialize())
         self.track(answer, auth)
         self.judge_refusal("origin.foreign", answer, f"Origin: {FOREIGN_ORIGIN}", session, (403,))
         if (problem := cors_problem(FOREIGN_ORIGIN, dict(answer.headers))) is not None:
@@ -326,8 +285,8 @@ class _Probe:
     async def check_host(self, session: _Session | None) -> None:
         auth = session.auth if session else []
         host = f"{FOREIGN_HOST}:{self.target.port}"
-        headers = [*_JSON_HEADERS, *auth, ("MCP-Protocol-Version", PROTOCOL_VERSION)]
-        answer = await self.request(headers, _initialize(), host=host)
+        headers = [*JSON_HEADERS, *auth, ("MCP-Protocol-Version", PROTOCOL_VERSION)]
+        answer = await self.request(headers, initialize(), host=host)
         self.track(answer, auth)
         self.judge_refusal("host.rebinding", answer, f"Host: {host}", session, (400, 403, 421))
 
@@ -361,8 +320,8 @@ class _Probe:
                 ("OPTIONS", preflight, b""),
                 (
                     "POST",
-                    [*_JSON_HEADERS, *auth, ("Origin", origin), ("MCP-Protocol-Version", PROTOCOL_VERSION)],
-                    json.dumps(_rpc("ping", 9)).encode(),
+                    [*JSON_HEADERS, *auth, ("Origin", origin), ("MCP-Protocol-Version", PROTOCOL_VERSION)],
+                    json.dumps(rpc("ping", 9)).encode(),
                 ),
             ):
                 answer = await self.request(headers, body, method=method)
@@ -372,12 +331,12 @@ class _Probe:
             self.passed(check_id, f"look-alike origins not allowed: {', '.join(origins)}")
 
     async def check_bad_credentials(self) -> None:
-        base = [*_JSON_HEADERS, ("MCP-Protocol-Version", PROTOCOL_VERSION)]
+        base = [*JSON_HEADERS, ("MCP-Protocol-Version", PROTOCOL_VERSION)]
         errors: list[str] = []
 
         async def judge(check_id: str, label: str, value: bytes) -> None:
             try:
-                answer = await self.request([*base, ("Authorization", value)], _initialize())
+                answer = await self.request([*base, ("Authorization", value)], initialize())
             except Unreachable as exc:
                 errors.append(f"{label}: {exc}")
                 return
@@ -392,9 +351,9 @@ class _Probe:
         await judge("auth.invalid", "Bearer <random>", f"Bearer {secrets.token_urlsafe(32)}".encode())
         now = int(time.time())
         expired = {"sub": "probe", "iat": now - 7200, "exp": now - 3600}
-        await judge("auth.expired", "expired HS256 JWT", f"Bearer {_jwt(expired)}".encode())
+        await judge("auth.expired", "expired HS256 JWT", f"Bearer {jwt(expired)}".encode())
         valid_looking = {"sub": "probe", "iat": now, "exp": now + 3600}
-        await judge("auth.expired", "alg none JWT", f"Bearer {_jwt(valid_looking, unsigned=True)}".encode())
+        await judge("auth.expired", "alg none JWT", f"Bearer {jwt(valid_looking, unsigned=True)}".encode())
         if errors:
             self.found("auth.error", "; ".join(errors))
         else:
@@ -410,7 +369,7 @@ class _Probe:
         ids = [session.id]
         for _ in range(SESSION_SAMPLES - 1):
             answer = await self.request(
-                [*_JSON_HEADERS, *session.auth, ("MCP-Protocol-Version", PROTOCOL_VERSION)], _initialize()
+                [*JSON_HEADERS, *session.auth, ("MCP-Protocol-Version", PROTOCOL_VERSION)], initialize()
             )
             self.track(answer, session.auth)
             if (session_id := answer.header("mcp-session-id")) is not None:
@@ -429,7 +388,7 @@ class _Probe:
             self.skipped("session.hijack", "needs --token, --second-token and a session id")
             return
         bare = _Session(session.id, [])
-        answer = await self.request(bare.headers(), json.dumps(_rpc("tools/list", 3)).encode())
+        answer = await self.request(bare.headers(), json.dumps(rpc("tools/list", 3)).encode())
         if 200 <= answer.status < 300:
             self.found("session.binding", f"tools/list with the session id and no credential answered {answer.status}")
         else:
@@ -438,7 +397,7 @@ class _Probe:
             self.skipped("session.hijack", "no --second-token given")
             return
         other = _Session(session.id, self.auth(self.options.second_token))
-        answer = await self.request(other.headers(), json.dumps(_rpc("tools/list", 4)).encode())
+        answer = await self.request(other.headers(), json.dumps(rpc("tools/list", 4)).encode())
         if 200 <= answer.status < 300:
             self.found("session.hijack", f"the session under the second credential answered {answer.status}")
         else:
@@ -448,7 +407,7 @@ class _Probe:
         if session is None:
             self.skipped("mcp.version", "no session could be opened")
             return
-        body = json.dumps(_rpc("tools/list", 5)).encode()
+        body = json.dumps(rpc("tools/list", 5)).encode()
         answer = await self.request(session.headers(version=BAD_PROTOCOL_VERSION), body)
         sent = f"MCP-Protocol-Version: {BAD_PROTOCOL_VERSION}"
         if answer.status == 400:
@@ -460,7 +419,7 @@ class _Probe:
         if session is None:
             self.skipped("jsonrpc.batch", "no session could be opened")
             return
-        body = json.dumps([_rpc("ping", 6), _rpc("ping", 7)]).encode()
+        body = json.dumps([rpc("ping", 6), rpc("ping", 7)]).encode()
         try:
             answer = await self.request(session.headers(), body)
         except Unreachable as exc:
@@ -473,10 +432,10 @@ class _Probe:
             self.found("jsonrpc.batch", evidence)
 
     async def check_body(self, session: _Session | None) -> None:
-        auth = session.headers() if session else [*_JSON_HEADERS, ("MCP-Protocol-Version", PROTOCOL_VERSION)]
+        auth = session.headers() if session else [*JSON_HEADERS, ("MCP-Protocol-Version", PROTOCOL_VERSION)]
         size = self.options.body_bytes
         filler = "x" * max(0, size - 100)
-        body = json.dumps(_rpc("tools/list", 8, {"padding": filler})).encode()
+        body = json.dumps(rpc("tools/list", 8, {"padding": filler})).encode()
         sent = f"a {_size(len(body))} JSON body"
         try:
             answer = await self.request(auth, body)
@@ -497,8 +456,8 @@ class _Probe:
         if count <= 0:
             self.skipped("ratelimit.burst", "--burst 0")
             return
-        headers = session.headers() if session else [*_JSON_HEADERS, ("MCP-Protocol-Version", PROTOCOL_VERSION)]
-        body = json.dumps(_rpc("ping", 10)).encode()
+        headers = session.headers() if session else [*JSON_HEADERS, ("MCP-Protocol-Version", PROTOCOL_VERSION)]
+        body = json.dumps(rpc("ping", 10)).encode()
         statuses: collections.Counter[str] = collections.Counter()
         remaining = count
         limited = asyncio.Event()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import warnings
 from typing import Final
 
 from mcp_barbican.probe.client import Target
@@ -26,10 +27,13 @@ def pinned_context(version: ssl.TLSVersion) -> ssl.SSLContext | None:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
-        if version < ssl.TLSVersion.TLSv1_2:
-            context.set_ciphers("DEFAULT:@SECLEVEL=0")
-        context.minimum_version = version
-        context.maximum_version = version
+        with warnings.catch_warnings():
+            # Offering TLS 1.0/1.1 is deprecated, and is the point: the probe asks whether the server still agrees.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if version < ssl.TLSVersion.TLSv1_2:
+                context.set_ciphers("DEFAULT:@SECLEVEL=0")
+            context.minimum_version = version
+            context.maximum_version = version
     except (ValueError, ssl.SSLError):
         return None
     return context
