@@ -102,3 +102,27 @@ def test_a_server_still_speaking_tls_1_0_and_1_1_is_told_apart() -> None:
             return await tls_versions(parse_target(f"https://127.0.0.1:{port}/mcp"), 5)
 
     assert asyncio.run(main()) == {"TLS 1.0": True, "TLS 1.1": True, "TLS 1.2": False, "TLS 1.3": False}
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed answer"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "not an HTTP answer"),
+        (b"", "connection closed without an answer"),
+    ],
+)
+def test_a_broken_answer_is_one_reason_not_an_exception(answer: bytes, reason: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, port = await serve(handler)
+        async with server:
+            with pytest.raises(Unreachable, match=reason):
+                await send(parse_target(f"http://127.0.0.1:{port}/"), "GET", [], timeout=5)
+
+    asyncio.run(main())

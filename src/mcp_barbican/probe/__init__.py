@@ -119,6 +119,9 @@ def command(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a last guard: one line, never a traceback
+        print(f"error: probing {target.url} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     print(render(report, args.output))
     return 1 if failing(report.findings, Severity.parse(args.fail_on)) else 0
 

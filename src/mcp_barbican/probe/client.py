@@ -118,6 +118,8 @@ async def send(
         raise Unreachable(f"no answer within {timeout:g}s") from None
     except ssl.SSLError as exc:
         raise Unreachable(f"TLS handshake failed: {exc.reason or exc}") from None
+    except (ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError) as exc:
+        raise Unreachable(f"malformed answer ({type(exc).__name__})") from None
     except OSError as exc:
         if isinstance(exc, Unreachable):
             raise

@@ -195,6 +195,9 @@ class _Probe:
             self.found("auth.missing", f"initialize without a credential answered {first.status}")
         elif first.status >= 500:
             self.found("auth.error", f"initialize without a credential answered {first.status}")
+        elif first.status in (404, 405):
+            note = f"initialize without a credential answered {first.status}: is URL an MCP endpoint?"
+            self.passed("auth.missing", note)
         else:
             self.passed("auth.missing", f"initialize without a credential answered {first.status}")
 
