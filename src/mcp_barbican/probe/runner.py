@@ -72,7 +72,6 @@ class Report:
     passed: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     requests: int = 0
-    tls: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,18 +128,24 @@ class _Probe:
     def found(self, check_id: str, evidence: str, severity: Severity | None = None) -> None:
         """A finding; one per check and severity, its evidence growing with each case."""
         new = finding(check_id, evidence, severity)
+        self.report.skipped.pop(check_id, None)
         for index, item in enumerate(self.report.findings):
             if (item.check, item.severity) == (new.check, new.severity):
                 self.report.findings[index] = dataclasses.replace(item, evidence=f"{item.evidence}; {evidence}")
                 return
         self.report.findings.append(new)
 
+    def judged(self, check_id: str) -> bool:
+        return check_id in self.report.passed or any(item.check == check_id for item in self.report.findings)
+
     def passed(self, check_id: str, evidence: str) -> None:
-        if not any(item.check == check_id for item in self.report.findings):
-            self.report.passed.setdefault(check_id, evidence)
+        """A pass, unless the check already found something or was skipped (each check is in one list)."""
+        if not self.judged(check_id) and check_id not in self.report.skipped:
+            self.report.passed[check_id] = evidence
 
     def skipped(self, check_id: str, reason: str) -> None:
-        self.report.skipped.setdefault(check_id, reason)
+        if not self.judged(check_id):
+            self.report.skipped.setdefault(check_id, reason)
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -178,8 +183,7 @@ class _Probe:
         await self.check_burst(session)
         await self.close_sessions()
         for check_id in CHECKS:
-            if check_id not in self.report.passed and not any(f.check == check_id for f in self.report.findings):
-                self.skipped(check_id, "not run")
+            self.skipped(check_id, "not run")
         return self.report
 
     @contextlib.contextmanager
@@ -215,7 +219,6 @@ class _Probe:
             return
         versions = await tls_versions(self.target, self.options.timeout)
         self.report.requests += len(versions)
-        self.report.tls = {name: accepted for name, accepted in versions.items() if accepted is not None}
         evidence = ", ".join(
             f"{name} {'accepted' if ok else 'refused' if ok is False else 'not testable here'}"
             for name, ok in versions.items()
