@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import warnings
 from collections.abc import Awaitable, Callable
@@ -11,6 +12,7 @@ import pytest
 import trustme
 
 from mcp_barbican.probe.client import Unreachable, parse_target, send
+from mcp_barbican.probe.runner import Options, Report, run
 from mcp_barbican.probe.tlsversions import tls_versions
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -126,3 +128,37 @@ def test_a_broken_answer_is_one_reason_not_an_exception(answer: bytes, reason: s
                 await send(parse_target(f"http://127.0.0.1:{port}/"), "GET", [], timeout=5)
 
     asyncio.run(main())
+
+
+def test_a_redirecting_server_never_gets_the_probe_to_send_the_token_elsewhere() -> None:
+    """Every answer is a 307 to another server: the probe follows none, and only the target sees the token."""
+    token = "redirect-test-token-0123456789"
+    heads: list[bytes] = []
+    elsewhere: list[bytes] = []
+
+    async def elsewhere_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        elsewhere.append(await reader.read(1024))
+        writer.close()
+
+    async def main() -> Report:
+        other, other_port = await serve(elsewhere_handler)
+
+        async def redirecting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                location = f"http://127.0.0.1:{other_port}/steal"
+                writer.write(f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\n".encode())
+                writer.write(b"Content-Length: 0\r\n\r\n")
+                await writer.drain()
+            writer.close()
+
+        server, port = await serve(redirecting)
+        async with server, other:
+            options = Options(token=token, second_token=token + "-2", burst=5, body_bytes=4096, timeout=5)
+            return await run(parse_target(f"http://127.0.0.1:{port}/mcp"), options)
+
+    report = asyncio.run(main())
+    assert elsewhere == []
+    assert report.requests == len(heads) > 20
+    assert any(token.encode() in head for head in heads)
+    assert token not in repr(report)
