@@ -68,7 +68,7 @@ def test_the_proxy_with_security_on_gets_a_clean_scorecard(proxy: RunningProxy) 
     assert TOKEN not in json.dumps(document) and SECOND_TOKEN not in json.dumps(document)
     passed = ids(document, "passed")
     every_check_run_over_http = {
-        "auth.missing", "auth.malformed", "auth.invalid", "auth.expired", "auth.error", "auth.valid",
+        "auth.missing", "auth.malformed", "auth.invalid", "auth.expired", "auth.duplicate", "auth.error", "auth.valid",
         "origin.foreign", "host.rebinding", "cors.reflected", "cors.credentials", "cors.wildcard",
         "headers.nosniff", "headers.frame", "headers.referrer", "headers.cache", "headers.xss",
         "ratelimit.burst", "session.strength", "session.binding", "session.hijack", "limits.body",

@@ -67,6 +67,7 @@ CHECKS: Final = _checks(
     _C("auth.malformed", _S.HIGH, "accepts a malformed Authorization", "Bearer, Bearer+space, Basic, junk: 4xx"),
     _C("auth.invalid", _S.HIGH, "accepts an invalid token", "a random bearer token: 401/403"),
     _C("auth.expired", _S.HIGH, "accepts an expired or unsigned JWT", "expired HS256 JWT and alg none JWT: 401/403"),
+    _C("auth.duplicate", _S.MEDIUM, "accepts a repeated Authorization", "--token twice with a bad one: refused"),
     _C("auth.error", _S.MEDIUM, "a bad credential makes the server fail", "no 5xx answer to any bad credential"),
     _C("auth.valid", _S.MEDIUM, "the given token does not open a session", "--token: initialize then tools/list"),
     _C("origin.foreign", _S.HIGH, "accepts a foreign Origin", "Origin: https://evil.example: 403"),

@@ -340,13 +340,14 @@ class _Probe:
         base = [*JSON_HEADERS, ("MCP-Protocol-Version", PROTOCOL_VERSION)]
         errors: list[str] = []
 
-        async def judge(check_id: str, label: str, value: bytes) -> None:
+        async def judge(check_id: str, label: str, *values: bytes) -> None:
+            credentials: list[tuple[str, bytes | str]] = [("Authorization", value) for value in values]
             try:
-                answer = await self.request([*base, ("Authorization", value)], initialize())
+                answer = await self.request([*base, *credentials], initialize())
             except Unreachable as exc:
                 errors.append(f"{label}: {exc}")
                 return
-            self.track(answer, [("Authorization", value)])
+            self.track(answer, credentials)
             if 200 <= answer.status < 300:
                 self.found(check_id, f"Authorization {label} answered {answer.status}")
             elif answer.status >= 500:
@@ -360,6 +361,13 @@ class _Probe:
         await judge("auth.expired", "expired HS256 JWT", f"Bearer {jwt(expired)}".encode())
         valid_looking = {"sub": "probe", "iat": now, "exp": now + 3600}
         await judge("auth.expired", "alg none JWT", f"Bearer {jwt(valid_looking, unsigned=True)}".encode())
+        if self.options.token is None:
+            self.skipped("auth.duplicate", "no --token given")
+        else:
+            valid, invalid = f"Bearer {self.options.token}".encode(), f"Bearer {secrets.token_urlsafe(32)}".encode()
+            await judge("auth.duplicate", "twice (the token second)", invalid, valid)
+            await judge("auth.duplicate", "twice (the token first)", valid, invalid)
+            self.passed("auth.duplicate", "two Authorization headers, the token first or second, were refused")
         if errors:
             self.found("auth.error", "; ".join(errors))
         else:
