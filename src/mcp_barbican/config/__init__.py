@@ -14,6 +14,7 @@ dump, JSON Schema; `schema_docs` renders it as docs/configuration.md).
 
 from __future__ import annotations
 
+from mcp_barbican.config.alerts import ALERT_KINDS, AlertKind, AlertsConfig, AuthBurstConfig, WebhookConfig
 from mcp_barbican.config.auth import (
     JWT_ALGORITHMS,
     SERVER_OWNER,
@@ -102,6 +103,11 @@ __all__ = [
     "HeadersConfig",
     "HttpUrl",
     "EgressConfig",
+    "ALERT_KINDS",
+    "AlertKind",
+    "AlertsConfig",
+    "AuthBurstConfig",
+    "WebhookConfig",
     "IntegrityConfig",
     "IpOrNetwork",
     "JwtConfig",
