@@ -75,7 +75,7 @@ def exported(text: str) -> set[str]:
 
     The text format names a counter's family with its `_total`, a histogram's without its suffixes.
     """
-    names = set()
+    names: set[str] = set()
     for family, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
         names.update(family + suffix for suffix in _SUFFIXES.get(kind, ("",)))
     return names
