@@ -18,22 +18,29 @@ BAN = {"type": "ban", "action": "ban", "success": True, "resource": "203.0.113.7
 
 
 @pytest.fixture
-def no_loopback() -> Iterator[None]:
-    previous = egress.install(egress.Egress(EgressConfig(deny=("127.0.0.0/8", "::1/128"))))
-    yield
+def refusals() -> Iterator[list[str]]:
+    """An egress that refuses loopback; yields the targets its refusals report."""
+    reported: list[str] = []
+    config = EgressConfig(deny=("127.0.0.0/8", "::1/128"))
+    previous = egress.install(egress.Egress(config, on_refused=lambda target, *_: reported.append(target)))
+    yield reported
     egress.install(previous)
 
 
-async def test_a_name_resolving_to_a_refused_address_is_a_counted_failure_without_retries(no_loopback: None) -> None:
-    config = AlertsConfig.model_validate({"webhooks": [{"url": "http://localhost:9/hook", "max_attempts": 5}]})
-    alerts = Alerts(config)
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+async def test_a_refused_address_is_a_counted_failure_without_retries_and_the_url_path_stays_secret(
+    host: str, refusals: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"http://{host}:9/services/T0/B0/s3cr3t"
+    alerts = Alerts(AlertsConfig.model_validate({"webhooks": [{"url": url, "max_attempts": 5}]}))
     try:
         started = time.monotonic()
         delivered = await alerts.webhooks[0].deliver(Batch("ban", 1, [BAN]))
         assert not delivered
         assert time.monotonic() - started < 0.9, "a refusal is not tried again (no backoff)"
-        assert alerts.failed == {("localhost", "ban"): 1} and alerts.sent == {}
-        assert egress.installed().refused == 1
+        assert alerts.failed == {(host, "ban"): 1} and alerts.sent == {}
+        assert refusals == [f"http://{host}:9/..."]
+        assert "refused" in caplog.text and "s3cr3t" not in caplog.text
     finally:
         await alerts.aclose()
 

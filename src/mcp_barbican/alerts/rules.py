@@ -153,7 +153,8 @@ def describe(kind: AlertKind, record: Record) -> str:
     if kind == "auth_failures":
         addresses = ", ".join(details.get("remote_addrs") or ()) or "unknown addresses"
         window = details.get("window_seconds")
-        return f"{details.get('failures')} authentication failures within {window:g}s (from {addresses})"
+        within = f"{window:g}s" if isinstance(window, int | float) else "the window"
+        return f"{details.get('failures')} authentication failures within {within} (from {addresses})"
     if kind == "upstream_down":
         error = f": {record['error']}" if record.get("error") else ""
         return f"upstream {mcp} is down{error}"

@@ -24,7 +24,7 @@ import aiohttp
 from mcp_barbican import egress
 from mcp_barbican.alerts.rules import AUTH_FAILURE, AuthBurst, Batch, Throttle, backoff, json_payload, slack_payload
 from mcp_barbican.alerts.rules import classify as classify_record
-from mcp_barbican.config import AlertKind, AlertsConfig, WebhookConfig
+from mcp_barbican.config import AlertKind, AlertsConfig, WebhookConfig, webhook_origin
 from mcp_barbican.egress import EgressRefused, host_address
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.logs import log_unexpected
@@ -60,6 +60,8 @@ class Webhook:
     def __init__(self, config: WebhookConfig, alerts: Alerts) -> None:
         self.config = config
         self.label = config.label
+        #: What logs and refusals name: the URL without its path (a Slack webhook's path is its credential).
+        self.shown = webhook_origin(config.url.get_secret_value())
         self.alerts = alerts
         self.throttles: dict[str, Throttle] = {kind: Throttle(kind, config.min_interval) for kind in config.events}
         self.failing = False
@@ -151,7 +153,14 @@ class Webhook:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout)
         url = self.config.url.get_secret_value()
         response = await egress.installed().request(
-            session, "POST", url, purpose=f"alert webhook {self.label}", json=body, headers=headers, timeout=timeout
+            session,
+            "POST",
+            url,
+            purpose=f"alert webhook {self.label}",
+            shown=self.shown,
+            json=body,
+            headers=headers,
+            timeout=timeout,
         )
         async with response:
             await response.read()

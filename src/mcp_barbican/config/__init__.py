@@ -14,7 +14,14 @@ dump, JSON Schema; `schema_docs` renders it as docs/configuration.md).
 
 from __future__ import annotations
 
-from mcp_barbican.config.alerts import ALERT_KINDS, AlertKind, AlertsConfig, AuthBurstConfig, WebhookConfig
+from mcp_barbican.config.alerts import (
+    ALERT_KINDS,
+    AlertKind,
+    AlertsConfig,
+    AuthBurstConfig,
+    WebhookConfig,
+    webhook_origin,
+)
 from mcp_barbican.config.auth import (
     JWT_ALGORITHMS,
     SERVER_OWNER,
@@ -108,6 +115,7 @@ __all__ = [
     "AlertsConfig",
     "AuthBurstConfig",
     "WebhookConfig",
+    "webhook_origin",
     "IntegrityConfig",
     "IpOrNetwork",
     "JwtConfig",

@@ -20,7 +20,15 @@ from mcp_barbican.config.fields import (
     scalar_to_str,
 )
 
-__all__ = ["ALERT_KINDS", "AlertKind", "AlertsConfig", "AuthBurstConfig", "WebhookConfig", "webhook_host"]
+__all__ = [
+    "ALERT_KINDS",
+    "AlertKind",
+    "AlertsConfig",
+    "AuthBurstConfig",
+    "WebhookConfig",
+    "webhook_host",
+    "webhook_origin",
+]
 
 AlertKind = Literal["ban", "auth_failures", "upstream_down", "tool_changed", "scan_finding"]
 ALERT_KINDS: tuple[AlertKind, ...] = ("ban", "auth_failures", "upstream_down", "tool_changed", "scan_finding")
@@ -54,8 +62,14 @@ def _check_webhook_header(value: str) -> str:
 
 
 def webhook_host(url: str) -> str:
-    """What logs and labels may show of a webhook URL: its host (the path may hold a credential)."""
+    """What labels may show of a webhook URL: its host (the path may hold a credential)."""
     return urlsplit(url).hostname or "?"
+
+
+def webhook_origin(url: str) -> str:
+    """What logs may show of a webhook URL: scheme, host and port, the path elided."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/..."
 
 
 class WebhookConfig(Model):
