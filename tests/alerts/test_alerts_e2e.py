@@ -12,9 +12,10 @@ from typing import Any
 
 import httpx2
 import pytest
+import yaml
 
 from tests.alerts.receiver import Receiver
-from tests.proxy import AUTH_HEADER, RunningProxy, demo_mcp, free_port, run_proxy, write_config
+from tests.proxy import AUTH_HEADER, RunningProxy, demo_mcp, free_port, run_proxy, wait_for_log, write_config
 from tests.server.test_endpoint import INIT, MCP_HEADERS
 
 pytestmark = pytest.mark.e2e
@@ -128,6 +129,21 @@ def test_a_hung_receiver_never_slows_requests(tmp_path: Path) -> None:
             slowest = max(slowest, time.monotonic() - started)
         assert slowest < 1.0, f"a request took {slowest:.2f}s while the receiver hangs"
         assert len(receiver.got("hung")) == 1, "one delivery hangs, the others wait for it"
+
+
+def test_a_reload_moves_the_alerts_to_the_new_webhook(tmp_path: Path) -> None:
+    receiver = Receiver({})
+    webhooks = [{"url": receiver.url("before"), "events": ["ban"]}]
+    with receiver.running(), run_proxy(tmp_path, [demo_mcp()], server=server_block(webhooks)) as proxy:
+        path = tmp_path / "mcp-barbican.yaml"
+        config = yaml.safe_load(path.read_text())
+        config["server"]["alerts"]["webhooks"] = [{"url": receiver.url("after"), "events": ["ban"]}]
+        path.write_text(yaml.safe_dump(config))
+        wait_for_log(proxy, "config reloaded (file change)")
+        fail_auth(proxy, "10.0.4.1", MAX_FAILURES)
+        [after] = receiver.wait_for("after", 1, timeout=10)
+        assert after.body["kind"] == "ban"
+        assert receiver.got("before") == []
 
 
 def test_a_webhook_url_the_egress_policy_refuses_stops_start_up(tmp_path: Path) -> None:
