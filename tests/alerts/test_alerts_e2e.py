@@ -127,7 +127,7 @@ def test_a_hung_receiver_never_slows_requests(tmp_path: Path) -> None:
             else:
                 fail_auth(proxy, f"10.0.3.{i}", 1)  # more events for the hung webhook's throttles
             slowest = max(slowest, time.monotonic() - started)
-        assert slowest < 1.0, f"a request took {slowest:.2f}s while the receiver hangs"
+        assert slowest < 5.0, f"a request took {slowest:.2f}s while the receiver hangs (a delivery waits 30s)"
         assert len(receiver.got("hung")) == 1, "one delivery hangs, the others wait for it"
 
 
