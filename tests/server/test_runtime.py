@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -88,3 +89,36 @@ async def test_a_shared_runtime_whose_upstream_dies_is_failed_then_ready_again(m
         assert messages(stream) == [{"jsonrpc": "2.0", "id": 1, "result": {"echo": {"after": "restart"}}}]
     finally:
         await runtime.aclose()
+
+
+class _Recorded:
+    """An audit trail stand-in that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, bool, str | None, str | None]] = []
+
+    def emit_soon(self, event: Any) -> None:
+        self.events.append((event.action, event.success, event.mcp, event.error))
+
+
+@pytest.mark.parametrize(
+    ("statuses", "audited"),
+    [
+        (["ready", "failed"], [("upstream.down", False, "mock", "boom")]),
+        (["failed"], [("upstream.down", False, "mock", "boom")]),  # failing while first connecting
+        (
+            ["failed", "failed", "ready"],
+            [("upstream.down", False, "mock", "boom"), ("upstream.up", True, "mock", None)],
+        ),
+        (["ready", "ready"], []),
+    ],
+)
+def test_an_upstream_going_down_and_coming_back_is_audited_once_each(
+    statuses: list[str], audited: list[tuple[str, bool, str | None, str | None]]
+) -> None:
+    mcp = McpConfig.model_validate({"id": "mock", "command": "unused"})
+    trail = _Recorded()
+    runtime = McpRuntime(mcp, idle_timeout=60, quota=SessionQuota(ListenerLimits()), audit=trail)  # type: ignore[arg-type]
+    for status in statuses:
+        runtime._set_status(status, "boom" if status == "failed" else None)
+    assert trail.events == audited

@@ -86,6 +86,14 @@ class _Collector:
         for (mcp_id, change), count in sorted(self.counters.integrity_changes.items()):
             changes.add_metric([mcp_id, change], count)
         yield changes
+        for name, table, help_text in (
+            ("mcp_barbican_alerts_sent", self.counters.alerts_sent, "Alerts delivered to a webhook"),
+            ("mcp_barbican_alerts_failed", self.counters.alerts_failed, "Alerts a webhook never took (tries spent)"),
+        ):
+            family = CounterMetricFamily(name, help_text, labels=["webhook", "kind"])
+            for (webhook, kind), count in sorted(table.items()):
+                family.add_metric([webhook, kind], count)
+            yield family
         if self.audit is not None and self.audit.enabled:
             yield CounterMetricFamily(
                 "mcp_barbican_audit_events_written", "Audit events handed to the sinks", value=self.audit.written

@@ -26,6 +26,7 @@ EventType = Literal[
     "config_reload",
     "egress",
     "integrity",
+    "upstream",
 ]
 EVENT_TYPES: Final[tuple[str, ...]] = EventType.__args__  # type: ignore[attr-defined]
 

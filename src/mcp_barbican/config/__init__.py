@@ -14,6 +14,14 @@ dump, JSON Schema; `schema_docs` renders it as docs/configuration.md).
 
 from __future__ import annotations
 
+from mcp_barbican.config.alerts import (
+    ALERT_KINDS,
+    AlertKind,
+    AlertsConfig,
+    AuthBurstConfig,
+    WebhookConfig,
+    webhook_origin,
+)
 from mcp_barbican.config.auth import (
     JWT_ALGORITHMS,
     SERVER_OWNER,
@@ -102,6 +110,12 @@ __all__ = [
     "HeadersConfig",
     "HttpUrl",
     "EgressConfig",
+    "ALERT_KINDS",
+    "AlertKind",
+    "AlertsConfig",
+    "AuthBurstConfig",
+    "WebhookConfig",
+    "webhook_origin",
     "IntegrityConfig",
     "IpOrNetwork",
     "JwtConfig",

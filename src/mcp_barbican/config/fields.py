@@ -31,6 +31,7 @@ __all__ = [
     "TokenSecret",
     "check_header_name",
     "check_hostname",
+    "check_http_url",
     "check_port_text",
     "no_control_chars",
     "scalar_to_str",
@@ -177,6 +178,8 @@ IpOrNetwork = Annotated[str, AfterValidator(_check_ip_or_network)]
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
 HeaderValue = Annotated[str, BeforeValidator(scalar_to_str), AfterValidator(no_control_chars)]
 TokenSecret = Annotated[SecretStr, AfterValidator(_check_token_secret)]
+#: The `HttpUrl` check, for a URL kept as a secret.
+check_http_url = _check_http_url
 McpId = Annotated[str, AfterValidator(_check_mcp_id)]
 
 

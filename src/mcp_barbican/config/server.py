@@ -6,6 +6,7 @@ from typing import Annotated, Self
 
 from pydantic import AfterValidator, SecretStr, model_validator
 
+from mcp_barbican.config.alerts import AlertsConfig
 from mcp_barbican.config.auth import AuthConfig
 from mcp_barbican.config.authorization import AuthorizationConfig
 from mcp_barbican.config.egress import EgressConfig
@@ -122,6 +123,8 @@ class ServerConfig(Model):
     integrity: IntegrityConfig = IntegrityConfig()
     #: What the proxy may fetch on its own account (JWKS, OAuth, token exchange, API-registered upstreams).
     egress: EgressConfig = EgressConfig()
+    #: Webhooks told of bans, bursts of authentication failures, upstreams down, tool changes, scanner findings.
+    alerts: AlertsConfig = AlertsConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -126,10 +126,13 @@ class Egress:
     def resolver(self, purpose: str = "an upstream connection") -> EgressResolver:
         return EgressResolver(self, purpose)
 
-    async def check_url(self, url: str | URL, purpose: str = "a fetch") -> None:
-        """Refuse (EgressRefused) a URL that is not http(s), or whose host is or resolves to a refused address."""
+    async def check_url(self, url: str | URL, purpose: str = "a fetch", *, shown: str | None = None) -> None:
+        """Refuse (EgressRefused) a URL that is not http(s), or whose host is or resolves to a refused address.
+
+        `shown`: what a refusal names instead of the URL (one whose path is a secret, as a webhook's).
+        """
         parsed = URL(url) if isinstance(url, str) else url
-        shown = _shown(parsed)
+        shown = shown or _shown(parsed)
         if parsed.scheme not in ("http", "https") or not parsed.raw_host:
             raise self.refuse(shown, "not an http(s) URL with a host", purpose)
         token = _fetching.set((shown, purpose))
@@ -160,19 +163,22 @@ class Egress:
         purpose: str,
         max_redirects: int = 0,
         headers: Mapping[str, str] | None = None,
+        shown: str | None = None,
         **kwargs: Any,
     ) -> aiohttp.ClientResponse:
         """`method url`, the URL and every redirect checked; a redirect past `max_redirects` is the answer.
 
+        `shown`: what logs and refusals name instead of the URL (one whose path is a secret, as a webhook's).
         The caller releases the response (`async with` it, or read it whole).
         """
         target, redirects = URL(url), 0
         while True:
+            named = shown or _shown(target)
             if session in self._pinned:  # names are checked (and pinned) by the session's resolver
-                self._check_literal(target, purpose)
+                self._check_literal(target, purpose, named)
             else:
-                await self.check_url(target, purpose)
-            token = _fetching.set((_shown(target), purpose))
+                await self.check_url(target, purpose, shown=named)
+            token = _fetching.set((named, purpose))
             try:
                 response = await session.request(method, target, headers=headers, allow_redirects=False, **kwargs)
             finally:
@@ -193,12 +199,12 @@ class Egress:
         """
         self._check_literal(URL(url) if isinstance(url, str) else url, purpose)
 
-    def _check_literal(self, url: URL, purpose: str) -> None:
+    def _check_literal(self, url: URL, purpose: str, shown: str | None = None) -> None:
         if url.scheme not in ("http", "https") or not url.raw_host:
-            raise self.refuse(_shown(url), "not an http(s) URL with a host", purpose)
+            raise self.refuse(shown or _shown(url), "not an http(s) URL with a host", purpose)
         address = host_address(url.raw_host)
         if address is not None and (reason := self.policy.refusal(address)) is not None:
-            raise self.refuse(_shown(url), reason, purpose)
+            raise self.refuse(shown or _shown(url), reason, purpose)
 
 
 class EgressResolver(AbstractResolver):

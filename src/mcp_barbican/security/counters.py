@@ -32,6 +32,9 @@ class SecurityCounters:
     last_violation: float | None = field(default=None)
     #: Tool definition changes seen, by (mcp, change): added, changed, removed, renamed, duplicate.
     integrity_changes: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Alert deliveries and deliveries given up, by (webhook, kind).
+    alerts_sent: dict[tuple[str, str], int] = field(default_factory=dict)
+    alerts_failed: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def violation(self) -> None:
         """Any refused request counts as a violation too (the guide's SecurityViolations)."""

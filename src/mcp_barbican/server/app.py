@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcp_barbican import egress
 from mcp_barbican.admin import AdminApp
+from mcp_barbican.alerts import Alerts, check_webhook_urls
 from mcp_barbican.asgi import get_header, json_error, query_param, respond_json
 from mcp_barbican.audit import AuditEvent, AuditTrail, EventFeed, build_sinks
 from mcp_barbican.egress import Egress
@@ -70,14 +71,16 @@ class BarbicanApp:
         self.storage = open_storage(config.server.storage)
         audit = config.server.audit
         sinks = build_sinks(audit, config.server.storage, self.storage)
-        #: Live security events for /admin/events and the alerts: fed by the trail, so only when it records.
+        #: Live security events for /admin/events and the alerts: fed by the trail, so only when it records
+        #: (configured alerts make it record, with no other sink).
         self.feed = EventFeed()
-        if sinks:
+        if sinks or config.server.alerts.webhooks:
             sinks.append(self.feed)
         self.audit = AuditTrail(sinks, queue_size=audit.queue_size, arguments=audit.arguments)
         #: What the proxy may fetch on its own account; everything that fetches reads the installed one.
         self.egress = Egress(config.server.egress, on_refused=self._egress_refused)
         egress.install(self.egress)
+        check_webhook_urls(config.server.alerts)
         self.shields = Shields(config, store=self.storage, audit=self.audit)
         self.counters = self.shields.counters
         #: The served MCPs and the live config: only the control plane changes them.
@@ -116,6 +119,14 @@ class BarbicanApp:
         self.control.on_server_change.append(lambda config: self.shields.sealer.set_keys(configured_keys(config)))
         self.control.on_server_change.append(lambda config: self.egress.configure(config.server.egress))
         self.tunnel = self._tunnel(config)
+        self.alerts = Alerts(config.server.alerts, sent=self.counters.alerts_sent, failed=self.counters.alerts_failed)
+        self.feed.listeners.append(self.alerts.observe)
+        self.control.on_server_change.append(self._reconfigure_alerts)
+
+    def _reconfigure_alerts(self, config: ProxyConfig) -> None:
+        if config.server.alerts.webhooks and self.feed not in self.audit.sinks:
+            logger.warning("server.alerts: takes effect at the next restart (the audit trail was off at start-up)")
+        self.alerts.configure(config.server.alerts)
 
     def _egress_refused(self, target: str, reason: str, purpose: str) -> None:
         self.counters.egress_refused += 1
@@ -188,6 +199,7 @@ class BarbicanApp:
         if self.tunnel is not None:
             await self.tunnel.start()
         self._background_tasks = [asyncio.ensure_future(job()) for job in self.background]
+        self.alerts.start()
 
     async def shutdown(self) -> None:
         for task in self._background_tasks:
@@ -200,6 +212,7 @@ class BarbicanApp:
             await route.runtime.aclose()
         await self.shields.stop()
         await self.audit.aclose()
+        await self.alerts.aclose()
         await self.storage.aclose()
 
     def origin_allowed(self, scope: Scope, origin: str) -> bool:

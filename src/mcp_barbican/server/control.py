@@ -55,6 +55,7 @@ class McpRoute:
             egress=egress.installed() if source == "api" else None,
             guard=guard,
             pins=pins,
+            audit=shields.recording,
         )
         self.runtime.sealer = shields.sealer
         self.auth = config.effective_auth(mcp)

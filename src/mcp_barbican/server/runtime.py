@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from mcp_barbican import __version__, jsonrpc
+from mcp_barbican.audit import AuditEvent
 from mcp_barbican.exceptions import UpstreamError, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message
 from mcp_barbican.metrics import RequestStats
@@ -36,6 +37,7 @@ from mcp_barbican.upstream.tls import client_ssl_context
 if TYPE_CHECKING:
     import aiohttp
 
+    from mcp_barbican.audit import AuditTrail
     from mcp_barbican.config import McpConfig
     from mcp_barbican.egress import Egress
     from mcp_barbican.security.callguard import CallGuard
@@ -77,8 +79,11 @@ class McpRuntime:
         egress: Egress | None = None,
         guard: CallGuard | None = None,
         pins: ToolPins | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.mcp = mcp
+        #: Told when the upstream goes down (`upstream.down`) and comes back (`upstream.up`); None: not recording.
+        self.audit = audit
         #: The egress policy its HTTP connections pass (an MCP registered through the admin API), else None.
         self.egress = egress
         #: What `integrity` checks on tools/call (arguments, results), shared by every link; None: nothing.
@@ -178,10 +183,23 @@ class McpRuntime:
             self._set_status(state, error)
 
     def _set_status(self, status: str, error: str | None) -> None:
-        if status != self.status:
+        previous = self.status
+        if status != previous:
             log = logger.warning if status == "failed" else logger.info
             log("upstream %r is %s%s", self.id, status, f": {error}" if error else "")
         self.status = status
+        if self.audit is not None and not self._closing and "failed" in (status, previous) and status != previous:
+            down = status == "failed"
+            event = AuditEvent(
+                "upstream",
+                "upstream.down" if down else "upstream.up",
+                not down,
+                resource=f"mcp:{self.id}",
+                error=error,
+                mcp=self.id,
+                details={"previous": previous, "status": status},
+            )
+            self.audit.emit_soon(event)
         if error is not None:
             self.last_error = error
 
