@@ -76,6 +76,14 @@ class Receiver:
             await web.TCPSite(runner, "127.0.0.1", self.port).start()
             started.set()
 
+        async def stop() -> None:
+            await runner.cleanup()
+            # A `hang` handler outlives the runner's shutdown timeout: end it here, not at interpreter exit.
+            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()
         asyncio.run_coroutine_threadsafe(start(), loop).result(10)
@@ -83,7 +91,7 @@ class Receiver:
         try:
             yield self
         finally:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+            asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
             loop.close()
