@@ -123,6 +123,12 @@ def session_cookie(response: httpx2.Response) -> str:
     return match.group(1)
 
 
+def browser_log(driver: webdriver.Chrome, kind: str) -> list[dict[str, Any]]:
+    """Chromium's log of `kind` since the last read (selenium leaves `get_log` untyped)."""
+    entries: list[dict[str, Any]] = getattr(driver, "get_log")(kind)  # noqa: B009
+    return entries
+
+
 def with_cookie(value: str) -> dict[str, str]:
     return {"Cookie": f"barbican_console={value}"}
 
@@ -244,19 +250,19 @@ def test_a_failed_authentication_appears_live_in_the_events(
 
 
 def test_no_page_loads_anything_from_outside_the_proxy(proxy: RunningProxy, browser: webdriver.Chrome) -> None:
-    browser.get_log("performance")  # forget what earlier tests loaded
+    browser_log(browser, "performance")  # forget what earlier tests loaded
     browser.delete_all_cookies()
     log_in(browser, proxy)
     logged_in(browser, proxy)
     urls = []
-    for entry in browser.get_log("performance"):
+    for entry in browser_log(browser, "performance"):
         message = json.loads(entry["message"])["message"]
         if message["method"] == "Network.requestWillBeSent":
             urls.append(message["params"]["request"]["url"])
     assert any(url.endswith("/admin/ui/static/console.js") for url in urls)
     assert f"{proxy.base}/admin/events" in urls
-    assert [url for url in urls if not (url.startswith(f"{proxy.base}/") or url.startswith("data:"))] == []
-    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert [url for url in urls if not (url.startswith((f"{proxy.base}/", "data:")))] == []
+    errors = [entry for entry in browser_log(browser, "browser") if entry["level"] == "SEVERE"]
     assert not [e for e in errors if "Content Security Policy" in e["message"]]
 
 
