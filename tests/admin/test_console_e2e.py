@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -383,3 +385,36 @@ def test_the_cookie_is_secure_on_a_tls_listener_and_events_need_an_audit_sink(tl
         events = http.get("/admin/events")
         assert events.status_code == 409 and events.json()["error"] == "no_event_feed"
         assert "Live events need an audit sink" in http.get("/admin/ui").text
+
+
+def test_the_event_stream_follows_last_event_id_and_ends_cleanly_when_the_proxy_stops(tmp_path: Path) -> None:
+    with run_proxy(tmp_path, [demo_mcp("demo")], server=SERVER) as running:
+        for guess in ("first", "second"):
+            httpx2.post(f"{running.base}/mcp/demo", headers={"Authorization": f"Bearer {guess}"})
+        got: list[bytes] = []
+        ended: list[str] = []
+
+        def follow() -> None:
+            headers = {**ADMIN, "Last-Event-ID": "1"}
+            try:
+                with httpx2.stream("GET", f"{running.base}/admin/events", headers=headers, timeout=30) as response:
+                    assert response.headers["content-type"].startswith("text/event-stream")
+                    got.extend(response.iter_bytes())
+                ended.append("complete")
+            except httpx2.HTTPError as exc:
+                ended.append(f"broken: {exc}")
+
+        reader = threading.Thread(target=follow)
+        reader.start()
+        deadline = time.monotonic() + WAIT
+        while b": connected" not in b"".join(got) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        text = b"".join(got).decode()
+        assert re.findall(r"^id: (\d+)$", text, re.MULTILINE) == ["2"]  # only what came after event 1
+        assert "event: authentication" in text
+        started = time.monotonic()
+        running.process.send_signal(signal.SIGTERM)
+        running.process.wait(30)
+        reader.join(10)
+        assert time.monotonic() - started < 4  # not the 5 s graceful-stop timeout, then a cancelled stream
+        assert ended == ["complete"]

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from mcp_barbican.admin.events import event_frame, last_event_id, stream_events
+from mcp_barbican.asgi import STOPPING_EXTENSION
 from mcp_barbican.audit import EventFeed
 from mcp_barbican.types import Message
 
@@ -124,3 +125,17 @@ async def test_readers_are_bounded_and_a_proxy_without_an_audit_sink_says_so() -
     await stream_events(None, scope(), none.receive, none.send)
     assert none.messages[0]["status"] == 409
     assert orjson.loads(none.body)["error"] == "no_event_feed"
+
+
+async def test_the_stream_ends_its_response_when_the_server_begins_to_stop() -> None:
+    feed = EventFeed()
+    client = Client()
+    stopping = asyncio.Event()
+    request = {**scope(), "extensions": {STOPPING_EXTENSION: stopping}}
+    task = asyncio.create_task(stream_events(feed, request, client.receive, client.send, keepalive=60))
+    await client.until(b": connected")
+    stopping.set()
+    async with asyncio.timeout(5):
+        await task
+    assert client.messages[-1] == {"type": "http.response.body", "body": b""}
+    assert feed.subscribers == 0

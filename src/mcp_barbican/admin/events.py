@@ -3,7 +3,9 @@
 Each record is one event: `id:` its feed number, `event:` its type, `data:` the record as JSON.
 A reader gets the recent backlog first (only records newer than its `Last-Event-ID`), then live
 records as the trail writes them, and a comment every `keepalive` seconds. Each record is sent as
-its own body chunk, never held back. The stream ends when the client goes or the feed closes.
+its own body chunk, never held back. The stream ends when the client goes, when the server begins
+to stop (our server's STOPPING_EXTENSION: a graceful stop would otherwise wait on it, then cancel
+it) or when the feed closes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from mcp_barbican.asgi import get_header, json_error
+from mcp_barbican.asgi import STOPPING_EXTENSION, get_header, json_error
 
 if TYPE_CHECKING:
     from mcp_barbican.audit import EventFeed
@@ -63,20 +65,29 @@ async def stream_events(
         seen = await _send_records(send, feed.recent, seen)
         await send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
         gone: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(receive))
+        stopping = scope.get("extensions", {}).get(STOPPING_EXTENSION)
+        ending: asyncio.Future[Any] = asyncio.ensure_future(
+            stopping.wait() if isinstance(stopping, asyncio.Event) else asyncio.Event().wait()
+        )
         pending: asyncio.Future[Any] | None = None
         try:
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(subscription.get())
-                done, _ = await asyncio.wait({pending, gone}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {pending, gone, ending}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
+                )
                 if gone in done:
+                    return
+                if ending in done:
+                    await send({"type": "http.response.body", "body": b""})
                     return
                 if not done:
                     await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
                     continue
                 try:
                     record = pending.result()
-                except EOFError:  # the feed closed: the server is stopping
+                except EOFError:  # the feed closed
                     await send({"type": "http.response.body", "body": b""})
                     return
                 pending = None
@@ -84,7 +95,7 @@ async def stream_events(
         except OSError:
             return
         finally:
-            for task in (pending, gone):
+            for task in (pending, gone, ending):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, EOFError):
