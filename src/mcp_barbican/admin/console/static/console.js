@@ -172,12 +172,14 @@ async function refreshPins(mcpIds) {
       const title = block.appendChild(document.createElement("h3"));
       title.textContent = `${id}: ${change.tool} (${change.change})`;
       if (change.findings && change.findings.length) {
-        block.appendChild(document.createElement("p")).textContent = `Findings: ${JSON.stringify(change.findings)}`;
+        const found = change.findings.map((f) => `${f.severity} ${f.rule} (${f.where})`).join("; ");
+        block.appendChild(document.createElement("p")).textContent = `Findings: ${found}`;
       }
       const diff = block.appendChild(document.createElement("pre"));
       for (const line of String(change.diff || "").split("\n")) {
         const span = diff.appendChild(document.createElement("span"));
-        span.className = line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "";
+        const header = line.startsWith("+++") || line.startsWith("---");
+        span.className = header ? "" : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "";
         span.textContent = `${line}\n`;
       }
       block.appendChild(button("Approve", "approve", () => guarded(async () => {
