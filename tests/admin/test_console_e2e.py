@@ -224,6 +224,12 @@ def test_a_token_issued_in_the_console_is_shown_once_and_revoked_with_its_button
         lambda d: d.find_elements(By.CSS_SELECTOR, '#token-rows tr[data-token="console-issued"]'),
     )
     assert plaintext not in browser.page_source  # shown once
+    browser.find_element(By.CSS_SELECTOR, '#token-rows tr[data-token="console-issued"] button.rotate').click()
+    wait_for(browser, "the successor", lambda d: d.find_element(By.ID, "token-plaintext").text not in ("", plaintext))
+    successor = browser.find_element(By.ID, "token-plaintext").text
+    listed = httpx2.get(f"{proxy.base}/admin/tokens", headers=ADMIN).json()["tokens"]
+    assert [t["id"] for t in listed if t["id"].startswith("console-issued.") and t["active"]]
+    assert httpx2.post(f"{proxy.base}/mcp/demo", headers={"Authorization": f"Bearer {successor}"}).status_code != 401
     browser.find_element(By.CSS_SELECTOR, '#token-rows tr[data-token="console-issued"] button.revoke').click()
     wait_for(
         browser,
