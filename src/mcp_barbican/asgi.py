@@ -19,6 +19,7 @@ __all__ = [
     "BAD_VALUE",
     "FRAMING_HEADERS",
     "HEAD_HEADERS_EXTENSION",
+    "STOPPING_EXTENSION",
     "RESPONSE_HEADERS_KEY",
     "HeadHeaders",
     "BodyTooLarge",
@@ -124,6 +125,9 @@ async def rpc_error(
 #: an app puts under RESPONSE_HEADERS_KEY in the scope to the response head (those the response
 #: does not set itself), so a layer can add headers without wrapping every `send`.
 HEAD_HEADERS_EXTENSION: Final = "mcp_barbican.head_headers"
+#: The extension under which our server hands each request an `asyncio.Event` set when the server
+#: begins a graceful stop, so a long stream (`/admin/events`) can end its response cleanly first.
+STOPPING_EXTENSION: Final = "mcp_barbican.stopping"
 RESPONSE_HEADERS_KEY: Final = "mcp_barbican.response_headers"
 
 # RFC 9110 section 5.6.2: a field name is a token; a value holds no control character but HTAB.

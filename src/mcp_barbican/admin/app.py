@@ -17,6 +17,8 @@ import orjson
 from pydantic import BaseModel
 
 from mcp_barbican.admin.authorization import access_for, call_refusal, explain, principal_for
+from mcp_barbican.admin.console import ConsoleApp
+from mcp_barbican.admin.events import stream_events
 from mcp_barbican.admin.models import MAX_SECONDS, IpRuleRequest, RotateRequest, TokenRequest, ToolCallRequest
 from mcp_barbican.admin.openapi import openapi_document
 from mcp_barbican.admin.pins import PinRoutes
@@ -164,10 +166,21 @@ class AdminApp:
             Route("GET", "/admin/security/metrics", self.security_metrics, "The security counters"),
         ]
         self._openapi: bytes | None = None
+        self.console = ConsoleApp(
+            enabled=lambda: core.control.config.server.admin.ui.enabled,
+            mcps=lambda: [runtime.describe() for runtime in core.control.runtimes.values()],
+            feed=lambda: core.audit.enabled,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"].rstrip("/") or "/"
         method: str = scope["method"]
+        if path == "/admin/ui" or path.startswith("/admin/ui/"):  # pages, not API routes: not in openapi.json
+            await self.console(scope, receive, send)
+            return
+        if path == "/admin/events" and method == "GET":  # a stream: schemathesis would wait on it forever
+            await stream_events(self.core.feed if self.core.audit.enabled else None, scope, receive, send)
+            return
         allowed: list[str] = []
         for route in self.routes:
             params = route.match(path)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sized
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from mcp_barbican.audit import AuditTrail
+    from mcp_barbican.audit import AuditTrail, EventFeed
     from mcp_barbican.config import McpConfig, ProxyConfig
     from mcp_barbican.metrics import RequestStats
     from mcp_barbican.security.counters import SecurityCounters
@@ -117,3 +117,7 @@ class AdminCore(Protocol):
     def audit(self) -> AuditTrail: ...
     @property
     def counters(self) -> SecurityCounters: ...
+    @property
+    def feed(self) -> EventFeed:
+        """Live security events (fed only while the audit trail has a sink)."""
+        ...

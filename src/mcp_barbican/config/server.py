@@ -69,6 +69,13 @@ def _check_bind_host(value: str) -> str:
     return text
 
 
+class ConsoleConfig(Model):
+    """The web console at /admin/ui: a login with an admin token opens a session of `session_lifetime`."""
+
+    enabled: bool = True
+    session_lifetime: PositiveDuration = 8 * 3600.0
+
+
 class AdminConfig(Model):
     """The admin API's credentials and address allowlist."""
 
@@ -77,6 +84,7 @@ class AdminConfig(Model):
     ip_whitelist: tuple[IpOrNetwork, ...] = ("127.0.0.1", "::1")
     port: Port | None = None
     allow_stdio: bool = True
+    ui: ConsoleConfig = ConsoleConfig()
 
 
 class ListenerLimits(Model):

@@ -26,8 +26,9 @@ from mcp_barbican.egress import Egress
 from mcp_barbican.exceptions import ConfigError
 from mcp_barbican.logs import log_unexpected
 from mcp_barbican.security.addresses import IpSet
-from mcp_barbican.security.admin import AdminGuard, admin_tokens
+from mcp_barbican.security.admin import AdminGuard, ConsoleLogins, admin_tokens
 from mcp_barbican.security.client_ip import ClientAddress
+from mcp_barbican.security.console import Revocations
 from mcp_barbican.security.cors import CORS
 from mcp_barbican.security.headers import SecurityHeaders
 from mcp_barbican.security.hosts import AllowedHosts, HostOriginGuard
@@ -89,6 +90,8 @@ class BarbicanApp:
         self.routes = self.control.routes
         self.registry = Registry(self.control, self.storage)
         self.admin_app = AdminApp(self)
+        #: Console sessions logged out before they expired (kept across config reloads).
+        self.console_logouts = Revocations()
         self.rebuild_admin()
         self.control.on_server_change.append(lambda _config: self.rebuild_admin())
         #: Every route but health and /admin, behind the dynamic IP rules: set by build_app.
@@ -176,7 +179,10 @@ class BarbicanApp:
             audit=self.shields.recording,
             on_failure=self.shields.record_failure,
         )
-        self.admin = guard(self.admin_app)
+        public_url = self.config.server.public_url
+        secure = public_url is not None and str(public_url).startswith("https:")
+        console = ConsoleLogins(admin.ui.session_lifetime, self.console_logouts, secure) if admin.ui.enabled else None
+        self.admin = guard(self.admin_app, console=console)
         #: /readyz names what is not ready only to an admin credential from an admin address.
         self.readiness_detail = guard(self._readyz_detail)
 

@@ -30,6 +30,7 @@ from mcp_barbican.asgi import (
     FRAMING_HEADERS,
     HEAD_HEADERS_EXTENSION,
     RESPONSE_HEADERS_KEY,
+    STOPPING_EXTENSION,
     HeadHeaders,
 )
 from mcp_barbican.config import ListenerLimits
@@ -193,6 +194,8 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
     #: never sent one (the kernel may have handed it over just before the stop), instead of closing it unanswered.
     #: One process serving alone keeps uvicorn's way.
     drain_requests: ClassVar[bool] = False
+    #: Set when the server begins a graceful stop; requests find it under STOPPING_EXTENSION.
+    stopping: ClassVar[asyncio.Event] = asyncio.Event()
     _close_after_request = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -241,6 +244,7 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         """A graceful stop (uvicorn calls it on each open connection)."""
+        self.stopping.set()
         # No cycle yet: the first request has not arrived. A finished one and head bytes: the next is arriving.
         fresh = self.cycle is None or (self.cycle.response_complete and self._head_bytes > 0)
         if self.drain_requests and fresh:
@@ -251,10 +255,10 @@ class BarbicanHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self.tls_extension is None:
-            self.scope["extensions"] = {HEAD_HEADERS_EXTENSION: {}}
-        else:
-            self.scope["extensions"] = {HEAD_HEADERS_EXTENSION: {}, "tls": dict(self.tls_extension)}
+        extensions: dict[str, Any] = {HEAD_HEADERS_EXTENSION: {}, STOPPING_EXTENSION: self.stopping}
+        if self.tls_extension is not None:
+            extensions["tls"] = dict(self.tls_extension)
+        self.scope["extensions"] = extensions
         if not self._head_bytes:
             # Begun inside the read that ended the previous request (pipelined): that read was not counted.
             self._head_uncounted = True
@@ -365,6 +369,7 @@ def listener_protocol(limits: ListenerLimits, counters: SecurityCounters | None 
 
     class Configured(BarbicanHttpProtocol):
         guard = ListenerGuard(limits, counters)
+        stopping = asyncio.Event()  # one per listener: set when the server begins to stop
         max_header_bytes = limits.max_header_bytes
         max_headers = limits.max_headers
         header_timeout = limits.header_timeout
