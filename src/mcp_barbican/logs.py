@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 
@@ -50,11 +51,13 @@ class Fields:
         return {key: value for key, value in self.fields.items() if value is not None}
 
     def __str__(self) -> str:
-        return " ".join([self.message, *(f"{key}={_text(value)}" for key, value in self.present().items())])
+        parts = [self.message]
+        for key, value in self.fields.items():
+            if value is not None:
+                text = str(value)
+                parts.append(f"{key}={text if _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)}")
+        return " ".join(parts)
 
 
-def _text(value: object) -> str:
-    text = str(value)
-    if not text or any(c.isspace() or c in '"=' for c in text) or not text.isprintable():
-        return json.dumps(text, ensure_ascii=False)
-    return text
+#: A value written as it is in a text line; anything else (spaces, quotes, '=', control characters) is quoted.
+_BARE = re.compile(r'[^\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]+')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -13,6 +14,7 @@ from mcp_barbican.cli import JsonFormatter
 from mcp_barbican.logs import Fields
 from mcp_barbican.security.principal import Principal
 from mcp_barbican.server.access import AccessLog, access_fields, route_of
+from mcp_barbican.server.session import Session
 from mcp_barbican.types import Message, Receive, Scope, Send
 
 
@@ -143,3 +145,31 @@ async def test_a_broken_line_never_breaks_the_request(caplog: pytest.LogCaptureF
         sent = await _run(app, scope)
     assert len(sent) == 2
     assert not [r for r in caplog.records if r.name == "mcp_barbican.access"]
+
+
+class _Quota:
+    def release(self, holder: str, session_id: str) -> None: ...
+
+
+@pytest.mark.parametrize("reason", ["delete", "idle", "shutdown", "reclaimed", "stream closed"])
+def test_a_session_logs_its_start_and_end_with_a_hash_of_its_id(caplog: pytest.LogCaptureFixture, reason: str) -> None:
+    session = Session("demo", "alice")
+    table = {session.id: session}
+    with caplog.at_level(logging.INFO, logger="mcp_barbican.session"):
+        session.announce(client="10.0.0.7")
+        assert session.end(table, _Quota(), reason)  # type: ignore[arg-type]
+        assert not session.end(table, _Quota(), "again")  # type: ignore[arg-type]
+    started, ended = (r.msg for r in caplog.records if r.name == "mcp_barbican.session")
+    assert isinstance(started, Fields) and isinstance(ended, Fields)
+    tag = hashlib.sha256(session.id.encode()).hexdigest()[:12]
+    assert started.present() == {"mcp": "demo", "session": tag, "principal": "alice", "client": "10.0.0.7"}
+    assert ended.present().keys() == {"mcp", "session", "principal", "reason", "duration_s"}
+    assert ended.fields["reason"] == reason and ended.fields["session"] == tag
+    assert session.id not in caplog.text
+
+
+def test_a_session_never_announced_ends_silently(caplog: pytest.LogCaptureFixture) -> None:
+    session = Session("demo", None)
+    with caplog.at_level(logging.INFO, logger="mcp_barbican.session"):
+        session.end({}, _Quota(), "closed")  # type: ignore[arg-type]
+    assert not [r for r in caplog.records if r.name == "mcp_barbican.session"]

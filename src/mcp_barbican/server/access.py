@@ -22,7 +22,8 @@ from mcp_barbican.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["AccessLog", "access_fields", "access_logger", "route_of"]
 
-access_logger = logging.getLogger("mcp_barbican.access")
+_NAME: Final = "mcp_barbican.access"
+access_logger = logging.getLogger(_NAME)
 
 _MCP: Final = "/mcp/"
 _MCP_ROUTES: Final = {"": "/mcp/{id}", "sse": "/mcp/{id}/sse", "messages": "/mcp/{id}/messages"}
@@ -91,4 +92,6 @@ class AccessLog:
             with contextlib.suppress(Exception):
                 if access_logger.isEnabledFor(logging.INFO):
                     fields = access_fields(scope, status, time.perf_counter() - started, size)
-                    access_logger.info(Fields("request", fields))
+                    # handle() a record made here: Logger.info would walk the stack for a caller nobody shows.
+                    message = Fields("request", fields)
+                    access_logger.handle(access_logger.makeRecord(_NAME, logging.INFO, __file__, 0, message, (), None))

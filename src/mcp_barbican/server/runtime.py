@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import time
@@ -128,7 +129,8 @@ class McpRuntime:
         self._spawn(self._sweep_idle(), f"sweep-{self.id}")
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        # A fresh context: the MCP's own work (probes, sweeps) is no request's, so it carries no request's trace.
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
