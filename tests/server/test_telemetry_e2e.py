@@ -38,6 +38,7 @@ pytestmark = pytest.mark.e2e
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
+AGGREGATE_TRACE = "0af7651916cd43dd8448eb211c80319c"
 SECRET_ARGUMENT = "argument-value-that-must-not-leak"
 CALL = {
     "jsonrpc": "2.0",
@@ -127,19 +128,26 @@ def _value(value: Any) -> Any:
     return getattr(value, kind) if kind is not None else None
 
 
-def _session(proxy: RunningProxy, mcp_id: str) -> str:
-    response = httpx2.post(proxy.url(mcp_id), headers=MCP_HEADERS, json=INIT, timeout=30)
+def _url(proxy: RunningProxy, mcp_id: str | None) -> str:
+    return proxy.url(mcp_id) if mcp_id is not None else f"{proxy.base}/mcp"
+
+
+def _session(proxy: RunningProxy, mcp_id: str | None) -> str:
+    response = httpx2.post(_url(proxy, mcp_id), headers=MCP_HEADERS, json=INIT, timeout=30)
     assert response.status_code == 200, response.text
     session = response.headers["mcp-session-id"]
     initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
     headers = {**MCP_HEADERS, "Mcp-Session-Id": session}
-    assert httpx2.post(proxy.url(mcp_id), headers=headers, json=initialized, timeout=30).status_code == 202
+    assert httpx2.post(_url(proxy, mcp_id), headers=headers, json=initialized, timeout=30).status_code == 202
     return session
 
 
-def _call(proxy: RunningProxy, mcp_id: str, session: str, extra: dict[str, str]) -> httpx2.Response:
+def _call(
+    proxy: RunningProxy, mcp_id: str | None, session: str, extra: dict[str, str], tool: str = "noop"
+) -> httpx2.Response:
     headers = {**MCP_HEADERS, "Mcp-Session-Id": session, **extra}
-    response = httpx2.post(proxy.url(mcp_id), headers=headers, json=CALL, timeout=30)
+    call = {**CALL, "params": {**CALL["params"], "name": tool}}  # type: ignore[dict-item]
+    response = httpx2.post(_url(proxy, mcp_id), headers=headers, json=call, timeout=30)
     assert response.status_code == 200, response.text
     return response
 
@@ -161,6 +169,9 @@ def test_a_tool_call_exports_its_spans_in_the_client_s_trace_and_passes_it_upstr
         with run_proxy(tmp_path, mcps, server={"telemetry": telemetry}) as proxy:
             session = _session(proxy, "rec")
             _call(proxy, "rec", session, {"traceparent": traceparent, "tracestate": "vendor=abc"})
+            # The same through /mcp, every MCP behind one endpoint: the tool is named {id}__{tool} there.
+            aggregated = _session(proxy, None)
+            _call(proxy, None, aggregated, {"traceparent": f"00-{AGGREGATE_TRACE}-{CLIENT_SPAN}-01"}, "rec__noop")
         # The proxy has stopped: shutdown flushed the batch processor.
         _wait(lambda: any(s.name.startswith("tools/call") for s in receiver.exported()))
         spans = receiver.exported()
@@ -185,6 +196,15 @@ def test_a_tool_call_exports_its_spans_in_the_client_s_trace_and_passes_it_upstr
     assert (version, trace_id, flags) == ("00", TRACE, "01")
     assert parent == tool.span_id
     assert sent["tracestate"] == "vendor=abc"
+
+    [fanned] = [span for span in spans if span.trace_id == AGGREGATE_TRACE and span.name == "POST /mcp"]
+    [fanned_tool] = [span for span in spans if span.trace_id == AGGREGATE_TRACE and span.name.startswith("tools/")]
+    assert fanned.parent_id == CLIENT_SPAN and fanned_tool.parent_id == fanned.span_id
+    assert fanned_tool.attributes["mcp_barbican.mcp.id"] == "rec"
+    assert fanned_tool.attributes["mcp_barbican.outcome"] == "ok"
+    # The member's upstream session opens on first use, inside the call: each of its requests is in the trace.
+    parents = {h["traceparent"].split("-")[2] for h in upstream.headers if AGGREGATE_TRACE in h.get("traceparent", "")}
+    assert fanned_tool.span_id in parents and parents <= {fanned_tool.span_id, fanned.span_id}
 
     text = json.dumps([span.attributes for span in spans])
     assert TOKEN not in text and SECRET_ARGUMENT not in text and "password" not in text
