@@ -307,3 +307,14 @@ def test_telemetry_without_the_extra_stops_start_up_with_one_line(tmp_path: Path
     assert done.returncode != 0
     assert "server.telemetry" in done.stderr and "pip install 'mcp-barbican[otel]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_collector_never_fails_a_request_nor_puts_a_traceback_in_the_log(tmp_path: Path) -> None:
+    upstream = RecordingUpstream()
+    telemetry = {"otlp_endpoint": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+    mcps = [{"id": "rec", "url": upstream.url, "transport": "streamable-http", "start_timeout": "5s"}]
+    with upstream.serve(), run_proxy(tmp_path, mcps, server={"telemetry": telemetry}) as proxy:
+        session = _session(proxy, "rec")
+        _call(proxy, "rec", session, {"traceparent": f"00-{TRACE}-{CLIENT_SPAN}-01"})
+    # run_proxy fails the test when the log holds a traceback; the export failure is one line.
+    assert "Traceback" not in proxy.log_text()

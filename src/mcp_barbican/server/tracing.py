@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 TRACE_KEY: Final = "mcp_barbican.trace"
 _MAX_NAME: Final = 256
 _INSTALL: Final = "pip install 'mcp-barbican[otel]'"
+#: Seconds the exporter spends on one batch, retries included.
+EXPORT_TIMEOUT: Final = 5.0
 
 
 def exporter_url(endpoint: str) -> str:
@@ -158,13 +160,16 @@ class Tracing:
                 path="server.telemetry",
             ) from None
         headers = {name: value.get_secret_value() for name, value in config.headers.items()}
-        exporter = OTLPSpanExporter(endpoint=exporter_url(config.otlp_endpoint), headers=headers)
+        # A batch is given up after EXPORT_TIMEOUT, retries included: a dead collector delays shutdown that long.
+        url = exporter_url(config.otlp_endpoint)
+        exporter = OTLPSpanExporter(endpoint=url, headers=headers, timeout=EXPORT_TIMEOUT)
         self.provider: TracerProvider = TracerProvider(
             resource=Resource.create({"service.name": config.service_name}),
             sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
         )
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer: Tracer = self.provider.get_tracer("mcp_barbican")
+        logger.info("traces go to %s (sample_ratio %g)", url, config.sample_ratio)
 
     def _parent(self, scope: Scope) -> tuple[Any, str | None]:
         """The client's span as an OpenTelemetry context (None: a new trace), and its tracestate."""
