@@ -226,7 +226,7 @@ def test_off_nothing_goes_upstream_and_logs_are_json_lines(tmp_path: Path) -> No
         assert httpx2.delete(proxy.url("rec"), headers=headers, timeout=30).status_code == 204
         stream.join(10)
         held = time.monotonic() - opened
-        lines = _json_lines(proxy.log_text())
+    lines = _json_lines(proxy.log_text())  # read once the proxy stopped: a line follows its answer
 
     assert upstream.headers, "the upstream was never called"
     for sent in upstream.headers:
