@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -90,10 +90,12 @@ def run_proxy(
     wait_ready: bool = True,
     auth: Mapping[str, Any] | None = None,
     workers: int = 1,
+    args: Sequence[str] = (),
 ) -> Iterator[RunningProxy]:
     """Start mcp-barbican with these MCPs (token auth with TOKEN unless `auth` says otherwise).
 
     `workers` > 1 runs `serve --workers N` (a supervisor and N worker processes; it needs Redis storage).
+    `args`: more `serve` options (`--log-format json`, say).
     """
     port = free_port()
     server_block = {"host": "127.0.0.1", "port": port, **(server or {})}
@@ -103,10 +105,10 @@ def run_proxy(
     server_block.setdefault("security", {"auth_failure_ban": {"enabled": False}})
     path = write_config(directory, {"server": server_block, "mcps": mcps})
     child_env = {**os.environ, **(env or {})}
-    args = [sys.executable, "-m", "mcp_barbican", "serve", "-c", str(path)]
+    argv = [sys.executable, "-m", "mcp_barbican", "serve", "-c", str(path), *args]
     if workers != 1:
-        args += ["--workers", str(workers)]
-    with _process(args, child_env, port, tag="proxy", cwd=directory) as (process, log):
+        argv += ["--workers", str(workers)]
+    with _process(argv, child_env, port, tag="proxy", cwd=directory) as (process, log):
         proxy = RunningProxy(f"http://127.0.0.1:{port}", port, log, process)
         if wait_ready:
             _wait_ready(proxy)

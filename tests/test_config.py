@@ -45,6 +45,7 @@ FULL_ENV = {
     "FULL_API_KEY": "full-api-key",
     "FULL_JWT_SECRET": "full-jwt-secret-that-is-at-least-32-bytes",
     "FULL_SESSION_KEY": "full-session-key-with-at-least-32-characters",
+    "FULL_OTLP_KEY": "full-otlp-key",
 }
 
 
@@ -840,7 +841,7 @@ def test_masked_dump_contains_no_secret(full_files: None) -> None:
     for name, secret in FULL_ENV.items():
         assert secret not in text, name
     assert hashlib.sha256(b"full-ci-token").hexdigest() not in text
-    assert text.count(MASK) == 12
+    assert text.count(MASK) == 13
 
 
 @pytest.mark.parametrize(

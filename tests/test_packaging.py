@@ -43,10 +43,26 @@ def declared_distributions() -> set[str]:
     return {re.split(r"[\[<>=!~ ]", requirement, maxsplit=1)[0].lower() for requirement in project["dependencies"]}
 
 
+#: Modules imported only where an optional feature is on, and the extra that must declare them.
+OPTIONAL = {"opentelemetry": "otel"}
+
+
+def extra_distributions(extra: str) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["optional-dependencies"][extra]
+    return {re.split(r"[\[<>=!~ ]", requirement, maxsplit=1)[0].lower() for requirement in requirements}
+
+
 def test_every_third_party_import_is_a_declared_dependency() -> None:
-    third_party = imported_top_level_modules() - set(sys.stdlib_module_names) - {"mcp_barbican"}
+    third_party = imported_top_level_modules() - set(sys.stdlib_module_names) - {"mcp_barbican"} - set(OPTIONAL)
     needed = {DISTRIBUTION_OF.get(module, module).lower() for module in third_party}
     assert needed - declared_distributions() == set()
+
+
+def test_optional_imports_come_from_their_extra() -> None:
+    assert {"opentelemetry-api", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"} <= extra_distributions(
+        OPTIONAL["opentelemetry"]
+    )
 
 
 def _modules() -> list[str]:

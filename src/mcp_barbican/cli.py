@@ -32,6 +32,7 @@ from mcp_barbican.config import (
 from mcp_barbican.config.schema_docs import render_markdown
 from mcp_barbican.embedded import DEMO_MCP_ID, EmbeddedInfo, embedded_default
 from mcp_barbican.exceptions import ConfigError, StorageError
+from mcp_barbican.logs import Fields
 
 __all__ = ["JsonFormatter", "check_workers", "curl_example", "main", "python_example"]
 
@@ -441,6 +442,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if isinstance(record.msg, Fields):  # an access or session line: each field its own key
+            payload["message"] = record.msg.message
+            for key, value in record.msg.present().items():
+                payload.setdefault(key, value)
         if self.worker is not None:
             payload["worker"] = self.worker
         if record.exc_info:

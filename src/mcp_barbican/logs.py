@@ -6,11 +6,14 @@ who asks for it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import sys
+from collections.abc import Mapping
 
-__all__ = ["WORKER_ENV", "log_unexpected", "worker_number"]
+__all__ = ["WORKER_ENV", "Fields", "log_unexpected", "worker_number"]
 
 
 def log_unexpected(logger: logging.Logger, message: str, *args: object) -> None:
@@ -29,3 +32,32 @@ def worker_number() -> int | None:
     """This process's worker number under `serve --workers N`; None when one process serves alone."""
     value = os.environ.get(WORKER_ENV, "")
     return int(value) if value.isdigit() else None
+
+
+class Fields:
+    """A log message with named fields: `message k=v ...` as text, each field a key in `--log-format json`.
+
+    Rendered only when a handler formats the record, so a line nobody emits costs one object.
+    Fields that are None are left out.
+    """
+
+    __slots__ = ("fields", "message")
+
+    def __init__(self, message: str, fields: Mapping[str, object]) -> None:
+        self.message = message
+        self.fields = fields
+
+    def present(self) -> dict[str, object]:
+        return {key: value for key, value in self.fields.items() if value is not None}
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        for key, value in self.fields.items():
+            if value is not None:
+                text = str(value)
+                parts.append(f"{key}={text if _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)}")
+        return " ".join(parts)
+
+
+#: A value written as it is in a text line; anything else (spaces, quotes, '=', control characters) is quoted.
+_BARE = re.compile(r'[^\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]+')

@@ -27,6 +27,7 @@ from mcp_barbican.config.fields import (
 from mcp_barbican.config.integrity import IntegrityConfig
 from mcp_barbican.config.security import SecurityConfig
 from mcp_barbican.config.storage import AuditConfig, StorageConfig
+from mcp_barbican.config.telemetry import TelemetryConfig
 from mcp_barbican.config.tls import ServerTLSConfig
 
 __all__ = ["AdminConfig", "ListenerLimits", "MetricsConfig", "ServerConfig"]
@@ -133,6 +134,10 @@ class ServerConfig(Model):
     egress: EgressConfig = EgressConfig()
     #: Webhooks told of bans, bursts of authentication failures, upstreams down, tool changes, scanner findings.
     alerts: AlertsConfig = AlertsConfig()
+    #: OpenTelemetry traces over OTLP/HTTP (the `otel` extra); absent: off.
+    telemetry: TelemetryConfig | None = None
+    #: One INFO line per request on the `mcp_barbican.access` logger.
+    access_log: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -41,6 +41,7 @@ from mcp_barbican.security.oauth import (
     www_authenticate,
 )
 from mcp_barbican.security.tokens import check_listed_ids
+from mcp_barbican.server.access import AccessLog
 from mcp_barbican.server.aggregate.endpoint import AGGREGATE_PATHS, FanEndpoint
 from mcp_barbican.server.aggregate.runtime import FanRuntime
 from mcp_barbican.server.control import MCP_PREFIX, ControlPlane
@@ -53,6 +54,7 @@ from mcp_barbican.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from mcp_barbican.config import AuthConfig, ProxyConfig
+    from mcp_barbican.server.tracing import Tracing
     from mcp_barbican.server.tunnel import Tunnel
 
 __all__ = ["BarbicanApp", "build_app"]
@@ -122,6 +124,8 @@ class BarbicanApp:
         self.control.on_server_change.append(lambda config: self.shields.sealer.set_keys(configured_keys(config)))
         self.control.on_server_change.append(lambda config: self.egress.configure(config.server.egress))
         self.tunnel = self._tunnel(config)
+        #: The tracing layer when server.telemetry is set (build_app adds it); its spans are flushed at shutdown.
+        self.tracing: Tracing | None = None
         self.alerts = Alerts(config.server.alerts, sent=self.counters.alerts_sent, failed=self.counters.alerts_failed)
         self.feed.listeners.append(self.alerts.observe)
         self.control.on_server_change.append(self._reconfigure_alerts)
@@ -220,6 +224,8 @@ class BarbicanApp:
         await self.audit.aclose()
         await self.alerts.aclose()
         await self.storage.aclose()
+        if self.tracing is not None:
+            await self.tracing.aclose()
 
     def origin_allowed(self, scope: Scope, origin: str) -> bool:
         """Origins an MCP's CORS policy admits pass the DNS-rebinding Origin check on its routes."""
@@ -421,9 +427,10 @@ def build_app(config: ProxyConfig) -> tuple[ASGIApp, BarbicanApp]:
     """The whole data plane and the core for the runner to manage.
 
     The outer order is written here once (each MCP's own order is its security pipeline's,
-    security/pipeline.py): security headers -> client address -> Host/Origin guard -> the
-    core, which answers health itself, sends /admin to the admin guard (it applies the dynamic
-    rules and bans its own way), and every other route through the dynamic IP rules and bans.
+    security/pipeline.py): tracing (server.telemetry) -> access log -> security headers -> client
+    address -> Host/Origin guard -> the core, which answers health itself, sends /admin to the admin
+    guard (it applies the dynamic rules and bans its own way), and every other route through the
+    dynamic IP rules and bans.
     """
     core = BarbicanApp(config)
     core.guarded = core.shields.dynamic_filter(core.route)
@@ -432,4 +439,9 @@ def build_app(config: ProxyConfig) -> tuple[ASGIApp, BarbicanApp]:
     app = ClientAddress(app, trusted=core.shields.trusted)
     own = {mcp.id: mcp.security.headers for mcp in config.mcps if mcp.security is not None}
     headers = core.control.headers = SecurityHeaders(app, config=config.server.security.headers, per_mcp=own)
-    return headers, core
+    app = AccessLog(headers) if config.server.access_log else headers
+    if config.server.telemetry is not None:
+        from mcp_barbican.server.tracing import Tracing  # OpenTelemetry is imported only when traces are on
+
+        app = core.tracing = Tracing(app, config.server.telemetry)
+    return app, core

@@ -45,6 +45,8 @@ from mcp_barbican.server.runtime import CapacityError
 from mcp_barbican.server.session import Session
 from mcp_barbican.server.sse import SSE_HEADERS, pump, stream_answer
 from mcp_barbican.server.streams import EventStream
+from mcp_barbican.server.tracing import TRACE_KEY
+from mcp_barbican.tracecontext import OUTGOING
 from mcp_barbican.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -104,7 +106,7 @@ class Served(Protocol):
         self, session: Session, msg: Message, stream: EventStream, scope: Scope | None = None
     ) -> None: ...
 
-    async def close_session(self, session: Session) -> None: ...
+    async def close_session(self, session: Session, *, reason: str = "closed") -> None: ...
 
     def get(self, session_id: str, principal: str | None) -> Session | None: ...
 
@@ -213,6 +215,8 @@ class McpEndpoint:
                 except CapacityError as exc:
                     await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), None, [(b"retry-after", b"5")])
                     return None
+                if session is not None and not session.announced:
+                    session.announce(resumed=True, client=scope.get(CLIENT_IP_KEY))
         if session is None:
             await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "Session not found")
         return session
@@ -298,6 +302,7 @@ class McpEndpoint:
             return
         if session.established:
             self.runtime.seal_resumable(session)
+            session.announce(client=scope.get(CLIENT_IP_KEY))
         await stream_answer(send, receive, stream, [(_SESSION_HEADER, session.id.encode())])
 
     async def _stateless(self, scope: Scope, send: Send, receive: Receive, msg: Message) -> None:
@@ -328,17 +333,25 @@ class McpEndpoint:
     async def _forward_request(self, scope: Scope, session: Session, msg: Message, stream: EventStream) -> None:
         assert session.link is not None
         request_id = msg["id"]
+        trace = scope.get(TRACE_KEY)  # telemetry on: the tool call gets its span (ended in _record)
+        traced = trace.begin_tool(self.runtime.id, msg, scope) if trace and msg["method"] == "tools/call" else None
         try:
             await session.link.forward_request(session, msg, stream, scope.get(ACCESS_KEY))
         except UpstreamError as exc:
             stream.failed = True
             stream.push(jsonrpc.error_body(request_id, jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
+        finally:
+            if traced is not None:
+                OUTGOING.reset(traced)
 
     async def _record(self, scope: Scope, msg: Message, started: float | None, stream: EventStream) -> None:
         """Count a relayed request (`started` None: its answer comes later, on a legacy stream); audit tool calls."""
         method = msg["method"] if msg["method"] in METRIC_METHODS else "other"
         elapsed = None if started is None else time.perf_counter() - started
         self.runtime.stats.record(method, elapsed, failed=stream.failed)
+        trace = scope.get(TRACE_KEY)
+        if trace is not None:
+            trace.end_tool(stream)
         if self.audit is not None and msg["method"] == "tools/call":
             raw = msg.get("params")
             params: dict[str, Any] = raw if isinstance(raw, dict) else {}
@@ -419,7 +432,7 @@ class McpEndpoint:
         session = await self._session(scope, send, header.decode("latin-1") if header else None)
         if session is None:
             return
-        await self.runtime.close_session(session)
+        await self.runtime.close_session(session, reason="delete")
         await respond(send, 204)
 
     # -- legacy HTTP+SSE ---------------------------------------------------------------
@@ -435,6 +448,7 @@ class McpEndpoint:
         except CapacityError as exc:
             await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, str(exc), None, [(b"retry-after", b"5")])
             return
+        session.announce(client=scope.get(CLIENT_IP_KEY))
         endpoint = f"{scope.get('root_path', '')}{self.messages_path}?session_id={session.id}"
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         await send(
@@ -451,7 +465,7 @@ class McpEndpoint:
         try:
             await pump(send, receive, stream, 1)
         finally:
-            await self.runtime.close_session(session)
+            await self.runtime.close_session(session, reason="stream closed")
 
     def _init_deadline(self, session: Session) -> None:
         """Close a legacy stream after init_timeout unless an upstream session came of it (or is coming)."""

@@ -319,6 +319,7 @@ class Link:
                 return
             refusal = self.tools.refused_arguments(session, msg, asked)
             if refusal is not None:
+                stream.refused = True
                 stream.push(jsonrpc.error_body(msg["id"], jsonrpc.INVALID_PARAMS, refusal), final=True)
                 return
         self._track_client_state(session, msg)
@@ -350,6 +351,7 @@ class Link:
         """Answer a name the caller may not use as if it did not exist."""
         kind, name = target(msg["method"], msg.get("params")) or ("tools", "")
         code, text = _UNKNOWN[kind]
+        stream.refused = True
         stream.push(jsonrpc.error_body(msg["id"], code, text.format(name)), final=True)
 
     def _track_client_state(self, session: Session, msg: Message) -> None:

@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 #: Server settings a reload cannot change under a running listener.
 RESTART_ONLY: Final = (
     "host", "port", "tls", "storage", "audit", "trusted_proxies", "allowed_hosts", "session_idle_timeout",
+    "telemetry", "access_log",
 )  # fmt: skip
 #: server.limits the listener reads once, when it starts (server/protocol.py).
 LISTENER_LIMITS: Final = ("max_header_bytes", "max_headers", "header_timeout", "body_timeout", "max_connections")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import time
@@ -133,7 +134,8 @@ class McpRuntime:
         self._spawn(self._sweep_idle(), f"sweep-{self.id}")
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        # A fresh context: the MCP's own work (probes, sweeps) is no request's, so it carries no request's trace.
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -144,7 +146,8 @@ class McpRuntime:
         for task in list(self._tasks):
             task.cancel()
         for session in list(self.sessions.values()):
-            await self.close_session(session, keep_upstream=session.resumable)  # another replica may continue it
+            # another replica may continue it
+            await self.close_session(session, keep_upstream=session.resumable, reason="shutdown")
         await self.shared.aclose()
         await self.identity.aclose()
         for link in (self._stateless[0] if self._stateless else None, self._control):
@@ -363,7 +366,7 @@ class McpRuntime:
         if session is None:
             return
         logger.info("idle session on %r closed: its principal opened one more than it may hold", self.id)
-        link = self._retire(session)
+        link = self._retire(session, "reclaimed")
         if link is not None:
             self._spawn(self._release_reclaimed(session, link), f"reclaim-{self.id}")
 
@@ -468,15 +471,15 @@ class McpRuntime:
         session.touch()
         return session
 
-    async def close_session(self, session: Session, *, keep_upstream: bool = False) -> None:
+    async def close_session(self, session: Session, *, keep_upstream: bool = False, reason: str = "closed") -> None:
         """End a session here (`keep_upstream`: leave its upstream session to the replicas that may continue it)."""
-        link = self._retire(session)
+        link = self._retire(session, reason)
         if link is not None:
             await self._release_link(session, link, keep_upstream=keep_upstream)
 
-    def _retire(self, session: Session) -> Link | None:
+    def _retire(self, session: Session, reason: str) -> Link | None:
         """End the session here (its slot freed, its streams ended); the link it used, to release."""
-        return session.link if session.end(self.sessions, self.quota) else None
+        return session.link if session.end(self.sessions, self.quota, reason) else None
 
     async def _release_link(self, session: Session, link: Link, *, keep_upstream: bool = False) -> None:
         if link.shared:
@@ -490,7 +493,7 @@ class McpRuntime:
             for session in expired(self.sessions.values(), self.idle_timeout):
                 logger.info("session on %r expired after %.0fs idle", self.id, self.idle_timeout)
                 with contextlib.suppress(UpstreamError):
-                    await self.close_session(session, keep_upstream=session.resumable)
+                    await self.close_session(session, keep_upstream=session.resumable, reason="idle")
             with contextlib.suppress(UpstreamError):
                 await self.shared.expire()
 

@@ -7,11 +7,14 @@ that serves it (its own link in `isolated` mode, a shared one in `shared` mode).
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
 from mcp_barbican.jsonrpc import RequestId
+from mcp_barbican.logs import Fields
 from mcp_barbican.server.streams import EventStream
 
 if TYPE_CHECKING:
@@ -21,7 +24,10 @@ if TYPE_CHECKING:
     from mcp_barbican.server.quota import SessionQuota
     from mcp_barbican.upstream.base import IdentityHeaders
 
-__all__ = ["MAX_KEPT_STREAMS", "Session", "expired", "new_session_id", "sweep_interval"]
+__all__ = ["MAX_KEPT_STREAMS", "Session", "expired", "new_session_id", "session_tag", "sweep_interval"]
+
+#: Session start and end lines, at INFO (operators route or silence them by this name).
+session_logger = logging.getLogger("mcp_barbican.session")
 
 #: Finished answer streams kept per session for clients that reconnect with Last-Event-ID.
 MAX_KEPT_STREAMS = 32
@@ -36,6 +42,11 @@ def expired(sessions: Iterable[Session], idle_timeout: float) -> list[Session]:
     """The sessions idle for `idle_timeout` seconds with nothing in flight or open."""
     cutoff = time.monotonic() - idle_timeout
     return [session for session in sessions if session.last_seen < cutoff and not session.busy]
+
+
+def session_tag(session_id: str) -> str:
+    """What logs show of a session id: the id is a bearer handle, so 12 hex digits of its SHA-256."""
+    return hashlib.sha256(session_id.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 def new_session_id() -> str:
@@ -57,6 +68,8 @@ class Session:
         self.link: Link | None = None
         self.created = self.last_seen = time.monotonic()
         self.closed = False
+        #: Whether its start was logged (then its end is): sessions a client got, not internal or failed ones.
+        self.announced = False
         #: What the session counts against in the per-principal quota (None: not counted).
         self.holder: str | None = None
         self.initialized = False
@@ -96,8 +109,18 @@ class Session:
         """A request in flight or a stream a client reads: never expired, never reclaimed."""
         return bool(self.inflight) or any(s.attached for s in self.streams.values())
 
-    def end(self, table: dict[str, Any], quota: SessionQuota) -> bool:
-        """End the session in its runtime's `table` (its quota slot freed, its streams ended); False if it had ended."""
+    def announce(self, *, resumed: bool = False, client: str | None = None) -> None:
+        """Log the session's start (its end is logged too, with its reason and duration)."""
+        self.announced = True
+        fields: dict[str, object] = {"mcp": self.mcp_id, "session": session_tag(self.id), "principal": self.principal}
+        fields |= {"client": client, "resumed": True if resumed else None}
+        session_logger.info(Fields("session started", fields))
+
+    def end(self, table: dict[str, Any], quota: SessionQuota, reason: str = "closed") -> bool:
+        """End the session in its runtime's `table` (its quota slot freed, its streams ended); False if it had ended.
+
+        `reason`: why, for the log (delete, idle, shutdown, reclaimed, stream closed, closed).
+        """
         if self.closed:
             return False
         self.closed = True
@@ -105,6 +128,11 @@ class Session:
         if self.holder is not None:
             quota.release(self.holder, self.id)
         self.end_streams()
+        if self.announced:
+            fields: dict[str, object] = {"mcp": self.mcp_id, "session": session_tag(self.id)}
+            fields["principal"] = self.principal
+            fields |= {"reason": reason, "duration_s": round(time.monotonic() - self.created, 3)}
+            session_logger.info(Fields("session ended", fields))
         return True
 
     def reclaimable(self, settle: float) -> bool:

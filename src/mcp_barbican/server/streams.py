@@ -46,6 +46,7 @@ class EventStream:
         "final_data",
         "final_message",
         "persistent",
+        "refused",
         "stream_id",
     )
 
@@ -59,6 +60,8 @@ class EventStream:
         self.done = False
         #: The request it answers could not be relayed upstream (for the metrics).
         self.failed = False
+        #: The proxy refused the request it answers (a hidden or denied name, refused arguments): for traces.
+        self.refused = False
         #: Whether a downstream response is reading this stream right now.
         self.attached = False
         #: Sequence number of the first event no reader has been sent yet.

@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from mcp_barbican.jsonrpc import Message, RequestId
+from mcp_barbican.tracecontext import OUTGOING
 
-__all__ = ["CloseHandler", "IdentityHeaders", "MessageHandler", "UpstreamChannel", "with_identity"]
+__all__ = ["CloseHandler", "IdentityHeaders", "MessageHandler", "UpstreamChannel", "add_trace", "with_identity"]
 
 MessageHandler = Callable[[Message, RequestId | None], None]
 CloseHandler = Callable[[BaseException | None], None]
@@ -33,14 +34,28 @@ IdentityHeaders = Callable[[], Mapping[str, str]]
 def with_identity(
     headers: CIMultiDictProxy[str] | CIMultiDict[str], identity: IdentityHeaders | None
 ) -> CIMultiDictProxy[str] | CIMultiDict[str]:
-    """`headers` with the identity headers set over them (the same object when there are none)."""
+    """`headers` with the identity headers and the trace context set over them (the same object when neither is)."""
     extra = identity() if identity is not None else None
-    if not extra:
+    trace = OUTGOING.get()
+    if not extra and trace is None:
         return headers
     merged = CIMultiDict(headers)
-    for name, value in extra.items():
+    for name, value in (extra or {}).items():
         merged[name] = value
+    if trace is not None:
+        add_trace(merged, trace)
     return merged
+
+
+def add_trace(headers: CIMultiDict[str], trace: tuple[str, str | None] | None) -> None:
+    """Set `traceparent` (and `tracestate`) of the span being relayed (tracecontext.OUTGOING; None: nothing)."""
+    if trace is None:
+        return
+    headers["traceparent"] = trace[0]
+    if trace[1]:
+        headers["tracestate"] = trace[1]
+    else:
+        headers.popall("tracestate", None)
 
 
 class UpstreamChannel(abc.ABC):

@@ -46,8 +46,16 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.exceptions import UpstreamClosed, UpstreamError, UpstreamUnavailable
 from mcp_barbican.jsonrpc import Message, RequestId
 from mcp_barbican.logs import log_unexpected
+from mcp_barbican.tracecontext import OUTGOING
 from mcp_barbican.upstream.answers import Answer
-from mcp_barbican.upstream.base import CloseHandler, IdentityHeaders, MessageHandler, UpstreamChannel, with_identity
+from mcp_barbican.upstream.base import (
+    CloseHandler,
+    IdentityHeaders,
+    MessageHandler,
+    UpstreamChannel,
+    add_trace,
+    with_identity,
+)
 from mcp_barbican.upstream.getstream import GetStreams, describe, upstream_error
 from mcp_barbican.upstream.http import (
     CONNECTION_LIMIT,
@@ -289,6 +297,7 @@ class StreamableHttpChannel(GetStreams, UpstreamChannel):
         headers = self._session_headers(accept)
         for name, value in (self._identity() if self._identity is not None else {}).items():
             headers[name] = value
+        add_trace(headers, OUTGOING.get())
         return headers
 
     def _adopt_session(self, session_id: str | None) -> None:

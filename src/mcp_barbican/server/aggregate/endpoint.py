@@ -27,6 +27,8 @@ from mcp_barbican.server.aggregate.runtime import CREDENTIALS_KEY, REACH_KEY, Cr
 from mcp_barbican.server.endpoint import METRIC_METHODS, McpEndpoint
 from mcp_barbican.server.link import Pending
 from mcp_barbican.server.reach import Reach, reach, refuse_unreached
+from mcp_barbican.server.tracing import TRACE_KEY
+from mcp_barbican.tracecontext import OUTGOING
 
 if TYPE_CHECKING:
     from mcp_barbican.audit.trail import AuditTrail
@@ -207,6 +209,10 @@ class FanEndpoint(McpEndpoint):
         session.inflight[request_id] = Pending(session, request_id, 0, stream, msg["method"], None)
         one: _One | None = scope.get(_ONE_KEY)
         fan = _fan(session)
+        trace = scope.get(TRACE_KEY)  # telemetry on: the tool call gets its span (ended in _record)
+        traced = None
+        if trace is not None and msg["method"] == "tools/call":
+            traced = trace.begin_tool(one[0].id if one is not None else self.runtime.id, msg, scope)
         try:
             if one is not None:
                 await fan.relay(one[0], one[1], one[2], msg, stream)
@@ -215,6 +221,9 @@ class FanEndpoint(McpEndpoint):
         except UpstreamError as exc:
             stream.failed = True
             stream.push(jsonrpc.error_body(request_id, jsonrpc.UPSTREAM_ERROR, str(exc)), final=True)
+        finally:
+            if traced is not None:
+                OUTGOING.reset(traced)
         if stream.done:  # answered here; a member's answer ends the request where it arrives
             session.inflight.pop(request_id, None)
 
@@ -248,6 +257,9 @@ class FanEndpoint(McpEndpoint):
         method: str = msg["method"]
         label = method if method in METRIC_METHODS else "other"
         elapsed = None if started is None else time.perf_counter() - started
+        trace = scope.get(TRACE_KEY)
+        if trace is not None:
+            trace.end_tool(stream)
         one: _One | None = scope.get(_ONE_KEY)
         if one is not None:
             mcp_id, runtime, member_scope, params = one[0].id, one[0].runtime, one[1], one[2]

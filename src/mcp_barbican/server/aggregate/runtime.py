@@ -128,7 +128,7 @@ class FanRuntime:
         if self._sweeper is not None:
             self._sweeper.cancel()
         for session in list(self.sessions.values()):
-            await self.close_session(session)
+            await self.close_session(session, reason="shutdown")
 
     # -- sessions ----------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ class FanRuntime:
         session = self.sessions.get(held.id)
         if session is not None:
             logger.info("idle aggregated session closed: its principal opened one more than it may hold")
-            fan = self._retire(session)
+            fan = self._retire(session, "reclaimed")
             if fan is not None:
                 asyncio.ensure_future(fan.aclose())
 
@@ -193,14 +193,14 @@ class FanRuntime:
         session.touch()  # each member's session is touched when used; an idle one may expire and reopen
         return session
 
-    async def close_session(self, session: Session) -> None:
+    async def close_session(self, session: Session, *, reason: str = "closed") -> None:
         assert isinstance(session, FanSession)
-        fan = self._retire(session)
+        fan = self._retire(session, reason)
         if fan is not None:
             await fan.aclose()
 
-    def _retire(self, session: FanSession) -> Fan | None:
-        return session.fan if session.end(self.sessions, self.quota) else None
+    def _retire(self, session: FanSession, reason: str) -> Fan | None:
+        return session.fan if session.end(self.sessions, self.quota, reason) else None
 
     async def _sweep_idle(self) -> None:
         while True:
@@ -208,7 +208,7 @@ class FanRuntime:
             for session in expired(self.sessions.values(), self.idle_timeout):
                 logger.info("aggregated session expired after %.0fs idle", self.idle_timeout)
                 with contextlib.suppress(UpstreamError):
-                    await self.close_session(session)
+                    await self.close_session(session, reason="idle")
 
     def announce_change(self) -> None:
         """An MCP was served, swapped or dropped: every session's lists may have changed."""
