@@ -466,3 +466,7 @@ def _setup_logging(log_format: str, level: str, *, worker: int | None = None) ->
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+    # Access lines, one per request, skip logging's per-record cost: rendered alike, written in batches.
+    from mcp_barbican.server.access import AccessWriter, install_writer
+
+    install_writer(AccessWriter(sys.stderr, json=log_format == "json", worker=worker))

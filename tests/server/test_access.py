@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import json
 import logging
+import re
 from typing import Any
 
 import pytest
 
 from mcp_barbican.asgi import CLIENT_IP_KEY, PRINCIPAL_KEY
-from mcp_barbican.cli import JsonFormatter
+from mcp_barbican.cli import TEXT_LOG_FORMAT, JsonFormatter
 from mcp_barbican.logs import Fields
 from mcp_barbican.security.principal import Principal
-from mcp_barbican.server.access import AccessLog, access_fields, route_of
+from mcp_barbican.server import access
+from mcp_barbican.server.access import FLUSH_BYTES, AccessLog, AccessWriter, access_fields, route_of
 from mcp_barbican.server.session import Session
 from mcp_barbican.types import Message, Receive, Scope, Send
 
@@ -173,3 +177,79 @@ def test_a_session_never_announced_ends_silently(caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.INFO, logger="mcp_barbican.session"):
         session.end({}, _Quota(), "closed")  # type: ignore[arg-type]
     assert not [r for r in caplog.records if r.name == "mcp_barbican.session"]
+
+
+WRITER_FIELDS: dict[str, object] = {"method": "POST", "route": "/mcp/{id}", "status": 200, "mcp": "demo"}
+WRITER_FIELDS |= {"principal": None, "duration_ms": 1.5, "bytes": 12, "client": "127.0.0.1", "level": "FORGED"}
+
+
+@pytest.mark.parametrize("worker", [None, 3])
+def test_the_writer_renders_what_the_command_line_s_handlers_would(worker: int | None) -> None:
+    text_format = TEXT_LOG_FORMAT
+    if worker is not None:
+        text_format = TEXT_LOG_FORMAT.replace("%(name)s", f"worker={worker} %(name)s")
+    handler_text = logging.Formatter(text_format).format(_record(WRITER_FIELDS))
+    handler_json = json.loads(JsonFormatter(worker).format(_record(WRITER_FIELDS)))
+    text, lines = io.StringIO(), io.StringIO()
+    AccessWriter(text, worker=worker).write(WRITER_FIELDS)  # no running loop: written at once
+    AccessWriter(lines, json=True, worker=worker).write(WRITER_FIELDS)
+    # Everything after the timestamp, which differs by when each was made.
+    assert text.getvalue().endswith("\n") and text.getvalue()[23:] == handler_text[23:] + "\n"
+    written = json.loads(lines.getvalue())
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
+    assert stamp.fullmatch(written.pop("ts")) and stamp.fullmatch(handler_json.pop("ts"))
+    assert written == handler_json
+    assert written["level"] == "INFO"  # a field never replaces the line's own keys
+
+
+class CountingStream(io.StringIO):
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.mark.anyio
+async def test_the_writer_gathers_lines_and_writes_them_together() -> None:
+    stream = CountingStream()
+    writer = AccessWriter(stream)
+    for _ in range(3):
+        writer.write(WRITER_FIELDS)
+    assert stream.writes == 0
+    await asyncio.sleep(access.FLUSH_EVERY * 3)
+    assert stream.writes == 1 and stream.getvalue().count("\n") == 3
+    big = {**WRITER_FIELDS, "route": "x" * FLUSH_BYTES}
+    writer.write(big)
+    assert stream.writes == 2  # past FLUSH_BYTES: at once
+    writer.write(WRITER_FIELDS)
+    writer.flush()
+    assert stream.writes == 3
+
+
+def test_a_broken_stream_loses_lines_never_raises() -> None:
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError("stream closed")
+
+    AccessWriter(Broken()).write(WRITER_FIELDS)
+
+
+@pytest.mark.anyio
+async def test_the_layer_writes_through_an_installed_writer_and_shutdown_flushes() -> None:
+    stream = io.StringIO()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    access.install_writer(AccessWriter(stream))
+    try:
+        logging.getLogger("mcp_barbican.access").setLevel(logging.INFO)
+        await _run(AccessLog(app), {"type": "http", "method": "GET", "path": "/healthz", "headers": []})
+        assert stream.getvalue() == ""
+        access.flush_writer()
+        assert "route=/healthz status=204" in stream.getvalue()
+    finally:
+        access.install_writer(None)
+        logging.getLogger("mcp_barbican.access").setLevel(logging.NOTSET)

@@ -41,7 +41,7 @@ from mcp_barbican.security.oauth import (
     www_authenticate,
 )
 from mcp_barbican.security.tokens import check_listed_ids
-from mcp_barbican.server.access import AccessLog
+from mcp_barbican.server.access import AccessLog, flush_writer
 from mcp_barbican.server.aggregate.endpoint import AGGREGATE_PATHS, FanEndpoint
 from mcp_barbican.server.aggregate.runtime import FanRuntime
 from mcp_barbican.server.control import MCP_PREFIX, ControlPlane
@@ -226,6 +226,7 @@ class BarbicanApp:
         await self.storage.aclose()
         if self.tracing is not None:
             await self.tracing.aclose()
+        flush_writer()
 
     def origin_allowed(self, scope: Scope, origin: str) -> bool:
         """Origins an MCP's CORS policy admits pass the DNS-rebinding Origin check on its routes."""

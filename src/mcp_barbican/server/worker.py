@@ -27,6 +27,7 @@ import uvicorn
 
 from mcp_barbican.exceptions import ConfigError, StorageError
 from mcp_barbican.logs import WORKER_ENV, log_unexpected
+from mcp_barbican.server.access import flush_writer
 from mcp_barbican.server.protocol import BarbicanHttpProtocol
 from mcp_barbican.server.reload import Stamp, file_stamp
 from mcp_barbican.server.runner import bind_listeners, uvicorn_config
@@ -115,6 +116,7 @@ def worker_main(plan: WorkerPlan, number: int, parent: int, ready: int) -> NoRet
         log_unexpected(logger, "worker %d failed", number)
     finally:
         with contextlib.suppress(Exception):
+            flush_writer()
             for handler in logging.getLogger().handlers:
                 handler.flush()
         os._exit(code)
