@@ -3,6 +3,7 @@ response-head extension the listener offers the app. Imports nothing above the l
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable
 from typing import Any, Final
@@ -13,17 +14,17 @@ from mcp_barbican import jsonrpc
 from mcp_barbican.types import Receive, Scope, Send
 
 __all__ = [
-    "CLIENT_IP_KEY",
-    "PRINCIPAL_KEY",
     "BAD_NAME",
     "BAD_VALUE",
+    "BodyTooLarge",
+    "CLIENT_IP_KEY",
     "FRAMING_HEADERS",
     "HEAD_HEADERS_EXTENSION",
-    "STOPPING_EXTENSION",
-    "RESPONSE_HEADERS_KEY",
     "HeadHeaders",
-    "BodyTooLarge",
     "Headers",
+    "PRINCIPAL_KEY",
+    "RESPONSE_HEADERS_KEY",
+    "STOPPING_EXTENSION",
     "get_header",
     "json_error",
     "query_param",
@@ -32,6 +33,7 @@ __all__ = [
     "respond",
     "respond_json",
     "rpc_error",
+    "stopping_event",
 ]
 
 #: The resolved client address (str), set by the client-address layer for every request.
@@ -129,6 +131,13 @@ HEAD_HEADERS_EXTENSION: Final = "mcp_barbican.head_headers"
 #: begins a graceful stop, so a long stream (`/admin/events`) can end its response cleanly first.
 STOPPING_EXTENSION: Final = "mcp_barbican.stopping"
 RESPONSE_HEADERS_KEY: Final = "mcp_barbican.response_headers"
+
+
+def stopping_event(scope: Scope) -> asyncio.Event | None:
+    """The event set when our server begins a graceful stop (None under another server)."""
+    event = scope.get("extensions", {}).get(STOPPING_EXTENSION)
+    return event if isinstance(event, asyncio.Event) else None
+
 
 # RFC 9110 section 5.6.2: a field name is a token; a value holds no control character but HTAB.
 BAD_NAME: Final = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')

@@ -27,6 +27,7 @@ from tests.proxy import (
     write_config,
 )
 from tests.server.test_endpoint import INIT, sse_messages
+from tests.server.test_graceful_stop_e2e import STOP_WITHIN, Reader
 from tests.storage.redis_server import redis_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -335,3 +336,28 @@ def _metrics_per_worker(proxy: RunningProxy) -> dict[int, dict[str, Any]]:
         if len(found) == 2:
             break
     return found
+
+
+def test_a_forwarded_get_stream_ends_cleanly_when_the_forwarder_stops(backing: tuple[str, str], tmp_path: Path) -> None:
+    with replica(tmp_path / "a", *backing, [OLD_KEY]) as a:
+        session = open_session(a.url("demo"))
+        with replica(tmp_path / "b", *backing, [OLD_KEY]) as b:
+            stream_headers = {**headers(ALICE, session), "accept": "text/event-stream"}
+            reader = Reader(b.url("demo"), {**stream_headers, "mcp-protocol-version": "2025-11-25"})
+            reader.start()
+            reader.wait_for(b"id:")  # the owner's priming event, through the tunnel
+            started = time.monotonic()
+            b.process.send_signal(signal.SIGTERM)
+            b.process.wait(30)
+            took = time.monotonic() - started
+            reader.join(10)
+            assert took < STOP_WITHIN, f"the forwarder's stop took {took:.1f} s"
+            assert reader.ended == "complete"
+        # The owner heard the end: the session's GET stream is free again (409 while it is held).
+        deadline = time.monotonic() + 10
+        while True:
+            with httpx2.stream("GET", a.url("demo"), headers=stream_headers, timeout=30) as again:
+                if again.status_code == 200 or time.monotonic() > deadline:
+                    break
+            time.sleep(0.1)
+        assert again.status_code == 200

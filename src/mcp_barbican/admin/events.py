@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from mcp_barbican.asgi import STOPPING_EXTENSION, get_header, json_error
+from mcp_barbican.asgi import get_header, json_error, stopping_event
 
 if TYPE_CHECKING:
     from mcp_barbican.audit import EventFeed
@@ -65,10 +65,8 @@ async def stream_events(
         seen = await _send_records(send, feed.recent, seen)
         await send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
         gone: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(receive))
-        stopping = scope.get("extensions", {}).get(STOPPING_EXTENSION)
-        ending: asyncio.Future[Any] = asyncio.ensure_future(
-            stopping.wait() if isinstance(stopping, asyncio.Event) else asyncio.Event().wait()
-        )
+        stopping = stopping_event(scope)
+        ending: asyncio.Future[Any] = asyncio.ensure_future((stopping or asyncio.Event()).wait())
         pending: asyncio.Future[Any] | None = None
         try:
             while True:

@@ -24,6 +24,7 @@ from mcp_barbican.asgi import (
     read_body,
     respond,
     rpc_error,
+    stopping_event,
 )
 from mcp_barbican.audit.events import AuditEvent, arguments_for_audit, request_fields
 from mcp_barbican.exceptions import UpstreamError
@@ -419,13 +420,16 @@ class McpEndpoint:
             if resumed is None or stream is None or stream.attached:
                 await rpc_error(send, 404, jsonrpc.INVALID_REQUEST, "unknown or busy Last-Event-ID stream")
                 return
-            await stream_answer(send, receive, stream, headers, start=resumed[1] + 1, prime=False)
+            await stream_answer(
+                send, receive, stream, headers, start=resumed[1] + 1, prime=False, stopping=stopping_event(scope)
+            )
             return
         stream = session.get_stream
         if stream.attached:
             await rpc_error(send, 409, jsonrpc.INVALID_REQUEST, "Conflict: this session already has a GET stream open")
             return
-        await stream_answer(send, receive, stream, headers, start=stream.delivered, prime=True, wait_first=False)
+        stopping = stopping_event(scope)
+        await stream_answer(send, receive, stream, headers, start=stream.delivered, wait_first=False, stopping=stopping)
 
     async def delete(self, scope: Scope, receive: Receive, send: Send) -> None:
         header = get_header(scope, _SESSION_HEADER)
@@ -463,7 +467,7 @@ class McpEndpoint:
         # A stream whose client never initializes only holds a slot: it ends after init_timeout.
         self._init_deadline(session)
         try:
-            await pump(send, receive, stream, 1)
+            await pump(send, receive, stream, 1, stopping_event(scope))
         finally:
             await self.runtime.close_session(session, reason="stream closed")
 

@@ -1,7 +1,9 @@
 """Writing an event stream as an SSE response: in one piece when it is complete, else as events come.
 
 Streams are relayed unbuffered (`X-Accel-Buffering: no`) with a keep-alive comment on a quiet
-stream, and end when the stream ends or the client goes away.
+stream, and end when the stream ends or the client goes away. A stream with no end of its own (a
+session's GET stream, a legacy SSE connection) is given the server's `stopping` event and ends its
+response cleanly when a graceful stop begins: otherwise the stop would wait for it, then cancel it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ async def stream_answer(
     start: int = 1,
     prime: bool = True,
     wait_first: bool = True,
+    stopping: asyncio.Event | None = None,
 ) -> None:
     """Write a stream as an SSE response; in one piece when it is already complete."""
     if wait_first:
@@ -49,23 +52,32 @@ async def stream_answer(
     await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
     await send({"type": "http.response.body", "body": head + b"".join(events), "more_body": True})
     stream.delivered = cursor
-    await pump(send, receive, stream, cursor)
+    await pump(send, receive, stream, cursor, stopping)
 
 
-async def pump(send: Send, receive: Receive, stream: EventStream, cursor: int) -> None:
-    """Relay events as they come until the stream ends or the client goes away."""
+async def pump(
+    send: Send, receive: Receive, stream: EventStream, cursor: int, stopping: asyncio.Event | None = None
+) -> None:
+    """Relay events as they come until the stream ends, the client goes away or `stopping` is set."""
     stream.attached = True
     gone: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(receive))
+    ending: asyncio.Future[Any] | None = None if stopping is None else asyncio.ensure_future(stopping.wait())
+    watched = {gone} if ending is None else {gone, ending}
     try:
         while True:
-            if stream.done and cursor >= stream.next_seq:
+            if stream.done and cursor >= stream.next_seq or ending is not None and ending.done():
                 await send({"type": "http.response.body", "body": b""})
                 return
             waiter = stream.waiter(cursor)
-            done, _ = await asyncio.wait({waiter, gone}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {waiter, *watched}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
             if gone in done:
                 waiter.cancel()
                 return
+            if ending is not None and ending in done:
+                waiter.cancel()
+                continue
             if not done:
                 waiter.cancel()
                 await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
@@ -78,9 +90,10 @@ async def pump(send: Send, receive: Receive, stream: EventStream, cursor: int) -
         return
     finally:
         stream.attached = False
-        gone.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await gone
+        for task in watched:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _wait_disconnect(receive: Receive) -> None:

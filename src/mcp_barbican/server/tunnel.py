@@ -28,7 +28,7 @@ from typing import Any, Final
 from redis.exceptions import RedisError
 
 from mcp_barbican import jsonrpc
-from mcp_barbican.asgi import CLIENT_IP_KEY, BodyTooLarge, read_body, rpc_error
+from mcp_barbican.asgi import CLIENT_IP_KEY, BodyTooLarge, read_body, rpc_error, stopping_event
 from mcp_barbican.logs import log_unexpected
 from mcp_barbican.server.seal import Sealer
 from mcp_barbican.storage.redis import command_client, listening_client
@@ -50,6 +50,8 @@ RETRY_SECONDS: Final = 1.0
 #: Request headers not passed on: they describe the forwarder's own connection.
 _HOP_HEADERS: Final = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade"})
 _CLOSED: Final = object()
+#: Put on a forwarded GET stream's queue when the server begins a graceful stop.
+_STOPPING: Final = object()
 
 ServeApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -172,6 +174,9 @@ class Tunnel:
         request["b"] = _b64(body)
         finished = False
         watcher = asyncio.create_task(self._watch_client(receive, queue), name="tunnel-client")
+        # A GET stream has no end of its own: a graceful stop ends it here (and at the owner) rather than wait.
+        stopping = stopping_event(scope) if scope["method"] == "GET" else None
+        stopper = None if stopping is None else asyncio.create_task(_put_when_set(stopping, queue, _STOPPING))
         try:
             receivers = await self._publish(owner, request)
             self.forwarded += 1
@@ -185,6 +190,8 @@ class Tunnel:
             finished = await self._relay(queue, send)
         finally:
             watcher.cancel()
+            if stopper is not None:
+                stopper.cancel()
             self._waiting.pop(ticket, None)
             if not finished:
                 await self._publish(owner, {"k": "end", "t": ticket})
@@ -194,7 +201,8 @@ class Tunnel:
         message = "the replica holding this session cannot be reached now (Redis)"
         await rpc_error(send, 503, jsonrpc.UPSTREAM_ERROR, message, None, [(b"retry-after", b"1")])
 
-    async def _watch_client(self, receive: Receive, queue: asyncio.Queue[Any]) -> None:
+    @staticmethod
+    async def _watch_client(receive: Receive, queue: asyncio.Queue[Any]) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
         queue.put_nowait(_CLOSED)
@@ -207,6 +215,12 @@ class Tunnel:
                 part = await (queue.get() if started else asyncio.wait_for(queue.get(), ANSWER_START_SECONDS))
             except TimeoutError:
                 await rpc_error(send, 504, jsonrpc.UPSTREAM_ERROR, "the replica holding this session did not answer")
+                return False
+            if part is _STOPPING:
+                if started:
+                    await send({"type": "http.response.body", "body": b""})
+                else:
+                    await self._unreachable(send)
                 return False
             if part is _CLOSED:
                 if not started:
@@ -341,3 +355,8 @@ class Tunnel:
                 self._answer_part(message)
         except (ValueError, KeyError, TypeError):
             logger.warning("session tunnel: ignored a malformed message")
+
+
+async def _put_when_set(event: asyncio.Event, queue: asyncio.Queue[Any], item: object) -> None:
+    await event.wait()
+    queue.put_nowait(item)
