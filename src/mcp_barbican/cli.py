@@ -33,6 +33,7 @@ from mcp_barbican.config.schema_docs import render_markdown
 from mcp_barbican.embedded import DEMO_MCP_ID, EmbeddedInfo, embedded_default
 from mcp_barbican.exceptions import ConfigError, StorageError
 from mcp_barbican.logs import Fields
+from mcp_barbican.probe import bounded_int
 
 __all__ = ["JsonFormatter", "check_workers", "curl_example", "main", "python_example"]
 
@@ -79,10 +80,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve = commands.add_parser("serve", help="run the proxy")
     serve.add_argument("-c", "--config", type=Path, metavar="FILE", help="config file (default: looked up in .)")
     serve.add_argument("--host", type=_host, help="bind address (overrides server.host)")
-    serve.add_argument("--port", type=_port, help="bind port (overrides server.port)")
+    serve.add_argument("--port", type=bounded_int(1, 65535), help="bind port (overrides server.port)")
     serve.add_argument(
         "--workers",
-        type=_workers,
+        type=bounded_int(1, MAX_WORKERS),
         default=1,
         metavar="N",
         help=f"worker processes sharing the listener (1-{MAX_WORKERS}, default 1; more than 1 needs redis storage)",
@@ -102,7 +103,8 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     token.set_defaults(handler=lambda _args: _usage(token))
     actions = token.add_subparsers(title="commands", metavar="COMMAND")
     generate = actions.add_parser("generate", help="print a random URL-safe token")
-    generate.add_argument("--length", type=_token_length, default=32, help="random bytes (16-512, default 32)")
+    length = bounded_int(MIN_TOKEN_BYTES, MAX_TOKEN_BYTES)
+    generate.add_argument("--length", type=length, default=32, help="random bytes (16-512, default 32)")
     generate.set_defaults(handler=_token_generate)
 
 
@@ -136,32 +138,6 @@ def _host(text: str) -> str:
         return validate_model(ServerConfig, {"host": text}).host
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("host: ")) from None
-
-
-def _port(text: str) -> int:
-    return _bounded_int(text, 1, 65535)
-
-
-def _workers(text: str) -> int:
-    return _bounded_int(text, 1, MAX_WORKERS)
-
-
-def _token_length(text: str) -> int:
-    return _bounded_int(text, MIN_TOKEN_BYTES, MAX_TOKEN_BYTES)
-
-
-def _bounded_int(text: str, low: int, high: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
-    return value
-
-
-# ---------------------------------------------------------------------------------------------
-# serve
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.proxy import free_port
+from tests.threaded_server import serve_in_thread
 
 
 @dataclass
@@ -65,33 +66,7 @@ class Receiver:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Receiver]:
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
         app = web.Application()
         app.router.add_post("/{path:.*}", self._handle)
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
-
-        async def start() -> None:
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
-            started.set()
-
-        async def stop() -> None:
-            await runner.cleanup()
-            # A `hang` handler outlives the runner's shutdown timeout: end it here, not at interpreter exit.
-            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-            for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
-
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-        started.wait(10)
-        try:
+        with serve_in_thread(app, self.port):
             yield self
-        finally:
-            asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-            loop.close()

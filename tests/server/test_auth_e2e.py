@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from aiohttp import web
 
 from tests.proxy import AUTH_HEADER, TOKEN, RunningProxy, demo_mcp, free_port, run_proxy
 from tests.server.test_endpoint import INIT, MCP_HEADERS
+from tests.threaded_server import serve_in_thread
 
 pytestmark = pytest.mark.e2e
 
@@ -62,26 +61,10 @@ class RecordingUpstream:
     @contextlib.contextmanager
     def serve(self) -> Iterator[None]:
         """Run the server on its own event loop in a thread for as long as the generator lives."""
-        loop = asyncio.new_event_loop()
         app = web.Application()
         self.add_routes(app)
-        runner = web.AppRunner(app)
-
-        async def start() -> None:
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self.ssl_context).start()
-
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-        try:
+        with serve_in_thread(app, self.port, ssl_context=self.ssl_context):
             yield
-        finally:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-            loop.close()
-            thread.join(10)
 
 
 @pytest.fixture(scope="module")

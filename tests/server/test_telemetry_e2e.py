@@ -8,7 +8,6 @@ trace whose parent is one of our spans. With telemetry off nothing goes upstream
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -33,6 +32,7 @@ import mcp_barbican
 from tests.proxy import TOKEN, RunningProxy, free_port, run_proxy
 from tests.server.test_auth_e2e import RecordingUpstream
 from tests.server.test_endpoint import INIT, MCP_HEADERS
+from tests.threaded_server import serve_in_thread
 
 pytestmark = pytest.mark.e2e
 
@@ -102,25 +102,10 @@ class OtlpReceiver:
 
     @contextlib.contextmanager
     def serve(self) -> Iterator[None]:
-        loop = asyncio.new_event_loop()
         app = web.Application()
         app.router.add_post("/v1/traces", self.handle)
-        runner = web.AppRunner(app)
-
-        async def start() -> None:
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
-
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-        try:
+        with serve_in_thread(app, self.port):
             yield
-        finally:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-            loop.close()
 
 
 def _value(value: Any) -> Any:

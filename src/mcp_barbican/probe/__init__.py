@@ -17,7 +17,7 @@ from mcp_barbican.probe.client import TargetError, parse_target
 from mcp_barbican.probe.report import render
 from mcp_barbican.probe.runner import MAX_BODY_BYTES, MAX_BURST, Options, TargetUnreachable, run
 
-__all__ = ["DESCRIPTION", "add_arguments", "command"]
+__all__ = ["DESCRIPTION", "add_arguments", "bounded_int", "command"]
 
 DESCRIPTION: Final = f"""\
 Test an MCP endpoint (Streamable HTTP URL, e.g. http://127.0.0.1:6001/mcp/demo) the way a careful
@@ -54,14 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=_timeout, default=5.0, metavar="S", help="seconds per request (default 5)")
     parser.add_argument(
         "--burst",
-        type=_bounded(0, MAX_BURST),
+        type=bounded_int(0, MAX_BURST),
         default=60,
         metavar="N",
         help=f"requests in the rate-limit burst (0-{MAX_BURST}, default 60; 0 skips it)",
     )
     parser.add_argument(
         "--body-size",
-        type=_bounded(1024, MAX_BODY_BYTES),
+        type=bounded_int(1024, MAX_BODY_BYTES),
         default=5 * 1024 * 1024,
         metavar="BYTES",
         help="size of the oversized body (default 5 MiB, at most 64 MiB)",
@@ -80,7 +80,9 @@ def _timeout(text: str) -> float:
     return value
 
 
-def _bounded(low: int, high: int) -> Callable[[str], int]:
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse `type` taking an integer from `low` to `high` (the command line's other options use it too)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
