@@ -244,6 +244,7 @@ def test_serve_embedded_default_first_run(
     assert "http://127.0.0.1:6001/mcp/demo" in err
     assert f"client token:  {tokens['client_token']}" in err
     assert f"admin token:   {tokens['admin_token']}" in err
+    assert "web console:   http://127.0.0.1:6001/admin/ui  (log in with the admin token)" in err
     assert f'-H "Authorization: Bearer {tokens["client_token"]}"' in err
     assert "from mcp import Client" in err and "httpx2.AsyncClient" in err
 

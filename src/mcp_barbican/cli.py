@@ -240,7 +240,8 @@ def _run(
 
 
 def _banner(config: ProxyConfig, info: EmbeddedInfo) -> str:
-    url = f"http://{_display_host(config.server.host)}:{config.server.port}/mcp/{DEMO_MCP_ID}"
+    base = f"http://{_display_host(config.server.host)}:{config.server.port}"
+    url = f"{base}/mcp/{DEMO_MCP_ID}"
     tokens_file = _display_path(info.tokens_file)
     client_shell, client_python = _token_expressions(info)
     lines = [
@@ -250,6 +251,7 @@ def _banner(config: ProxyConfig, info: EmbeddedInfo) -> str:
         f"  MCP endpoint:  {url}",
         f"  client token:  {_describe_token(info.client_token, info.client_source, 'MCP_AUTH_TOKEN', tokens_file)}",
         f"  admin token:   {_describe_admin_token(info, tokens_file)}",
+        f"  web console:   {base}/admin/ui  (log in with the admin token)",
         "",
         "Try it with curl:",
         "",
