@@ -169,7 +169,7 @@ class AdminApp:
         self.console = ConsoleApp(
             enabled=lambda: core.control.config.server.admin.ui.enabled,
             mcps=lambda: [runtime.describe() for runtime in core.control.runtimes.values()],
-            feed=lambda: core.audit.enabled,
+            feed=lambda: core.feed is not None,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -179,7 +179,7 @@ class AdminApp:
             await self.console(scope, receive, send)
             return
         if path == "/admin/events" and method == "GET":  # a stream: schemathesis would wait on it forever
-            await stream_events(self.core.feed if self.core.audit.enabled else None, scope, receive, send)
+            await stream_events(self.core.feed, scope, receive, send)
             return
         allowed: list[str] = []
         for route in self.routes:

@@ -118,6 +118,6 @@ class AdminCore(Protocol):
     @property
     def counters(self) -> SecurityCounters: ...
     @property
-    def feed(self) -> EventFeed:
-        """Live security events (fed only while the audit trail has a sink)."""
+    def feed(self) -> EventFeed | None:
+        """Live security events (None: the audit trail does not record, so there are none)."""
         ...

@@ -74,10 +74,10 @@ class BarbicanApp:
         self.storage = open_storage(config.server.storage)
         audit = config.server.audit
         sinks = build_sinks(audit, config.server.storage, self.storage)
-        #: Live security events for /admin/events and the alerts: fed by the trail, so only when it records
-        #: (configured alerts make it record, with no other sink).
-        self.feed = EventFeed()
-        if sinks or config.server.alerts.webhooks:
+        #: Live security events for /admin/events and the alerts: a sink of the trail, so there is one only when
+        #: the trail records (configured alerts make it record, with no other sink); None: no live events.
+        self.feed = EventFeed() if sinks or config.server.alerts.webhooks else None
+        if self.feed is not None:
             sinks.append(self.feed)
         self.audit = AuditTrail(sinks, queue_size=audit.queue_size, arguments=audit.arguments)
         #: What the proxy may fetch on its own account; everything that fetches reads the installed one.
@@ -127,11 +127,12 @@ class BarbicanApp:
         #: The tracing layer when server.telemetry is set (build_app adds it); its spans are flushed at shutdown.
         self.tracing: Tracing | None = None
         self.alerts = Alerts(config.server.alerts, sent=self.counters.alerts_sent, failed=self.counters.alerts_failed)
-        self.feed.listeners.append(self.alerts.observe)
+        if self.feed is not None:
+            self.feed.listeners.append(self.alerts.observe)
         self.control.on_server_change.append(self._reconfigure_alerts)
 
     def _reconfigure_alerts(self, config: ProxyConfig) -> None:
-        if config.server.alerts.webhooks and self.feed not in self.audit.sinks:
+        if config.server.alerts.webhooks and self.feed is None:
             logger.warning("server.alerts: takes effect at the next restart (the audit trail was off at start-up)")
         self.alerts.configure(config.server.alerts)
 

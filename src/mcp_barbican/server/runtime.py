@@ -186,23 +186,22 @@ class McpRuntime:
             self._set_status(state, error)
 
     def _set_status(self, status: str, error: str | None) -> None:
-        previous = self.status
+        previous, self.status = self.status, status
         if status != previous:
-            log = logger.warning if status == "failed" else logger.info
-            log("upstream %r is %s%s", self.id, status, f": {error}" if error else "")
-        self.status = status
-        if self.audit is not None and not self._closing and "failed" in (status, previous) and status != previous:
             down = status == "failed"
-            event = AuditEvent(
-                "upstream",
-                "upstream.down" if down else "upstream.up",
-                not down,
-                resource=f"mcp:{self.id}",
-                error=error,
-                mcp=self.id,
-                details={"previous": previous, "status": status},
-            )
-            self.audit.emit_soon(event)
+            log = logger.warning if down else logger.info
+            log("upstream %r is %s%s", self.id, status, f": {error}" if error else "")
+            if self.audit is not None and not self._closing and (down or previous == "failed"):
+                event = AuditEvent(
+                    "upstream",
+                    "upstream.down" if down else "upstream.up",
+                    not down,
+                    resource=f"mcp:{self.id}",
+                    error=error,
+                    mcp=self.id,
+                    details={"previous": previous, "status": status},
+                )
+                self.audit.emit_soon(event)
         if error is not None:
             self.last_error = error
 
