@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from mcp_barbican.config.errors import LocatedError
 from mcp_barbican.config.fields import (
@@ -14,10 +14,9 @@ from mcp_barbican.config.fields import (
     NonEmptyStr,
     PositiveDuration,
     PositiveInt,
+    SecretHeaderValue,
     check_header_name,
     check_http_url,
-    no_control_chars,
-    scalar_to_str,
 )
 
 __all__ = [
@@ -43,14 +42,8 @@ def _check_url(value: SecretStr) -> SecretStr:
     return value
 
 
-def _check_secret_header(value: SecretStr) -> SecretStr:
-    no_control_chars(value.get_secret_value())
-    return value
-
-
 #: The URL is a secret: a Slack (or Teams, Discord...) webhook URL carries its credential in the path.
 WebhookUrl = Annotated[SecretStr, AfterValidator(_check_url)]
-SecretHeaderValue = Annotated[SecretStr, BeforeValidator(scalar_to_str), AfterValidator(_check_secret_header)]
 _FORBIDDEN_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
 
 

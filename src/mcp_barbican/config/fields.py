@@ -12,14 +12,13 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from mcp_barbican.config.units import parse_duration, parse_size
 
 __all__ = [
-    "HEADER_NAME",
-    "MCP_ID",
-    "MCP_ID_RULE",
-    "VISIBLE_ASCII",
     "Duration",
+    "HEADER_NAME",
     "HeaderValue",
     "HttpUrl",
     "IpOrNetwork",
+    "MCP_ID",
+    "MCP_ID_RULE",
     "McpId",
     "Model",
     "NonEmptyStr",
@@ -27,8 +26,10 @@ __all__ = [
     "Port",
     "PositiveDuration",
     "PositiveInt",
+    "SecretHeaderValue",
     "Size",
     "TokenSecret",
+    "VISIBLE_ASCII",
     "check_header_name",
     "check_hostname",
     "check_http_url",
@@ -177,6 +178,15 @@ NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
 IpOrNetwork = Annotated[str, AfterValidator(_check_ip_or_network)]
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
 HeaderValue = Annotated[str, BeforeValidator(scalar_to_str), AfterValidator(no_control_chars)]
+
+
+def _check_secret_header_value(value: SecretStr) -> SecretStr:
+    no_control_chars(value.get_secret_value())
+    return value
+
+
+#: A header value that is a credential (an API key, a bearer token): masked wherever the config is shown.
+SecretHeaderValue = Annotated[SecretStr, BeforeValidator(scalar_to_str), AfterValidator(_check_secret_header_value)]
 TokenSecret = Annotated[SecretStr, AfterValidator(_check_token_secret)]
 #: The `HttpUrl` check, for a URL kept as a secret.
 check_http_url = _check_http_url

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, SecretStr
+from pydantic import AfterValidator, Field
 
-from mcp_barbican.config.fields import HttpUrl, Model, NonEmptyStr, check_header_name, no_control_chars
+from mcp_barbican.config.fields import HttpUrl, Model, NonEmptyStr, SecretHeaderValue, check_header_name
 
 __all__ = ["TelemetryConfig"]
-
-
-def _check_header_value(value: SecretStr) -> SecretStr:
-    no_control_chars(value.get_secret_value())
-    return value
 
 
 class TelemetryConfig(Model):
@@ -26,6 +21,4 @@ class TelemetryConfig(Model):
     otlp_endpoint: HttpUrl
     service_name: NonEmptyStr = "mcp-barbican"
     sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
-    headers: dict[
-        Annotated[str, AfterValidator(check_header_name)], Annotated[SecretStr, AfterValidator(_check_header_value)]
-    ] = Field(default_factory=dict)
+    headers: dict[Annotated[str, AfterValidator(check_header_name)], SecretHeaderValue] = Field(default_factory=dict)
