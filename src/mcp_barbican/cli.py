@@ -32,7 +32,7 @@ from mcp_barbican.config import (
 from mcp_barbican.config.schema_docs import render_markdown
 from mcp_barbican.embedded import DEMO_MCP_ID, EmbeddedInfo, embedded_default
 from mcp_barbican.exceptions import ConfigError, StorageError
-from mcp_barbican.logs import Fields
+from mcp_barbican.logs import Fields, json_line
 from mcp_barbican.probe import bounded_int
 
 __all__ = ["JsonFormatter", "check_workers", "curl_example", "main", "python_example"]
@@ -414,18 +414,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render `record` as a single JSON line."""
-        payload: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if isinstance(record.msg, Fields):  # an access or session line: each field its own key
-            payload["message"] = record.msg.message
-            for key, value in record.msg.present().items():
-                payload.setdefault(key, value)
-        if self.worker is not None:
-            payload["worker"] = self.worker
+        ts = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        message = record.msg if isinstance(record.msg, Fields) else record.getMessage()  # Fields: each its own key
+        payload = json_line(ts, record.levelname, record.name, message, self.worker)
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, ensure_ascii=False)

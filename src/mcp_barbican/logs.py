@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Mapping
 
-__all__ = ["WORKER_ENV", "Fields", "log_unexpected", "worker_number"]
+__all__ = ["WORKER_ENV", "Fields", "json_line", "log_unexpected", "worker_number"]
 
 
 def log_unexpected(logger: logging.Logger, message: str, *args: object) -> None:
@@ -57,6 +57,19 @@ class Fields:
                 text = str(value)
                 parts.append(f"{key}={text if _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)}")
         return " ".join(parts)
+
+
+def json_line(ts: str, level: str, logger: str, message: str | Fields, worker: int | None) -> dict[str, object]:
+    """What one `--log-format json` line holds: ts, level, logger, message, then a `Fields` message's fields
+    (never over those keys), then the worker's number under `serve --workers N`."""
+    text = message.message if isinstance(message, Fields) else message
+    payload: dict[str, object] = {"ts": ts, "level": level, "logger": logger, "message": text}
+    if isinstance(message, Fields):
+        for key, value in message.present().items():
+            payload.setdefault(key, value)
+    if worker is not None:
+        payload["worker"] = worker
+    return payload
 
 
 #: A value written as it is in a text line; anything else (spaces, quotes, '=', control characters) is quoted.

@@ -27,7 +27,7 @@ from typing import Final, TextIO
 import orjson
 
 from mcp_barbican.asgi import CLIENT_IP_KEY
-from mcp_barbican.logs import Fields
+from mcp_barbican.logs import Fields, json_line
 from mcp_barbican.security.oauth import WELL_KNOWN_PATH
 from mcp_barbican.security.principal import principal_id
 from mcp_barbican.types import ASGIApp, Message, Receive, Scope, Send
@@ -167,15 +167,7 @@ class AccessWriter:
         millis = int((now - whole) * 1000)
         if not self.json:
             return f"{self._stamp},{millis:03d} {self._prefix}{Fields('request', fields)}\n"
-        payload: dict[str, object] = {
-            "ts": f"{self._stamp}.{millis:03d}+00:00",
-            "level": "INFO",
-            "logger": _NAME,
-            "message": "request",
-        }
-        payload |= {key: value for key, value in fields.items() if value is not None and key not in payload}
-        if self.worker is not None:
-            payload["worker"] = self.worker
+        payload = json_line(f"{self._stamp}.{millis:03d}+00:00", "INFO", _NAME, Fields("request", fields), self.worker)
         return orjson.dumps(payload).decode() + "\n"
 
 
