@@ -34,6 +34,7 @@ __all__ = [
     "respond_json",
     "rpc_error",
     "stopping_event",
+    "wait_disconnect",
 ]
 
 #: The resolved client address (str), set by the client-address layer for every request.
@@ -131,6 +132,12 @@ HEAD_HEADERS_EXTENSION: Final = "mcp_barbican.head_headers"
 #: begins a graceful stop, so a long stream (`/admin/events`) can end its response cleanly first.
 STOPPING_EXTENSION: Final = "mcp_barbican.stopping"
 RESPONSE_HEADERS_KEY: Final = "mcp_barbican.response_headers"
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    """Return once the client has gone (what else it sends meanwhile is dropped)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def stopping_event(scope: Scope) -> asyncio.Event | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from mcp_barbican.asgi import get_header, json_error, stopping_event
+from mcp_barbican.asgi import get_header, json_error, stopping_event, wait_disconnect
 
 if TYPE_CHECKING:
     from mcp_barbican.audit import EventFeed
@@ -64,7 +64,7 @@ async def stream_events(
         # The subscription is open before the backlog is read, so nothing falls between; ids skip repeats.
         seen = await _send_records(send, feed.recent, seen)
         await send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
-        gone: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(receive))
+        gone: asyncio.Future[Any] = asyncio.ensure_future(wait_disconnect(receive))
         stopping = stopping_event(scope)
         ending: asyncio.Future[Any] = asyncio.ensure_future((stopping or asyncio.Event()).wait())
         pending: asyncio.Future[Any] | None = None
@@ -109,8 +109,3 @@ async def _send_records(send: Send, records: Iterable[dict[str, Any]], seen: int
     if frames:
         await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
     return seen
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

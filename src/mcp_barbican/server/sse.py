@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from typing import Any, Final
 
+from mcp_barbican.asgi import wait_disconnect
 from mcp_barbican.server.streams import EventStream, priming_event
 from mcp_barbican.types import Receive, Send
 
@@ -60,7 +61,7 @@ async def pump(
 ) -> None:
     """Relay events as they come until the stream ends, the client goes away or `stopping` is set."""
     stream.attached = True
-    gone: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(receive))
+    gone: asyncio.Future[Any] = asyncio.ensure_future(wait_disconnect(receive))
     ending: asyncio.Future[Any] | None = None if stopping is None else asyncio.ensure_future(stopping.wait())
     watched = {gone} if ending is None else {gone, ending}
     try:
@@ -94,8 +95,3 @@ async def pump(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -28,7 +28,7 @@ from typing import Any, Final
 from redis.exceptions import RedisError
 
 from mcp_barbican import jsonrpc
-from mcp_barbican.asgi import CLIENT_IP_KEY, BodyTooLarge, read_body, rpc_error, stopping_event
+from mcp_barbican.asgi import CLIENT_IP_KEY, BodyTooLarge, read_body, rpc_error, stopping_event, wait_disconnect
 from mcp_barbican.logs import log_unexpected
 from mcp_barbican.server.seal import Sealer
 from mcp_barbican.storage.redis import command_client, listening_client
@@ -203,8 +203,7 @@ class Tunnel:
 
     @staticmethod
     async def _watch_client(receive: Receive, queue: asyncio.Queue[Any]) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        await wait_disconnect(receive)
         queue.put_nowait(_CLOSED)
 
     async def _relay(self, queue: asyncio.Queue[Any], send: Send) -> bool:
