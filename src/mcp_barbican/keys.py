@@ -1,15 +1,19 @@
-"""Public keys for verifying JWTs: which algorithms a key may verify, and loading one from a PEM file.
+"""Key material: public keys for verifying JWTs (which algorithms a key may verify, loading one from a
+PEM file), and HKDF for the keys the proxy derives from its secrets (sealed session ids, console cookies).
 
 A leaf: `config check` loads a key file exactly as the verifier does, without the verifier.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Final
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 __all__ = [
@@ -18,6 +22,7 @@ __all__ = [
     "PublicKey",
     "compatible_algorithms",
     "describe_key",
+    "hkdf",
     "load_key_file",
     "load_public_key",
 ]
@@ -31,6 +36,12 @@ _EC_ALGORITHM_BY_CURVE: Final = {"secp256r1": "ES256", "secp384r1": "ES384", "se
 PUBLIC_KEY_TYPES: Final = (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+
+
+@functools.lru_cache(maxsize=64)
+def hkdf(secret: bytes, info: bytes, length: int = 32) -> bytes:
+    """RFC 5869 HKDF-SHA256 without salt (every secret it is given is already high in entropy)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
 
 
 def compatible_algorithms(key: PublicKey | bytes) -> frozenset[str]:

@@ -11,7 +11,6 @@ the cookie stays HttpOnly. Logging out adds the nonce to a bounded per-process r
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import secrets
@@ -20,8 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from mcp_barbican.keys import hkdf
 
 __all__ = [
     "CONSOLE_SESSION_KEY",
@@ -33,7 +31,6 @@ __all__ = [
     "cookie_value",
     "csrf_token",
     "csrf_valid",
-    "hkdf",
     "session_cookie",
     "sign_session",
     "verify_session",
@@ -46,12 +43,6 @@ CONSOLE_SESSION_KEY: Final = "mcp_barbican.console_session"
 _VERSION: Final = "v1"
 _NONCE_BYTES: Final = 16
 _MAX_COOKIE: Final = 256
-
-
-@functools.lru_cache(maxsize=64)
-def hkdf(secret: bytes, info: bytes, length: int = 32) -> bytes:
-    """RFC 5869 HKDF-SHA256 without salt (the secret, an admin token's digest, is already high in entropy)."""
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
 
 
 def _b64(data: bytes) -> str:

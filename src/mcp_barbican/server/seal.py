@@ -27,6 +27,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from mcp_barbican.keys import hkdf
+
 if TYPE_CHECKING:
     from mcp_barbican.config import ProxyConfig
 
@@ -85,10 +87,7 @@ class SessionSeal:
 
 
 def _derive(secret: bytes, purpose: bytes) -> bytes:
-    from cryptography.hazmat.primitives import hashes  # loaded only when sessions are sealed
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"mcp-barbican " + purpose).derive(secret)
+    return hkdf(secret, b"mcp-barbican " + purpose)
 
 
 class _Key:
