@@ -15,8 +15,8 @@ from mcp_barbican.config.fields import (
     PositiveDuration,
     PositiveInt,
     SecretHeaderValue,
-    check_header_name,
     check_http_url,
+    settable_header_name,
 )
 
 __all__ = [
@@ -47,13 +47,6 @@ WebhookUrl = Annotated[SecretStr, AfterValidator(_check_url)]
 _FORBIDDEN_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
 
 
-def _check_webhook_header(value: str) -> str:
-    check_header_name(value)
-    if value.lower() in _FORBIDDEN_HEADERS:
-        raise ValueError(f"{value!r} is set by the proxy")
-    return value
-
-
 def webhook_host(url: str) -> str:
     """What labels may show of a webhook URL: its host (the path may hold a credential)."""
     return urlsplit(url).hostname or "?"
@@ -79,7 +72,7 @@ class WebhookConfig(Model):
     events: tuple[AlertKind, ...] = ALERT_KINDS
     min_interval: PositiveDuration = 60.0
     #: Sent with every delivery, e.g. an Authorization header (the values are secrets, masked in dumps).
-    headers: dict[Annotated[str, AfterValidator(_check_webhook_header)], SecretHeaderValue] = Field(
+    headers: dict[Annotated[str, settable_header_name(_FORBIDDEN_HEADERS)], SecretHeaderValue] = Field(
         default_factory=dict
     )
     timeout: PositiveDuration = 10.0

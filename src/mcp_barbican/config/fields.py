@@ -36,6 +36,7 @@ __all__ = [
     "check_port_text",
     "no_control_chars",
     "scalar_to_str",
+    "settable_header_name",
     "split_host_port",
 ]
 
@@ -149,6 +150,18 @@ def check_header_name(value: str) -> str:
     if not HEADER_NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid HTTP header name")
     return value
+
+
+def settable_header_name(reserved: frozenset[str]) -> AfterValidator:
+    """A header name a config may set: valid, and none of `reserved` (lower case), which the proxy sets itself."""
+
+    def check(value: str) -> str:
+        check_header_name(value)
+        if value.lower() in reserved:
+            raise ValueError(f"header {value!r} is set by the proxy and cannot be configured")
+        return value
+
+    return AfterValidator(check)
 
 
 def _check_token_secret(value: SecretStr) -> SecretStr:

@@ -22,8 +22,8 @@ from mcp_barbican.config.fields import (
     NonEmptyStr,
     PositiveDuration,
     PositiveInt,
-    check_header_name,
     scalar_to_str,
+    settable_header_name,
 )
 from mcp_barbican.config.integrity import IntegrityConfig
 from mcp_barbican.config.security import SecurityConfig
@@ -50,13 +50,6 @@ _DEFAULT_MAX_SESSIONS = 100
 def _check_env_name(value: str) -> str:
     if not _ENV_NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
-    return value
-
-
-def _check_upstream_header_name(value: str) -> str:
-    check_header_name(value)
-    if value.lower() in _FORBIDDEN_UPSTREAM_HEADERS:
-        raise ValueError(f"header {value!r} is set by the proxy and cannot be configured")
     return value
 
 
@@ -99,7 +92,7 @@ class McpConfig(Model):
     args: tuple[Annotated[str, BeforeValidator(scalar_to_str)], ...] = ()
     env: dict[Annotated[str, AfterValidator(_check_env_name)], HeaderValue] = Field(default_factory=dict)
     cwd: NonEmptyStr | None = None
-    headers: dict[Annotated[str, AfterValidator(_check_upstream_header_name)], HeaderValue] = Field(
+    headers: dict[Annotated[str, settable_header_name(_FORBIDDEN_UPSTREAM_HEADERS)], HeaderValue] = Field(
         default_factory=dict
     )
     start_timeout: PositiveDuration = 30.0
